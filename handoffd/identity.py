@@ -12,14 +12,16 @@ import hashlib
 import os
 import secrets
 import stat
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from handoffd.errors import IdentityError, KeyFileError, VerificationError
@@ -35,6 +37,15 @@ DEVICE_URN = "urn:handoff:device:"
 ACCOUNT_URN = "urn:handoff:account:"
 SIGNATURE_DOMAIN = b"handoff/v1/"
 
+# What cryptography raises for malformed input, now or when a field is first read.
+_PARSE_ERRORS = (
+    ValueError,
+    TypeError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
 _B32 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
 
 
@@ -207,11 +218,24 @@ def load_cert(data: bytes) -> x509.Certificate:
     """Parse a certificate from PEM or DER (bounded); raise IdentityError(cert-malformed)."""
     _check_size(data, "cert")
     try:
-        if data.lstrip().startswith(b"-----BEGIN"):
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
-    except ValueError as exc:
+        with warnings.catch_warnings():
+            # Non-conforming certificates (e.g. a negative serial) are refused, not tolerated.
+            warnings.simplefilter("error", CryptographyDeprecationWarning)
+            cert = _parse_cert(data)
+    except (*_PARSE_ERRORS, CryptographyDeprecationWarning) as exc:
         raise IdentityError("certificate does not parse", code="cert-malformed") from exc
+    return cert
+
+
+def _parse_cert(data: bytes) -> x509.Certificate:
+    if data.lstrip().startswith(b"-----BEGIN"):
+        cert = x509.load_pem_x509_certificate(data)
+    else:
+        cert = x509.load_der_x509_certificate(data)
+    # Fields parse lazily: touch them now so a malformed one fails here.
+    _ = (cert.version, cert.issuer, cert.subject, cert.extensions, cert.serial_number)
+    _ = (cert.public_key(), cert.not_valid_before_utc, cert.not_valid_after_utc)
+    return cert
 
 
 def csr_to_pem(csr: x509.CertificateSigningRequest) -> bytes:
@@ -365,7 +389,11 @@ def make_csr(key: Ed25519PrivateKey) -> x509.CertificateSigningRequest:
 
 def check_csr(csr: x509.CertificateSigningRequest) -> str:
     """Check a CSR's proof of possession and key type; return the device id it asks for."""
-    public_key = csr.public_key()
+    try:
+        public_key = csr.public_key()
+        _ = (csr.subject, csr.extensions)
+    except _PARSE_ERRORS as exc:
+        raise IdentityError("CSR does not parse", code="csr-malformed") from exc
     if not isinstance(public_key, Ed25519PublicKey):
         raise IdentityError("CSR key is not Ed25519", code="csr-bad-key")
     if not csr.is_signature_valid:
@@ -596,6 +624,20 @@ def verify_device_cert(
     device id matches the key, not revoked, optionally the expected peer and not
     ourselves.
     """
+    try:
+        return _verify_device_cert(cert, trust, now, expected_device, self_device, skew)
+    except _PARSE_ERRORS as exc:  # cryptography parses fields lazily
+        raise VerificationError("certificate is malformed", code="cert-malformed") from exc
+
+
+def _verify_device_cert(
+    cert: x509.Certificate,
+    trust: TrustAnchor,
+    now: dt.datetime,
+    expected_device: str | None,
+    self_device: str | None,
+    skew: dt.timedelta,
+) -> PeerIdentity:
     if cert.issuer != trust.ca_cert.subject:
         raise VerificationError("certificate is from another account", code="cert-wrong-account")
     try:
