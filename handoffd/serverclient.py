@@ -1,0 +1,659 @@
+"""The daemon's client of handoff-server: join, renew, CRL, invites, devices, and the WebSocket.
+
+aiohttp is used here only (daemon side). TLS: for an ``https`` URL with a
+pinned fingerprint (``sha256:<hex>`` from the invite / server.json) the server
+certificate is checked by that fingerprint and nothing else (it is
+self-signed); a mismatch fails right after the TLS handshake, before any
+request byte is sent. An ``https`` URL without a pin (a server behind a TLS
+proxy with a public certificate) uses the system's CA verification. ``http``
+only when the URL says so (tests, a proxy on the same host).
+
+Every error is a ``ServerError`` (a ``HandoffError``) with a stable ``code``:
+the server's own code for a refused request (``invite-used``,
+``device-revoked``, ...), or ``server-fingerprint-mismatch``,
+``server-unreachable``, ``server-bad-response``, ``server-offline``,
+``not-paired`` for what happens on this side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import random
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import yarl
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from handoffd import identity
+from handoffd.errors import HandoffError, ServerError
+from handoffd.server import auth
+from handoffd.server.pairing import Invite, check_fingerprint, check_server_url, parse_invite
+
+__all__ = [
+    "CreatedInvite",
+    "DeviceRecord",
+    "Invite",
+    "JoinResult",
+    "ServerClient",
+    "ServerLink",
+    "parse_invite",
+]
+
+logger = logging.getLogger("handoffd.serverclient")
+
+MAX_RESPONSE = 1024 * 1024
+MAX_WS_MESSAGE = 512 * 1024
+MAX_SIGNAL = 256 * 1024
+HEARTBEAT = 20.0
+BACKOFF_MIN = 0.5
+BACKOFF_MAX = 30.0
+# After these the link stops reconnecting: retrying cannot help.
+FATAL_CODES = frozenset(
+    {
+        "device-revoked",
+        "auth-invalid",
+        "device-unknown",
+        "cert-expired",
+        "server-fingerprint-mismatch",
+    }
+)
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    """What a successful join gives the new device."""
+
+    device_id: str
+    account_id: str
+    device_cert: x509.Certificate
+    account_ca: x509.Certificate
+    crl: x509.CertificateRevocationList
+
+
+@dataclass(frozen=True)
+class CreatedInvite:
+    """An invite made by this device: URL (for the QR), short code, expiry (Unix s), QR as SVG."""
+
+    url: str
+    code: str
+    expires_at: float
+    qr_svg: str
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """One device of the account as the server knows it."""
+
+    device_id: str
+    name: str
+    platform: str
+    revoked: bool
+    created_at: float
+    last_seen: float | None
+    online: bool
+
+
+def _bad_response(what: str) -> ServerError:
+    return ServerError(f"server sent a malformed {what}", code="server-bad-response")
+
+
+def _field(obj: Any, key: str, kind: type | tuple[type, ...]) -> Any:
+    if not isinstance(obj, dict) or not isinstance(obj.get(key), kind):
+        raise _bad_response(f"response (field {key})")
+    return obj[key]
+
+
+def _pem_field(obj: Any, key: str) -> bytes:
+    return str(_field(obj, key, str)).encode("ascii", "replace")
+
+
+class ServerClient:
+    """HTTP client of one handoff-server, optionally as a paired device (signed requests)."""
+
+    def __init__(
+        self,
+        server_url: str,
+        *,
+        fingerprint: str | None,
+        device_key: Ed25519PrivateKey | None = None,
+        device_cert: x509.Certificate | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        try:
+            self._url = check_server_url(server_url)
+            self._fingerprint = check_fingerprint(fingerprint) if fingerprint else None
+        except HandoffError as exc:
+            raise ServerError(exc.message, code="server-url-invalid") from None
+        self._ssl: aiohttp.Fingerprint | bool = True
+        if self._url.startswith("https:") and self._fingerprint:
+            self._ssl = aiohttp.Fingerprint(bytes.fromhex(self._fingerprint[len("sha256:") :]))
+        self._key = device_key
+        self._cert = device_cert
+        self._timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    @property
+    def server_url(self) -> str:
+        """The server's base URL (no trailing slash)."""
+        return self._url
+
+    @property
+    def device_cert(self) -> x509.Certificate | None:
+        """The device certificate in use (updated by ``renew``)."""
+        return self._cert
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise ServerError("client is closed", code="client-closed")
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                headers={"User-Agent": "handoffd"},
+            )
+        return self._session
+
+    async def close(self) -> None:
+        """Close the HTTP session (idempotent)."""
+        self._closed = True
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    async def __aenter__(self) -> ServerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------ plumbing
+
+    def _require_device(self) -> tuple[Ed25519PrivateKey, x509.Certificate]:
+        if self._key is None or self._cert is None:
+            raise ServerError("this device is not paired", code="not-paired")
+        return self._key, self._cert
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict[str, Any] | None = None,
+        signed: bool = False,
+        raw: bool = False,
+    ) -> Any:
+        """One request; JSON (or raw bytes) back; ServerError for every failure."""
+        data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode("utf-8")
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        if signed:
+            key, _ = self._require_device()
+            headers.update(auth.sign_request(key, method, path, data, now=time.time()))
+        url = yarl.URL(self._url + path, encoded=True)
+        session = self._get_session()
+        try:
+            async with session.request(
+                method, url, data=data or None, headers=headers, ssl=self._ssl
+            ) as resp:
+                payload = await _read_bounded(resp)
+                if resp.status >= 400:
+                    raise _error_from(resp.status, payload)
+        except aiohttp.ServerFingerprintMismatch:
+            raise ServerError(
+                "the server's TLS certificate does not match the pinned fingerprint",
+                code="server-fingerprint-mismatch",
+            ) from None
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ServerError(
+                f"cannot reach {self._url}: {type(exc).__name__}", code="server-unreachable"
+            ) from exc
+        if raw:
+            return payload
+        try:
+            return json.loads(payload)
+        except ValueError:
+            raise _bad_response("JSON body") from None
+
+    # ------------------------------------------------------------ API
+
+    async def info(self) -> dict[str, Any]:
+        """``GET /v1/info``: name, version, api, fingerprint (as the server sees itself), time."""
+        result = await self._request("GET", "/v1/info")
+        if not isinstance(result, dict):
+            raise _bad_response("info")
+        return result
+
+    async def join(
+        self, invite: Invite, *, key: Ed25519PrivateKey, name: str, platform: str
+    ) -> JoinResult:
+        """Join the invite's account with ``key``; check what comes back before returning it."""
+        if invite.server_url != self._url:
+            raise ServerError("the invite is for another server", code="invite-wrong-server")
+        body: dict[str, Any] = {
+            "csr": identity.csr_to_pem(identity.make_csr(key)).decode("ascii"),
+            "name": name,
+            "platform": platform,
+        }
+        if invite.token is not None:
+            body["token"] = invite.token
+        elif invite.code is not None:
+            body["code"] = invite.code
+        else:
+            raise ServerError("invite has neither token nor code", code="invite-malformed")
+        result = await self._request("POST", "/v1/join", body=body)
+        try:
+            cert = identity.load_cert(_pem_field(result, "device_cert"))
+            ca = identity.load_cert(_pem_field(result, "account_ca"))
+            crl = identity.load_crl(_pem_field(result, "crl"))
+        except HandoffError as exc:
+            raise _bad_response(f"join result ({exc.code})") from None
+        now = dt.datetime.now(dt.UTC)
+        account_id = identity.check_account_ca(ca, now=now)
+        trust = identity.TrustAnchor.from_ca(ca, crl)
+        own_id = identity.device_id_for(key.public_key())
+        peer = identity.verify_device_cert(cert, trust, now=now, expected_device=own_id)
+        if _field(result, "device_id", str) != own_id or _field(result, "account_id", str) != (
+            account_id
+        ):
+            raise _bad_response("join result (ids)")
+        self._key, self._cert = key, cert
+        return JoinResult(
+            device_id=peer.device_id,
+            account_id=account_id,
+            device_cert=cert,
+            account_ca=ca,
+            crl=crl,
+        )
+
+    async def renew(self) -> x509.Certificate:
+        """A new certificate for the same key (``POST /v1/renew``); also kept for later requests."""
+        key, old = self._require_device()
+        body = {"csr": identity.csr_to_pem(identity.make_csr(key)).decode("ascii")}
+        result = await self._request("POST", "/v1/renew", body=body, signed=True)
+        try:
+            cert = identity.load_cert(_pem_field(result, "device_cert"))
+            ca = identity.load_cert(_pem_field(result, "account_ca"))
+        except HandoffError as exc:
+            raise _bad_response(f"renew result ({exc.code})") from None
+        if ca.subject != old.issuer:
+            raise _bad_response("renew result (another account)")
+        trust = identity.TrustAnchor.from_ca(ca)
+        identity.verify_device_cert(
+            cert,
+            trust,
+            now=dt.datetime.now(dt.UTC),
+            expected_device=identity.device_id_for(key.public_key()),
+        )
+        self._cert = cert
+        return cert
+
+    async def fetch_crl(self, account_id: str | None = None) -> x509.CertificateRevocationList:
+        """The account's current CRL (``GET /v1/crl``); the caller verifies it (TrustAnchor.with_crl)."""
+        if account_id is None:
+            _, cert = self._require_device()
+            account_id = _cert_account(cert)
+        if not identity.is_account_id(account_id):
+            raise ServerError("not an account id", code="bad-account-id")
+        query = urllib.parse.urlencode({"account": account_id})
+        payload = await self._request("GET", f"/v1/crl?{query}", raw=True)
+        try:
+            return identity.load_crl(payload)
+        except HandoffError:
+            raise _bad_response("CRL") from None
+
+    async def create_invite(self) -> CreatedInvite:
+        """A new invite to this device's account (``POST /v1/invites``)."""
+        result = await self._request("POST", "/v1/invites", body={}, signed=True)
+        expires = _field(result, "expires_at", (int, float))
+        return CreatedInvite(
+            url=_field(result, "url", str),
+            code=_field(result, "code", str),
+            expires_at=float(expires),
+            qr_svg=_field(result, "qr_svg", str),
+        )
+
+    async def devices(self) -> list[DeviceRecord]:
+        """The account's devices (``GET /v1/devices``)."""
+        result = await self._request("GET", "/v1/devices", signed=True)
+        items = _field(result, "devices", list)
+        return [_device_record(item) for item in items]
+
+    async def rename(self, device_id: str, name: str) -> DeviceRecord:
+        """Rename a device of the account (``PATCH /v1/devices/{id}``)."""
+        device_id = identity.parse_device_id(device_id)
+        result = await self._request(
+            "PATCH", f"/v1/devices/{device_id}", body={"name": name}, signed=True
+        )
+        return _device_record(_field(result, "device", dict))
+
+    async def revoke(self, device_id: str) -> x509.CertificateRevocationList:
+        """Revoke a device of the account (``DELETE /v1/devices/{id}``); return the new CRL."""
+        device_id = identity.parse_device_id(device_id)
+        result = await self._request("DELETE", f"/v1/devices/{device_id}", signed=True)
+        try:
+            return identity.load_crl(_pem_field(result, "crl"))
+        except HandoffError:
+            raise _bad_response("CRL") from None
+
+    def connect(
+        self,
+        on_presence: Callable[[frozenset[str]], None],
+        on_signal: Callable[[str, bytes], None],
+        *,
+        on_error: Callable[[ServerError], None] | None = None,
+    ) -> ServerLink:
+        """The device's WebSocket (not yet started: ``await link.start()``)."""
+        key, _ = self._require_device()
+        return ServerLink(self, key, on_presence, on_signal, on_error)
+
+    # for ServerLink
+    def _ws_url(self) -> yarl.URL:
+        base = (
+            "wss" + self._url[len("https") :]
+            if self._url.startswith("https:")
+            else ("ws" + self._url[len("http") :])
+        )
+        return yarl.URL(base + "/v1/ws", encoded=True)
+
+
+class ServerLink:
+    """The device's WebSocket to the server: presence in, signals both ways; reconnects with backoff.
+
+    ``online`` is the set of the account's online device ids (this device
+    included) while connected, empty otherwise; ``on_presence`` is called on
+    every change. ``on_signal(from_device, envelope)`` gets forwarded envelopes.
+    ``on_error`` gets errors the server reports about our messages (e.g.
+    ``target-unavailable``) and the fatal error that stops the link
+    (``device-revoked``, ...), also kept in ``last_error``.
+    """
+
+    def __init__(
+        self,
+        client: ServerClient,
+        key: Ed25519PrivateKey,
+        on_presence: Callable[[frozenset[str]], None],
+        on_signal: Callable[[str, bytes], None],
+        on_error: Callable[[ServerError], None] | None,
+    ) -> None:
+        self._client = client
+        self._key = key
+        self._device_id = identity.device_id_for(key.public_key())
+        self._on_presence = on_presence
+        self._on_signal = on_signal
+        self._on_error = on_error
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._closing = False
+        self.online: frozenset[str] = frozenset()
+        self.last_error: ServerError | None = None
+
+    @property
+    def connected(self) -> bool:
+        """True while authenticated on a live WebSocket."""
+        return self._connected.is_set()
+
+    async def start(self) -> None:
+        """Start the connect/reconnect loop (returns at once; see wait_connected)."""
+        if self._task is None and not self._closing:
+            self._task = asyncio.create_task(self._run(), name="serverlink")
+
+    async def wait_connected(self) -> None:
+        """Wait until connected (wrap in ``asyncio.timeout``); raise the link's error if it stopped."""
+        while not self._connected.is_set():
+            task = self._task
+            if task is None or task.done():
+                raise self.last_error or ServerError(
+                    "not connected to the server", code="server-offline"
+                )
+            waiter = asyncio.ensure_future(self._connected.wait())
+            try:
+                await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+
+    async def send_signal(self, to_device: str, envelope: bytes) -> None:
+        """Forward an opaque signed envelope to another online device of the account."""
+        if len(envelope) > MAX_SIGNAL:
+            raise ServerError("signal is too large", code="signal-too-large")
+        await self._send({"type": "signal", "to": to_device, "data": auth.b64e(envelope)})
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        ws = self._ws
+        if ws is None or ws.closed or not self.connected:
+            raise ServerError("not connected to the server", code="server-offline")
+        try:
+            async with asyncio.timeout(self._client._timeout):
+                await ws.send_str(json.dumps(message, separators=(",", ":")))
+        except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
+            raise ServerError("lost the server connection", code="server-offline") from exc
+
+    async def close(self) -> None:
+        """Stop reconnecting and close the WebSocket (idempotent)."""
+        self._closing = True
+        ws = self._ws
+        if ws is not None and not ws.closed:
+            with contextlib.suppress(aiohttp.ClientError, ConnectionError, TimeoutError):
+                async with asyncio.timeout(2):
+                    await ws.close()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise asyncio.CancelledError
+
+    # ------------------------------------------------------------ the loop
+
+    def _set_online(self, online: frozenset[str]) -> None:
+        if online == self.online:
+            return
+        self.online = online
+        try:
+            self._on_presence(online)
+        except Exception:
+            logger.exception("presence callback failed")
+
+    def _report(self, error: ServerError) -> None:
+        if self._on_error is None:
+            return
+        try:
+            self._on_error(error)
+        except Exception:
+            logger.exception("error callback failed")
+
+    async def _run(self) -> None:
+        backoff = BACKOFF_MIN
+        while not self._closing:
+            started = time.monotonic()
+            try:
+                await self._session_once()
+            except ServerError as exc:
+                if exc.code in FATAL_CODES:
+                    self.last_error = exc
+                    logger.warning("server link stopped code=%s", exc.code)
+                    self._report(exc)
+                    self._connected.clear()
+                    self._set_online(frozenset())
+                    return
+                self.last_error = exc
+                logger.info("server link lost code=%s", exc.code)
+            except (aiohttp.ClientError, ConnectionError, TimeoutError, OSError) as exc:
+                self.last_error = ServerError(
+                    f"server connection failed: {type(exc).__name__}", code="server-unreachable"
+                )
+                logger.info("server link lost error=%s", type(exc).__name__)
+            finally:
+                self._ws = None
+            self._connected.clear()
+            self._set_online(frozenset())
+            if time.monotonic() - started > BACKOFF_MAX:
+                backoff = BACKOFF_MIN
+            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _session_once(self) -> None:
+        client = self._client
+        session = client._get_session()
+        try:
+            async with asyncio.timeout(client._timeout):
+                ws = await session.ws_connect(
+                    client._ws_url(),
+                    ssl=client._ssl,
+                    heartbeat=HEARTBEAT,
+                    max_msg_size=MAX_WS_MESSAGE,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+                )
+        except aiohttp.ServerFingerprintMismatch:
+            raise ServerError(
+                "the server's TLS certificate does not match the pinned fingerprint",
+                code="server-fingerprint-mismatch",
+            ) from None
+        except aiohttp.WSServerHandshakeError as exc:
+            raise ServerError(
+                f"WebSocket refused with HTTP {exc.status}", code="server-ws-refused"
+            ) from None
+        self._ws = ws
+        try:
+            async with asyncio.timeout(client._timeout):
+                challenge_msg = await self._receive(ws)
+                if challenge_msg.get("type") != "challenge" or not isinstance(
+                    challenge_msg.get("nonce"), str
+                ):
+                    raise _bad_response("WebSocket challenge")
+                try:
+                    challenge = auth.b64d(challenge_msg["nonce"], max_len=64)
+                except ValueError:
+                    raise _bad_response("WebSocket challenge") from None
+                await ws.send_str(
+                    json.dumps(
+                        {
+                            "type": "auth",
+                            "device_id": self._device_id,
+                            "signature": auth.sign_ws_challenge(self._key, challenge),
+                        }
+                    )
+                )
+                welcome = await self._receive(ws)
+                if welcome.get("type") != "welcome":
+                    raise _bad_response("WebSocket welcome")
+            self._connected.set()
+            self._handle(welcome)
+            while True:
+                self._handle(await self._receive(ws))
+        finally:
+            self._connected.clear()
+            with contextlib.suppress(aiohttp.ClientError, ConnectionError, TimeoutError):
+                async with asyncio.timeout(2):
+                    await ws.close()
+
+    async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+        msg = await ws.receive()
+        if msg.type in (
+            aiohttp.WSMsgType.CLOSE,
+            aiohttp.WSMsgType.CLOSING,
+            aiohttp.WSMsgType.CLOSED,
+        ):
+            raise ServerError("server closed the WebSocket", code="server-closed")
+        if msg.type == aiohttp.WSMsgType.ERROR:
+            raise ServerError("WebSocket error", code="server-closed")
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            raise _bad_response("WebSocket frame")
+        try:
+            data = json.loads(msg.data)
+        except ValueError:
+            raise _bad_response("WebSocket message") from None
+        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+            raise _bad_response("WebSocket message")
+        if data["type"] == "error":
+            error = data.get("error")
+            code = error.get("code") if isinstance(error, dict) else None
+            message = error.get("message") if isinstance(error, dict) else None
+            exc = ServerError(str(message or "server error")[:300], code=str(code or "server")[:64])
+            if exc.code in FATAL_CODES or data.get("fatal") is True:
+                raise exc
+            self._report(exc)
+        return data
+
+    def _handle(self, data: dict[str, Any]) -> None:
+        kind = data["type"]
+        if kind in ("welcome", "presence"):
+            online = data.get("online")
+            if isinstance(online, list) and all(isinstance(d, str) for d in online):
+                self._set_online(frozenset(online))
+        elif kind == "signal":
+            sender, payload = data.get("from"), data.get("data")
+            if not isinstance(sender, str) or not isinstance(payload, str):
+                logger.warning("malformed signal from server")
+                return
+            try:
+                envelope = auth.b64d(payload, max_len=MAX_SIGNAL)
+            except ValueError:
+                logger.warning("malformed signal from server")
+                return
+            try:
+                self._on_signal(sender, envelope)
+            except Exception:
+                logger.exception("signal callback failed")
+        # "pong", "error" (reported in _receive) and unknown types are ignored.
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_RESPONSE:
+            raise _bad_response("response (too large)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error_from(status: int, payload: bytes) -> ServerError:
+    try:
+        error = json.loads(payload)["error"]
+        code, message = str(error["code"])[:64], str(error["message"])[:300]
+    except (ValueError, KeyError, TypeError):
+        return ServerError(
+            f"server answered HTTP {status}", code="server-bad-response", status=status
+        )
+    return ServerError(message, code=code, status=status)
+
+
+def _device_record(item: Any) -> DeviceRecord:
+    last_seen = item.get("last_seen") if isinstance(item, dict) else None
+    if last_seen is not None and not isinstance(last_seen, (int, float)):
+        raise _bad_response("device record")
+    return DeviceRecord(
+        device_id=_field(item, "device_id", str),
+        name=_field(item, "name", str),
+        platform=_field(item, "platform", str),
+        revoked=_field(item, "revoked", bool),
+        created_at=float(_field(item, "created_at", (int, float))),
+        last_seen=None if last_seen is None else float(last_seen),
+        online=_field(item, "online", bool),
+    )
+
+
+def _cert_account(cert: x509.Certificate) -> str:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        raise ServerError("device certificate names no account", code="not-paired") from None
+    for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri.startswith(identity.ACCOUNT_URN):
+            return uri[len(identity.ACCOUNT_URN) :]
+    raise ServerError("device certificate names no account", code="not-paired")
