@@ -227,10 +227,18 @@ class RateLimiter:
         self._max_keys = max_keys
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
+    def _tokens(self, key: str, now: float) -> float:
+        tokens, stamp = self._buckets.get(key, (self._burst, now))
+        return min(self._burst, tokens + max(0.0, now - stamp) * self._rate)
+
+    def peek(self, key: str, now: float) -> bool:
+        """True if ``key`` has a token left (nothing is taken)."""
+        return self._tokens(key, now) >= 1.0
+
     def allow(self, key: str, now: float) -> bool:
         """Take one token for ``key``; False when the bucket is empty."""
-        tokens, stamp = self._buckets.pop(key, (self._burst, now))
-        tokens = min(self._burst, tokens + max(0.0, now - stamp) * self._rate)
+        tokens = self._tokens(key, now)
+        self._buckets.pop(key, None)
         allowed = tokens >= 1.0
         self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
         while len(self._buckets) > self._max_keys:

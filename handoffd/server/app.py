@@ -1,0 +1,184 @@
+"""Composition of the server's aiohttp application: store, API, WebSocket hub, web pages.
+
+Web pages hook: ``make_app`` calls ``setup_web(app, store, config)`` from
+``handoffd.server.web`` when that module exists (or the ``web_setup`` argument,
+if given). It may add routes outside ``/v1`` and reach the shared objects as
+``app[STORE]``, ``app[CONFIG]``, ``app[HUB]``. Store methods are blocking:
+call them with ``asyncio.to_thread``. Errors under ``/v1`` are rendered as
+JSON by this module's middleware; other paths are left to the web pages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import importlib.util
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from handoffd.errors import HandoffError, ServerError, StoreError
+from handoffd.server.auth import RequestVerifier
+from handoffd.server.hub import Hub
+from handoffd.server.pairing import INVITE_TTL, RateLimiter
+from handoffd.server.store import Store
+
+logger = logging.getLogger("handoffd.server")
+access_logger = logging.getLogger("handoffd.server.access")
+
+MAX_BODY = 256 * 1024
+
+__all__ = [
+    "CONFIG",
+    "HUB",
+    "JOIN_LIMITER",
+    "MAX_BODY",
+    "STORE",
+    "VERIFIER",
+    "ServerConfig",
+    "WebSetup",
+    "make_app",
+]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Server settings (``serve``'s options); ``clock`` is injectable for tests."""
+
+    data_dir: Path
+    public_url: str | None = None
+    fingerprint: str | None = None
+    invite_ttl: float = INVITE_TTL
+    join_failures_per_minute: float = 10.0
+    join_failure_burst: int = 10
+    max_body: int = MAX_BODY
+    revocation_poll: float = 1.0
+    clock: Callable[[], float] = field(default=time.time)
+
+
+STORE: web.AppKey[Store] = web.AppKey("handoff_store", Store)
+CONFIG: web.AppKey[ServerConfig] = web.AppKey("handoff_config", ServerConfig)
+HUB: web.AppKey[Hub] = web.AppKey("handoff_hub", Hub)
+VERIFIER: web.AppKey[RequestVerifier] = web.AppKey("handoff_verifier", RequestVerifier)
+JOIN_LIMITER: web.AppKey[RateLimiter] = web.AppKey("handoff_join_limiter", RateLimiter)
+
+WebSetup = Callable[[web.Application, Store, ServerConfig], None]
+
+_STATUS_CODES = {
+    400: "bad-request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    413: "body-too-large",
+    415: "unsupported-media-type",
+    429: "rate-limited",
+}
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    """The JSON error body every ``/v1`` failure uses."""
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure under /v1 into a JSON error; log one line per request."""
+    started = time.monotonic()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except ServerError as exc:
+        status = exc.status or 400
+        return error_response(status, exc.code, exc.message)
+    except StoreError as exc:
+        logger.error("store failure code=%s", exc.code)
+        status = 503
+        return error_response(503, exc.code, "the server's database is unavailable")
+    except HandoffError as exc:
+        status = 400
+        return error_response(400, exc.code, exc.message)
+    except web.HTTPException as exc:
+        status = exc.status
+        if exc.status < 400 or not request.path.startswith("/v1"):
+            raise
+        code = _STATUS_CODES.get(exc.status, "http-error")
+        message = (
+            exc.reason
+            if exc.status != 413
+            else f"body is larger than {request.app[CONFIG].max_body} bytes"
+        )
+        return error_response(exc.status, code, message)
+    except Exception:
+        logger.exception("internal error path=%s", request.path)
+        status = 500
+        return error_response(500, "internal", "internal server error")
+    finally:
+        access_logger.info(
+            "request method=%s path=%s status=%s client=%s ms=%d",
+            request.method,
+            request.path,
+            status,
+            request.remote,
+            (time.monotonic() - started) * 1000,
+        )
+
+
+def _default_web_setup() -> WebSetup | None:
+    if importlib.util.find_spec("handoffd.server.web") is None:
+        return None
+    module = importlib.import_module("handoffd.server.web")
+    setup = getattr(module, "setup_web", None)
+    return setup if callable(setup) else None
+
+
+def make_app(
+    store: Store, config: ServerConfig, *, web_setup: WebSetup | bool | None = True
+) -> web.Application:
+    """The whole server as an aiohttp application (the caller owns ``store``).
+
+    ``web_setup``: True (default) uses ``handoffd.server.web.setup_web`` if it
+    exists; a callable is used instead; None/False leaves the pages out.
+    """
+    from handoffd.server import api  # imported here: api imports this module's keys
+
+    app = web.Application(client_max_size=config.max_body, middlewares=[_errors])
+    hub = Hub(store, config.clock)
+    app[STORE] = store
+    app[CONFIG] = config
+    app[HUB] = hub
+    app[VERIFIER] = RequestVerifier()
+    app[JOIN_LIMITER] = RateLimiter(
+        per_minute=config.join_failures_per_minute, burst=config.join_failure_burst
+    )
+    api.setup_api(app)
+    app.router.add_get("/v1/ws", hub.handle)
+
+    async def background(app: web.Application) -> AsyncIterator[None]:
+        watcher = asyncio.create_task(hub.watch(config.revocation_poll), name="revocation-watch")
+        yield
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+    async def on_shutdown(app: web.Application) -> None:
+        await hub.close_all()
+
+    app.cleanup_ctx.append(background)
+    app.on_shutdown.append(on_shutdown)
+
+    setup: Any = _default_web_setup() if web_setup is True else web_setup
+    if callable(setup):
+        setup(app, store, config)
+    return app

@@ -1,0 +1,361 @@
+"""``handoff-server``: serve, account create, invite, devices, revoke.
+
+``serve`` prints one machine-readable line on stdout once it listens::
+
+    handoff-server listening url=https://127.0.0.1:8443 fingerprint=sha256:<hex>
+
+(``fingerprint=none`` with ``--insecure-http``); logs go to stderr, one
+``key=value`` line per event. The data directory is ``--data DIR``, else
+``$STATE_DIRECTORY`` (set by systemd), else the platform's user data dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import getpass
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import platformdirs
+from aiohttp import web
+
+from handoffd import identity
+from handoffd.errors import HandoffError
+from handoffd.server import pairing, tlscert
+from handoffd.server.app import ServerConfig, make_app
+from handoffd.server.store import Store
+
+logger = logging.getLogger("handoffd.server")
+
+DEFAULT_LISTEN = "0.0.0.0:8443"
+_LOG_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
+
+
+class KeyValueFormatter(logging.Formatter):
+    """One line per event: ``ts=... level=... logger=... event="..." key=value ...``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render the record (message words become ``event``, its ``k=v`` parts stay fields)."""
+        message = record.getMessage().replace("\n", " ")
+        words = message.split(" ")
+        split = next((i for i, w in enumerate(words) if "=" in w), len(words))
+        event, fields = " ".join(words[:split]), " ".join(words[split:])
+        ts = dt.datetime.fromtimestamp(record.created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        parts = [f"ts={ts}", f"level={record.levelname.lower()}", f"logger={record.name}"]
+        parts.append(f"event={json.dumps(event)}")
+        if fields:
+            parts.append(fields)
+        extra = {k: v for k, v in record.__dict__.items() if k not in _LOG_FIELDS}
+        parts.extend(f"{k}={json.dumps(str(v))}" for k, v in extra.items())
+        if record.exc_info:
+            parts.append(f"exc={json.dumps(self.formatException(record.exc_info))}")
+        return " ".join(parts)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Structured logs on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(KeyValueFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def default_data_dir() -> Path:
+    """``$STATE_DIRECTORY`` (systemd; its first entry) or the platform's user data dir."""
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return Path(state.split(":")[0])
+    return Path(platformdirs.user_data_dir("handoff-server", appauthor=False))
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 in brackets) → (host, port)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise HandoffError(f"--listen must be HOST:PORT, not {text!r}", code="bad-listen")
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - ":8443" means every interface
+    return host, int(port_text)
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - naming the wildcard, not binding it
+        host = socket.getfqdn()
+    return f"[{host}]" if ":" in host else host
+
+
+# ---------------------------------------------------------------- serve
+
+
+async def serve(args: argparse.Namespace) -> int:
+    """Run the server until SIGTERM/SIGINT."""
+    data_dir: Path = args.data
+    host, port = parse_listen(args.listen)
+    now = time.time()
+    tls = (
+        None
+        if args.insecure_http
+        else tlscert.load_or_create(
+            data_dir, now=dt.datetime.fromtimestamp(now, dt.UTC), extra_hosts=[host]
+        )
+    )
+    scheme = "http" if tls is None else "https"
+    fingerprint = None if tls is None else tls.fingerprint
+    store = Store.open(data_dir)
+    try:
+        config = ServerConfig(
+            data_dir=data_dir,
+            public_url=pairing.check_server_url(args.public_url) if args.public_url else None,
+            fingerprint=fingerprint,
+            invite_ttl=args.invite_ttl,
+            join_failures_per_minute=args.join_failures_per_minute,
+            join_failure_burst=max(1, int(args.join_failures_per_minute)),
+        )
+        app = make_app(store, config)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+        await runner.setup()
+        try:
+            site = web.TCPSite(
+                runner,
+                host,
+                port,
+                ssl_context=None if tls is None else tls.ssl_context(),
+                reuse_address=True,
+            )
+            await site.start()
+            bound_port = int(runner.addresses[0][1])
+            url = config.public_url or f"{scheme}://{_url_host(host)}:{bound_port}"
+            await asyncio.to_thread(store.set_meta, "public_url", url)
+            await asyncio.to_thread(store.set_meta, "scheme", scheme)
+            listen_url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{bound_port}"
+            logger.info(
+                "server listening url=%s fingerprint=%s data=%s",
+                listen_url,
+                fingerprint or "none",
+                data_dir,
+            )
+            print(
+                f"handoff-server listening url={listen_url} fingerprint={fingerprint or 'none'}",
+                flush=True,
+            )
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+            await stop.wait()
+            logger.info("server stopping")
+        finally:
+            await runner.cleanup()
+    finally:
+        store.close()
+    logger.info("server stopped")
+    return 0
+
+
+# ---------------------------------------------------------------- admin commands
+
+
+def _read_password(args: argparse.Namespace) -> str | None:
+    if args.no_password:
+        return None
+    if args.password_file:
+        text = Path(args.password_file).read_text(encoding="utf-8")
+        password = text.splitlines()[0] if text else ""
+    else:
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise HandoffError("the passwords differ", code="password-mismatch")
+    if not password:
+        raise HandoffError("the password is empty", code="password-empty")
+    return password
+
+
+def cmd_account_create(args: argparse.Namespace) -> int:
+    """``account create NAME``: prints the account id."""
+    password = _read_password(args)
+    store = Store.open(args.data)
+    try:
+        account = store.create_account(args.name, password)
+    finally:
+        store.close()
+    print(account.account_id)
+    return 0
+
+
+def cmd_invite(args: argparse.Namespace) -> int:
+    """``invite ACCOUNT``: QR in the terminal, code, URL, expiry."""
+    store = Store.open(args.data)
+    try:
+        server_url = args.server_url or store.get_meta("public_url")
+        if not server_url:
+            raise HandoffError(
+                "the server's URL is unknown: start `serve` once or pass --server-url",
+                code="server-url-unknown",
+            )
+        server_url = pairing.check_server_url(server_url)
+        fingerprint = (
+            tlscert.read_fingerprint(args.data) if server_url.startswith("https:") else None
+        )
+        account = store.resolve_account(args.account)
+        invite = store.create_invite(account.account_id, created_by="cli", ttl=args.ttl)
+    finally:
+        store.close()
+    view = pairing.present(server_url, fingerprint, invite.secrets, invite.expires_at)
+    if not args.no_qr:
+        pairing.qr_terminal(view.url, sys.stdout)
+    expires = dt.datetime.fromtimestamp(view.expires_at).astimezone()
+    print(f"code:    {view.code}")
+    print(f"url:     {view.url}")
+    print(f"expires: {expires.isoformat(timespec='seconds')}")
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    """``devices ACCOUNT [--json]``."""
+    store = Store.open(args.data)
+    try:
+        account = store.resolve_account(args.account)
+        devices = store.list_devices(account.account_id)
+    finally:
+        store.close()
+    rows = [
+        {
+            "device_id": d.device_id,
+            "name": d.name,
+            "platform": d.platform,
+            "revoked": d.revoked,
+            "created_at": d.created_at,
+            "last_seen": d.last_seen,
+            "cert_not_after": d.cert_not_after,
+        }
+        for d in devices
+    ]
+    if args.json:
+        print(json.dumps({"account_id": account.account_id, "devices": rows}, indent=2))
+        return 0
+    if not rows:
+        print(f"no devices in {account.name}")
+        return 0
+    for d in devices:
+        state = "revoked" if d.revoked else "active"
+        seen = (
+            dt.datetime.fromtimestamp(d.last_seen).astimezone().isoformat(timespec="seconds")
+            if d.last_seen
+            else "never"
+        )
+        print(
+            f"{identity.format_device_id(d.device_id)}  {d.name!r}  {d.platform}  {state}  "
+            f"last seen {seen}"
+        )
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    """``revoke ACCOUNT DEVICE`` (a device id, or a unique device name)."""
+    store = Store.open(args.data)
+    try:
+        account = store.resolve_account(args.account)
+        devices = store.list_devices(account.account_id)
+        try:
+            wanted = identity.parse_device_id(args.device)
+            matches = [d for d in devices if d.device_id == wanted]
+        except HandoffError:
+            matches = [d for d in devices if d.name == args.device]
+        if len(matches) != 1:
+            raise HandoffError(
+                f"no single device {args.device!r:.80} in {account.name}",
+                code="device-unknown",
+            )
+        crl = store.revoke_device(account.account_id, matches[0].device_id)
+    finally:
+        store.close()
+    print(f"revoked {matches[0].device_id}; CRL number {identity.crl_number(crl)}")
+    return 0
+
+
+# ---------------------------------------------------------------- argv
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (``--data`` on every command)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="data directory (default: $STATE_DIRECTORY or platformdirs)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="handoff-server", description="handoff authorization server"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", parents=[common], help="run the server")
+    p.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (port 0: any free port)")
+    p.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="plain HTTP: only behind a TLS proxy, or in tests",
+    )
+    p.add_argument("--public-url", default=None, help="URL devices use to reach the server")
+    p.add_argument("--invite-ttl", type=float, default=pairing.INVITE_TTL, help=argparse.SUPPRESS)
+    p.add_argument("--join-failures-per-minute", type=float, default=10.0, help=argparse.SUPPRESS)
+
+    p = sub.add_parser("account", help="manage accounts")
+    account_sub = p.add_subparsers(dest="account_command", required=True)
+    p = account_sub.add_parser("create", parents=[common], help="create an account; prints its id")
+    p.add_argument("name")
+    p.add_argument("--password-file", default=None, help="read the password from this file")
+    p.add_argument("--no-password", action="store_true", help="no web login for this account")
+
+    p = sub.add_parser("invite", parents=[common], help="make a pairing invite")
+    p.add_argument("account", help="account name or id")
+    p.add_argument("--server-url", default=None, help="URL put into the invite")
+    p.add_argument("--no-qr", action="store_true", help="do not print the QR code")
+    p.add_argument("--ttl", type=float, default=pairing.INVITE_TTL, help=argparse.SUPPRESS)
+
+    p = sub.add_parser("devices", parents=[common], help="list an account's devices")
+    p.add_argument("account", help="account name or id")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("revoke", parents=[common], help="revoke a device")
+    p.add_argument("account", help="account name or id")
+    p.add_argument("device", help="device id or name")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``handoff-server`` console script."""
+    args = build_parser().parse_args(argv)
+    if args.data is None:
+        args.data = default_data_dir()
+    setup_logging()
+    try:
+        if args.command == "serve":
+            return asyncio.run(serve(args))
+        if args.command == "account":
+            return cmd_account_create(args)
+        commands = {"invite": cmd_invite, "devices": cmd_devices, "revoke": cmd_revoke}
+        return commands[args.command](args)
+    except HandoffError as exc:
+        print(f"handoff-server: error: {exc.message} [{exc.code}]", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"handoff-server: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""The WebSocket hub at ``/v1/ws``: device auth by challenge, presence, signal forwarding.
+
+One connection per online device (a newer one replaces an older one). JSON
+text frames, each an object with a ``type``:
+
+server → device: ``challenge {nonce}``, ``welcome {device_id, account_id, online}``,
+``presence {online}``, ``signal {from, data}``, ``pong {id}``,
+``error {error: {code, message}, ref?, fatal?}``.
+device → server: ``auth {device_id, signature}``, ``signal {to, data, id?}``,
+``ping {id?}``. ``relay-open``, ``relay-data``, ``relay-close`` are reserved
+for relay streams (answered with ``unsupported`` for now).
+
+Signals go only to another online device of the SAME account; anything else
+is ``target-unavailable`` (the same answer for offline, unknown and foreign
+devices, so nothing leaks across accounts). A malformed frame gets a fatal
+error and the connection is closed; the server keeps serving everyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from handoffd import identity
+from handoffd.errors import HandoffError, ServerError
+from handoffd.server import auth
+from handoffd.server.store import Store
+
+logger = logging.getLogger("handoffd.server.hub")
+
+MAX_SIGNAL = 256 * 1024
+MAX_MESSAGE = 512 * 1024
+AUTH_TIMEOUT = 10.0
+SEND_TIMEOUT = 10.0
+HEARTBEAT = 30.0
+RESERVED = frozenset({"relay-open", "relay-data", "relay-close"})
+CLOSE_REVOKED = 4003
+CLOSE_REPLACED = 4000
+CLOSE_AUTH = 4001
+
+
+class _FrameError(Exception):
+    """The peer sent a frame that breaks the protocol (answered with a fatal error)."""
+
+    def __init__(self, message: str, code: str = "frame-malformed") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+@dataclass(eq=False)
+class _Conn:
+    device_id: str
+    account_id: str
+    ws: web.WebSocketResponse
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class Hub:
+    """Tracks online devices and forwards their messages (see the module docstring)."""
+
+    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
+        self._store = store
+        self._clock = clock
+        self._conns: dict[str, _Conn] = {}
+        self._accounts: dict[str, set[str]] = {}
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    def online(self, account_id: str) -> frozenset[str]:
+        """The account's online device ids."""
+        return frozenset(self._accounts.get(account_id, ()))
+
+    # ------------------------------------------------------------ sending
+
+    async def _send(self, conn: _Conn, message: dict[str, Any]) -> bool:
+        """Send one message; a peer too slow to take it within SEND_TIMEOUT is dropped."""
+        if conn.ws.closed:
+            return False
+        try:
+            async with conn.lock, asyncio.timeout(SEND_TIMEOUT):
+                await conn.ws.send_str(json.dumps(message, separators=(",", ":")))
+        except (ConnectionError, TimeoutError, RuntimeError):
+            logger.info("dropping slow or gone connection device=%s", conn.device_id)
+            await self._close(conn.ws, WSCloseCode.GOING_AWAY, b"send failed")
+            return False
+        return True
+
+    @staticmethod
+    def _error(
+        code: str, message: str, *, ref: object = None, fatal: bool = False
+    ) -> dict[str, Any]:
+        msg: dict[str, Any] = {"type": "error", "error": {"code": code, "message": message}}
+        if ref is not None:
+            msg["ref"] = ref
+        if fatal:
+            msg["fatal"] = True
+        return msg
+
+    async def _send_ws(self, ws: web.WebSocketResponse, message: dict[str, Any]) -> None:
+        if ws.closed:
+            return
+        with contextlib.suppress(ConnectionError, TimeoutError, RuntimeError):
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await ws.send_str(json.dumps(message, separators=(",", ":")))
+
+    @staticmethod
+    async def _close(ws: web.WebSocketResponse, code: int, reason: bytes) -> None:
+        with contextlib.suppress(ConnectionError, TimeoutError, RuntimeError):
+            async with asyncio.timeout(5):
+                await ws.close(code=code, message=reason)
+
+    async def _presence(self, account_id: str) -> None:
+        online = sorted(self.online(account_id))
+        conns = [self._conns[d] for d in online if d in self._conns]
+        await asyncio.gather(
+            *(self._send(c, {"type": "presence", "online": online}) for c in conns)
+        )
+
+    # ------------------------------------------------------------ the handler
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/ws``: one device's WebSocket, from challenge to close."""
+        if self._closing:
+            raise ServerError("server is shutting down", code="shutting-down", status=503)
+        ws = web.WebSocketResponse(
+            heartbeat=HEARTBEAT, max_msg_size=MAX_MESSAGE, autoping=True, compress=False
+        )
+        await ws.prepare(request)
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        try:
+            conn = await self._authenticate(ws, request.remote or "unknown")
+            if conn is None:
+                return ws
+            try:
+                await self._serve(conn)
+            finally:
+                await self._unregister(conn)
+        finally:
+            if task is not None:
+                self._handlers.discard(task)
+            await self._close(ws, WSCloseCode.OK, b"")
+        return ws
+
+    async def _authenticate(self, ws: web.WebSocketResponse, client: str) -> _Conn | None:
+        challenge = secrets.token_bytes(auth.WS_NONCE_LEN)
+        await self._send_ws(
+            ws,
+            {"type": "challenge", "nonce": auth.b64e(challenge), "server_time": self._clock()},
+        )
+        try:
+            async with asyncio.timeout(AUTH_TIMEOUT):
+                data = await self._receive(ws)
+            if data is None:
+                return None
+            if data.get("type") != "auth":
+                raise _FrameError("the first message must be auth")
+            device_id, signature = data.get("device_id"), data.get("signature")
+            if not isinstance(device_id, str) or not identity.is_device_id(device_id):
+                raise _FrameError("auth needs a device_id")
+            if not isinstance(signature, str):
+                raise _FrameError("auth needs a signature")
+            device = await asyncio.to_thread(self._store.get_device, device_id)
+            if device is None:
+                raise ServerError("unknown device", code="auth-invalid", status=401)
+            auth.verify_ws_answer(device.public_key, challenge, device_id, signature)
+            if device.revoked:
+                raise ServerError("this device has been revoked", code="device-revoked", status=403)
+            if device.cert_not_after < self._clock() - identity.CLOCK_SKEW.total_seconds():
+                raise ServerError("certificate has expired", code="cert-expired", status=401)
+        except TimeoutError:
+            await self._send_ws(ws, self._error("auth-timeout", "no auth in time", fatal=True))
+            await self._close(ws, CLOSE_AUTH, b"auth timeout")
+            return None
+        except _FrameError as exc:
+            await self._fatal(ws, exc.code, exc.message, WSCloseCode.POLICY_VIOLATION)
+            return None
+        except ServerError as exc:
+            logger.info("ws auth refused code=%s client=%s", exc.code, client)
+            close = CLOSE_REVOKED if exc.code == "device-revoked" else CLOSE_AUTH
+            await self._fatal(ws, exc.code, exc.message, close)
+            return None
+        conn = _Conn(device.device_id, device.account_id, ws)
+        old = self._conns.get(conn.device_id)
+        self._conns[conn.device_id] = conn
+        self._accounts.setdefault(conn.account_id, set()).add(conn.device_id)
+        if old is not None:
+            await self._send_ws(
+                old.ws, self._error("replaced", "a newer connection took over", fatal=True)
+            )
+            await self._close(old.ws, CLOSE_REPLACED, b"replaced")
+        await asyncio.to_thread(self._store.touch_device, conn.device_id)
+        logger.info("device online account=%s device=%s", conn.account_id, conn.device_id)
+        await self._send(
+            conn,
+            {
+                "type": "welcome",
+                "device_id": conn.device_id,
+                "account_id": conn.account_id,
+                "online": sorted(self.online(conn.account_id)),
+            },
+        )
+        await self._presence(conn.account_id)
+        return conn
+
+    async def _fatal(self, ws: web.WebSocketResponse, code: str, message: str, close: int) -> None:
+        await self._send_ws(ws, self._error(code, message, fatal=True))
+        await self._close(ws, close, code.encode("ascii"))
+
+    async def _receive(self, ws: web.WebSocketResponse) -> dict[str, Any] | None:
+        """The next message as a dict; None when the peer closed; _FrameError if malformed."""
+        msg = await ws.receive()
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            return None
+        if msg.type == WSMsgType.ERROR:
+            raise _FrameError("frame is malformed or too large")
+        if msg.type != WSMsgType.TEXT:
+            raise _FrameError("only JSON text frames are accepted")
+        try:
+            data = json.loads(msg.data)
+        except (ValueError, RecursionError):
+            raise _FrameError("frame is not JSON") from None
+        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+            raise _FrameError("frame must be a JSON object with a type")
+        return data
+
+    async def _serve(self, conn: _Conn) -> None:
+        while True:
+            try:
+                data = await self._receive(conn.ws)
+                if data is None:
+                    return
+                await self._dispatch(conn, data)
+            except _FrameError as exc:
+                logger.info("malformed frame device=%s code=%s", conn.device_id, exc.code)
+                await self._fatal(conn.ws, exc.code, exc.message, WSCloseCode.POLICY_VIOLATION)
+                return
+
+    async def _dispatch(self, conn: _Conn, data: dict[str, Any]) -> None:
+        kind = data["type"]
+        ref = data.get("id")
+        if ref is not None and not (
+            (isinstance(ref, str) and len(ref) <= 64) or (type(ref) is int and abs(ref) < 2**53)
+        ):
+            raise _FrameError("id must be a short string or an integer")
+        if kind == "ping":
+            await self._send(conn, {"type": "pong", "id": ref})
+        elif kind == "signal":
+            await self._signal(conn, data, ref)
+        elif kind in RESERVED:
+            await self._send(conn, self._error("unsupported", f"{kind} is not available", ref=ref))
+        else:
+            raise _FrameError("unknown message type")
+
+    async def _signal(self, conn: _Conn, data: dict[str, Any], ref: object) -> None:
+        to, payload = data.get("to"), data.get("data")
+        if not isinstance(to, str) or not isinstance(payload, str):
+            raise _FrameError("signal needs to and data")
+        try:
+            auth.b64d(payload, max_len=MAX_SIGNAL)
+        except ValueError:
+            raise _FrameError("signal data must be base64 of at most 256 KiB") from None
+        target = self._conns.get(to)
+        if target is None or target.account_id != conn.account_id or to == conn.device_id:
+            await self._send(
+                conn,
+                self._error(
+                    "target-unavailable", "that device is not online in this account", ref=ref
+                ),
+            )
+            return
+        delivered = await self._send(
+            target, {"type": "signal", "from": conn.device_id, "data": payload}
+        )
+        if not delivered:
+            await self._send(
+                conn,
+                self._error(
+                    "target-unavailable", "that device is not online in this account", ref=ref
+                ),
+            )
+
+    async def _unregister(self, conn: _Conn) -> None:
+        if self._conns.get(conn.device_id) is not conn:
+            return  # replaced by a newer connection: presence unchanged
+        del self._conns[conn.device_id]
+        devices = self._accounts.get(conn.account_id, set())
+        devices.discard(conn.device_id)
+        if not devices:
+            self._accounts.pop(conn.account_id, None)
+        logger.info("device offline account=%s device=%s", conn.account_id, conn.device_id)
+        with contextlib.suppress(HandoffError):
+            await asyncio.to_thread(self._store.touch_device, conn.device_id)
+        await self._presence(conn.account_id)
+
+    # ------------------------------------------------------------ revocation and shutdown
+
+    async def disconnect_revoked(self, device_ids: Iterable[str]) -> None:
+        """Tell revoked devices and close their connections at once."""
+        for device_id in device_ids:
+            conn = self._conns.get(device_id)
+            if conn is None:
+                continue
+            logger.info("disconnecting revoked device device=%s", device_id)
+            await self._send_ws(
+                conn.ws, self._error("device-revoked", "this device has been revoked", fatal=True)
+            )
+            await self._close(conn.ws, CLOSE_REVOKED, b"device-revoked")
+
+    async def check_revocations(self) -> None:
+        """Disconnect online devices revoked by another process (the CLI)."""
+        if not self._conns:
+            return
+        revoked = await asyncio.to_thread(self._store.revoked_among, list(self._conns))
+        await self.disconnect_revoked(revoked)
+
+    async def watch(self, interval: float) -> None:
+        """Poll the database for other writers' commits; check revocations when it changes."""
+        seen = await asyncio.to_thread(self._store.data_version)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                version = await asyncio.to_thread(self._store.data_version)
+                if version != seen:
+                    seen = version
+                    await self.check_revocations()
+            except HandoffError as exc:
+                logger.warning("revocation check failed code=%s", exc.code)
+
+    async def close_all(self) -> None:
+        """Close every connection (server shutdown) and wait for their handlers."""
+        self._closing = True
+        await asyncio.gather(
+            *(
+                self._close(c.ws, WSCloseCode.GOING_AWAY, b"server shutdown")
+                for c in list(self._conns.values())
+            )
+        )
+        handlers = list(self._handlers)
+        if handlers:
+            await asyncio.wait(handlers, timeout=5)
