@@ -118,9 +118,9 @@ class Hub:
             async with asyncio.timeout(5):
                 await ws.close(code=code, message=reason)
 
-    async def _presence(self, account_id: str) -> None:
+    async def _presence(self, account_id: str, skip: _Conn | None = None) -> None:
         online = sorted(self.online(account_id))
-        conns = [self._conns[d] for d in online if d in self._conns]
+        conns = [c for d in online if (c := self._conns.get(d)) is not None and c is not skip]
         await asyncio.gather(
             *(self._send(c, {"type": "presence", "online": online}) for c in conns)
         )
@@ -210,7 +210,7 @@ class Hub:
                 "online": sorted(self.online(conn.account_id)),
             },
         )
-        await self._presence(conn.account_id)
+        await self._presence(conn.account_id, skip=conn)  # its welcome said it already
         return conn
 
     async def _fatal(self, ws: web.WebSocketResponse, code: str, message: str, close: int) -> None:
