@@ -1,0 +1,226 @@
+"""Daemon settings: a frozen, validated ``Settings`` persisted in ``config.toml`` (mode 0600).
+
+``accept_types`` lists the item types this device accepts in a handoff; the
+single entry ``"*"`` (the default) means every type, including app-defined ones.
+Values are flat (bool, int, str, list of str), so the file is written by a
+tiny TOML emitter here and read with ``tomllib``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from handoffd.errors import ConfigError
+from handoffd.identity import write_private_file
+
+ALL_TYPES = "*"
+KNOWN_TYPES = ("message", "document", "clipboard", "url")
+TYPE_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+MAX_DEVICE_NAME = 64
+MAX_UNICAST_PEERS = 32
+MAX_TTL = 365 * 24 * 3600
+MAX_CONFIG_BYTES = 64 * 1024
+_HOST_RE = re.compile(r"[A-Za-z0-9._-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
+
+
+def _default_device_name() -> str:
+    name = socket.gethostname().split(".")[0].strip() or "device"
+    return _clean_name(name[:MAX_DEVICE_NAME], "device_name")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What the user can set (``GET/PATCH /v1/settings``); always valid once constructed."""
+
+    handoff_enabled: bool = True
+    accept_types: tuple[str, ...] = (ALL_TYPES,)
+    # Handoffs come only from the account's own certified devices: accept them unasked.
+    auto_accept: bool = True
+    device_name: str = field(default_factory=_default_device_name)
+    inbox_ttl: int = 7 * 24 * 3600
+    partial_ttl: int = 24 * 3600
+    unicast_peers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _VALIDATORS[f.name](getattr(self, f.name), f.name))
+
+    def accepts(self, item_type: str) -> bool:
+        """True if items of ``item_type`` may be received."""
+        return ALL_TYPES in self.accept_types or item_type in self.accept_types
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied; ConfigError for an unknown name or a bad value."""
+        unknown = set(changes) - FIELD_NAMES
+        if unknown:
+            raise ConfigError(f"unknown setting {sorted(unknown)[0]!r}", code="setting-unknown")
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as a JSON object (lists for tuples)."""
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in dataclasses.fields(self)
+        }
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, strict: bool = True) -> Settings:
+        """Build from a mapping (TOML table or JSON); unknown keys are an error if ``strict``."""
+        unknown = set(data) - FIELD_NAMES
+        if unknown and strict:
+            raise ConfigError(f"unknown setting {sorted(unknown)[0]!r}", code="setting-unknown")
+        return cls(**{k: v for k, v in data.items() if k in FIELD_NAMES})
+
+
+def _bad(name: str, message: str) -> ConfigError:
+    return ConfigError(f"{name}: {message}", code="setting-invalid")
+
+
+def _check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(name, "must be true or false")
+    return value
+
+
+def _check_ttl(value: Any, name: str) -> int:
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 60 <= value <= MAX_TTL:
+        raise _bad(name, f"must be a whole number of seconds from 60 to {MAX_TTL}")
+    return value
+
+
+def _clean_name(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise _bad(name, "must be a string")
+    text: str = value.strip()
+    if not text or len(text) > MAX_DEVICE_NAME:
+        raise _bad(name, f"must be 1 to {MAX_DEVICE_NAME} characters")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise _bad(name, "must not contain control characters")
+    return text
+
+
+def _check_types(value: Any, name: str) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise _bad(name, 'must be a list of type words, or ["*"] for all')
+    words = tuple(dict.fromkeys(value))
+    if ALL_TYPES in words:
+        if len(words) != 1:
+            raise _bad(name, '"*" (all types) cannot be combined with other words')
+        return words
+    for word in words:
+        if not is_type_word(word):
+            raise _bad(name, f"{word!r:.40} is not a type word ([a-z][a-z0-9_-]{{0,31}})")
+    if len(words) > 64:
+        raise _bad(name, "too many types")
+    return words
+
+
+def _check_peers(value: Any, name: str) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise _bad(name, "must be a list of HOST:PORT strings")
+    if len(value) > MAX_UNICAST_PEERS:
+        raise _bad(name, f"at most {MAX_UNICAST_PEERS} peers")
+    for peer in value:
+        parse_host_port(peer, name)
+    return tuple(dict.fromkeys(value))
+
+
+def parse_host_port(text: str, name: str = "address") -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 in brackets) → (host, port); ConfigError if malformed."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not _HOST_RE.fullmatch(host) or not port.isdigit() or len(port) > 5:
+        raise _bad(name, f"{text!r:.80} is not HOST:PORT")
+    if not 1 <= int(port) <= 65535:
+        raise _bad(name, f"{text!r:.80}: port out of range")
+    return host.strip("[]"), int(port)
+
+
+def is_type_word(word: str) -> bool:
+    """True for a valid item type: a known one or an app-defined ``[a-z][a-z0-9_-]{0,31}``."""
+    return TYPE_RE.fullmatch(word) is not None
+
+
+_VALIDATORS: dict[str, Any] = {
+    "handoff_enabled": _check_bool,
+    "accept_types": _check_types,
+    "auto_accept": _check_bool,
+    "device_name": _clean_name,
+    "inbox_ttl": _check_ttl,
+    "partial_ttl": _check_ttl,
+    "unicast_peers": _check_peers,
+}
+FIELD_NAMES = frozenset(_VALIDATORS)
+
+
+# ---------------------------------------------------------------- config.toml
+
+
+def load_settings(path: Path) -> Settings:
+    """Settings from ``path``; defaults if it does not exist; ConfigError if it is invalid."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return Settings()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", code="config-unreadable") from exc
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is too large", code="config-invalid")
+    try:
+        table = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}", code="config-invalid") from exc
+    try:
+        return Settings.from_mapping(table)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc.message}", code=exc.code) from exc
+
+
+def save_settings(path: Path, settings: Settings) -> None:
+    """Write ``settings`` to ``path`` atomically, mode 0600."""
+    write_private_file(path, dumps_toml(settings.to_json()).encode("utf-8"))
+
+
+def dumps_toml(table: Mapping[str, Any]) -> str:
+    """A flat TOML document of bool, int, finite float, str and lists of those."""
+    lines = ["# handoffd settings (written by handoffd; edits are read on SIGHUP or restart)"]
+    lines.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def _toml_string(text: str) -> str:
+    out = ['"']
+    for ch in text:
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)

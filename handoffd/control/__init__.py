@@ -1,0 +1,27 @@
+"""The control API: request schema, the Unix-socket server, and the SDK (``HandoffClient``)."""
+
+from __future__ import annotations
+
+from handoffd.control.client import (
+    App,
+    DaemonNotRunning,
+    Device,
+    HandoffClient,
+    Invite,
+    NewItem,
+    Session,
+    SessionItem,
+    Status,
+)
+
+__all__ = [
+    "App",
+    "DaemonNotRunning",
+    "Device",
+    "HandoffClient",
+    "Invite",
+    "NewItem",
+    "Session",
+    "SessionItem",
+    "Status",
+]
