@@ -169,6 +169,9 @@ class ServerClient:
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
+            # aiohttp's graceful-shutdown note: TLS transports finish closing a few
+            # loop iterations later; without this they leak if the loop ends now.
+            await asyncio.sleep(0.02)
 
     async def __aenter__(self) -> ServerClient:
         return self
