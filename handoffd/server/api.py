@@ -23,6 +23,7 @@ from handoffd.server.store import Device, Issued
 logger = logging.getLogger("handoffd.server.api")
 
 API_VERSION = 1
+LAST_SEEN_INTERVAL = 60.0
 _INVITE_FAILURES = frozenset({"invite-unknown", "invite-used", "invite-expired", "invite-locked"})
 
 
@@ -66,8 +67,13 @@ def _now(request: web.Request) -> float:
     return request.app[CONFIG].clock()
 
 
-async def authenticate(request: web.Request) -> Device:
-    """The device that signed this request; ServerError (401/403) otherwise."""
+async def authenticate(request: web.Request, *, allow_expired: bool = False) -> Device:
+    """The device that signed this request; ServerError (401/403) otherwise.
+
+    ``allow_expired`` lets a device whose certificate lapsed (but is not
+    revoked) renew it: the server's device record, not the certificate, is
+    what it trusts.
+    """
     signed = auth.parse_signature_headers(request.headers)
     body = await request.read()
     store = request.app[STORE]
@@ -85,11 +91,12 @@ async def authenticate(request: web.Request) -> Device:
     )
     if device.revoked:
         raise ServerError("this device has been revoked", code="device-revoked", status=403)
-    if device.cert_not_after < now - identity.CLOCK_SKEW.total_seconds():
+    if not allow_expired and device.cert_not_after < now - identity.CLOCK_SKEW.total_seconds():
         raise ServerError(
-            "this device's certificate has expired; pair it again", code="cert-expired", status=401
+            "this device's certificate has expired; renew it", code="cert-expired", status=401
         )
-    await asyncio.to_thread(store.touch_device, device.device_id)
+    if device.last_seen is None or now - device.last_seen > LAST_SEEN_INTERVAL:
+        await asyncio.to_thread(store.touch_device, device.device_id)
     return device
 
 
@@ -260,7 +267,7 @@ async def get_crl(request: web.Request) -> web.Response:
 
 async def renew(request: web.Request) -> web.Response:
     """``POST /v1/renew`` (device): ``{csr}`` for the same key → a new certificate."""
-    device = await authenticate(request)
+    device = await authenticate(request, allow_expired=True)
     data = await read_json(request)
     csr = _str_field(data, "csr", max_len=identity.MAX_PEM) or ""
     issued = await asyncio.to_thread(

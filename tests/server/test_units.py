@@ -358,3 +358,31 @@ def test_parse_listen() -> None:
     assert parse_listen(":9000") == ("0.0.0.0", 9000)
     with pytest.raises(HandoffError):
         parse_listen("nope")
+
+
+@pytest.mark.asyncio
+async def test_lapsed_certificate_can_renew_but_nothing_else(
+    app_url: tuple[str, Store], clock: Clock
+) -> None:
+    url, store = app_url
+    account = store.create_account("kim")
+    invite = store.create_invite(account.account_id, created_by="cli")
+    key = identity.generate_device_key()
+    # Paired 31 days ago: its 30-day certificate has lapsed.
+    real = clock.now
+    clock.now = real - identity.DEVICE_CERT_LIFETIME.total_seconds() - 86400
+    issued = store.join(token=invite.secrets.token, csr_pem=_csr(key), name="k", platform="l")
+    clock.now = real
+    async with ServerClient(
+        url, fingerprint=None, device_key=key, device_cert=issued.device_cert
+    ) as client:
+        with pytest.raises(ServerError) as e:
+            await client.devices()
+        assert (e.value.code, e.value.status) == ("cert-expired", 401)
+        with pytest.raises(ServerError) as e:
+            await client.create_invite()
+        assert e.value.code == "cert-expired"
+        renewed = await client.renew()
+        assert renewed.not_valid_after_utc.timestamp() > real
+        (record,) = await client.devices()
+        assert record.device_id == issued.device_id
