@@ -21,7 +21,7 @@ from handoffd import identity
 from handoffd.errors import HandoffError, ServerError, StoreError
 from handoffd.server import auth, pairing
 from handoffd.server.app import STORE, ServerConfig, make_app
-from handoffd.server.cli import KeyValueFormatter, parse_listen
+from handoffd.server.cli import KeyValueFormatter, default_data_dir, parse_listen
 from handoffd.server.store import SCHEMA_VERSION, Store
 from handoffd.serverclient import ServerClient
 
@@ -386,3 +386,21 @@ async def test_lapsed_certificate_can_renew_but_nothing_else(
         assert renewed.not_valid_after_utc.timestamp() > real
         (record,) = await client.devices()
         assert record.device_id == issued.device_id
+
+
+def test_data_dir_default_and_private_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}/state:{tmp_path}/other")
+    assert default_data_dir() == tmp_path / "state"
+    monkeypatch.delenv("STATE_DIRECTORY")
+    assert default_data_dir().name == "handoff-server"
+    store = Store.open(tmp_path / "state")
+    try:
+        store.create_account("lee")  # the CA key lives in the database
+        wal = tmp_path / "state" / "server.db-wal"
+        assert wal.exists()
+        assert wal.stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / "state" / "server.db").stat().st_mode & 0o777 == 0o600
+    finally:
+        store.close()
