@@ -163,7 +163,10 @@ def parse_invite(
 
 
 def _parse_url(text: str) -> Invite:
-    parts = urllib.parse.urlsplit(text)
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError as exc:
+        raise _malformed("invite URL does not parse") from exc
     if parts.scheme != "handoff" or parts.netloc != "pair" or parts.path not in ("", "/"):
         raise _malformed("invite URL must be handoff://pair?...")
     if parts.fragment:

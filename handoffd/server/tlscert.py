@@ -52,6 +52,8 @@ def _names(extra_hosts: list[str]) -> list[x509.GeneralName]:
     hostname = socket.gethostname()
     hosts = [hostname, *extra_hosts] if hostname and hostname != "localhost" else extra_hosts
     for host in hosts:
+        if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a wildcard is not a name
+            continue
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:

@@ -79,6 +79,8 @@ def test_short_code_normalization() -> None:
         "https://h/pair?token=" + "a" * 43,
         "K7QF-2M9X-HT4U",
         "x" * 5000,
+        "handoff://[pair?x",
+        "handoff://pair?server=http://h:99999&token=" + "a" * 43,
     ],
 )
 def test_malformed_invites(text: str) -> None:
@@ -87,7 +89,10 @@ def test_malformed_invites(text: str) -> None:
     assert e.value.code == "invite-malformed"
 
 
-@given(st.text(max_size=300), st.one_of(st.none(), st.text(max_size=50)))
+@given(
+    st.one_of(st.text(max_size=300), st.text(max_size=300).map(lambda t: "handoff://" + t)),
+    st.one_of(st.none(), st.text(max_size=50)),
+)
 def test_parse_invite_raises_only_handoff_errors(text: str, server: str | None) -> None:
     code = "ok"
     try:
