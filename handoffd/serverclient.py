@@ -653,10 +653,6 @@ def _device_record(item: Any) -> DeviceRecord:
 
 def _cert_account(cert: x509.Certificate) -> str:
     try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
+        return identity.ca_account_id(cert)  # reads the one account URN, of any certificate
+    except HandoffError:
         raise ServerError("device certificate names no account", code="not-paired") from None
-    for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
-        if uri.startswith(identity.ACCOUNT_URN):
-            return uri[len(identity.ACCOUNT_URN) :]
-    raise ServerError("device certificate names no account", code="not-paired")
