@@ -8,6 +8,7 @@ tiny TOML emitter here and read with ``tomllib``.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 import re
@@ -224,3 +225,32 @@ def _toml_string(text: str) -> str:
             out.append(ch)
     out.append('"')
     return "".join(out)
+
+
+class SettingsFile:
+    """The settings in force and their file; changes are validated, then persisted, then applied."""
+
+    def __init__(self, path: Path, settings: Settings) -> None:
+        self.path = path
+        self.current = settings
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def load(cls, path: Path) -> SettingsFile:
+        """Read ``path`` (defaults if missing). Blocking."""
+        return cls(path, load_settings(path))
+
+    async def update(self, changes: Mapping[str, Any]) -> Settings:
+        """Apply ``changes`` (ConfigError if invalid: nothing changes), persist, return the result."""
+        async with self._lock:
+            updated = self.current.replace(**changes)
+            if updated != self.current or not self.path.exists():
+                await asyncio.to_thread(save_settings, self.path, updated)
+            self.current = updated
+            return updated
+
+    async def reload(self) -> Settings:
+        """Re-read the file (SIGHUP); ConfigError if invalid, and the old settings stay."""
+        async with self._lock:
+            self.current = await asyncio.to_thread(load_settings, self.path)
+            return self.current

@@ -1,0 +1,319 @@
+"""``handoffd``: the composition root. Builds paths, settings, store, identity and the control API
+and runs them in one TaskGroup until SIGTERM; SIGHUP reloads ``config.toml``.
+
+Start-up order: the home's lock (a second daemon on the same home refuses to
+start), settings, state, device identity, then the control socket (a stale
+one left by a crash is replaced: holding the lock proves nobody serves it);
+READY=1 goes to the service manager only once the socket accepts connections.
+
+Other parts plug in as ``Extension`` objects (see ``handoffd.control.server``):
+modules named in ``OPTIONAL_EXTENSIONS`` that exist and define
+``extension() -> Extension`` are loaded by ``main()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from handoffd import __version__
+from handoffd.config import SettingsFile, save_settings
+from handoffd.control.server import (
+    HEARTBEAT,
+    ControlContext,
+    ControlServer,
+    Extension,
+    make_app,
+)
+from handoffd.devicestate import DeviceState
+from handoffd.errors import ConfigError, HandoffError
+from handoffd.events import EventBus
+from handoffd.paths import Paths
+from handoffd.sdnotify import SdNotifier
+from handoffd.store import Store
+
+logger = logging.getLogger("handoffd.daemon")
+
+# Modules that, when present, add to the daemon (routes and a task) without editing this file.
+OPTIONAL_EXTENSIONS = ("handoffd.engine",)
+_LOG_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
+_SYSLOG_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+
+
+# ---------------------------------------------------------------- logging
+
+
+class DaemonFormatter(logging.Formatter):
+    """One line per record; under journald ``<priority>logger: message`` and no timestamp."""
+
+    def __init__(self, *, journal: bool) -> None:
+        super().__init__()
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render ``record`` with its ``extra`` fields as ``key=value``."""
+        message = record.getMessage().replace("\n", " ")
+        extra = {k: v for k, v in record.__dict__.items() if k not in _LOG_FIELDS}
+        if extra:
+            message += " " + " ".join(f"{k}={v}" for k, v in extra.items())
+        if record.exc_info:
+            message += " exc=" + self.formatException(record.exc_info).replace("\n", "\\n")
+        if self.journal:
+            return f"<{_SYSLOG_PRIORITY.get(record.levelname, 6)}>{record.name}: {message}"
+        return f"{self.formatTime(record)} {record.levelname.lower()} {record.name}: {message}"
+
+
+def setup_logging(level: str = "info") -> None:
+    """Logs on stderr, journald-friendly when ``JOURNAL_STREAM`` is set."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(DaemonFormatter(journal=bool(os.environ.get("JOURNAL_STREAM"))))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+# ---------------------------------------------------------------- the lock
+
+
+def acquire_lock(paths: Paths) -> IO[str]:
+    """Hold ``paths.lock_file`` (flock) for the daemon's life; ConfigError if another holds it."""
+    paths.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(paths.runtime_dir, 0o700)
+    fd = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    f = os.fdopen(fd, "r+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = f.read(32).strip()
+        f.close()
+        raise ConfigError(
+            f"another handoffd is already running for {paths.data_dir} (pid {other or '?'}); "
+            "stop it first, or use another --home",
+            code="already-running",
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+# ---------------------------------------------------------------- the daemon
+
+
+class Daemon:
+    """One device daemon for ``paths``; ``await run()`` until ``stop()`` or SIGTERM."""
+
+    def __init__(
+        self,
+        paths: Paths,
+        *,
+        extensions: Sequence[Extension] = (),
+        heartbeat: float = HEARTBEAT,
+        handle_signals: bool = True,
+    ) -> None:
+        self.paths = paths
+        self.extensions = tuple(extensions)
+        self.heartbeat = heartbeat
+        self.handle_signals = handle_signals
+        self.notifier = SdNotifier.from_env()
+        self.ctx: ControlContext | None = None
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def stop(self) -> None:
+        """Ask the daemon to stop (idempotent; safe from a signal handler)."""
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Run until stopped; 0 on a clean stop."""
+        self.paths.check_socket_path()
+        self.notifier.status("starting")
+        lock = await asyncio.to_thread(acquire_lock, self.paths)
+        try:
+            return await self._run_locked()
+        finally:
+            lock.close()
+            self.notifier.close()
+
+    async def _run_locked(self) -> int:
+        paths = self.paths
+        await asyncio.to_thread(paths.data_dir.mkdir, parents=True, exist_ok=True, mode=0o700)
+        settings = await asyncio.to_thread(SettingsFile.load, paths.config_toml)
+        if not paths.config_toml.exists():
+            await asyncio.to_thread(save_settings, paths.config_toml, settings.current)
+        store = await asyncio.to_thread(Store.open, paths.state_db)
+        try:
+            device = await asyncio.to_thread(DeviceState.load, paths)
+            try:
+                return await self._serve(settings, store, device)
+            finally:
+                await device.close()
+        finally:
+            await asyncio.to_thread(store.close)
+
+    async def _serve(self, settings: SettingsFile, store: Store, device: DeviceState) -> int:
+        events = EventBus()
+        ctx = ControlContext(
+            paths=self.paths,
+            store=store,
+            events=events,
+            device=device,
+            settings=settings,
+            version=__version__,
+            heartbeat=self.heartbeat,
+        )
+        self.ctx = ctx
+
+        def identity_changed(what: str) -> None:
+            events.publish({"type": f"identity.{what}"})
+            self.notifier.status(self._status_line())
+
+        device.on_change = identity_changed
+        app = make_app(ctx, [ext.setup_routes for ext in self.extensions])
+        server = ControlServer(app, self.paths.control_socket)
+        loop = asyncio.get_running_loop()
+        if self.handle_signals:
+            loop.add_signal_handler(signal.SIGTERM, self.stop)
+            loop.add_signal_handler(signal.SIGINT, self.stop)
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                await server.start()
+                self.notifier.ready()
+                self.notifier.status(self._status_line())
+                logger.info(
+                    "handoffd ready device=%s paired=%s socket=%s",
+                    device.device_id,
+                    device.paired,
+                    self.paths.control_socket,
+                )
+                self._spawn(device.maintain(), "identity-maintenance")
+                interval = self.notifier.watchdog_interval()
+                if interval is not None:
+                    self._spawn(self._watchdog(interval / 2), "watchdog")
+                for ext in self.extensions:
+                    self._spawn(ext.run(ctx), f"extension-{type(ext).__name__}")
+                await self._stop.wait()
+                logger.info("handoffd stopping")
+                self.notifier.stopping()
+                self.notifier.status("stopping")
+                events.close()
+                await server.close()
+                for task in list(self._tasks):
+                    task.cancel()
+        finally:
+            if self.handle_signals:
+                for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    loop.remove_signal_handler(signum)
+            events.close()
+            await server.close()
+        logger.info("handoffd stopped")
+        return 0
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = self._tg.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _status_line(self) -> str:
+        ctx = self.ctx
+        if ctx is None:
+            return "starting"
+        device = ctx.device
+        account = f"paired, account {device.account_id}" if device.paired else "not paired"
+        return f"ready: {ctx.settings.current.device_name} ({account})"
+
+    def _on_sighup(self) -> None:
+        if not self._stop.is_set():
+            self._spawn(self._reload(), "reload")
+
+    async def _reload(self) -> None:
+        ctx = self.ctx
+        if ctx is None:
+            return
+        try:
+            await ctx.settings.reload()
+        except ConfigError as exc:
+            logger.error(
+                "settings not reloaded; keeping the old ones code=%s error=%s",
+                exc.code,
+                exc.message,
+            )
+            return
+        logger.info("settings reloaded path=%s", ctx.settings.path)
+        ctx.events.publish({"type": "settings.changed", "changed": ["*"], "reason": "reload"})
+        self.notifier.status(self._status_line())
+
+    async def _watchdog(self, period: float) -> None:
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(period)
+
+
+# ---------------------------------------------------------------- main
+
+
+def load_extensions(names: Sequence[str] = OPTIONAL_EXTENSIONS) -> list[Extension]:
+    """``extension()`` of each module in ``names`` that exists."""
+    found: list[Extension] = []
+    for name in names:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue  # not written (yet): fine
+            raise
+        found.append(module.extension())
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``handoffd [--home DIR] [--log-level LEVEL]``."""
+    parser = argparse.ArgumentParser(prog="handoffd", description="the handoff device daemon")
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=None,
+        help="keep every file of this daemon under DIR (default: $HANDOFF_HOME, else platform dirs)",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument("--version", action="version", version=f"handoffd {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``handoffd`` console script."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        paths = Paths.resolve(args.home)
+        daemon = Daemon(paths, extensions=load_extensions())
+        return asyncio.run(daemon.run())
+    except HandoffError as exc:
+        sys.stderr.write(f"handoffd: error: {exc.message} [{exc.code}]\n")
+        return 1
+    except OSError as exc:
+        sys.stderr.write(f"handoffd: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

@@ -1,0 +1,313 @@
+"""This device's identity and account membership: key, certificate, pinned CA, CRL, server pin.
+
+``DeviceState.load`` makes the device key at first start (0600). Pairing
+writes ``account-ca.crt``, ``crl.pem``, ``server.json`` (0600) and, last,
+``device.crt``: the device certificate's presence is what "paired" means, so
+a crash mid-pairing leaves an unpaired device, never a half-paired one.
+
+The async methods (pair, invite, devices, revoke, renew, CRL refresh) talk to
+the server through ``handoffd.serverclient`` and keep the files current; every
+blocking file write runs in a thread. Call them from the event loop only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from handoffd import identity
+from handoffd.errors import ApiError, ConfigError, HandoffError, ServerError
+from handoffd.paths import Paths
+from handoffd.serverclient import CreatedInvite, DeviceRecord, ServerClient, parse_invite
+
+logger = logging.getLogger("handoffd.device")
+
+RENEW_BEFORE = dt.timedelta(days=10)
+MAX_SERVER_JSON = 16 * 1024
+SERVER_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerPin:
+    """The server this device is paired with: URL and pinned TLS fingerprint (None for http)."""
+
+    url: str
+    fingerprint: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """As stored in server.json."""
+        return {"url": self.url, "fingerprint": self.fingerprint}
+
+    @classmethod
+    def from_json(cls, data: Any) -> ServerPin:
+        """Parse server.json's content; ConfigError if malformed."""
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("url"), str)
+            or not isinstance(data.get("fingerprint"), (str, type(None)))
+        ):
+            raise ConfigError("server.json is malformed", code="server-json-invalid")
+        return cls(url=data["url"], fingerprint=data["fingerprint"])
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    """Atomically write a public file (certificate, CRL): mode 0644."""
+    identity.write_private_file(path, data)
+    os.chmod(path, 0o644)
+
+
+def platform_name() -> str:
+    """``linux``, ``macos`` or Python's platform string."""
+    return {"darwin": "macos"}.get(sys.platform, sys.platform)
+
+
+class DeviceState:
+    """The device's key and, once paired, its certificate, trust anchor and server pin."""
+
+    def __init__(
+        self,
+        paths: Paths,
+        key: Ed25519PrivateKey,
+        cert: x509.Certificate | None = None,
+        trust: identity.TrustAnchor | None = None,
+        server: ServerPin | None = None,
+    ) -> None:
+        self.paths = paths
+        self.key = key
+        self.device_id = identity.device_id_for(key.public_key())
+        self.cert = cert
+        self.trust = trust
+        self.server = server
+        self.server_reachable: bool | None = None
+        self.server_error: str | None = None
+        self._client: ServerClient | None = None
+        self._lock = asyncio.Lock()
+        # Called after the certificate, CRL or pairing changed (e.g. to publish an event).
+        self.on_change: Callable[[str], None] | None = None
+
+    # ------------------------------------------------------------ files
+
+    @classmethod
+    def load(cls, paths: Paths) -> DeviceState:
+        """Load the device's files, making the key if there is none. Blocking."""
+        if not paths.device_key.exists():
+            paths.identity_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            identity.save_private_key(paths.device_key, identity.generate_device_key())
+            logger.info("device key created path=%s", paths.device_key)
+        key = identity.load_private_key(paths.device_key)
+        if not paths.device_cert.exists():
+            return cls(paths, key)
+        try:
+            cert = identity.load_cert(paths.device_cert.read_bytes())
+            ca = identity.load_cert(paths.account_ca.read_bytes())
+            crl = identity.load_crl(paths.crl.read_bytes()) if paths.crl.exists() else None
+            raw = paths.server_json.read_bytes()[:MAX_SERVER_JSON]
+            server = ServerPin.from_json(json.loads(raw))
+            trust = identity.TrustAnchor.from_ca(ca, crl)
+        except (OSError, ValueError, HandoffError) as exc:
+            raise ConfigError(
+                f"the pairing files in {paths.identity_dir} are incomplete or damaged "
+                f"({exc}); move device.crt away to pair again",
+                code="identity-damaged",
+            ) from exc
+        if identity.cert_device_id(cert) != identity.device_id_for(key.public_key()):
+            raise ConfigError(
+                f"{paths.device_cert} is not for this device's key", code="identity-damaged"
+            )
+        return cls(paths, key, cert, trust, server)
+
+    def _save_pairing(
+        self,
+        cert: x509.Certificate,
+        ca: x509.Certificate,
+        crl: x509.CertificateRevocationList,
+        server: ServerPin,
+    ) -> None:
+        _write_public(self.paths.account_ca, identity.cert_to_pem(ca))
+        _write_public(self.paths.crl, identity.crl_to_pem(crl))
+        identity.write_private_file(
+            self.paths.server_json, json.dumps(server.to_json()).encode("utf-8")
+        )
+        _write_public(self.paths.device_cert, identity.cert_to_pem(cert))
+
+    # ------------------------------------------------------------ views
+
+    @property
+    def paired(self) -> bool:
+        """True once the device holds a certificate of an account."""
+        return self.cert is not None and self.trust is not None and self.server is not None
+
+    @property
+    def account_id(self) -> str | None:
+        """The account's id, if paired."""
+        return None if self.trust is None else self.trust.account_id
+
+    @property
+    def cert_not_after(self) -> dt.datetime | None:
+        """When the device certificate expires."""
+        return None if self.cert is None else self.cert.not_valid_after_utc
+
+    @property
+    def revoked(self) -> bool:
+        """True if the CRL held lists our own certificate."""
+        if self.cert is None or self.trust is None or self.trust.crl is None:
+            return False
+        return (
+            self.trust.crl.get_revoked_certificate_by_serial_number(self.cert.serial_number)
+            is not None
+        )
+
+    def needs_renewal(self, now: dt.datetime) -> bool:
+        """True if the certificate expires within RENEW_BEFORE (10 days)."""
+        not_after = self.cert_not_after
+        return not_after is not None and not_after - now < RENEW_BEFORE
+
+    def _changed(self, what: str) -> None:
+        if self.on_change is not None:
+            self.on_change(what)
+
+    # ------------------------------------------------------------ server calls
+
+    def client(self) -> ServerClient:
+        """The server client as this device; ApiError(not-paired) before pairing."""
+        if not self.paired or self.server is None:
+            raise ApiError(
+                "this device is not paired: pair it first", code="not-paired", status=409
+            )
+        if self._client is None:
+            self._client = ServerClient(
+                self.server.url,
+                fingerprint=self.server.fingerprint,
+                device_key=self.key,
+                device_cert=self.cert,
+                timeout=SERVER_TIMEOUT,
+            )
+        return self._client
+
+    async def close(self) -> None:
+        """Close the server client (idempotent)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    def _note(self, exc: ServerError | None) -> None:
+        """Record whether the server answered (a refusal is an answer)."""
+        if exc is None:
+            self.server_reachable, self.server_error = True, None
+        else:
+            self.server_reachable = exc.code not in ("server-unreachable", "server-bad-response")
+            self.server_error = exc.code
+
+    async def _call(self, make: Callable[[ServerClient], Any]) -> Any:
+        try:
+            result = await make(self.client())
+        except ServerError as exc:
+            self._note(exc)
+            raise
+        self._note(None)
+        return result
+
+    async def pair(
+        self, invite_text: str, *, server: str | None, fingerprint: str | None, name: str
+    ) -> None:
+        """Join the invite's account; write the pairing files."""
+        async with self._lock:
+            if self.paired:
+                raise ApiError(
+                    "this device is already paired; it joins one account only",
+                    code="already-paired",
+                    status=409,
+                )
+            try:
+                invite = parse_invite(invite_text, server, fingerprint)
+            except HandoffError as exc:
+                raise ApiError(exc.message, code=exc.code, status=400) from None
+            pin = ServerPin(invite.server_url, invite.fingerprint)
+            async with ServerClient(pin.url, fingerprint=pin.fingerprint) as joiner:
+                try:
+                    result = await joiner.join(
+                        invite, key=self.key, name=name, platform=platform_name()
+                    )
+                except ServerError as exc:
+                    self._note(exc)
+                    raise
+            self._note(None)
+            await asyncio.to_thread(
+                self._save_pairing, result.device_cert, result.account_ca, result.crl, pin
+            )
+            self.cert = result.device_cert
+            self.trust = identity.TrustAnchor.from_ca(result.account_ca, result.crl)
+            self.server = pin
+            logger.info("paired account=%s device=%s", result.account_id, self.device_id)
+        self._changed("paired")
+
+    async def create_invite(self) -> CreatedInvite:
+        """A new invite to the account."""
+        invite: CreatedInvite = await self._call(lambda c: c.create_invite())
+        return invite
+
+    async def devices(self) -> list[DeviceRecord]:
+        """The account's devices as the server knows them."""
+        devices: list[DeviceRecord] = await self._call(lambda c: c.devices())
+        return devices
+
+    async def revoke(self, device_id: str) -> None:
+        """Revoke a device through the server; keep the new CRL."""
+        crl = await self._call(lambda c: c.revoke(device_id))
+        await self.accept_crl(crl)
+
+    async def refresh_crl(self) -> bool:
+        """Fetch the CRL; True if it was newer than ours (and is now kept)."""
+        crl = await self._call(lambda c: c.fetch_crl())
+        return await self.accept_crl(crl)
+
+    async def accept_crl(self, crl: x509.CertificateRevocationList) -> bool:
+        """Keep ``crl`` if it verifies and is newer (the gossip rule); True if kept."""
+        if self.trust is None:
+            return False
+        updated = self.trust.with_crl(crl)
+        if updated is self.trust:
+            return False
+        await asyncio.to_thread(_write_public, self.paths.crl, identity.crl_to_pem(crl))
+        self.trust = updated
+        logger.info("CRL updated number=%d", updated.crl_number)
+        self._changed("crl")
+        return True
+
+    async def renew(self) -> None:
+        """Get a fresh certificate for the same key and keep it."""
+        cert: x509.Certificate = await self._call(lambda c: c.renew())
+        await asyncio.to_thread(_write_public, self.paths.device_cert, identity.cert_to_pem(cert))
+        self.cert = cert
+        logger.info("certificate renewed not_after=%s", cert.not_valid_after_utc.isoformat())
+        self._changed("cert")
+
+    async def maintain(
+        self, *, crl_interval: float = 3600.0, check_interval: float = 3600.0
+    ) -> None:
+        """Forever: renew the certificate when < 10 days are left; refresh the CRL periodically."""
+        last_crl = 0.0
+        while True:
+            if self.paired and not self.revoked:
+                now = time.time()
+                try:
+                    if self.needs_renewal(dt.datetime.now(dt.UTC)):
+                        await self.renew()
+                    if now - last_crl >= crl_interval:
+                        await self.refresh_crl()
+                        last_crl = now
+                except ServerError as exc:
+                    logger.info("server maintenance failed code=%s", exc.code)
+            await asyncio.sleep(min(crl_interval, check_interval))
