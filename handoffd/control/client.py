@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -449,7 +449,7 @@ class HandoffClient:
 
     # ------------------------------------------------------------ events
 
-    async def events(self, *, heartbeats: bool = False) -> AsyncIterator[dict[str, Any]]:
+    async def events(self, *, heartbeats: bool = False) -> AsyncGenerator[dict[str, Any], None]:
         """The daemon's event stream, one dict per event, until the daemon closes it."""
         session = self._get_session()
         try:

@@ -76,7 +76,8 @@ def test_sessions_crud_over_curl(daemon: DaemonProcess, files: Path) -> None:
     status, listed = daemon.curl("GET", "/v1/sessions")
     assert status == 200
     mine = [s for s in listed["sessions"] if s["id"] == sid]
-    assert len(mine) == 1 and "text" not in mine[0]["items"][0]
+    assert len(mine) == 1
+    assert "text" not in mine[0]["items"][0]
 
     status, got = daemon.curl("GET", f"/v1/sessions/{sid}")
     assert status == 200
@@ -97,7 +98,8 @@ def test_sessions_crud_over_curl(daemon: DaemonProcess, files: Path) -> None:
     assert got["items"][2]["available"] is False
 
     status, withdrawn = daemon.curl("DELETE", f"/v1/sessions/{sid}")
-    assert status == 200 and withdrawn["state"] == "withdrawn"
+    assert status == 200
+    assert withdrawn["state"] == "withdrawn"
     _, listed = daemon.curl("GET", "/v1/sessions")
     assert sid not in [s["id"] for s in listed["sessions"]]
     _, listed = daemon.curl("GET", "/v1/sessions?state=all")
@@ -333,7 +335,8 @@ def test_bad_requests_get_json_errors(
     got_status, got = daemon.curl(method, path, body, raw=raw)
     assert got_status == status, got
     assert got["error"]["code"] == code
-    assert isinstance(got["error"]["message"], str) and got["error"]["message"]
+    assert isinstance(got["error"]["message"], str)
+    assert got["error"]["message"]
     # ... and the daemon keeps serving.
     assert daemon.curl("GET", "/v1/status")[0] == 200
 
@@ -387,12 +390,14 @@ async def test_sdk_sessions_apps_settings_events(daemon: DaemonProcess, tmp_path
             ],
         )
         event = await anext(events)
-        assert event["type"] == "session.published" and event["session_id"] == session.id
+        assert event["type"] == "session.published"
+        assert event["session_id"] == session.id
         assert session.items[1].data == b"\xff\x00"
         assert session.items[2].path == str(doc)
 
         got = await client.session(session.id)
-        assert got.context == {"scroll": 3} and got.items[0].text == "# a"
+        assert got.context == {"scroll": 3}
+        assert got.items[0].text == "# a"
         updated = await client.update_session(
             session.id, items=[NewItem.of_text("message", "m.txt", "hi")]
         )
@@ -411,7 +416,8 @@ async def test_sdk_sessions_apps_settings_events(daemon: DaemonProcess, tmp_path
 
         settings = await client.update_settings(accept_types=["message", "x-sketch"])
         assert settings.accept_types == ("message", "x-sketch")
-        assert settings.accepts("x-sketch") and not settings.accepts("document")
+        assert settings.accepts("x-sketch")
+        assert not settings.accepts("document")
         assert (await client.settings()).accept_types == ("message", "x-sketch")
         settings = await client.update_settings(accept_types=["*"])
         assert settings.accepts("anything")
@@ -425,16 +431,19 @@ async def test_sdk_errors_and_daemon_not_running(daemon: DaemonProcess, short_di
             await client.publish(
                 "org.x", "t", items=[{"type": "message", "name": "../x", "text": ""}]
             )
-        assert info.value.code == "bad-item-name" and info.value.status == 400
+        assert info.value.code == "bad-item-name"
+        assert info.value.status == 400
     async with HandoffClient(home=short_dir) as client:
         with pytest.raises(DaemonNotRunning) as not_running:
             await client.status()
     assert not_running.value.code == "daemon-not-running"
-    assert "handoffd" in not_running.value.message and "start" in not_running.value.message
+    assert "handoffd" in not_running.value.message
+    assert "start" in not_running.value.message
 
 
 def test_json_error_shape_is_stable(daemon: DaemonProcess) -> None:
     status, body = daemon.curl("POST", "/v1/sessions", raw=b"{")
     assert status == 400
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message"}
     assert json.dumps(body)  # plain JSON
