@@ -22,6 +22,7 @@ import os
 import socket
 import struct
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,8 @@ class Extension(Protocol):
 
     async def run(self, ctx: ControlContext) -> None:
         """Work until cancelled; runs in the daemon's TaskGroup once the API is up."""
+
+
 CTX = web.AppKey("ctx", ControlContext)
 
 
@@ -504,13 +507,13 @@ async def get_events(request: web.Request) -> web.StreamResponse:
     )
     try:
         await resp.prepare(request)
-        await resp.write(_line({"type": "heartbeat"}))
+        await resp.write(_line({"type": "heartbeat", "ts": time.time()}))
         while True:
             try:
                 async with asyncio.timeout(ctx.heartbeat):
                     event = await sub.get()
             except TimeoutError:
-                await resp.write(_line({"type": "heartbeat"}))
+                await resp.write(_line({"type": "heartbeat", "ts": time.time()}))
                 continue
             if event is None:
                 break
