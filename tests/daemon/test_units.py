@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 import stat
 import tomllib
@@ -11,10 +12,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from handoffd import identity
 from handoffd.config import Settings, SettingsFile, dumps_toml, load_settings
 from handoffd.control import schema
+from handoffd.devicestate import DeviceState, ServerPin
 from handoffd.errors import ApiError, ConfigError, StoreError
 from handoffd.events import EventBus
+from handoffd.paths import Paths
 from handoffd.store import MIGRATIONS, ItemRecord, Store
 
 
@@ -124,3 +128,21 @@ def test_item_names_never_escape(name: str) -> None:
     assert ".." not in name
     assert all(ord(c) >= 0x20 for c in name)
     assert 0 < len(name.encode()) <= 255
+
+
+def test_renewal_threshold(tmp_path: Path) -> None:
+    now = dt.datetime.now(dt.UTC)
+    ca = identity.create_account_ca(identity.new_account_id(), now=now)
+    key = identity.generate_device_key()
+    device_id = identity.device_id_for(key.public_key())
+
+    def state(days: int) -> DeviceState:
+        cert = identity.build_device_cert(
+            ca, key.public_key(), device_id=device_id, now=now, lifetime=dt.timedelta(days=days)
+        )
+        trust = identity.TrustAnchor.from_ca(ca.cert)
+        return DeviceState(Paths.resolve(tmp_path), key, cert, trust, ServerPin("http://s", None))
+
+    assert not state(30).needs_renewal(now)
+    assert state(9).needs_renewal(now)
+    assert not DeviceState(Paths.resolve(tmp_path), key).needs_renewal(now)
