@@ -795,7 +795,10 @@ async def accept(
 
 
 class WebRtcDialer(Dialer):
-    """Dials a device over WebRTC; ``signal(peer_device_id, offer, timeout)`` carries the offer."""
+    """Dials a device over WebRTC; ``signal(peer_device_id, offer, deadline)`` carries the offer.
+
+    ``signaling.lan_signal`` makes one for the LAN.
+    """
 
     name = "webrtc"
 
@@ -811,10 +814,9 @@ class WebRtcDialer(Dialer):
 
     async def dial(self, peer_device_id: str, *, deadline: float) -> Channel:
         """Connect to ``peer_device_id`` by ``deadline`` (event loop time)."""
-        loop = asyncio.get_running_loop()
 
         async def signal(offer: bytes) -> bytes:
-            return await self._signal(peer_device_id, offer, max(0.0, deadline - loop.time()))
+            return await self._signal(peer_device_id, offer, deadline)
 
         return await connect(
             local=self._local,
