@@ -207,7 +207,11 @@ class SignalingServer:
         except Exception:  # one broken offer must not stop the server
             log.exception("offer handler failed")
             return encode_error("internal", "internal error")
-        return encode_frame(KIND_ANSWER, answer)
+        try:
+            return encode_frame(KIND_ANSWER, answer)
+        except FrameError:
+            log.warning("answer is too large to send")
+            return encode_error("answer-too-large", "answer is too large")
 
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, frame: bytes) -> None:
