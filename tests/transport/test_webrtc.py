@@ -127,6 +127,25 @@ async def test_exchange_both_ways_with_back_pressure_and_clean_close() -> None:
 
 
 @pytest.mark.asyncio
+async def test_abrupt_peer_close_ends_recv_and_send() -> None:
+    account = Account()
+    alice, bob = account.device(), account.device()
+    async with Callee(bob) as callee:
+        a, b = await _pair(alice, callee)
+        assert isinstance(b, webrtc.WebRtcChannel)
+        await b._pc.close()  # SCTP ABORT, no graceful stream reset
+        with pytest.raises(TransportError) as e:
+            await asyncio.wait_for(a.recv(), 30)
+        assert e.value.code == "channel-closed"
+        assert a.closed
+        with pytest.raises(TransportError) as e:
+            await a.send(b"x")
+        assert e.value.code == "channel-closed"
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.asyncio
 async def test_dialer_with_lan_signal() -> None:
     account = Account()
     alice, bob = account.device(), account.device()
