@@ -1,0 +1,1 @@
+"""LAN discovery: markers and TXT records (pure) and the mDNS advertiser/browser."""
