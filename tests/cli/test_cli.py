@@ -1,0 +1,102 @@
+"""The `handoff` CLI against real daemon (and server) processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from handoffd.cli import clean, table
+from tests.daemon.helpers import DaemonProcess
+from tests.server.helpers import ServerProcess, cli_invite, create_account
+
+
+def handoff(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "handoffd.cli", "--home", str(home), *args],
+        capture_output=True, text=True, timeout=60, input=stdin, check=False,
+    )  # fmt: skip
+
+
+def test_not_running_is_one_clear_line(short_dir: Path) -> None:
+    done = handoff(short_dir / "nobody", "status")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "not running" in lines[0]
+    assert "handoffd" in lines[0]
+
+
+def test_status_devices_sessions_settings(daemons: Callable[..., DaemonProcess]) -> None:
+    d = daemons("a").start()
+    st = handoff(d.home, "status")
+    assert st.returncode == 0, st.stderr
+    assert "paired" in st.stdout
+    assert "no (run `handoff pair" in st.stdout
+    js = json.loads(handoff(d.home, "status", "--json").stdout)
+    assert js["paired"] is False
+    assert len(js["device_id"]) == 32
+
+    assert json.loads(handoff(d.home, "sessions", "--json").stdout) == []
+    status, pub = d.curl("POST", "/v1/sessions", {"app_id": "org.x", "title": "Draft", "context": {},
+                                          "items": [{"type": "message", "name": "m", "text": "hi"}]})  # fmt: skip
+    assert status == 201, pub
+    sid = pub["id"]
+    listing = handoff(d.home, "sessions")
+    assert sid in listing.stdout
+    rows = json.loads(handoff(d.home, "sessions", "--json").stdout)
+    assert [r["id"] for r in rows] == [sid]
+
+    assert handoff(d.home, "settings", "handoff_enabled", "false").returncode == 0
+    got = json.loads(handoff(d.home, "settings", "handoff_enabled", "--json").stdout)
+    assert got == {"handoff_enabled": False}
+    bad = handoff(d.home, "settings", "handoff_enabled", "maybe")
+    assert bad.returncode == 1
+    assert len(bad.stderr.strip().splitlines()) == 1
+    unknown = handoff(d.home, "settings", "nope", "1")
+    assert unknown.returncode == 1
+    assert "nope" in unknown.stderr
+
+    devices = handoff(d.home, "devices", "--json")
+    assert devices.returncode == 0, devices.stderr
+
+
+def test_pair_invite_devices_revoke(
+    daemons: Callable[..., DaemonProcess], server: ServerProcess
+) -> None:
+    create_account(server.data, "cli")
+    url, _code = cli_invite(server.data, "cli")
+    a = daemons("a").start()
+    b = daemons("b").start()
+    # the token comes on stdin, never in argv
+    done = handoff(a.home, "pair", "-", "--name", "laptop", stdin=url + "\n")
+    assert done.returncode == 0, done.stderr
+    assert "paired" in done.stdout
+    inv = handoff(a.home, "invite", "--json")
+    assert inv.returncode == 0, inv.stderr
+    invite = json.loads(inv.stdout)
+    drawn = handoff(a.home, "invite")
+    assert "▀" in drawn.stdout or "█" in drawn.stdout  # the QR, drawn in the terminal
+    assert handoff(b.home, "pair", invite["url"], "--name", "desk").returncode == 0
+    listing = handoff(a.home, "devices")
+    assert "laptop (this device)" in listing.stdout
+    assert "desk" in listing.stdout
+    rows = json.loads(handoff(a.home, "devices", "--json").stdout)
+    assert {r["name"] for r in rows} == {"laptop", "desk"}
+    unknown = handoff(a.home, "revoke", "nosuch")
+    assert unknown.returncode == 1
+    assert "no device" in unknown.stderr
+    revoked = handoff(a.home, "revoke", "desk")
+    assert revoked.returncode == 0, revoked.stderr
+    rows = json.loads(handoff(a.home, "devices", "--json").stdout)
+    assert [r["revoked"] for r in rows if r["name"] == "desk"] == [True]
+
+
+def test_table_and_clean() -> None:
+    assert clean("a\x1b[2Jb\x07") == "a?[2Jb?"
+    out = table([("x", 1), ("long name", 22)], ("NAME", "N"))
+    assert out.splitlines()[0] == "NAME       N"
+    assert out.splitlines()[2] == "long name  22"
