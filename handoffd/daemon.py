@@ -45,7 +45,7 @@ from handoffd.store import Store
 logger = logging.getLogger("handoffd.daemon")
 
 # Modules that, when present, add to the daemon (routes and a task) without editing this file.
-OPTIONAL_EXTENSIONS = ("handoffd.engine",)
+OPTIONAL_EXTENSIONS = ("handoffd.engine", "handoffd.handoffs")
 _LOG_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
 _SYSLOG_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
 
