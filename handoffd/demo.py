@@ -32,6 +32,8 @@ from handoffd.errors import HandoffError
 ACCOUNT = "demo"
 START_TIMEOUT = 30.0
 HANDOFF_TIMEOUT = 120.0
+# The control API takes at most 64 items per session: messages plus one document.
+MESSAGES = 60
 _READY = re.compile(r"handoff-server listening url=(\S+) fingerprint=(\S+)")
 _URL = re.compile(r"^url:\s+(\S+)", re.MULTILINE)
 
@@ -264,12 +266,12 @@ async def _run_demo(demo: Demo) -> int:
             str(demo.home("laptop")),
             "publish",
             "--messages",
-            "100",
+            str(MESSAGES),
             "--document",
             str(document),
         ]
     ).strip()
-    _say(f"laptop published session {session_id} (100 messages and a document)")
+    _say(f"laptop published session {session_id} ({MESSAGES} messages and a document)")
 
     async with HandoffClient(home=demo.home("laptop")) as laptop:
         target = await _wait_for_peer(laptop, "desk")
