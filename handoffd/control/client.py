@@ -484,6 +484,43 @@ class HandoffClient:
                     continue
                 yield event
 
+    # ------------------------------------------------------------ handoffs (the handoff engine)
+
+    async def send(
+        self, session_id: str, target: str, *, types: Sequence[str] | None = None
+    ) -> Handoff:
+        """Start handing ``session_id`` to ``target`` (device id or name); only ``types`` if given."""
+        body: dict[str, Any] = {"session_id": session_id, "target": target}
+        if types is not None:
+            body["types"] = list(types)
+        return _handoff(await self.request("POST", "/v1/handoffs", body))
+
+    async def handoffs(self) -> list[Handoff]:
+        """Handoffs in both directions, most recently updated first."""
+        result = await self.request("GET", "/v1/handoffs")
+        return [_handoff(h) for h in result["handoffs"]]
+
+    async def handoff(self, handoff_id: str) -> Handoff:
+        """One handoff."""
+        return _handoff(await self.request("GET", f"/v1/handoffs/{handoff_id}"))
+
+    async def cancel(self, handoff_id: str) -> Handoff:
+        """Cancel an outgoing handoff not yet delivered."""
+        return _handoff(await self.request("POST", f"/v1/handoffs/{handoff_id}/cancel", {}))
+
+    async def inbox(self) -> list[InboxEntry]:
+        """Sessions received from other devices."""
+        result = await self.request("GET", "/v1/inbox")
+        return [_inbox_entry(e) for e in result["inbox"]]
+
+    async def inbox_entry(self, handoff_id: str) -> InboxEntry:
+        """One received session (its items are files under the inbox)."""
+        return _inbox_entry(await self.request("GET", f"/v1/inbox/{handoff_id}"))
+
+    async def confirm_resumed(self, handoff_id: str) -> InboxEntry:
+        """Tell the daemon (and through it the source device) that the app resumed the session."""
+        return _inbox_entry(await self.request("POST", f"/v1/inbox/{handoff_id}/resumed", {}))
+
 
 async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes:
     chunks: list[bytes] = []
@@ -509,3 +546,111 @@ def _decode(status: int, payload: bytes) -> Any:
     if result is None and payload:
         raise ApiError("the daemon sent malformed JSON", code="bad-response", status=status)
     return result
+
+
+# ---------------------------------------------------------------- handoff engine results
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """The other device of a handoff."""
+
+    device_id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """A handoff (``/v1/handoffs``); ``state``: pending, connecting, transferring, delivered,
+    resumed, retrying, declined, cancelled or failed; ``error`` is ``{code, message}``."""
+
+    id: str
+    direction: str
+    session_id: str | None
+    peer: Peer
+    state: str
+    path: str | None
+    bytes_done: int
+    bytes_total: int
+    attempts: int
+    next_retry_at: float | None
+    error: Mapping[str, str] | None
+    created_at: float
+    updated_at: float
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class InboxItem:
+    """A received item: a file at ``path`` inside the inbox."""
+
+    type: str
+    name: str
+    mime: str
+    size: int
+    sha256: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    """A received session (``/v1/inbox``); ``state``: received or resumed."""
+
+    id: str
+    session_id: str
+    app_id: str
+    title: str
+    context: Mapping[str, Any]
+    sender: Peer
+    items: tuple[InboxItem, ...]
+    state: str
+    received_at: float
+    resumed_at: float | None
+
+
+def _peer(d: Mapping[str, Any]) -> Peer:
+    return Peer(device_id=d["device_id"], name=d.get("name", ""))
+
+
+def _handoff(d: Mapping[str, Any]) -> Handoff:
+    return Handoff(
+        id=d["id"],
+        direction=d["direction"],
+        session_id=d.get("session_id"),
+        peer=_peer(d["peer"]),
+        state=d["state"],
+        path=d.get("path"),
+        bytes_done=d["bytes_done"],
+        bytes_total=d["bytes_total"],
+        attempts=d["attempts"],
+        next_retry_at=d.get("next_retry_at"),
+        error=d.get("error"),
+        created_at=d["created_at"],
+        updated_at=d["updated_at"],
+        raw=d,
+    )
+
+
+def _inbox_entry(d: Mapping[str, Any]) -> InboxEntry:
+    return InboxEntry(
+        id=d["id"],
+        session_id=d["session_id"],
+        app_id=d["app_id"],
+        title=d["title"],
+        context=d["context"],
+        sender=_peer(d["from"]),
+        items=tuple(
+            InboxItem(
+                type=i["type"],
+                name=i["name"],
+                mime=i["mime"],
+                size=i["size"],
+                sha256=i["sha256"],
+                path=i["path"],
+            )
+            for i in d["items"]
+        ),
+        state=d["state"],
+        received_at=d["received_at"],
+        resumed_at=d.get("resumed_at"),
+    )
