@@ -855,10 +855,8 @@ class HandoffService:
                 await self._refresh_devices()
         else:
             match = []
-        if (
-            (parsed is not None
-            and parsed == device.device_id)
-            or (not match and wanted == self.ctx.settings.current.device_name)
+        if (parsed is not None and parsed == device.device_id) or (
+            not match and wanted == self.ctx.settings.current.device_name
         ):
             raise ApiError(
                 "cannot hand a session to this device itself", code="target-is-self", status=400
@@ -950,7 +948,6 @@ class HandoffService:
             await self._drive_out_inner(handoff_id)
         except asyncio.CancelledError:
             if handoff_id in self._cancelled:
-                await self._cancel_on_peer(handoff_id)
                 with contextlib.suppress(HandoffError):
                     record = await self._set(handoff_id, {"next_retry_at": None}, state="cancelled")
                     logger.info("handoff cancelled", extra={"handoff": record.id})
@@ -962,18 +959,6 @@ class HandoffService:
                 await self._set(
                     handoff_id, {}, state="failed", error=_error_text("internal", "internal error")
                 )
-
-    async def _cancel_on_peer(self, handoff_id: str) -> None:
-        for links in self.links.values():
-            for link in links:
-                ex = link.exchange
-                if ex is not None and ex.handoff_id == handoff_id and ex.core is not None:
-                    ex.core.cancel("cancelled", asyncio.get_running_loop().time())
-                    with contextlib.suppress(HandoffError, TimeoutError):
-                        async with asyncio.timeout(2.0):
-                            for msg in ex.core.outgoing():
-                                await link.send(msg)
-                    link.end(ex)
 
     async def _drive_out_inner(self, handoff_id: str) -> None:
         record = await self._require(handoff_id)
@@ -1003,6 +988,7 @@ class HandoffService:
                     sources=sources,
                     hooks=self._sender_hooks(handoff_id, data_bytes),
                     resumed_wait=RESUMED_WAIT,
+                    cancelled=lambda: handoff_id in self._cancelled,
                 )
                 logger.info(
                     "handoff sent data_bytes=%d skipped=%d",
@@ -1251,8 +1237,13 @@ class HandoffService:
             or record.state in ("delivered", "resumed", "declined")
         ):
             return
-        state = "cancelled" if code == "cancelled" else "retrying"
-        await self._set(handoff_id, {}, state=state, error=_error_text(code, message))
+        if code == "cancelled":
+            # The source gave up: nothing held is wanted any more.
+            await asyncio.to_thread(self.staging.discard_partial, handoff_id)
+            await self.store.run(self.db.clear_checkpoints, handoff_id)
+            await self._set(handoff_id, {}, state="cancelled", error=_error_text(code, message))
+            return
+        await self._set(handoff_id, {}, state="retrying", error=_error_text(code, message))
 
     async def _commit(self, link: Link, manifest: m.Manifest, names: Mapping[int, str]) -> None:
         """Move the verified items into the inbox, record the entry, tell apps."""

@@ -776,11 +776,14 @@ async def run_sender(
     sources: Mapping[int, SourceItem],
     hooks: SenderHooks,
     resumed_wait: float,
+    cancelled: Callable[[], bool] = lambda: False,
 ) -> SendReport:
     """One sending exchange: offer, stream, until delivered (then linger for ``resumed``).
 
     Returns once delivered and either resumed or ``resumed_wait`` passed; raises
     TransferError (declined: retry False, code = the peer's reason) otherwise.
+    If the task is cancelled and ``cancelled()`` says the user asked for it, the
+    peer is told (``cancel``) before the CancelledError goes on.
     """
     loop = asyncio.get_running_loop()
     ex = link.begin(manifest.handoff_id, "sender")
@@ -839,6 +842,13 @@ async def run_sender(
                 if delivered_at is not None:
                     return report
                 raise TransferError("connection lost", code="connection-lost")
+    except asyncio.CancelledError:
+        if cancelled() and not c.finished:
+            c.cancel("cancelled", loop.time())
+            with contextlib.suppress(HandoffError, TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await asyncio.shield(_flush(link, c))
+        raise
     finally:
         link.end(ex)
 

@@ -1,0 +1,241 @@
+"""LAN handoff end to end: two real daemons, real aiortc, real mDNS, a real server (until stopped)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from handoffd.control.client import NewItem
+from handoffd.errors import ApiError
+from tests.handoff.helpers import (
+    Pair,
+    paired_daemons,
+    register_notes_app,
+    sha256_file,
+    wait_for,
+    wait_state,
+    write_random,
+)
+
+NOTES = "org.handoffd.notes"
+MESSAGES = 61  # + 2 documents = 63 items (the control API takes at most 64)
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[Pair]:
+    """Server + laptop (a) + desk (b), paired and nearby; shared by this module's tests."""
+    with paired_daemons() as p:
+        yield p
+
+
+def _messages(n: int) -> list[NewItem]:
+    return [NewItem.of_text("message", f"msg-{i:03d}.txt", f"message {i}") for i in range(n)]
+
+
+@pytest.mark.asyncio
+async def test_session_arrives_intact_and_the_launched_app_resumes_it(pair: Pair) -> None:
+    docs = pair.root / "docs"
+    docs.mkdir(exist_ok=True)
+    small, big = docs / "small.bin", docs / "big.bin"
+    sums = {"small.bin": write_random(small, 1024), "big.bin": write_random(big, 1024 * 1024)}
+    register_notes_app(pair.b)
+    async with pair.client(pair.a) as a, pair.client(pair.b) as b:
+        session = await a.publish(
+            NOTES,
+            "Trip plans",
+            context={"draft": "book the train", "cursor": 7},
+            items=[
+                *_messages(MESSAGES),
+                NewItem.of_path("document", "small.bin", small),
+                NewItem.of_path("document", "big.bin", big),
+            ],
+        )
+        started = await a.send(session.id, "desk")
+        assert started.state in {"pending", "connecting"}
+        assert started.direction == "out"
+        assert started.peer.device_id == pair.b_id
+
+        done = await wait_state(a, started.id, {"resumed", "failed", "declined", "cancelled"})
+        assert done["state"] == "resumed", done
+        assert done["path"] == "direct"
+        assert done["bytes_done"] == done["bytes_total"] > 1024 * 1024
+        assert done["error"] is None
+        assert (await a.session(session.id)).state == "handed-off"
+
+        entry = await b.inbox_entry(started.id)
+        assert entry.state == "resumed"  # only the launched app confirms
+        assert entry.title == "Trip plans"
+        assert entry.context == {"draft": "book the train", "cursor": 7}
+        assert entry.sender.device_id == pair.a_id
+        assert entry.sender.name == "laptop"
+        assert len(entry.items) == MESSAGES + 2
+        inbox_dir = pair.b.paths.inbox / started.id
+        for item in entry.items:
+            path = Path(item.path)
+            assert path.parent == inbox_dir
+            assert sha256_file(path) == item.sha256
+            if item.type == "document":
+                assert item.sha256 == sums[item.name]
+        msg = next(i for i in entry.items if i.name == "msg-060.txt")
+        assert await asyncio.to_thread(Path(msg.path).read_text) == "message 60"
+        incoming = await b.handoff(started.id)
+        assert (incoming.direction, incoming.state) == ("in", "resumed")
+        assert incoming.peer.name == "laptop"
+        assert not (pair.b.paths.partial / started.id).exists()
+
+        # The same handoff id again is idempotent: nothing stored twice.
+        listing = await b.inbox()
+        assert [e.id for e in listing].count(started.id) == 1
+
+
+@pytest.mark.asyncio
+async def test_only_chosen_and_accepted_types_cross_the_wire(pair: Pair) -> None:
+    doc = pair.root / "selective.bin"
+    write_random(doc, 1024 * 1024)
+    async with pair.client(pair.a) as a, pair.client(pair.b) as b:
+        session = await a.publish(
+            "org.example.unlaunched",
+            "selective",
+            items=[*_messages(5), NewItem.of_path("document", "selective.bin", doc)],
+        )
+        message_bytes = sum(len(f"message {i}") for i in range(5))
+
+        # The sender chooses messages only.
+        h = await a.send(session.id, pair.b_id, types=["message"])
+        done = await wait_state(a, h.id, {"delivered", "failed", "declined"})
+        assert done["state"] == "delivered", done
+        assert done["types"] == ["message"]
+        assert done["bytes_total"] == message_bytes
+        assert done["wire"]["data_bytes_sent"] == message_bytes
+        # Everything on the channel for this handoff (hello, offer, data, ...) is far below 1 MiB.
+        assert 0 < done["wire"]["channel_bytes_sent"] < 64 * 1024
+        entry = await b.inbox_entry(h.id)
+        assert {i.type for i in entry.items} == {"message"}
+        assert len(entry.items) == 5
+
+        # The receiver accepts documents only.
+        await b.update_settings(accept_types=["document"])
+        try:
+            h2 = await a.send(session.id, "desk")
+            done2 = await wait_state(a, h2.id, {"delivered", "failed", "declined"})
+        finally:
+            await b.update_settings(accept_types=["*"])
+        assert done2["state"] == "delivered", done2
+        assert done2["bytes_total"] == 1024 * 1024
+        assert done2["wire"]["data_bytes_sent"] == 1024 * 1024
+        entry2 = await b.inbox_entry(h2.id)
+        assert [i.name for i in entry2.items] == ["selective.bin"]
+        assert entry2.state == "received"  # no app registered for this app id: not launched
+
+
+@pytest.mark.asyncio
+async def test_declined_cleanly_when_handoff_is_disabled(pair: Pair) -> None:
+    async with pair.client(pair.a) as a, pair.client(pair.b) as b:
+        session = await a.publish("org.example.x", "nope", items=_messages(2))
+        await b.update_settings(handoff_enabled=False)
+        try:
+            h = await a.send(session.id, "desk")
+            done = await wait_state(a, h.id, {"declined", "failed", "delivered"})
+        finally:
+            await b.update_settings(handoff_enabled=True)
+        assert done["state"] == "declined"
+        assert done["error"]["code"] == "handoff-disabled"
+        assert done["attempts"] == 1
+        assert (await a.session(session.id)).state == "active"  # the source keeps it
+        theirs = await b.handoff(h.id)
+        assert theirs.state == "declined"
+        with pytest.raises(ApiError) as err:
+            await b.inbox_entry(h.id)
+        assert err.value.code == "inbox-not-found"
+        # The other type refusal: nothing acceptable.
+        await b.update_settings(accept_types=["url"])
+        try:
+            h2 = await a.send(session.id, "desk")
+            done2 = await wait_state(a, h2.id, {"declined", "failed", "delivered"})
+        finally:
+            await b.update_settings(accept_types=["*"])
+        assert (done2["state"], done2["error"]["code"]) == ("declined", "type-not-accepted")
+
+
+@pytest.mark.asyncio
+async def test_api_refusals(pair: Pair) -> None:
+    async with pair.client(pair.a) as a:
+        session = await a.publish("org.example.x", "refusals", items=_messages(1))
+        cases: list[tuple[dict[str, Any], int, str]] = [
+            ({"session_id": "0" * 32, "target": "desk"}, 404, "session-not-found"),
+            ({"session_id": session.id, "target": "nobody"}, 404, "device-not-found"),
+            ({"session_id": session.id, "target": "laptop"}, 400, "target-is-self"),
+            ({"session_id": session.id, "target": pair.a_id}, 400, "target-is-self"),
+            ({"session_id": session.id, "target": "desk", "types": ["BAD"]}, 400, "bad-item-type"),
+            ({"session_id": session.id, "target": "desk", "extra": 1}, 400, "unknown-field"),
+        ]
+        for body, status, code in cases:
+            with pytest.raises(ApiError) as err:
+                await a.request("POST", "/v1/handoffs", body)
+            assert (err.value.status, err.value.code) == (status, code), body
+        for path in ("/v1/handoffs/" + "f" * 32, "/v1/handoffs/../x", "/v1/inbox/" + "0" * 32):
+            with pytest.raises(ApiError) as err:
+                await a.request("GET", path)
+            assert err.value.status == 404
+        doc = await a.request("GET", "/v1/openapi.json")
+        for path in ("/v1/handoffs", "/v1/handoffs/{id}/cancel", "/v1/inbox/{id}/resumed"):
+            assert path in doc["paths"]
+        assert "Handoff" in doc["components"]["schemas"]
+
+
+@pytest.mark.asyncio
+async def test_cancel_stops_a_transfer(pair: Pair) -> None:
+    big = pair.root / "cancel.bin"
+    write_random(big, 40 * 1024 * 1024)
+    async with pair.client(pair.a) as a, pair.client(pair.b) as b:
+        session = await a.publish(
+            "org.example.x", "cancel me", items=[NewItem.of_path("document", "c.bin", big)]
+        )
+        h = await a.send(session.id, "desk")
+
+        async def moving() -> dict[str, Any] | None:
+            x: dict[str, Any] = await a.request("GET", f"/v1/handoffs/{h.id}")
+            return x if x["state"] == "transferring" and x["bytes_done"] > 0 else None
+
+        await wait_for(moving, what="transfer under way")
+        cancelled = await a.cancel(h.id)
+        assert cancelled.state == "cancelled"
+        again = await a.cancel(h.id)  # idempotent
+        assert again.state == "cancelled"
+
+        async def told() -> str | None:
+            s = (await b.handoff(h.id)).state
+            return s if s == "cancelled" else None
+
+        assert await wait_for(told, within=30, what="target sees the cancel") == "cancelled"
+        with pytest.raises(ApiError):
+            await b.inbox_entry(h.id)
+        assert (await a.session(session.id)).state == "active"
+
+
+@pytest.mark.asyncio
+async def test_lan_handoff_works_with_the_server_stopped(pair: Pair) -> None:
+    """Last in the module: it stops the shared server."""
+    pair.server.stop()
+    data = os.urandom(4096)
+    async with pair.client(pair.a) as a, pair.client(pair.b) as b:
+        session = await a.publish(
+            "org.example.offline", "offline", items=[NewItem.of_data("document", "d.bin", data)]
+        )
+        h = await a.send(session.id, "desk")  # resolved from the device cache
+        done = await wait_state(a, h.id, {"delivered", "failed", "declined"})
+        assert done["state"] == "delivered", done
+        entry = await b.inbox_entry(h.id)
+        assert entry.items[0].sha256 == hashlib.sha256(data).hexdigest()
+        assert await asyncio.to_thread(Path(entry.items[0].path).read_bytes) == data
+        # The target's app confirms with the server down: the source learns it.
+        await b.confirm_resumed(h.id)
+        final = await wait_state(a, h.id, {"resumed"}, within=60)
+        assert final["state"] == "resumed"
+        assert (await a.session(session.id)).state == "handed-off"
