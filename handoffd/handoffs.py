@@ -976,6 +976,7 @@ class HandoffService:
             record = await self._set(
                 handoff_id, {"next_retry_at": None}, state="connecting", attempts=attempts
             )
+            link: Link | None = None
             try:
                 sources = await self._sources(record, manifest)
                 link = await self._link_to(record.peer)
@@ -1010,6 +1011,8 @@ class HandoffService:
                 error: HandoffError = exc
             except HandoffError as exc:
                 error = exc
+            if link is not None:
+                await link.close()  # never reuse a connection that just failed
             record = await self._require(handoff_id)
             data_bytes = (await self.store.run(self.db.meta, handoff_id)).data_bytes
             if record.state in ("delivered", "resumed"):

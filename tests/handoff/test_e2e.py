@@ -220,6 +220,24 @@ async def test_cancel_stops_a_transfer(pair: Pair) -> None:
 
 
 @pytest.mark.asyncio
+async def test_resume_notice_waits_for_a_source_that_is_down(pair: Pair) -> None:
+    async with pair.client(pair.a) as a:
+        session = await a.publish("org.example.later", "later", items=_messages(3))
+        h = await a.send(session.id, "desk")
+        assert (await wait_state(a, h.id, {"delivered", "failed"}))["state"] == "delivered"
+    assert pair.a.stop() == 0
+    async with pair.client(pair.b) as b:
+        entry = await b.confirm_resumed(h.id)  # the source is down: the notice is kept
+        assert entry.state == "resumed"
+        assert (await b.confirm_resumed(h.id)).state == "resumed"  # idempotent
+    pair.a.start()
+    async with pair.client(pair.a) as a:
+        final = await wait_state(a, h.id, {"resumed"}, within=120)
+        assert final["state"] == "resumed"
+        assert (await a.session(session.id)).state == "handed-off"
+
+
+@pytest.mark.asyncio
 async def test_lan_handoff_works_with_the_server_stopped(pair: Pair) -> None:
     """Last in the module: it stops the shared server."""
     pair.server.stop()
