@@ -87,7 +87,7 @@ PROGRESS_INTERVAL = 0.1
 SWEEP_INTERVAL = 30.0
 NOTICE_TIMEOUT = 10.0
 NOTICE_MAX_DELAY = 300.0
-DEVICE_REFRESH = 300.0
+DEVICE_REFRESH = 60.0
 
 OUT_ACTIVE = ("pending", "connecting", "transferring", "retrying")
 TERMINAL = ("resumed", "declined", "cancelled", "failed")
@@ -715,7 +715,8 @@ class HandoffService:
         from handoffd.transport.signaling import send_offer
 
         for link in self.links.get(peer_id, []):
-            if not link.closed and not link.busy:
+            if not link.closed and (not link.busy or link.lingering):
+                link.take_over()
                 logger.info("reusing a warm link", extra={"peer": peer_id})
                 return link
         addresses = self._addresses(peer_id)

@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from handoffd import identity
 from handoffd.config import Settings, is_type_word
+from handoffd.control.schema import APP_ID_RE
 from handoffd.errors import HandoffError, ProtocolError, TransportError, VerificationError
 from handoffd.proto import codec
 from handoffd.proto import messages as m
@@ -296,6 +297,10 @@ def open_offer(
     if manifest.sender != peer or manifest.recipient != me:
         raise ProtocolError("manifest names other devices", code="offer-wrong-device")
     check_handoff_id(manifest.handoff_id)
+    if not APP_ID_RE.fullmatch(manifest.app_id):
+        raise ProtocolError("manifest has a bad app id", code="manifest-bad-app-id")
+    if len(manifest.title) > 256 or not manifest.title.isprintable():
+        raise ProtocolError("manifest has a bad title", code="manifest-bad-title")
     for item in manifest.items:
         if not is_type_word(item.type):
             raise ProtocolError(f"item {item.index} has a bad type", code="manifest-bad-item")
@@ -583,6 +588,24 @@ class Link:
         """True while an exchange runs (including a sender waiting for ``resumed``)."""
         ex = self.exchange
         return ex is not None and (ex.core is None or not ex.core.finished)
+
+    @property
+    def lingering(self) -> bool:
+        """True while only a delivered sender waits for ``resumed`` (a new handoff may take over)."""
+        ex = self.exchange
+        return (
+            ex is not None
+            and ex.role == "sender"
+            and ex.core is not None
+            and ex.core.state == core.State.DELIVERED
+        )
+
+    def take_over(self) -> None:
+        """End a lingering exchange so a new one can start (its resumed comes by notice)."""
+        ex = self.exchange
+        if ex is not None and self.lingering:
+            self.exchange = None
+            ex.feed(None)
 
     def start(self) -> None:
         """Start reading."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import pytest
 
 from handoffd.control.client import NewItem
 from handoffd.errors import ApiError
+from tests.daemon.helpers import CURL
 from tests.handoff.helpers import (
     Pair,
     paired_daemons,
@@ -161,6 +164,9 @@ async def test_declined_cleanly_when_handoff_is_disabled(pair: Pair) -> None:
         finally:
             await b.update_settings(accept_types=["*"])
         assert (done2["state"], done2["error"]["code"]) == ("declined", "type-not-accepted")
+        # The second handoff to the same peer reused the first one's connection.
+        log = await asyncio.to_thread(pair.a.log.read_text)
+        assert "reusing a warm link" in log
 
 
 @pytest.mark.asyncio
@@ -217,6 +223,45 @@ async def test_cancel_stops_a_transfer(pair: Pair) -> None:
         with pytest.raises(ApiError):
             await b.inbox_entry(h.id)
         assert (await a.session(session.id)).state == "active"
+
+
+@pytest.mark.asyncio
+async def test_a_connected_app_is_told_not_launched(pair: Pair) -> None:
+    register_notes_app(pair.b)
+    url = f"http://handoff/v1/events?app_id={NOTES}"
+    stream = subprocess.Popen(  # noqa: ASYNC220 - curl is the independent client here
+        [CURL, "-sN", "--unix-socket", str(pair.b.socket), url], stdout=subprocess.PIPE
+    )
+    try:
+        assert stream.stdout is not None
+        out = stream.stdout
+        first = json.loads(await asyncio.to_thread(out.readline))
+        assert first["type"] == "heartbeat"  # subscribed: the app counts as connected
+        async with pair.client(pair.a) as a, pair.client(pair.b) as b:
+            session = await a.publish(NOTES, "connected", items=_messages(2))
+            h = await a.send(session.id, "desk")
+            assert (await wait_state(a, h.id, {"delivered", "failed"}))["state"] == "delivered"
+
+            async def received() -> dict[str, Any] | None:
+                line = await asyncio.to_thread(out.readline)
+                event: dict[str, Any] = json.loads(line)
+                ok = event.get("type") == "handoff.received" and event["handoff_id"] == h.id
+                return event if ok else None
+
+            event = await wait_for(received, what="handoff.received on the app's stream")
+            assert event["app_id"] == NOTES
+            assert event["from"]["name"] == "laptop"
+            log = await asyncio.to_thread(pair.b.log.read_text)
+            assert "app connected; not launching" in log
+            assert (await b.inbox_entry(h.id)).state == "received"
+            # The connected app resumes it itself.
+            await b.confirm_resumed(h.id)
+            assert (await wait_state(a, h.id, {"resumed"}, within=60))["state"] == "resumed"
+    finally:
+        stream.kill()
+        stream.wait(timeout=10)
+        if stream.stdout is not None:
+            stream.stdout.close()
 
 
 @pytest.mark.asyncio
