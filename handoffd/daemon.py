@@ -244,6 +244,7 @@ class Daemon:
         ctx = self.ctx
         if ctx is None:
             return
+        self.notifier.reloading()
         try:
             await ctx.settings.reload()
         except ConfigError as exc:
@@ -252,7 +253,9 @@ class Daemon:
                 exc.code,
                 exc.message,
             )
+            self.notifier.ready()
             return
+        self.notifier.ready()
         logger.info("settings reloaded path=%s", ctx.settings.path)
         ctx.events.publish({"type": "settings.changed", "changed": ["*"], "reason": "reload"})
         self.notifier.status(self._status_line())

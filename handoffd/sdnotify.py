@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 
 logger = logging.getLogger("handoffd.sdnotify")
 
@@ -61,6 +62,11 @@ class SdNotifier:
     def stopping(self) -> bool:
         """STOPPING=1."""
         return self.notify("STOPPING=1")
+
+    def reloading(self) -> bool:
+        """RELOADING=1 with MONOTONIC_USEC (send ready() when the reload is done)."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        return self.notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
 
     def watchdog(self) -> bool:
         """WATCHDOG=1."""
