@@ -85,7 +85,7 @@ async def resume(home: str | None, handoff_id: str | None) -> int:
         origin = entry.get("from", {}).get("name", "another device")
         print(f"notes: resumed {_clean(str(entry.get('title')))!r} from {_clean(str(origin))}")
         print(f"notes: context {_clean(json.dumps(context, sort_keys=True))}")
-        print(f"notes: {len(messages)} messages, {len(documents)} documents")
+        print(f"notes: {len(messages)} message(s), {len(documents)} document(s)")
         if messages:
             last = await asyncio.to_thread(Path(messages[-1]["path"]).read_text, "utf-8")
             print(f"notes: last message: {_clean(last)}")

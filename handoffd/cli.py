@@ -257,34 +257,8 @@ async def cmd_send(client: HandoffClient, args: argparse.Namespace) -> int:
     if args.no_wait:
         print(handoff_id)
         return 0
-    tty = sys.stdout.isatty()
-    start = time.monotonic()
-    last_state, last_line = "", ""
-    while True:
-        h = await client.request("GET", f"/v1/handoffs/{handoff_id}")
-        state = str(h.get("state"))
-        done, total = int(h.get("bytes_done") or 0), int(h.get("bytes_total") or 0)
-        elapsed = max(time.monotonic() - start, 1e-6)
-        rate = done / elapsed
-        left = (total - done) / rate if rate > 0 and total > done else 0
-        extra = f" attempt {h.get('attempts')}" if state == "retrying" else ""
-        line = (
-            f"{_bar(done, total)} {_size(done)}/{_size(total)} {_size(rate)}/s "
-            f"{int(left)}s left  {state} via {h.get('path') or '-'}{extra}"
-        )
-        if tty:
-            print("\r" + line.ljust(len(last_line)), end="", flush=True)
-        elif state != last_state:
-            print(line, flush=True)
-        last_line = line
-        if state != last_state and tty and last_state:
-            print()
-        last_state = state
-        if state in FINAL_STATES:
-            if tty:
-                print()
-            break
-        await asyncio.sleep(0.2)
+    h = await follow(client, handoff_id)
+    state = str(h.get("state"))
     if state != "resumed":
         err = h.get("error") or {}
         raise HandoffError(
@@ -293,6 +267,40 @@ async def cmd_send(client: HandoffClient, args: argparse.Namespace) -> int:
         )
     print(f"resumed on {clean((h.get('peer') or {}).get('name') or args.to)}")
     return 0
+
+
+async def follow(client: HandoffClient, handoff_id: str, *, prefix: str = "") -> dict[str, Any]:
+    """Draw the handoff's progress (bytes, rate, time left, state, path) until it ends; its record.
+
+    On a terminal the bar is redrawn in place; otherwise one line per state.
+    """
+    tty = sys.stdout.isatty()
+    start = time.monotonic()
+    last_state, last_line = "", ""
+    while True:
+        h: dict[str, Any] = await client.request("GET", f"/v1/handoffs/{handoff_id}")
+        state = str(h.get("state"))
+        done, total = int(h.get("bytes_done") or 0), int(h.get("bytes_total") or 0)
+        elapsed = max(time.monotonic() - start, 1e-6)
+        rate = done / elapsed
+        left = (total - done) / rate if rate > 0 and total > done else 0
+        extra = f" attempt {h.get('attempts')}" if state == "retrying" else ""
+        line = (
+            f"{prefix}{_bar(done, total)} {_size(done)}/{_size(total)} {_size(rate)}/s "
+            f"{int(left)}s left  {state} via {h.get('path') or '-'}{extra}"
+        )
+        if tty:
+            if state != last_state and last_state:
+                print()
+            print("\r" + line.ljust(len(last_line)), end="", flush=True)
+        elif state != last_state:
+            print(line, flush=True)
+        last_line, last_state = line, state
+        if state in FINAL_STATES:
+            if tty:
+                print()
+            return h
+        await asyncio.sleep(0.2)
 
 
 async def cmd_service(client: HandoffClient | None, args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from handoffd import cli
 from handoffd.control.client import HandoffClient
 from handoffd.errors import HandoffError
 
@@ -185,31 +186,12 @@ def _invite(demo: Demo, *, show_qr: bool) -> str:
 
 
 async def _progress(client: HandoffClient, handoff_id: str) -> dict[str, Any]:
-    """Draw a progress bar until the handoff is resumed, failed or cancelled."""
-    deadline = time.monotonic() + HANDOFF_TIMEOUT
-    last_state = ""
-    while time.monotonic() < deadline:
-        h: dict[str, Any] = await client.request("GET", f"/v1/handoffs/{handoff_id}")
-        state = str(h.get("state"))
-        done, total = int(h.get("bytes_done") or 0), int(h.get("bytes_total") or 0)
-        if state != last_state:
-            if last_state:
-                print(flush=True)
-            last_state = state
-        width = 30
-        filled = width if total == 0 else min(width, done * width // max(total, 1))
-        print(
-            f"\rdemo: [{'#' * filled}{'.' * (width - filled)}] {done}/{total} bytes  {state:<12}"
-            f" path={h.get('path') or '-'}",
-            end="",
-            flush=True,
-        )
-        if state in {"resumed", "failed", "cancelled", "declined"}:
-            print(flush=True)
-            return h
-        await asyncio.sleep(0.1)
-    print(flush=True)
-    raise DemoError("the handoff did not finish in time")
+    """Draw the progress bar of ``handoff send`` until the handoff ends (or time runs out)."""
+    try:
+        async with asyncio.timeout(HANDOFF_TIMEOUT):
+            return await cli.follow(client, handoff_id, prefix="demo: ")
+    except TimeoutError:
+        raise DemoError("the handoff did not finish in time") from None
 
 
 async def _run_demo(demo: Demo) -> int:
