@@ -247,6 +247,14 @@ class EngineDB:
             self.set_meta(handoff_id, **meta)
         return self.store.update_handoff(handoff_id, **fields)
 
+    def progress(self, handoff_id: str, done: int) -> None:
+        """Raise ``bytes_done`` of a transferring handoff (one statement: never after delivered)."""
+        self._exec(
+            "UPDATE handoffs SET bytes_done = ?, updated_at = ?"
+            " WHERE id = ? AND state = 'transferring' AND bytes_done < ?",
+            (done, time.time(), handoff_id, done),
+        )
+
     # -- checkpoints
 
     def checkpoints(self, handoff_id: str) -> dict[int, int]:
@@ -425,6 +433,17 @@ def expire(
     return gone
 
 
+async def _guarded(coro: Any, name: str) -> Any:
+    """Run a task of the engine; a bug in one is logged, never brings the daemon down."""
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("handoff engine task failed task=%s", name)
+        return None
+
+
 def _mtime(path: Path) -> float:
     try:
         return path.stat().st_mtime
@@ -528,7 +547,7 @@ class HandoffService:
         if self._tg is None:
             coro.close()
             raise HandoffError("the handoff engine is not running", code="engine-stopped")
-        task = self._tg.create_task(coro, name=name)
+        task = self._tg.create_task(_guarded(coro, name), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -1594,10 +1613,7 @@ class HandoffService:
         self._spawn(self._store_progress(handoff_id, done), "progress")
 
     async def _store_progress(self, handoff_id: str, done: int) -> None:
-        with contextlib.suppress(StoreError):
-            record = await self.store.run(self.store.get_handoff, handoff_id)
-            if record is not None and record.state == "transferring" and done > record.bytes_done:
-                await self.store.run(self.store.update_handoff, handoff_id, bytes_done=done)
+        await self.store.run(self.db.progress, handoff_id, done)
 
     async def list_handoffs(self) -> list[dict[str, Any]]:
         """Every handoff as the API shows it."""

@@ -941,7 +941,10 @@ async def run_receiver(
                 if c.state not in (core.State.DELIVERED, core.State.DECLINED):
                     await hooks.on_failed(ex.handoff_id, "connection-lost", "connection lost")
                 return
-    except ProtocolError as exc:
+    except (ProtocolError, OSError, TransferError) as exc:
+        if isinstance(exc, OSError):
+            logger.warning("receive failed on disk: %s", exc, extra={"peer": link.peer_id})
+            exc = ProtocolError(f"receiver storage error: {exc.strerror}", code="receiver-io-error")
         logger.info("receive failed: %s", exc.code, extra={"peer": link.peer_id})
         with contextlib.suppress(HandoffError):
             await link.send(m.Error(code=exc.code[:64], message=exc.message[:1024]))
