@@ -88,6 +88,7 @@ SWEEP_INTERVAL = 30.0
 NOTICE_TIMEOUT = 10.0
 NOTICE_MAX_DELAY = 300.0
 DEVICE_REFRESH = 60.0
+DISCOVERY_GRACE = 5.0
 
 OUT_ACTIVE = ("pending", "connecting", "transferring", "retrying")
 TERMINAL = ("resumed", "declined", "cancelled", "failed")
@@ -503,6 +504,7 @@ class HandoffService:
         self._discovery_trust: Any = None
         self.sightings: dict[str, tuple[tuple[str, ...], int]] = {}
         self._ready = asyncio.Event()
+        self._sighted = asyncio.Event()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -695,6 +697,7 @@ class HandoffService:
         peer = event.peer
         if event.kind == "nearby":
             self.sightings[peer.device_id] = (tuple(peer.addresses), int(peer.port))
+            self._sighted.set()
             self.ctx.nearby[peer.device_id] = tuple(peer.addresses)
             self.ctx.events.publish(
                 {
@@ -738,11 +741,16 @@ class HandoffService:
                 link.take_over()
                 logger.info("reusing a warm link", extra={"peer": peer_id})
                 return link
-        addresses = self._addresses(peer_id)
+        loop = asyncio.get_running_loop()
+        grace = loop.time() + DISCOVERY_GRACE  # just started: discovery may need a moment
+        while not (addresses := self._addresses(peer_id)) and (left := grace - loop.time()) > 0:
+            self._sighted.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._sighted.wait()
         if not addresses:
             raise TransportError("the device is not nearby", code="peer-not-found")
         local = self._local_identity()
-        loop = asyncio.get_running_loop()
         deadline = loop.time() + CONNECT_TIMEOUT
         errors: list[HandoffError] = []
         for host, port in addresses:
@@ -990,7 +998,6 @@ class HandoffService:
             raise TransferError("bad offer recorded", code="internal", retry=False)
         manifest = codec.decode(offer.manifest)
         attempts = record.attempts
-        data_bytes = meta.data_bytes
         while True:
             attempts += 1
             record = await self._set(
@@ -1007,7 +1014,7 @@ class HandoffService:
                     offer=offer,
                     manifest=manifest,
                     sources=sources,
-                    hooks=self._sender_hooks(handoff_id, data_bytes),
+                    hooks=self._sender_hooks(handoff_id),
                     resumed_wait=RESUMED_WAIT,
                     cancelled=lambda: handoff_id in self._cancelled,
                 )
@@ -1034,7 +1041,6 @@ class HandoffService:
             if link is not None:
                 await link.close()  # never reuse a connection that just failed
             record = await self._require(handoff_id)
-            data_bytes = (await self.store.run(self.db.meta, handoff_id)).data_bytes
             if record.state in ("delivered", "resumed"):
                 return
             logger.info(
@@ -1060,7 +1066,7 @@ class HandoffService:
             )
             await asyncio.sleep(delay)
 
-    def _sender_hooks(self, handoff_id: str, data_before: int) -> SenderHooks:
+    def _sender_hooks(self, handoff_id: str) -> SenderHooks:
         async def transferring(report: SendReport) -> None:
             await self._set(
                 handoff_id,
@@ -1078,7 +1084,7 @@ class HandoffService:
             await self._set(
                 handoff_id,
                 {
-                    "data_bytes": data_before + report.data_bytes,
+                    "data_bytes": report.data_bytes,
                     "channel_bytes": report.channel_bytes,
                 },
                 state="delivered",

@@ -647,15 +647,19 @@ class Link:
                 data = await self.channel.recv()
                 self.last_used = time.monotonic()
                 ex = self.exchange
-                if ex is not None and (ex.core is None or not _ready_for_next(ex, data)):
+                if (
+                    ex is not None
+                    and ex.core is not None
+                    and (ex.core.finished or _ready_for_next(ex, data))
+                ):
+                    # Over, or only waiting in delivered while a new exchange starts.
+                    ex.feed(None)
+                    self.exchange = ex = None
+                if ex is not None:
                     if not ex.feed(data):
                         logger.warning("peer outran the window", extra={"peer": self.peer_id})
                         break
                     continue
-                if ex is not None:
-                    # A new exchange starts while the old one waits in delivered: end it.
-                    ex.feed(None)
-                    self.exchange = None
                 self._idle_message(data)
         except TransportError:
             pass

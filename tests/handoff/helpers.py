@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -80,7 +81,8 @@ def paired_daemons() -> Iterator[Pair]:
         for d in (a, b):
             d.kill()
         server.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        if not os.environ.get("HANDOFF_TEST_KEEP"):  # set it to read the daemons' logs
+            shutil.rmtree(root, ignore_errors=True)
 
 
 async def wait_for(

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import os
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -262,6 +263,38 @@ async def test_a_connected_app_is_told_not_launched(pair: Pair) -> None:
         stream.wait(timeout=10)
         if stream.stdout is not None:
             stream.stdout.close()
+
+
+@pytest.mark.asyncio
+async def test_a_resent_delivered_handoff_is_idempotent(pair: Pair) -> None:
+    data = os.urandom(50_000)
+    async with pair.client(pair.a) as a:
+        session = await a.publish(
+            "org.example.dup", "dup", items=[NewItem.of_data("document", "d.bin", data)]
+        )
+        h = await a.send(session.id, "desk")
+        first = await wait_state(a, h.id, {"delivered", "failed"})
+        assert first["state"] == "delivered"
+        assert first["wire"]["data_bytes_sent"] == len(data)
+    # The source forgets it was delivered (as after a crash before recording it) ...
+    assert pair.a.stop() == 0
+    db = sqlite3.connect(pair.a.paths.state_db, timeout=10)
+    try:
+        with db:
+            db.execute("UPDATE handoffs SET state = 'retrying' WHERE id = ?", (h.id,))
+    finally:
+        db.close()
+    inbox_file = pair.b.paths.inbox / h.id / "d.bin"
+    before = inbox_file.stat()
+    pair.a.start()  # ... and offers the same signed manifest again on restart
+    async with pair.client(pair.a) as a, pair.client(pair.b) as b:
+        again = await wait_state(a, h.id, {"delivered", "failed"})
+        assert again["state"] == "delivered"
+        assert again["attempts"] == first["attempts"] + 1
+        assert again["wire"]["data_bytes_sent"] == 0  # answered "delivered" at once
+        assert [e.id for e in await b.inbox()].count(h.id) == 1
+        after = inbox_file.stat()
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
 
 @pytest.mark.asyncio
