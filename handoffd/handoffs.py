@@ -82,7 +82,8 @@ BACKOFF_BASE = 1.0
 BACKOFF_MAX = 60.0
 CONNECT_TIMEOUT = 15.0
 RESUMED_WAIT = 30.0
-WARM_IDLE = 60.0
+WARM_IDLE = float(os.environ.get("HANDOFF_WARM_IDLE", "60"))
+"""Seconds an idle link to a peer is kept for the next handoff (0: never reuse)."""
 PROGRESS_INTERVAL = 0.1
 SWEEP_INTERVAL = 30.0
 NOTICE_TIMEOUT = 10.0
@@ -737,7 +738,9 @@ class HandoffService:
         from handoffd.transport.signaling import send_offer
 
         for link in self.links.get(peer_id, []):
-            if not link.closed and (not link.busy or link.lingering):
+            idle = time.monotonic() - link.last_used
+            reusable = link.lingering or (not link.busy and idle <= WARM_IDLE)
+            if not link.closed and WARM_IDLE > 0 and reusable:
                 link.take_over()
                 logger.info("reusing a warm link", extra={"peer": peer_id})
                 return link
