@@ -1,19 +1,34 @@
-"""Wire messages: frozen dataclasses encoded as canonical msgpack, decoded strictly.
+"""Wire codec: frozen dataclasses as canonical msgpack, decoded strictly and boundedly.
 
-A message is a msgpack map ``{"t": <tag>, <field>: <value>, ...}`` with keys in
-ascending order and every value in its shortest msgpack form; nested records
-are maps of their fields the same way. Decoding refuses anything else with a
-``ProtocolError`` (blame: peer) carrying one of these codes, and raises nothing
-else whatever the bytes:
+A message is a msgpack map ``{"t": <tag>, <field>: <value>, ...}``; a nested
+record is a map of its fields. **Canonical form**: map keys in ascending order
+of their UTF-8 bytes, every value in its shortest msgpack encoding, text as
+``str`` and byte strings as ``bin`` — exactly what :func:`encode` produces. The
+decoder accepts nothing else: whatever the bytes, it returns a registered
+message or raises ``ProtocolError`` (blame: peer) with one of these codes:
 
-``decode-oversize``, ``decode-malformed``, ``decode-trailing-bytes``,
-``decode-not-a-message``, ``decode-unknown-type``, ``decode-missing-field``,
-``decode-extra-field``, ``decode-wrong-type``, ``decode-out-of-range``,
-``decode-too-long``, ``decode-duplicate-key``, ``decode-non-canonical``.
+``decode-oversize``       the input is longer than ``max_size``
+``decode-malformed``      not one well-formed msgpack value
+``decode-ext-type``       a msgpack extension type (timestamps included)
+``decode-trailing-bytes`` bytes after the value
+``decode-too-deep``       arrays/maps nested deeper than ``MAX_DEPTH``
+``decode-too-long``       a string, byte string, array or map over its bound
+``decode-duplicate-key``  a map repeats a key
+``decode-not-a-message``  not a map with a string ``"t"``
+``decode-unknown-type``   ``"t"`` names no registered message
+``decode-unexpected-type`` a registered message, but not the one required
+``decode-missing-field``  a field is absent
+``decode-extra-field``    a key that is not a field
+``decode-wrong-type``     a value of the wrong type (bool is not int, str is not bytes)
+``decode-out-of-range``   an integer outside its range
+``decode-too-short``      a string, byte string or array under its minimum
+``decode-non-canonical``  valid, but not in canonical form
 
-Field types: ``int`` (signed 64-bit range), ``bool``, ``str``, ``bytes``,
-``X | None``, ``tuple[X, ...]`` and registered records, each optionally wrapped
-in ``Annotated[X, Max(n)]`` to bound a length (default bounds below).
+Field types: ``int`` (default range: signed 64-bit), ``bool``, ``str``,
+``bytes``, ``X | None``, ``tuple[X, ...]`` and registered records, refined by
+``Annotated[X, Max(n), Min(n), Range(lo, hi)]``. String bounds count code
+points (at most 4 UTF-8 bytes each). Floats, maps with free keys and extension
+types are not supported.
 """
 
 from __future__ import annotations
@@ -30,11 +45,20 @@ import msgpack
 from handoffd.errors import Blame, ProtocolError
 
 MAX_MESSAGE = 1024 * 1024
+"""Default bound on one encoded message."""
+MAX_DEPTH = 8
+"""Deepest array/map nesting a decoder accepts (the schemas need 3)."""
 DEFAULT_MAX_STR = 4096
 DEFAULT_MAX_BYTES = 64 * 1024
 DEFAULT_MAX_ITEMS = 1024
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+UINT_MAX = 2**64 - 1
 TAG_KEY = "t"
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------- annotations
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,193 +68,384 @@ class Max:
     n: int
 
 
-class _Kind:
-    INT, BOOL, STR, BYTES, OPTIONAL, TUPLE, RECORD = range(7)
+@dataclass(frozen=True, slots=True)
+class Min:
+    """Annotated bound: at least ``n`` characters, bytes or elements."""
+
+    n: int
 
 
 @dataclass(frozen=True, slots=True)
-class _Type:
-    kind: int
-    limit: int = 0
-    inner: _Type | None = None
-    record: type[Any] | None = None
+class Range:
+    """Annotated bound on an int: ``lo <= value <= hi`` (within -2**63 .. 2**64-1)."""
+
+    lo: int
+    hi: int
+
+
+# ---------------------------------------------------------------- compiled schema
 
 
 @dataclass(frozen=True, slots=True)
-class _Schema:
+class IntField:
+    """An integer in ``lo..hi``."""
+
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True, slots=True)
+class BoolField:
+    """A bool (never an int)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StrField:
+    """Text of ``lo..hi`` characters."""
+
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True, slots=True)
+class BytesField:
+    """A byte string of ``lo..hi`` bytes."""
+
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True, slots=True)
+class OptionalField:
+    """``inner`` or None."""
+
+    inner: Field
+
+
+@dataclass(frozen=True, slots=True)
+class TupleField:
+    """A tuple of ``lo..hi`` elements of ``inner`` (an array on the wire)."""
+
+    inner: Field
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecordField:
+    """A registered record (a map of its fields on the wire)."""
+
     cls: type[Any]
-    fields: tuple[tuple[str, _Type], ...]
 
 
-T = TypeVar("T")
-_RECORDS: dict[type[Any], _Schema] = {}
-MESSAGES: dict[str, _Schema] = {}
-_TAGS: dict[type[Any], str] = {}
+Field = IntField | BoolField | StrField | BytesField | OptionalField | TupleField | RecordField
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    """A registered dataclass: its fields in canonical (wire) order."""
+
+    cls: type[Any]
+    fields: tuple[tuple[str, Field], ...]
+    tag: str | None
+
+
+_SCHEMAS: dict[type[Any], Schema] = {}
+_LIMITS: dict[str, int] = {}
+MESSAGES: dict[str, type[Any]] = {}
+"""The one registry of messages: wire tag -> dataclass."""
+
+
+def _bounds(meta: list[Any], lo: int, hi: int) -> tuple[int, int]:
+    for m in meta:
+        if isinstance(m, Max):
+            hi = m.n
+        elif isinstance(m, Min):
+            lo = m.n
+    if not 0 <= lo <= hi:
+        raise TypeError(f"bad length bounds {lo}..{hi}")
+    return lo, hi
+
+
+def _compile(hint: Any, meta: list[Any] | None = None) -> Field:
+    meta = list(meta or [])
+    if typing.get_origin(hint) is typing.Annotated:
+        base, *extra = typing.get_args(hint)
+        return _compile(base, meta + extra)
+    lengths = [m for m in meta if isinstance(m, Max | Min)]
+    ranges = [m for m in meta if isinstance(m, Range)]
+    if (lengths and hint in (int, bool)) or (ranges and hint is not int) or (meta and hint is bool):
+        raise TypeError(f"{meta} does not apply to {hint!r}")
+    if hint is bool:
+        return BoolField()
+    if hint is int:
+        lo, hi = (ranges[-1].lo, ranges[-1].hi) if ranges else (INT_MIN, INT_MAX)
+        if not INT_MIN <= lo <= hi <= UINT_MAX:
+            raise TypeError(f"bad int range {lo}..{hi}")
+        return IntField(lo, hi)
+    if hint is str:
+        return StrField(*_bounds(meta, 0, DEFAULT_MAX_STR))
+    if hint is bytes:
+        return BytesField(*_bounds(meta, 0, DEFAULT_MAX_BYTES))
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        rest = [a for a in args if a is not type(None)]
+        if len(args) != 2 or len(rest) != 1:
+            raise TypeError(f"only X | None unions are supported, not {hint}")
+        return OptionalField(_compile(rest[0], meta))
+    if typing.get_origin(hint) is tuple:
+        targs = typing.get_args(hint)
+        if len(targs) != 2 or targs[1] is not Ellipsis:
+            raise TypeError(f"only tuple[X, ...] is supported, not {hint}")
+        return TupleField(_compile(targs[0]), *_bounds(meta, 0, DEFAULT_MAX_ITEMS))
+    if isinstance(hint, type) and hint in _SCHEMAS and not meta:
+        return RecordField(hint)
+    raise TypeError(f"unsupported field type {hint!r}")
+
+
+def _register(cls: type[Any], tag: str | None) -> Schema:
+    params = getattr(cls, "__dataclass_params__", None)
+    if not dataclasses.is_dataclass(cls) or params is None or not params.frozen:
+        raise TypeError(f"{cls.__name__} must be a frozen dataclass")
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = [(f.name, _compile(hints[f.name])) for f in dataclasses.fields(cls)]
+    if any(name == TAG_KEY for name, _ in fields):
+        raise TypeError(f"field name {TAG_KEY!r} is reserved")
+    schema = Schema(cls, tuple(sorted(fields, key=lambda f: f[0].encode())), tag)
+    _SCHEMAS[cls] = schema
+    _LIMITS.clear()
+    return schema
+
+
+def record(cls: type[T]) -> type[T]:
+    """Register a nested record type (a map of its fields on the wire)."""
+    _register(cls, None)
+    return cls
+
+
+def message(tag: str) -> Callable[[type[T]], type[T]]:
+    """Register a message type under the wire tag ``tag`` (stable, never reused)."""
+
+    def register(cls: type[T]) -> type[T]:
+        if tag in MESSAGES:
+            raise TypeError(f"message tag {tag!r} registered twice")
+        _register(cls, tag)
+        MESSAGES[tag] = cls
+        return cls
+
+    return register
+
+
+def schema_of(cls: type[Any]) -> Schema:
+    """The compiled schema of a registered message or record class."""
+    return _SCHEMAS[cls]
+
+
+def tag_of(msg: object) -> str:
+    """The wire tag of a registered message instance (KeyError if it is none)."""
+    tag = _SCHEMAS[type(msg)].tag
+    if tag is None:
+        raise KeyError(type(msg).__name__)
+    return tag
 
 
 def _err(code: str, message: str) -> ProtocolError:
     return ProtocolError(message, code=code, blame=Blame.PEER)
 
 
-def _compile(hint: Any, limit: int | None = None) -> _Type:
-    origin = typing.get_origin(hint)
-    if origin is typing.Annotated:
-        base, *meta = typing.get_args(hint)
-        bounds = [m.n for m in meta if isinstance(m, Max)]
-        return _compile(base, bounds[0] if bounds else None)
-    if hint is bool:
-        return _Type(_Kind.BOOL)
-    if hint is int:
-        return _Type(_Kind.INT)
-    if hint is str:
-        return _Type(_Kind.STR, limit or DEFAULT_MAX_STR)
-    if hint is bytes:
-        return _Type(_Kind.BYTES, limit or DEFAULT_MAX_BYTES)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(args) != 1 or len(typing.get_args(hint)) != 2:
-            raise TypeError(f"only X | None unions are supported, not {hint}")
-        return _Type(_Kind.OPTIONAL, inner=_compile(args[0], limit))
-    if origin is tuple:
-        targs = typing.get_args(hint)
-        if len(targs) != 2 or targs[1] is not Ellipsis:
-            raise TypeError(f"only tuple[X, ...] is supported, not {hint}")
-        return _Type(_Kind.TUPLE, limit or DEFAULT_MAX_ITEMS, inner=_compile(targs[0]))
-    if isinstance(hint, type) and hint in _RECORDS:
-        return _Type(_Kind.RECORD, record=hint)
-    raise TypeError(f"unsupported field type {hint!r}")
+# ---------------------------------------------------------------- validation
 
 
-def _schema_of(cls: type[Any]) -> _Schema:
-    if not (dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen):  # type: ignore[attr-defined]
-        raise TypeError(f"{cls.__name__} must be a frozen dataclass")
-    hints = typing.get_type_hints(cls, include_extras=True)
-    fields = tuple(
-        (f.name, _compile(hints[f.name])) for f in dataclasses.fields(cls) if f.name != TAG_KEY
-    )
-    if any(name == TAG_KEY for name, _ in fields):
-        raise TypeError(f"field name {TAG_KEY!r} is reserved")
-    return _Schema(cls, tuple(sorted(fields, key=lambda f: f[0].encode())))
+def _check_len(n: int, lo: int, hi: int, name: str, unit: str) -> None:
+    if n > hi:
+        raise _err("decode-too-long", f"{name} has more than {hi} {unit}")
+    if n < lo:
+        raise _err("decode-too-short", f"{name} has fewer than {lo} {unit}")
 
 
-def record(cls: type[T]) -> type[T]:
-    """Register a nested record type (encoded as a map of its fields)."""
-    _RECORDS[cls] = _schema_of(cls)
-    return cls
+def _value(v: Any, f: Field, name: str) -> Any:
+    """``v`` (as unpacked) checked against ``f``, as the dataclass holds it."""
+    if isinstance(f, IntField):
+        if type(v) is not int:
+            raise _err("decode-wrong-type", f"{name} must be an integer")
+        if not f.lo <= v <= f.hi:
+            raise _err("decode-out-of-range", f"{name} is out of range")
+        return v
+    if isinstance(f, BoolField):
+        if type(v) is not bool:
+            raise _err("decode-wrong-type", f"{name} must be a bool")
+        return v
+    if isinstance(f, StrField):
+        if type(v) is not str:
+            raise _err("decode-wrong-type", f"{name} must be a string")
+        _check_len(len(v), f.lo, f.hi, name, "characters")
+        # Lone surrogates have no UTF-8 form: how the encoder refuses them.
+        if not v.isascii():
+            try:
+                v.encode()
+            except UnicodeEncodeError:
+                raise _err("decode-wrong-type", f"{name} is not valid Unicode") from None
+        return v
+    if isinstance(f, BytesField):
+        if type(v) is not bytes:
+            raise _err("decode-wrong-type", f"{name} must be bytes")
+        _check_len(len(v), f.lo, f.hi, name, "bytes")
+        return v
+    if isinstance(f, OptionalField):
+        return None if v is None else _value(v, f.inner, name)
+    if isinstance(f, TupleField):
+        if not isinstance(v, list | tuple):
+            raise _err("decode-wrong-type", f"{name} must be an array")
+        _check_len(len(v), f.lo, f.hi, name, "elements")
+        return tuple(_value(x, f.inner, name) for x in v)
+    return _build(v, _SCHEMAS[f.cls], expect_tag=None)
 
 
-def message(tag: str) -> Callable[[type[T]], type[T]]:
-    """Register a top-level message type under ``tag``."""
-
-    def register(cls: type[T]) -> type[T]:
-        if tag in MESSAGES:
-            raise TypeError(f"message tag {tag!r} registered twice")
-        schema = _schema_of(cls)
-        _RECORDS[cls] = schema
-        MESSAGES[tag] = schema
-        _TAGS[cls] = tag
-        return cls
-
-    return register
-
-
-def tag_of(msg: object) -> str:
-    """The wire tag of a registered message instance."""
-    return _TAGS[type(msg)]
+def _build(value: Any, schema: Schema, *, expect_tag: str | None) -> Any:
+    """The dataclass instance a decoded map describes (the tag is checked by the caller)."""
+    name = schema.cls.__name__
+    if not isinstance(value, dict):
+        raise _err("decode-wrong-type", f"{name} must be a map")
+    if any(type(k) is not str for k in value):
+        raise _err("decode-wrong-type", f"{name}: map keys must be strings")
+    expected = {field for field, _ in schema.fields}
+    if expect_tag is not None:
+        expected.add(TAG_KEY)
+    missing = expected - value.keys()
+    if missing:
+        raise _err("decode-missing-field", f"{name} lacks {min(missing)!r}")
+    extra = value.keys() - expected
+    if extra:
+        raise _err("decode-extra-field", f"{name} has unknown field {min(extra)[:40]!r}")
+    return schema.cls(**{field: _value(value[field], f, field) for field, f in schema.fields})
 
 
 # ---------------------------------------------------------------- encoding
 
 
-def _to_wire(value: Any, t: _Type) -> Any:
-    if t.kind == _Kind.OPTIONAL:
-        assert t.inner is not None  # noqa: S101 - schema invariant, not peer input
-        return None if value is None else _to_wire(value, t.inner)
-    if t.kind == _Kind.TUPLE:
-        assert t.inner is not None  # noqa: S101 - schema invariant
-        inner = t.inner
-        return [_to_wire(v, inner) for v in value]
-    if t.kind == _Kind.RECORD:
-        assert t.record is not None  # noqa: S101 - schema invariant
-        return _record_to_wire(value, _RECORDS[t.record])
-    return value
+def _to_wire(v: Any, f: Field) -> Any:
+    if isinstance(f, OptionalField):
+        return None if v is None else _to_wire(v, f.inner)
+    if isinstance(f, TupleField):
+        return [_to_wire(x, f.inner) for x in v]
+    if isinstance(f, RecordField):
+        return _record_to_wire(v, _SCHEMAS[f.cls], None)
+    return v
 
 
-def _record_to_wire(value: Any, schema: _Schema) -> dict[str, Any]:
-    return {name: _to_wire(getattr(value, name), t) for name, t in schema.fields}
+def _record_to_wire(value: Any, schema: Schema, tag: str | None) -> dict[str, Any]:
+    body = {name: _to_wire(getattr(value, name), f) for name, f in schema.fields}
+    if tag is not None:
+        body[TAG_KEY] = tag
+    # msgpack writes a dict in insertion order: insert in canonical order.
+    return {k: body[k] for k in sorted(body, key=str.encode)}
+
+
+def _pack(msg: object, schema: Schema) -> bytes:
+    return msgpack.packb(_record_to_wire(msg, schema, schema.tag), use_bin_type=True)
 
 
 def encode(msg: object) -> bytes:
-    """Canonical msgpack of a registered message (keys sorted, shortest forms)."""
-    tag = _TAGS.get(type(msg))
-    if tag is None:
+    """Canonical msgpack of a registered message; ProtocolError(encode-invalid, local) if invalid."""
+    schema = _SCHEMAS.get(type(msg))
+    if schema is None or schema.tag is None:
         raise TypeError(f"{type(msg).__name__} is not a registered message")
-    schema = MESSAGES[tag]
-    body = _record_to_wire(msg, schema)
-    body[TAG_KEY] = tag
-    problem = _check_record_value(body, schema, top=True)
-    if problem:
+    wire = _record_to_wire(msg, schema, schema.tag)
+    try:
+        # The same checks a peer will make: never send what it must refuse.
+        _build(wire, schema, expect_tag=schema.tag)
+    except ProtocolError as exc:
         raise ProtocolError(
-            f"refusing to send an invalid {tag}: {problem}",
+            f"refusing to send an invalid {schema.tag}: {exc.message}",
             code="encode-invalid",
             blame=Blame.LOCAL,
-        )
-    ordered = dict(sorted(body.items(), key=lambda kv: kv[0].encode()))
-    return _pack(ordered)
-
-
-def _sorted_deep(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _sorted_deep(value[k]) for k in sorted(value, key=lambda k: k.encode())}
-    if isinstance(value, list):
-        return [_sorted_deep(v) for v in value]
-    return value
-
-
-def _pack(value: Any) -> bytes:
-    return msgpack.packb(_sorted_deep(value), use_bin_type=True)
+        ) from None
+    return msgpack.packb(wire, use_bin_type=True)
 
 
 # ---------------------------------------------------------------- decoding
 
 
-def _pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
-    keys = [k for k, _ in pairs]
-    if len(set(map(repr, keys))) != len(keys):
+class _List(list[Any]):
+    """An unpacked array that knows its nesting depth."""
+
+    __slots__ = ("depth",)
+    depth: int
+
+
+class _Map(dict[Any, Any]):
+    """An unpacked map that knows its nesting depth."""
+
+    __slots__ = ("depth",)
+    depth: int
+
+
+def _depth(values: Any) -> int:
+    depth = 1 + max((v.depth for v in values if isinstance(v, _List | _Map)), default=0)
+    if depth > MAX_DEPTH:
+        raise _err("decode-too-deep", f"nesting deeper than {MAX_DEPTH}")
+    return depth
+
+
+def _list_hook(items: list[Any]) -> _List:
+    out = _List(items)
+    out.depth = _depth(items)
+    return out
+
+
+def _pairs_hook(pairs: list[tuple[Any, Any]]) -> _Map:
+    out = _Map(pairs)
+    if len(out) != len(pairs):
         raise _err("decode-duplicate-key", "a map repeats a key")
-    return _OrderedPairs(pairs)
+    out.depth = _depth(out.values())
+    return out
 
 
-class _OrderedPairs(dict[Any, Any]):
-    """A decoded map that remembers its wire key order."""
-
-    def __init__(self, pairs: list[tuple[Any, Any]]) -> None:
-        super().__init__(pairs)
-        self.order = [k for k, _ in pairs]
+def _ext_hook(code: int, data: bytes) -> Any:
+    raise _err("decode-ext-type", "msgpack extension types are not allowed")
 
 
-def _no_ext(code: int, data: bytes) -> Any:
-    raise _err("decode-malformed", "msgpack extension types are not allowed")
+def _limits() -> dict[str, int]:
+    """The largest string, byte string, array and map any registered schema allows."""
+    if _LIMITS:
+        return _LIMITS
+    out = {"str": 1, "bin": 0, "array": 0, "map": 1}
+
+    def walk(f: Field) -> None:
+        if isinstance(f, StrField):
+            out["str"] = max(out["str"], 4 * f.hi)
+        elif isinstance(f, BytesField):
+            out["bin"] = max(out["bin"], f.hi)
+        elif isinstance(f, TupleField):
+            out["array"] = max(out["array"], f.hi)
+            walk(f.inner)
+        elif isinstance(f, OptionalField):
+            walk(f.inner)
+
+    for schema in _SCHEMAS.values():
+        out["map"] = max(out["map"], len(schema.fields) + 1)
+        for name, f in schema.fields:
+            out["str"] = max(out["str"], len(name.encode()))
+            walk(f)
+    _LIMITS.update(out)
+    return out
 
 
-def decode(data: bytes, *, max_size: int = MAX_MESSAGE) -> Any:
-    """Decode one message strictly; ProtocolError (blame peer) on anything invalid."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise _err("decode-malformed", "message is not bytes")
-    data = bytes(data)
-    if len(data) > max_size:
-        raise _err("decode-oversize", f"message of {len(data)} bytes exceeds {max_size}")
+def _unpack(data: bytes, max_size: int) -> Any:
+    limits = _limits()
     unpacker = msgpack.Unpacker(
         raw=False,
         use_list=True,
-        strict_map_key=False,
-        object_pairs_hook=_pairs,
-        ext_hook=_no_ext,
-        max_buffer_size=max(max_size, 1),
-        max_str_len=max_size,
-        max_bin_len=max_size,
-        max_array_len=max_size,
-        max_map_len=max_size,
+        strict_map_key=True,
+        list_hook=_list_hook,
+        object_pairs_hook=_pairs_hook,
+        ext_hook=_ext_hook,
+        max_buffer_size=max(len(data), 1),
+        # msgpack checks these before it allocates: nothing oversize is built.
+        max_str_len=min(max_size, limits["str"]),
+        max_bin_len=min(max_size, limits["bin"]),
+        max_array_len=min(max_size, limits["array"]),
+        max_map_len=min(max_size, limits["map"]),
         max_ext_len=0,
     )
     unpacker.feed(data)
@@ -240,104 +455,49 @@ def decode(data: bytes, *, max_size: int = MAX_MESSAGE) -> Any:
         raise
     except msgpack.OutOfData:
         raise _err("decode-malformed", "message is truncated") from None
-    # msgpack raises many types on hostile input (ValueError, TypeError,
-    # StackError, UnicodeDecodeError, FormatError, ...): all mean malformed.
+    except (msgpack.StackError, RecursionError):
+        raise _err("decode-too-deep", "nesting too deep") from None
+    # On hostile input msgpack raises ValueError, TypeError, FormatError,
+    # UnicodeDecodeError, OverflowError, ...: every one means malformed.
     except Exception as exc:  # noqa: BLE001
+        text = str(exc) if isinstance(exc, ValueError) else ""
+        if "max_ext_len" in text:
+            raise _err("decode-ext-type", "msgpack extension types are not allowed") from None
+        if "exceeds max_" in text:
+            raise _err("decode-too-long", f"a value is over its bound: {text[:80]}") from None
+        if "for map key" in text:
+            raise _err("decode-wrong-type", "map keys must be strings") from None
         raise _err("decode-malformed", f"not valid msgpack: {type(exc).__name__}") from None
     if unpacker.tell() != len(data):
         raise _err("decode-trailing-bytes", "bytes after the end of the message")
-    if not isinstance(value, dict):
-        raise _err("decode-not-a-message", "a message must be a map")
-    tag = value.get(TAG_KEY)
-    if not isinstance(tag, str):
-        raise _err("decode-not-a-message", "a message needs a string type tag")
-    schema = MESSAGES.get(tag)
-    if schema is None:
-        raise _err("decode-unknown-type", f"unknown message type {tag[:40]!r}")
-    msg = _build(value, schema, top=True)
-    if _pack_message(value) != data:
-        raise _err("decode-non-canonical", "message is not in canonical form")
-    return msg
-
-
-def _pack_message(value: Any) -> bytes:
-    return _pack(_plain(value))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
     return value
 
 
-def _check_record_value(value: Any, schema: _Schema, *, top: bool) -> str | None:
-    try:
-        _build(value, schema, top=top)
-    except ProtocolError as exc:
-        return exc.message
-    return None
+def decode(data: bytes, *, max_size: int = MAX_MESSAGE) -> Any:
+    """One registered message from ``data``; ProtocolError (blame peer) on anything else."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise _err("decode-malformed", "a message must be bytes")
+    data = bytes(data)
+    if len(data) > max_size:
+        raise _err("decode-oversize", f"message of {len(data)} bytes exceeds {max_size}")
+    value = _unpack(data, max_size)
+    if not isinstance(value, dict) or type(value.get(TAG_KEY)) is not str:
+        raise _err("decode-not-a-message", "a message is a map with a string type tag")
+    tag = value[TAG_KEY]
+    cls = MESSAGES.get(tag)
+    if cls is None:
+        raise _err("decode-unknown-type", f"unknown message type {tag[:40]!r}")
+    schema = _SCHEMAS[cls]
+    msg = _build(value, schema, expect_tag=tag)
+    # Canonical iff it re-encodes to the very same bytes (key order, widths, types).
+    if _pack(msg, schema) != data:
+        raise _err("decode-non-canonical", f"{tag} is not in canonical form")
+    return msg
 
 
-def _build(value: Any, schema: _Schema, *, top: bool) -> Any:
-    if not isinstance(value, dict):
-        raise _err("decode-wrong-type", f"{schema.cls.__name__} must be a map")
-    if any(not isinstance(k, str) for k in value):
-        raise _err("decode-wrong-type", "map keys must be strings")
-    expected = {name for name, _ in schema.fields}
-    if top:
-        expected.add(TAG_KEY)
-    missing = expected - value.keys()
-    if missing:
-        raise _err("decode-missing-field", f"{schema.cls.__name__} lacks {sorted(missing)[0]!r}")
-    extra = value.keys() - expected
-    if extra:
-        raise _err(
-            "decode-extra-field",
-            f"{schema.cls.__name__} has unknown field {sorted(extra)[0][:40]!r}",
-        )
-    order = getattr(value, "order", None)
-    if order is not None and order != sorted(order, key=lambda k: k.encode()):
-        raise _err("decode-non-canonical", "map keys are not in canonical order")
-    kwargs = {name: _value(value[name], t, name) for name, t in schema.fields}
-    return schema.cls(**kwargs)
-
-
-def _value(v: Any, t: _Type, name: str) -> Any:
-    k = t.kind
-    if k == _Kind.BOOL:
-        if type(v) is not bool:
-            raise _err("decode-wrong-type", f"{name} must be a bool")
-        return v
-    if k == _Kind.INT:
-        if type(v) is not int:
-            raise _err("decode-wrong-type", f"{name} must be an integer")
-        if not INT_MIN <= v <= INT_MAX:
-            raise _err("decode-out-of-range", f"{name} is out of range")
-        return v
-    if k == _Kind.STR:
-        if type(v) is not str:
-            raise _err("decode-wrong-type", f"{name} must be a string")
-        if len(v) > t.limit:
-            raise _err("decode-too-long", f"{name} is longer than {t.limit}")
-        return v
-    if k == _Kind.BYTES:
-        if type(v) is not bytes:
-            raise _err("decode-wrong-type", f"{name} must be bytes")
-        if len(v) > t.limit:
-            raise _err("decode-too-long", f"{name} is longer than {t.limit} bytes")
-        return v
-    if k == _Kind.OPTIONAL:
-        assert t.inner is not None  # noqa: S101 - schema invariant
-        return None if v is None else _value(v, t.inner, name)
-    if k == _Kind.TUPLE:
-        assert t.inner is not None  # noqa: S101 - schema invariant
-        if type(v) is not list:
-            raise _err("decode-wrong-type", f"{name} must be an array")
-        if len(v) > t.limit:
-            raise _err("decode-too-long", f"{name} has more than {t.limit} elements")
-        inner = t.inner
-        return tuple(_value(x, inner, name) for x in v)
-    assert t.record is not None  # noqa: S101 - schema invariant
-    return _build(v, _RECORDS[t.record], top=False)
+def decode_as(data: bytes, cls: type[T], *, max_size: int = MAX_MESSAGE) -> T:
+    """Like :func:`decode`, and the message must be a ``cls`` (else decode-unexpected-type)."""
+    msg = decode(data, max_size=max_size)
+    if not isinstance(msg, cls):
+        raise _err("decode-unexpected-type", f"expected {cls.__name__}, got {tag_of(msg)}")
+    return msg

@@ -1,30 +1,41 @@
 """The transfer protocol as two sans-IO state machines: sender and receiver.
 
-No sockets, no asyncio, no clock reads: an adapter feeds messages and the time
-in, then drains ``outgoing()`` (messages to send) and ``events()`` (what it must
-do or report), and calls ``timer(now)`` at ``next_timer()``. Transitions are
-tables of ``(state, message type) -> handler``; a message with no entry for
-the current state is a protocol error blamed on the peer.
+No sockets, no asyncio, no clock reads: an adapter feeds the peer's messages
+and the time in, calls the methods below when its own work is done, drains
+``outgoing()`` (messages to send, in order) and ``events()`` (what it must do
+or report, in order), and calls ``timer(now)`` at ``next_timer()``.
+Transitions are tables of ``(state, message tag) -> handler``; ``ping``,
+``pong``, ``error`` and ``cancel`` are valid in every state. Any other message
+with no entry for the current state, or one that breaks a rule, ends the
+exchange: state ``failed``, a ``Failed`` event (blame: peer) and an ``error``
+message to the peer. ``receive`` never raises for anything the peer sends.
 
-The receiver never acknowledges bytes it has not made durable: it emits
-``WriteData``; the adapter writes, fsyncs, records a checkpoint and only then
-calls ``checkpoint_done``, which queues the ``Ack``. See docs/protocol.md.
+Calls that break the adapter contract raise ``ProtocolError(code="misuse",
+blame=LOCAL)``. The receiver never acknowledges bytes it has not made durable:
+it emits ``WriteData``; the adapter writes, fsyncs, records a checkpoint and
+only then calls ``checkpoint_done``, which queues the ``ack``.
+See docs/protocol.md for the messages, tables and rules.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from handoffd.errors import Blame, ProtocolError
 from handoffd.proto import codec
 from handoffd.proto import messages as m
 
-DEFAULT_WINDOW = 4 * 1024 * 1024
+DEFAULT_WINDOW = m.DEFAULT_WINDOW
+"""Default flow-control window: item bytes sent but not yet acknowledged as durable."""
 PING_INTERVAL = 5.0
+"""Seconds without sending anything before a ping goes out."""
 IDLE_TIMEOUT = 30.0
+"""Seconds without hearing from the peer before the exchange fails (``peer-timeout``)."""
 
 
 # ---------------------------------------------------------------- events
@@ -32,7 +43,7 @@ IDLE_TIMEOUT = 30.0
 
 @dataclass(frozen=True, slots=True)
 class PeerHello:
-    """The peer's hello (its CRL, if any, is for the adapter to gossip-merge)."""
+    """The peer's hello (its CRL, if any, is for the adapter to verify and gossip-merge)."""
 
     hello: m.Hello
 
@@ -47,14 +58,14 @@ class OfferReceived:
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """Sender: the receiver takes these items from these offsets."""
+    """Sender: the receiver takes these items (index -> offset it continues from)."""
 
     resume: Mapping[int, int]
 
 
 @dataclass(frozen=True, slots=True)
 class NeedData:
-    """Sender: read ``length`` bytes of item ``index`` at ``offset`` and call data_ready."""
+    """Sender: read ``length`` bytes of item ``index`` at ``offset``, then call data_ready."""
 
     index: int
     offset: int
@@ -63,7 +74,7 @@ class NeedData:
 
 @dataclass(frozen=True, slots=True)
 class WriteData:
-    """Receiver: write these bytes; checkpoint durably; then call checkpoint_done."""
+    """Receiver: write these bytes; make them durable; then call checkpoint_done."""
 
     index: int
     offset: int
@@ -71,8 +82,15 @@ class WriteData:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckpointNeeded:
+    """Receiver: half the window is unacknowledged; make item ``index`` durable, call checkpoint_done."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
 class ItemComplete:
-    """Receiver: all bytes of item ``index`` arrived; make durable, verify, call item_verified."""
+    """Receiver: every byte of item ``index`` arrived; make durable, hash, call item_verified."""
 
     index: int
 
@@ -110,7 +128,7 @@ class Declined:
 
 @dataclass(frozen=True, slots=True)
 class Cancelled:
-    """The handoff was given up (``by_peer`` says who)."""
+    """The handoff was given up (``by_peer`` says by whom)."""
 
     reason: str
     by_peer: bool
@@ -131,6 +149,7 @@ Event = (
     | Accepted
     | NeedData
     | WriteData
+    | CheckpointNeeded
     | ItemComplete
     | Commit
     | Progress
@@ -143,7 +162,7 @@ Event = (
 
 
 class State(enum.StrEnum):
-    """States of both machines (each uses a subset)."""
+    """States of both machines (each uses a subset; see docs/protocol.md)."""
 
     IDLE = "idle"
     AWAIT_OFFER = "await-offer"
@@ -167,91 +186,95 @@ def _peer_error(code: str, message: str) -> ProtocolError:
     return ProtocolError(message, code=code, blame=Blame.PEER)
 
 
+def _misuse(message: str) -> ProtocolError:
+    return ProtocolError(message, code="misuse", blame=Blame.LOCAL)
+
+
 Handler = Callable[[Any, Any], None]
 
 
 class _Core:
-    """What both machines share: queues, ping/idle timers, errors, cancel."""
+    """What both machines share: queues, hello, ping/idle timers, errors, cancel."""
 
-    TABLE: dict[tuple[State, str], Handler] = {}
+    TABLE: ClassVar[Mapping[tuple[State, str], Handler]] = {}
 
-    def __init__(self, hello: m.Hello, *, now: float) -> None:
+    def __init__(self, hello: m.Hello, *, now: float, window: int) -> None:
+        if not m.MIN_WINDOW <= window <= m.MAX_WINDOW:
+            raise ValueError(f"bad window {window}")
         self.state = State.IDLE
         self.handoff_id = ""
         self.peer_hello: m.Hello | None = None
-        self._hello = hello
-        self._out: list[Any] = []
+        self._window = window
+        self._hello = dataclasses.replace(hello, window=window)
+        self._out: list[m.Message] = []
         self._events: list[Event] = []
         self._last_rx = now
         self._last_tx = now
+        self._pings = 0
 
     # -------------------------------------------------------- adapter API
 
-    def outgoing(self) -> list[Any]:
+    def outgoing(self) -> list[m.Message]:
         """Messages to send now, in order (drains the queue)."""
         out, self._out = self._out, []
         return out
 
     def events(self) -> list[Event]:
-        """What happened / what the adapter must do (drains the queue)."""
+        """What happened and what the adapter must do, in order (drains the queue)."""
         ev, self._events = self._events, []
         return ev
 
     @property
     def finished(self) -> bool:
-        """True once the exchange reached a terminal state."""
+        """True once the exchange reached a terminal state (delivered is not one: resumed may follow)."""
         return self.state in TERMINAL
 
-    def receive(self, msg: Any, now: float) -> None:
-        """Feed one decoded message from the peer."""
-        self._last_rx = now
+    def receive(self, msg: m.Message, now: float) -> None:
+        """Feed one decoded message from the peer; never raises for what the peer sent."""
         tag = codec.tag_of(msg)
-        if tag == "ping":
+        self._last_rx = now
+        if isinstance(msg, m.Ping):
             self._send(m.Pong(nonce=msg.nonce), now)
             return
-        if tag == "pong":
-            return
-        if self.finished:
-            return
-        if tag == "error":
-            self._fail(msg.code, f"peer reported: {msg.message}", Blame.PEER, notify=False)
-            return
-        if tag == "cancel":
-            if self.state == State.DELIVERED:
-                return  # too late to cancel: the receiver has it
-            self._check_id(msg.handoff_id)
-            self.state = State.CANCELLED
-            self._events.append(Cancelled(reason=msg.reason, by_peer=True))
-            return
-        handler = self.TABLE.get((self.state, tag))
-        if handler is None:
-            self.protocol_error(
-                _peer_error("unexpected-message", f"{tag} is not valid in state {self.state}")
-            )
+        if isinstance(msg, m.Pong) or self.finished:
             return
         try:
-            handler(self, msg)
+            if isinstance(msg, m.Error):
+                self._fail(msg.code, f"peer reported: {msg.message}", Blame.PEER, notify=False)
+            elif isinstance(msg, m.Cancel):
+                self._on_cancel(msg)
+            else:
+                handler = self.TABLE.get((self.state, tag))
+                if handler is None:
+                    raise _peer_error(
+                        "unexpected-message", f"{tag} is not valid in state {self.state}"
+                    )
+                if self.peer_hello is None and tag != "hello":
+                    raise _peer_error("hello-first", f"{tag} before hello")
+                handler(self, msg)
         except ProtocolError as exc:
-            self.protocol_error(exc)
+            self.protocol_error(exc, now)
 
     def receive_bytes(self, data: bytes, now: float) -> None:
-        """Decode and feed one message; a malformed one fails the exchange."""
+        """Decode and feed one message; an undecodable one fails the exchange."""
         try:
-            msg = codec.decode(data)
+            msg = m.decode(data, max_size=m.WIRE_MAX)
         except ProtocolError as exc:
-            self.protocol_error(exc)
+            self._last_rx = now
+            if not self.finished:
+                self.protocol_error(exc, now)
             return
         self.receive(msg, now)
 
-    def protocol_error(self, exc: ProtocolError) -> None:
-        """Fail with ``exc`` and tell the peer why."""
-        self._fail(exc.code, exc.message, exc.blame, notify=True)
+    def protocol_error(self, exc: ProtocolError, now: float | None = None) -> None:
+        """Fail with ``exc`` and tell the peer why (an ``error`` message)."""
+        self._fail(exc.code, exc.message, exc.blame, notify=True, now=now)
 
     def cancel(self, reason: str, now: float) -> None:
-        """Give the handoff up and tell the peer."""
+        """Give the handoff up and tell the peer (no-op once delivered or finished)."""
         if self.finished or self.state == State.DELIVERED:
             return
-        self._send(m.Cancel(handoff_id=self.handoff_id, reason=reason), now)
+        self._send(m.Cancel(handoff_id=self.handoff_id, reason=reason[:64]), now)
         self.state = State.CANCELLED
         self._events.append(Cancelled(reason=reason, by_peer=False))
 
@@ -262,27 +285,30 @@ class _Core:
         return min(self._last_tx + PING_INTERVAL, self._last_rx + IDLE_TIMEOUT)
 
     def timer(self, now: float) -> None:
-        """Send keepalives; fail when the peer has been silent too long."""
+        """Send a keepalive when we were quiet; fail (peer-timeout) when the peer was."""
         if self.finished:
             return
         if now - self._last_rx >= IDLE_TIMEOUT:
             self._fail("peer-timeout", "the peer went silent", Blame.PEER, notify=False)
             return
         if now - self._last_tx >= PING_INTERVAL:
-            self._send(m.Ping(nonce=int(now * 1000)), now)
+            self._pings += 1
+            self._send(m.Ping(nonce=self._pings), now)
 
     # -------------------------------------------------------- internals
 
-    def _send(self, msg: Any, now: float | None = None) -> None:
+    def _send(self, msg: m.Message, now: float | None = None) -> None:
         self._out.append(msg)
         if now is not None:
             self._last_tx = now
 
-    def _fail(self, code: str, message: str, blame: Blame, *, notify: bool) -> None:
+    def _fail(
+        self, code: str, message: str, blame: Blame, *, notify: bool, now: float | None = None
+    ) -> None:
         if self.finished:
             return
         if notify:
-            self._send(m.Error(code=code[:64], message=message[:1024]))
+            self._send(m.Error(code=code[:64], message=message[:1024]), now)
         self.state = State.FAILED
         self._events.append(Failed(code=code, message=message, blame=blame))
 
@@ -290,12 +316,22 @@ class _Core:
         if handoff_id != self.handoff_id:
             raise _peer_error("wrong-handoff", "message is for another handoff")
 
+    def _on_cancel(self, msg: m.Cancel) -> None:
+        if self.state == State.DELIVERED:
+            return  # too late: the receiver has committed it
+        if self.handoff_id:
+            self._check_id(msg.handoff_id)
+        self.state = State.CANCELLED
+        self._events.append(Cancelled(reason=msg.reason, by_peer=True))
+
     def _on_hello(self, msg: m.Hello) -> None:
         if self.peer_hello is not None:
             raise _peer_error("duplicate-hello", "hello sent twice")
         if msg.version != m.PROTOCOL_VERSION:
             raise _peer_error("version-mismatch", f"peer speaks version {msg.version}")
         self.peer_hello = msg
+        # Both sides keep to the smaller window (the receiver's Accept confirms it).
+        self._window = min(self._window, msg.window)
         self._events.append(PeerHello(hello=msg))
 
 
@@ -315,24 +351,37 @@ class SenderCore(_Core):
         window: int = DEFAULT_WINDOW,
         chunk: int = m.MAX_CHUNK,
     ) -> None:
-        super().__init__(hello, now=now)
+        super().__init__(hello, now=now, window=window)
+        if not 1 <= chunk <= m.MAX_CHUNK:
+            raise ValueError(f"bad chunk {chunk}")
+        if offer.manifest != codec.encode(manifest):
+            raise _misuse("the offer does not carry this manifest")
         self.handoff_id = manifest.handoff_id
         self.manifest = manifest
-        self._offer = offer
+        self._offer = codec.encode(offer)
+        if len(self._offer) > m.MAX_OFFER:
+            raise _misuse(f"offer of {len(self._offer)} bytes exceeds {m.MAX_OFFER}")
         self._sizes = {item.index: item.size for item in manifest.items}
-        self._window = window
-        self._chunk = min(chunk, m.MAX_CHUNK)
+        self._chunk = chunk
         self._order: list[int] = []
         self.acked: dict[int, int] = {}
+        """Per accepted item: bytes the receiver acknowledged as durable."""
         self._requested: dict[int, int] = {}
+        self._sent: dict[int, int] = {}
+        self._pending: collections.deque[NeedData] = collections.deque()
         self.sent_bytes = 0
+        """Item bytes sent as data on this connection."""
 
     def start(self, now: float) -> None:
-        """Queue hello and the signed offer."""
+        """Queue hello and the signed offer (in parts)."""
         if self.state != State.IDLE:
             return
         self._send(self._hello, now)
-        self._send(self._offer, now)
+        parts = [self._offer[i : i + m.MAX_CHUNK] for i in range(0, len(self._offer), m.MAX_CHUNK)]
+        for seq, part in enumerate(parts):
+            self._send(
+                m.OfferPart(handoff_id=self.handoff_id, seq=seq, count=len(parts), data=part), now
+            )
         self.state = State.AWAIT_ANSWER
 
     @property
@@ -342,52 +391,57 @@ class SenderCore(_Core):
 
     @property
     def done(self) -> int:
-        """Bytes acknowledged by the receiver."""
+        """Bytes acknowledged by the receiver (including what it held before)."""
         return sum(self.acked.values())
 
-    def _in_flight(self) -> int:
-        return sum(self._requested[i] - self.acked[i] for i in self._order)
+    def data_ready(self, index: int, offset: int, data: bytes, now: float) -> None:
+        """The bytes the oldest outstanding NeedData asked for (exactly those, in order)."""
+        if self.state != State.STREAMING:
+            return
+        want = self._pending[0] if self._pending else None
+        if want != NeedData(index=index, offset=offset, length=len(data)):
+            raise _misuse(f"data_ready({index}, {offset}, {len(data)} bytes) but asked {want}")
+        self._pending.popleft()
+        self._send(m.Data(handoff_id=self.handoff_id, index=index, offset=offset, data=data), now)
+        self._sent[index] = offset + len(data)
+        self.sent_bytes += len(data)
 
     def _pump(self) -> None:
-        room = self._window - self._in_flight()
+        room = self._window - sum(self._requested[i] - self.acked[i] for i in self._order)
         for index in self._order:
             size = self._sizes[index]
             while room > 0 and self._requested[index] < size:
                 offset = self._requested[index]
-                length = min(self._chunk, size - offset, room)
-                self._events.append(NeedData(index=index, offset=offset, length=length))
-                self._requested[index] = offset + length
-                room -= length
+                need = NeedData(
+                    index=index, offset=offset, length=min(self._chunk, size - offset, room)
+                )
+                self._events.append(need)
+                self._pending.append(need)
+                self._requested[index] = offset + need.length
+                room -= need.length
             if self._requested[index] < size:
                 return
 
-    def data_ready(self, index: int, offset: int, data: bytes, now: float) -> None:
-        """The bytes a NeedData asked for."""
-        if self.state != State.STREAMING:
-            return
-        self._send(m.Data(handoff_id=self.handoff_id, index=index, offset=offset, data=data), now)
-        self.sent_bytes += len(data)
-
     def _on_accept(self, msg: m.Accept) -> None:
         self._check_id(msg.handoff_id)
-        if not msg.items:
-            raise _peer_error("accept-empty", "accept names no item")
-        seen: set[int] = set()
+        resume: dict[int, int] = {}
         for r in msg.items:
-            if r.index not in self._sizes or r.index in seen:
+            if r.index not in self._sizes or r.index in resume:
                 raise _peer_error("accept-bad-item", f"accept names item {r.index} wrongly")
-            if not 0 <= r.offset <= self._sizes[r.index]:
+            if r.offset > self._sizes[r.index]:
                 raise _peer_error("accept-bad-offset", f"resume offset {r.offset} is out of range")
-            seen.add(r.index)
-        self._order = sorted(seen)
-        self.acked = {r.index: r.offset for r in msg.items}
-        self._requested = dict(self.acked)
-        self._events.append(Accepted(resume=dict(self.acked)))
+            resume[r.index] = r.offset
+        self._window = min(self._window, msg.window)
+        self._order = sorted(resume)
+        self.acked = dict(resume)
+        self._requested = dict(resume)
+        self._sent = dict(resume)
+        self._events.append(Accepted(resume=dict(resume)))
         self._events.append(Progress(done=self.done, total=self.total))
-        self.state = State.STREAMING
         if self.done == self.total:
             self.state = State.AWAIT_DELIVERED
             return
+        self.state = State.STREAMING
         self._pump()
 
     def _on_decline(self, msg: m.Decline) -> None:
@@ -398,22 +452,25 @@ class SenderCore(_Core):
     def _on_ack(self, msg: m.Ack) -> None:
         self._check_id(msg.handoff_id)
         if msg.index not in self.acked:
-            raise _peer_error("ack-bad-item", f"ack for item {msg.index} not accepted")
-        if msg.offset > self._requested[msg.index]:
-            raise _peer_error("ack-beyond-sent", "ack for bytes never sent")
+            raise _peer_error("ack-bad-item", f"ack for item {msg.index}, not accepted")
+        if msg.offset > self._sent[msg.index]:
+            raise _peer_error("ack-beyond-sent", f"ack for item {msg.index} beyond what was sent")
         if msg.offset <= self.acked[msg.index]:
-            return  # a duplicate: acks only move forward
+            return  # acks only move forward: an old or duplicate one says nothing new
         self.acked[msg.index] = msg.offset
         self._events.append(Progress(done=self.done, total=self.total))
         if self.done == self.total:
             self.state = State.AWAIT_DELIVERED
-            return
-        self._pump()
+        elif self.state == State.STREAMING:
+            self._pump()
 
     def _on_delivered(self, msg: m.Delivered) -> None:
         self._check_id(msg.handoff_id)
-        if self.state != State.AWAIT_ANSWER and self.done != self.total:
+        if self.state == State.DELIVERED:
+            return
+        if self.state == State.STREAMING:
             raise _peer_error("delivered-early", "delivered before every byte was acknowledged")
+        # From await-answer: the receiver already had this handoff (a duplicate).
         self.state = State.DELIVERED
         self._events.append(Delivered())
 
@@ -422,16 +479,17 @@ class SenderCore(_Core):
         self.state = State.RESUMED
         self._events.append(Resumed())
 
-    TABLE: dict[tuple[State, str], Handler] = {
+    TABLE: ClassVar[Mapping[tuple[State, str], Handler]] = {
         (State.AWAIT_ANSWER, "hello"): _Core._on_hello,
         (State.AWAIT_ANSWER, "accept"): _on_accept,
         (State.AWAIT_ANSWER, "decline"): _on_decline,
-        (State.AWAIT_ANSWER, "delivered"): _on_delivered,  # a duplicate handoff
+        (State.AWAIT_ANSWER, "delivered"): _on_delivered,
         (State.STREAMING, "ack"): _on_ack,
+        (State.STREAMING, "delivered"): _on_delivered,
         (State.AWAIT_DELIVERED, "ack"): _on_ack,
         (State.AWAIT_DELIVERED, "delivered"): _on_delivered,
         (State.DELIVERED, "ack"): _on_ack,
-        (State.DELIVERED, "delivered"): lambda self, msg: None,
+        (State.DELIVERED, "delivered"): _on_delivered,
         (State.DELIVERED, "resumed"): _on_resumed,
     }
 
@@ -442,15 +500,22 @@ class SenderCore(_Core):
 class ReceiverCore(_Core):
     """The receiving side of one handoff over one connection."""
 
-    def __init__(self, hello: m.Hello, *, now: float) -> None:
-        super().__init__(hello, now=now)
+    def __init__(self, hello: m.Hello, *, now: float, window: int = DEFAULT_WINDOW) -> None:
+        super().__init__(hello, now=now, window=window)
         self.manifest: m.Manifest | None = None
+        self._parts: list[bytes] = []
+        self._parts_count = 0
         self._sizes: dict[int, int] = {}
         self.expected: dict[int, int] = {}
+        """Per accepted item: bytes received so far (the next offset expected)."""
         self.durable: dict[int, int] = {}
+        """Per accepted item: bytes acknowledged as durable."""
+        self._unacked = 0
+        self._checkpoint_asked = False
         self._complete: set[int] = set()
         self._verified: set[int] = set()
         self.received_bytes = 0
+        """Item bytes received as new data on this connection."""
 
     def start(self, now: float) -> None:
         """Queue our hello."""
@@ -469,57 +534,71 @@ class ReceiverCore(_Core):
         """Bytes received so far (including what was held before)."""
         return sum(self.expected.values())
 
-    def _on_offer(self, msg: m.Offer) -> None:
-        try:
-            manifest = codec.decode(msg.manifest)
-        except ProtocolError as exc:
+    def _on_offer_part(self, msg: m.OfferPart) -> None:
+        if not self._parts:
+            self.handoff_id = msg.handoff_id
+        elif msg.handoff_id != self.handoff_id or msg.count != self._parts_count:
+            raise _peer_error("offer-part-mismatch", "offer parts disagree")
+        if msg.seq != len(self._parts) or msg.seq >= msg.count:
             raise _peer_error(
-                "offer-bad-manifest", f"manifest does not decode: {exc.code}"
-            ) from exc
-        if not isinstance(manifest, m.Manifest):
-            raise _peer_error("offer-bad-manifest", "offer carries no manifest")
-        indexes = [item.index for item in manifest.items]
-        if len(set(indexes)) != len(indexes) or any(i < 0 for i in indexes):
+                "offer-part-order", f"offer part {msg.seq} of {msg.count} out of order"
+            )
+        self._parts_count = msg.count
+        self._parts.append(msg.data)
+        if sum(map(len, self._parts)) > m.MAX_OFFER:
+            raise _peer_error("offer-too-large", "offer exceeds its bound")
+        if len(self._parts) == msg.count:
+            raw, self._parts = b"".join(self._parts), []
+            self._on_offer(raw)
+
+    def _on_offer(self, raw: bytes) -> None:
+        try:
+            offer = codec.decode_as(raw, m.Offer, max_size=m.MAX_OFFER)
+            manifest = codec.decode_as(offer.manifest, m.Manifest, max_size=m.MAX_OFFER)
+        except ProtocolError as exc:
+            raise _peer_error("offer-malformed", f"offer does not decode: {exc.code}") from exc
+        if manifest.handoff_id != self.handoff_id:
+            raise _peer_error("offer-wrong-handoff", "offer parts name another handoff")
+        indexes = {item.index for item in manifest.items}
+        if len(indexes) != len(manifest.items):
             raise _peer_error("manifest-bad-index", "manifest item indexes must be unique")
-        for item in manifest.items:
-            if item.size < 0 or len(item.sha256) != 32:
-                raise _peer_error("manifest-bad-item", f"item {item.index} is malformed")
         self.manifest = manifest
-        self.handoff_id = manifest.handoff_id
         self.state = State.DECIDING
-        self._events.append(OfferReceived(offer=msg, manifest=manifest))
+        self._events.append(OfferReceived(offer=offer, manifest=manifest))
 
     def accept(self, resume: Mapping[int, int], now: float) -> None:
         """Take the items in ``resume`` (index -> bytes durably held) and ask for the rest."""
         if self.state != State.DECIDING or self.manifest is None:
-            raise ProtocolError("accept outside deciding", code="misuse", blame=Blame.LOCAL)
+            raise _misuse(f"accept in state {self.state}")
         sizes = {item.index: item.size for item in self.manifest.items}
         if not resume or any(i not in sizes or not 0 <= o <= sizes[i] for i, o in resume.items()):
-            raise ProtocolError("bad resume offsets", code="misuse", blame=Blame.LOCAL)
-        self._sizes = {i: sizes[i] for i in resume}
+            raise _misuse(f"bad resume offsets {dict(resume)}")
+        self._sizes = {i: sizes[i] for i in sorted(resume)}
         self.expected = dict(resume)
         self.durable = dict(resume)
         items = tuple(m.Resume(index=i, offset=o) for i, o in sorted(resume.items()))
-        self._send(m.Accept(handoff_id=self.handoff_id, items=items), now)
+        self._send(m.Accept(handoff_id=self.handoff_id, items=items, window=self._window), now)
         self.state = State.RECEIVING
         self._events.append(Progress(done=self.done, total=self.total))
-        for index in sorted(resume):
+        for index in self._sizes:
             if self.expected[index] == self._sizes[index]:
                 self._complete.add(index)
                 self._events.append(ItemComplete(index=index))
 
     def decline(self, reason: str, message: str, now: float) -> None:
-        """Refuse the offer with a reason code."""
+        """Refuse the offer with a reason code (≤ 64 characters)."""
         if self.state != State.DECIDING:
-            raise ProtocolError("decline outside deciding", code="misuse", blame=Blame.LOCAL)
-        self._send(m.Decline(handoff_id=self.handoff_id, reason=reason, message=message), now)
+            raise _misuse(f"decline in state {self.state}")
+        self._send(
+            m.Decline(handoff_id=self.handoff_id, reason=reason[:64], message=message[:1024]), now
+        )
         self.state = State.DECLINED
         self._events.append(Declined(reason=reason, message=message))
 
     def already_delivered(self, now: float) -> None:
         """The offer is for a handoff already in the inbox: say delivered, store nothing."""
         if self.state != State.DECIDING:
-            raise ProtocolError("not deciding", code="misuse", blame=Blame.LOCAL)
+            raise _misuse(f"already_delivered in state {self.state}")
         self._send(m.Delivered(handoff_id=self.handoff_id), now)
         self.state = State.DELIVERED
         self._events.append(Delivered())
@@ -528,16 +607,19 @@ class ReceiverCore(_Core):
         self._check_id(msg.handoff_id)
         index = msg.index
         if index not in self._sizes:
-            raise _peer_error("data-bad-item", f"data for item {index} not accepted")
+            raise _peer_error("data-bad-item", f"data for item {index}, not accepted")
         expected = self.expected[index]
         end = msg.offset + len(msg.data)
         if end <= expected:
-            return  # already have it: duplicates are idempotent
+            return  # bytes we already have: a duplicate is harmless
         if msg.offset != expected:
             code = "data-gap" if msg.offset > expected else "data-overlap"
             raise _peer_error(code, f"item {index}: data at {msg.offset}, expected {expected}")
         if end > self._sizes[index]:
             raise _peer_error("data-overflow", f"item {index}: more bytes than the manifest says")
+        self._unacked += len(msg.data)
+        if self._unacked > self._window:
+            raise _peer_error("flow-control", "more unacknowledged bytes than the window")
         self.expected[index] = end
         self.received_bytes += len(msg.data)
         self._events.append(WriteData(index=index, offset=msg.offset, data=msg.data))
@@ -545,34 +627,47 @@ class ReceiverCore(_Core):
         if end == self._sizes[index]:
             self._complete.add(index)
             self._events.append(ItemComplete(index=index))
+        elif self._unacked >= self._window // 2 and not self._checkpoint_asked:
+            # Without acks the sender stops at a full window: never let it get there.
+            self._checkpoint_asked = True
+            self._events.append(CheckpointNeeded(index=index))
 
     def checkpoint_done(self, index: int, offset: int, now: float) -> None:
-        """Bytes of ``index`` up to ``offset`` are durable: acknowledge them."""
-        if self.finished or index not in self._sizes:
+        """Bytes of item ``index`` up to ``offset`` are durable: acknowledge them."""
+        if self.finished:
             return
-        if offset > self.expected[index]:
-            raise ProtocolError("checkpoint beyond received", code="misuse", blame=Blame.LOCAL)
+        if index not in self._sizes or offset > self.expected[index]:
+            raise _misuse(f"checkpoint of item {index} at {offset} beyond what was received")
         if offset <= self.durable[index]:
             return
+        self._unacked -= offset - self.durable[index]
         self.durable[index] = offset
+        if self._unacked < self._window // 2:
+            self._checkpoint_asked = False
         self._send(m.Ack(handoff_id=self.handoff_id, index=index, offset=offset), now)
 
     def item_verified(self, index: int, ok: bool, now: float) -> None:
-        """The adapter checked item ``index``'s SHA-256."""
+        """The adapter hashed item ``index``: ``ok`` if it matches the manifest."""
         if self.finished:
             return
+        if index not in self._complete:
+            raise _misuse(f"item {index} verified before it was complete")
         if not ok:
             self._fail(
-                "hash-mismatch", f"item {index} does not match its hash", Blame.PEER, notify=True
+                "hash-mismatch",
+                f"item {index} does not match its hash",
+                Blame.PEER,
+                notify=True,
+                now=now,
             )
             return
         self._verified.add(index)
-        if self._verified >= set(self._sizes):
+        if self.state == State.RECEIVING and self._verified >= self._sizes.keys():
             self.state = State.COMMITTING
             self._events.append(Commit())
 
     def committed(self, now: float) -> None:
-        """The session is in the inbox: tell the sender."""
+        """The session is in the inbox: tell the sender (delivered)."""
         if self.state != State.COMMITTING:
             return
         self._send(m.Delivered(handoff_id=self.handoff_id), now)
@@ -580,17 +675,17 @@ class ReceiverCore(_Core):
         self._events.append(Delivered())
 
     def resumed(self, now: float) -> None:
-        """The app confirmed: tell the sender."""
+        """The app confirmed it picked the session up: tell the sender."""
         if self.state != State.DELIVERED:
             return
         self._send(m.Resumed(handoff_id=self.handoff_id), now)
         self.state = State.RESUMED
         self._events.append(Resumed())
 
-    TABLE: dict[tuple[State, str], Handler] = {
+    TABLE: ClassVar[Mapping[tuple[State, str], Handler]] = {
         (State.AWAIT_OFFER, "hello"): _Core._on_hello,
-        (State.AWAIT_OFFER, "offer"): _on_offer,
+        (State.AWAIT_OFFER, "offer-part"): _on_offer_part,
         (State.RECEIVING, "data"): _on_data,
         (State.COMMITTING, "data"): _on_data,
-        (State.DELIVERED, "data"): lambda self, msg: None,
+        (State.DELIVERED, "data"): _on_data,
     }
