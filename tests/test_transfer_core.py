@@ -627,3 +627,14 @@ def test_resume_continues_from_the_checkpoints() -> None:
     assert min(o for _, o, _ in again.sent) == held
     assert sum(n for _, _, n in again.sent) == len(files[0]) - held
     assert disk.contents(1) == files
+
+
+def test_a_cancel_while_deciding_makes_the_decision_a_no_op() -> None:
+    r = _receiver_in(t.State.DECIDING)
+    r.receive(m.Cancel(handoff_id=HID, reason="user"), 0)
+    r.outgoing()
+    r.accept({0: 0}, 0)
+    r.decline("x", "y", 0)
+    r.already_delivered(0)
+    assert r.state == t.State.CANCELLED
+    assert r.outgoing() == []

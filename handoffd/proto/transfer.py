@@ -568,6 +568,8 @@ class ReceiverCore(_Core):
 
     def accept(self, resume: Mapping[int, int], now: float) -> None:
         """Take the items in ``resume`` (index -> bytes durably held) and ask for the rest."""
+        if self.finished:
+            return  # cancelled (or failed) while the adapter was deciding
         if self.state != State.DECIDING or self.manifest is None:
             raise _misuse(f"accept in state {self.state}")
         sizes = {item.index: item.size for item in self.manifest.items}
@@ -587,6 +589,8 @@ class ReceiverCore(_Core):
 
     def decline(self, reason: str, message: str, now: float) -> None:
         """Refuse the offer with a reason code (≤ 64 characters)."""
+        if self.finished:
+            return
         if self.state != State.DECIDING:
             raise _misuse(f"decline in state {self.state}")
         self._send(
@@ -597,6 +601,8 @@ class ReceiverCore(_Core):
 
     def already_delivered(self, now: float) -> None:
         """The offer is for a handoff already in the inbox: say delivered, store nothing."""
+        if self.finished:
+            return
         if self.state != State.DECIDING:
             raise _misuse(f"already_delivered in state {self.state}")
         self._send(m.Delivered(handoff_id=self.handoff_id), now)
