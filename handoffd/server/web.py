@@ -2,8 +2,9 @@
 
 No JavaScript. Sessions are random 256-bit ids held server-side (a restart logs
 everyone out); the cookie is HttpOnly, SameSite=Strict, Secure under HTTPS.
-Every form carries a per-session CSRF token. Logins are rate-limited per client
-address and per account name. Every value shown is HTML-escaped.
+Every form carries a CSRF token: the session's synchronizer token, or for the
+login form a token bound by HMAC to a pre-login cookie. Logins are rate-limited
+per client address and per account name. Every value shown is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -17,37 +18,52 @@ import secrets
 import time
 from base64 import b64encode
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import segno
 from aiohttp import web
 
 from handoffd import identity
 from handoffd.errors import HandoffError
 from handoffd.server import pairing
 from handoffd.server.app import HUB
-from handoffd.server.store import Store
+from handoffd.server.store import Device, Store
 
 logger = logging.getLogger("handoffd.server.web")
 
 COOKIE = "handoff_session"
+LOGIN_COOKIE = "handoff_login"
 SESSION_TTL = 8 * 3600
+LOGIN_FORM_TTL = 3600
 MAX_SESSIONS = 10_000
 MAX_FORM = 16 * 1024
+MAX_NAME = 128
+MAX_PASSWORD = 1024
 
 CSS = """
-body{font-family:system-ui,sans-serif;max-width:46rem;margin:2rem auto;padding:0 1rem;color:#1b1f24}
-h1{font-size:1.4rem}nav a,nav form{margin-right:1rem;display:inline}
-table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.4rem;border-bottom:1px solid #ddd}
+body{font-family:system-ui,sans-serif;max-width:62rem;margin:2rem auto;padding:0 1rem;color:#1b1f24;line-height:1.45}
+h1{font-size:1.4rem}nav{margin-bottom:1rem}nav a,nav form{margin-right:1rem;display:inline}
+table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.4rem;border-bottom:1px solid #d0d7de;vertical-align:top}
+td form{display:inline-block;margin:0 .3rem .3rem 0;white-space:nowrap}
 .code{font-family:ui-monospace,monospace;font-size:1.6rem;letter-spacing:.1em}
-.qr svg{width:18rem;height:18rem}.err{color:#a40000}.muted{color:#57606a}
-button{padding:.3rem .7rem}input{padding:.3rem}
+.qr svg{width:18rem;height:18rem;display:block;shape-rendering:crispEdges}.err{color:#a40000}.muted{color:#57606a}
+.revoked{color:#a40000}.online{color:#116329}
+button{padding:.3rem .7rem}input{padding:.3rem}label{display:block;margin-bottom:.6rem}
+button.danger{background:#a40000;color:#fff;border:1px solid #8a0000;border-radius:3px}
 """
 CSS_HASH = "sha256-" + b64encode(hashlib.sha256(CSS.encode()).digest()).decode()
 CSP = (
-    f"default-src 'none'; style-src '{CSS_HASH}'; img-src data:; form-action 'self'; "
+    f"default-src 'none'; style-src '{CSS_HASH}'; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
 
 
 @dataclass
@@ -58,13 +74,14 @@ class _Session:
 
 
 class WebState:
-    """Login sessions and login rate limits (in memory, bounded)."""
+    """Login sessions, the login-form secret and login rate limits (in memory, bounded)."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.sessions: OrderedDict[str, _Session] = OrderedDict()
         self.by_ip = pairing.RateLimiter(per_minute=10, burst=10)
         self.by_name = pairing.RateLimiter(per_minute=5, burst=5)
+        self._login_key = secrets.token_bytes(32)
 
     def new(self, account_id: str) -> tuple[str, _Session]:
         """A fresh session for ``account_id`` (the oldest is dropped past the bound)."""
@@ -85,13 +102,36 @@ class WebState:
             return None
         return session
 
+    def drop(self, sid: str | None) -> None:
+        """Forget a session (logout)."""
+        if sid:
+            self.sessions.pop(sid, None)
+
+    def login_token(self, nonce: str) -> str:
+        """The login form's CSRF token for the pre-login cookie ``nonce``."""
+        mac = hmac.new(self._login_key, b"handoff/v1/web-login\x00" + nonce.encode(), "sha256")
+        return mac.hexdigest()
+
+    def check_login_token(self, nonce: str | None, token: str) -> bool:
+        """True if ``token`` was made for ``nonce`` by this server (constant time)."""
+        if not nonce or len(nonce) > 128:
+            return False
+        return hmac.compare_digest(self.login_token(nonce), token)
+
 
 WEB: web.AppKey[WebState] = web.AppKey("handoff_web", WebState)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
+
+
+def _utc(ts: float | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
+    return time.strftime(fmt, time.gmtime(ts)) + " UTC" if ts else "-"
+
+
+def _csrf_field(token: str) -> str:
+    return f'<input type="hidden" name="csrf" value="{_e(token)}">'
 
 
 def _page(
@@ -101,27 +141,28 @@ def _page(
     if session is not None:
         nav = (
             '<nav><a href="/devices">Devices</a><a href="/add-device">Add a device</a>'
-            f'<form method="post" action="/logout"><input type="hidden" name="csrf" value="{_e(session.csrf)}">'
+            f'<form method="post" action="/logout">{_csrf_field(session.csrf)}'
             "<button>Log out</button></form></nav>"
         )
     text = (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)} · handoff</title>'
-        f'<meta name="viewport" content="width=device-width"><style>{CSS}</style></head>'
-        f"<body>{nav}<h1>{_e(title)}</h1>{body}</body></html>"
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'
+        f"<body>{nav}<main><h1>{_e(title)}</h1>{body}</main></body></html>"
     )
     return web.Response(text=text, content_type="text/html", status=status)
 
 
-@web.middleware
-async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    response = await handler(request)
-    if not request.path.startswith("/v1/"):
-        response.headers.setdefault("Content-Security-Policy", CSP)
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Cache-Control", "no-store")
-    return response
+def _error_page(session: _Session, message: str, status: int = 400) -> web.Response:
+    body = f'<p class="err" role="alert">{_e(message)}</p><p><a href="/devices">Back to the devices</a></p>'
+    return _page("Devices", body, session=session, status=status)
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every page response (errors and redirects too) carries the security headers."""
+    if request.path.startswith("/v1/"):
+        return
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
 
 
 def _client(request: web.Request) -> str:
@@ -139,141 +180,180 @@ def _require(request: web.Request) -> _Session:
     return session
 
 
-async def _form(request: web.Request, session: _Session | None) -> dict[str, str]:
-    """The POSTed form; 403 unless its CSRF token matches the session's."""
+def _forbidden() -> web.HTTPForbidden:
+    return web.HTTPForbidden(
+        text="The form is stale or forged (CSRF check failed). Reload the page and try again."
+    )
+
+
+async def _form(request: web.Request) -> dict[str, str]:
+    """The POSTed form's text fields (bounded)."""
     if request.content_length is not None and request.content_length > MAX_FORM:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_FORM, actual_size=request.content_length)
     data = await request.post()
-    form = {k: v for k, v in data.items() if isinstance(v, str)}
-    if session is not None and not hmac.compare_digest(form.get("csrf", ""), session.csrf):
-        raise web.HTTPForbidden(text="the form is stale or forged (CSRF check failed)")
+    return {k: v for k, v in data.items() if isinstance(v, str)}
+
+
+async def _checked_form(request: web.Request, session: _Session) -> dict[str, str]:
+    """The POSTed form; 403 unless its CSRF token matches the session's."""
+    form = await _form(request)
+    if not hmac.compare_digest(form.get("csrf", "").encode(), session.csrf.encode()):
+        raise _forbidden()
     return form
 
 
 def setup_web(app: web.Application, store: Store, config: object) -> None:
-    """Add the web pages to the server's application."""
+    """Add the web pages (``/``, ``/login``, ``/logout``, ``/devices``, ``/add-device``) to ``app``."""
     clock: Callable[[], float] = getattr(config, "clock", time.time)
+    invite_ttl = float(getattr(config, "invite_ttl", pairing.INVITE_TTL))
     app[WEB] = WebState(clock)
-    app.middlewares.append(_headers)
+    app.on_response_prepare.append(_security_headers)
 
     def public_url(request: web.Request) -> str:
         configured = getattr(config, "public_url", None)
         return str(configured) if configured else f"{request.scheme}://{request.host}"
 
+    def secure(request: web.Request) -> bool:
+        # Behind a TLS proxy (--insecure-http --public-url https://...) the browser sees HTTPS.
+        return request.secure or public_url(request).startswith("https:")
+
     async def index(request: web.Request) -> web.StreamResponse:
         raise web.HTTPSeeOther("/devices" if _session(request) else "/login")
 
-    def login_page(error: str = "", status: int = 200) -> web.Response:
+    def login_page(
+        request: web.Request, error: str = "", status: int = 200, account: str = ""
+    ) -> web.Response:
+        nonce = secrets.token_urlsafe(32)
         err = f'<p class="err" role="alert">{_e(error)}</p>' if error else ""
         body = (
-            f'{err}<form method="post" action="/login">'
-            '<p><label>Account <input name="account" autocomplete="username" required></label></p>'
-            '<p><label>Password <input name="password" type="password" autocomplete="current-password" required></label></p>'
+            f'{err}<form method="post" action="/login">{_csrf_field(request.app[WEB].login_token(nonce))}'
+            f'<label>Account <input name="account" autocomplete="username" value="{_e(account)}" '
+            f'maxlength="{MAX_NAME}" required></label>'
+            '<label>Password <input name="password" type="password" autocomplete="current-password" '
+            f'maxlength="{MAX_PASSWORD}" required></label>'
             "<p><button>Log in</button></p></form>"
         )
-        return _page("Log in", body, status=status)
+        response = _page("Log in", body, status=status)
+        response.set_cookie(
+            LOGIN_COOKIE, nonce, httponly=True, samesite="Strict", secure=secure(request),
+            path="/login", max_age=LOGIN_FORM_TTL,
+        )  # fmt: skip
+        return response
 
     async def login_get(request: web.Request) -> web.StreamResponse:
-        return login_page()
+        if _session(request) is not None:
+            raise web.HTTPSeeOther("/devices")
+        return login_page(request)
 
     async def login_post(request: web.Request) -> web.StreamResponse:
-        form = await _form(request, None)
-        name, password = form.get("account", "")[:128], form.get("password", "")[:1024]
+        form = await _form(request)
         state, now = request.app[WEB], clock()
-        if not (state.by_ip.allow(_client(request), now) and state.by_name.allow(name, now)):
+        if not state.check_login_token(request.cookies.get(LOGIN_COOKIE), form.get("csrf", "")):
+            raise _forbidden()
+        name, password = form.get("account", "")[:MAX_NAME], form.get("password", "")[:MAX_PASSWORD]
+        # Both buckets are charged on every attempt, so one cannot be drained through the other.
+        by_ip, by_name = state.by_ip.allow(_client(request), now), state.by_name.allow(name, now)
+        if not (by_ip and by_name):
             logger.warning("login rate-limited", extra={"client": _client(request)})
-            return login_page("Too many attempts. Wait a minute and try again.", status=429)
+            return login_page(
+                request, "Too many login attempts. Wait a minute, then try again.", 429, name
+            )
         account = await asyncio.to_thread(store.check_login, name, password)
         if account is None:
-            return login_page("Wrong account name or password.", status=401)
+            logger.info("login failed", extra={"client": _client(request)})
+            return login_page(request, "Wrong account name or password.", 401, name)
+        state.drop(request.cookies.get(COOKIE))
         sid, _ = state.new(account.account_id)
+        logger.info("login", extra={"account": account.account_id, "client": _client(request)})
         response = web.HTTPSeeOther("/devices")
         response.set_cookie(
-            COOKIE, sid, httponly=True, samesite="Strict", secure=request.secure, path="/",
+            COOKIE, sid, httponly=True, samesite="Strict", secure=secure(request), path="/",
             max_age=SESSION_TTL,
         )  # fmt: skip
+        response.del_cookie(LOGIN_COOKIE, path="/login")
         raise response
 
     async def logout(request: web.Request) -> web.StreamResponse:
         session = _require(request)
-        await _form(request, session)
-        request.app[WEB].sessions.pop(request.cookies.get(COOKIE, ""), None)
+        await _checked_form(request, session)
+        request.app[WEB].drop(request.cookies.get(COOKIE))
         response = web.HTTPSeeOther("/login")
         response.del_cookie(COOKIE, path="/")
         raise response
+
+    def device_row(d: Device, online: frozenset[str], csrf: str) -> str:
+        if d.revoked:
+            state = f'<span class="revoked">revoked {_e(_utc(d.revoked_at))}</span>'
+        elif d.device_id in online:
+            state = '<span class="online">online</span>'
+        else:
+            state = "offline"
+        actions = ""
+        if not d.revoked:
+            path = f"/devices/{_e(d.device_id)}"
+            actions = (
+                f'<form method="post" action="{path}/rename">{_csrf_field(csrf)}'
+                f'<input name="name" value="{_e(d.name)}" aria-label="New name for {_e(d.name)}" '
+                'size="12" maxlength="64" required> <button>Rename</button></form>'
+                f'<form method="post" action="{path}/revoke">{_csrf_field(csrf)}'
+                f'<button aria-label="Revoke {_e(d.name)}">Revoke</button></form>'
+            )
+        return (
+            f"<tr><td>{_e(d.name)}</td><td><code>{_e(identity.format_device_id(d.device_id))}</code></td>"
+            f"<td>{_e(d.platform)}</td><td>{_e(_utc(d.created_at))}</td>"
+            f"<td>{_e(_utc(d.last_seen))}</td><td>{state}</td><td>{actions}</td></tr>"
+        )
 
     async def devices(request: web.Request) -> web.StreamResponse:
         session = _require(request)
         rows = await asyncio.to_thread(store.list_devices, session.account_id)
         hub = request.app.get(HUB)
         online = hub.online(session.account_id) if hub is not None else frozenset()
-        csrf = _e(session.csrf)
-        lines = []
-        for d in rows:
-            state = "revoked" if d.revoked else ("online" if d.device_id in online else "offline")
-            seen = (
-                time.strftime("%Y-%m-%d %H:%M", time.localtime(d.last_seen)) if d.last_seen else "-"
-            )
-            actions = ""
-            if not d.revoked:
-                actions = (
-                    f'<form method="post" action="/devices/{_e(d.device_id)}/rename">'
-                    f'<input type="hidden" name="csrf" value="{csrf}">'
-                    f'<input name="name" value="{_e(d.name)}" aria-label="New name" size="12" required>'
-                    "<button>Rename</button></form> "
-                    f'<form method="post" action="/devices/{_e(d.device_id)}/revoke">'
-                    f'<input type="hidden" name="csrf" value="{csrf}">'
-                    '<label><input type="checkbox" name="confirm" value="yes" required> sure</label> '
-                    "<button>Revoke</button></form>"
-                )
-            lines.append(
-                f"<tr><td>{_e(d.name)}</td><td><code>{_e(identity.format_device_id(d.device_id))}</code></td>"
-                f"<td>{_e(d.platform)}</td><td>{_e(state)}</td><td>{_e(seen)}</td><td>{actions}</td></tr>"
-            )
-        table = (
-            "<table><thead><tr><th>Name</th><th>Id</th><th>Platform</th><th>State</th>"
-            f"<th>Last seen</th><th></th></tr></thead><tbody>{''.join(lines)}</tbody></table>"
+        lines = [device_row(d, online, session.csrf) for d in rows]
+        body = (
+            "<table><thead><tr><th>Name</th><th>Id</th><th>Platform</th><th>Created</th>"
+            '<th>Last seen</th><th>State</th><th><span class="muted">Actions</span></th></tr></thead>'
+            f"<tbody>{''.join(lines)}</tbody></table>"
             if lines
             else '<p class="muted">No devices yet. <a href="/add-device">Add one</a>.</p>'
         )
-        return _page("Devices", table, session=session)
+        return _page("Devices", body, session=session)
 
     async def rename(request: web.Request) -> web.StreamResponse:
         session = _require(request)
-        form = await _form(request, session)
+        form = await _checked_form(request, session)
         try:
             await asyncio.to_thread(
                 store.rename_device,
                 session.account_id,
                 request.match_info["device"],
-                form.get("name", ""),
+                form.get("name", "")[:MAX_NAME],
             )
         except HandoffError as exc:
-            return _page(
-                "Devices",
-                f'<p class="err">{_e(exc.message)}</p><p><a href="/devices">Back</a></p>',
-                session=session,
-                status=400,
-            )
+            return _error_page(session, exc.message)
         raise web.HTTPSeeOther("/devices")
 
     async def revoke(request: web.Request) -> web.StreamResponse:
         session = _require(request)
-        form = await _form(request, session)
-        if form.get("confirm") != "yes":
-            return _page(
-                "Devices",
-                '<p class="err">Tick "sure" to revoke.</p><p><a href="/devices">Back</a></p>',
-                session=session,
-                status=400,
-            )
+        form = await _checked_form(request, session)
         device_id = request.match_info["device"]
+        device = await asyncio.to_thread(store.get_device, device_id)
+        if device is None or device.account_id != session.account_id:
+            return _error_page(session, "No such device in this account.", 404)
+        if form.get("confirm") != "yes":
+            body = (
+                f"<p>Revoke <strong>{_e(device.name)}</strong> "
+                f"(<code>{_e(identity.format_device_id(device.device_id))}</code>)? "
+                "It is cut off at once and can never connect again; to use it again, pair it anew.</p>"
+                f'<form method="post" action="/devices/{_e(device.device_id)}/revoke">'
+                f'{_csrf_field(session.csrf)}<input type="hidden" name="confirm" value="yes">'
+                '<button class="danger">Yes, revoke it</button> <a href="/devices">Cancel</a></form>'
+            )
+            return _page("Revoke a device", body, session=session)
         try:
             await asyncio.to_thread(store.revoke_device, session.account_id, device_id)
         except HandoffError as exc:
-            return _page(
-                "Devices", f'<p class="err">{_e(exc.message)}</p>', session=session, status=400
-            )
+            return _error_page(session, exc.message)
         hub = request.app.get(HUB)
         if hub is not None:
             await hub.disconnect_revoked([device_id])
@@ -283,19 +363,23 @@ def setup_web(app: web.Application, store: Store, config: object) -> None:
     async def add_device(request: web.Request) -> web.StreamResponse:
         session = _require(request)
         invite = await asyncio.to_thread(
-            lambda: store.create_invite(session.account_id, created_by="web")
+            lambda: store.create_invite(session.account_id, created_by="web", ttl=invite_ttl)
         )
         fingerprint = getattr(config, "fingerprint", None)
-        view = pairing.present(public_url(request), fingerprint, invite.secrets, invite.expires_at)
-        expires = time.strftime("%H:%M", time.localtime(view.expires_at))
+        server = public_url(request)
+        view = pairing.present(server, fingerprint, invite.secrets, invite.expires_at)
+        command = f"handoff pair {view.code} --server {server}"
+        if fingerprint:
+            command += f" --fingerprint {fingerprint}"
+        minutes = max(1, round((view.expires_at - clock()) / 60))
         body = (
-            "<p>Scan this code with the new device, or type the short code there.</p>"
-            f'<div class="qr">{_svg_inline(view.qr_svg)}</div>'
+            "<p>Scan this code with the new device's camera, or type the short code there.</p>"
+            f'<div class="qr">{_qr_svg(view.url)}</div>'
             f'<p>Code: <span class="code">{_e(view.code)}</span></p>'
-            f'<p class="muted">Single use; expires at {_e(expires)}. On the new device run:<br>'
-            f"<code>handoff pair {_e(view.code)} --server {_e(public_url(request))}"
-            + (f" --fingerprint {_e(fingerprint)}" if fingerprint else "")
-            + "</code></p>"
+            f"<p>Single use; expires at {_e(_utc(view.expires_at, '%H:%M'))} "
+            f"(in {minutes} minute{'s' if minutes != 1 else ''}).</p>"
+            f'<p class="muted">Or, on the new device, run:<br><code>{_e(command)}</code></p>'
+            '<p><a href="/add-device">Make another invite</a> · <a href="/devices">Back to the devices</a></p>'
         )
         return _page("Add a device", body, session=session)
 
@@ -309,7 +393,9 @@ def setup_web(app: web.Application, store: Store, config: object) -> None:
     app.router.add_get("/add-device", add_device)
 
 
-def _svg_inline(svg: str) -> str:
-    """segno's SVG document without its XML declaration, safe to inline."""
-    start = svg.find("<svg")
-    return svg[start:] if start >= 0 else ""
+def _qr_svg(url: str) -> str:
+    """``url`` as an inline SVG QR code (a viewBox, no fixed size: the stylesheet sizes it)."""
+    svg = segno.make(url, error="m").svg_inline(
+        border=4, omitsize=True, light="#fff", svgclass="qr-code", lineclass=None
+    )
+    return svg.replace("<svg ", '<svg role="img" aria-label="QR code of the invite" ', 1)

@@ -2,6 +2,8 @@
 
 Log in, open "Add a device", take a screenshot, decode the QR in it (zbarimg)
 to the invite URL, join with it, see the device listed, revoke it in the page.
+Needs Debian's ``chromium`` and ``zbar-tools`` and the ``playwright`` package
+(no browser download: Playwright drives /usr/bin/chromium).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from playwright.sync_api import sync_playwright
 
 from handoffd import identity
 from handoffd.serverclient import JoinResult, ServerClient, parse_invite
@@ -51,11 +54,11 @@ def _decode_qr(png: Path) -> str:
 
 
 def test_login_add_device_scan_join_revoke(web_server: ServerProcess, tmp_path: Path) -> None:
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    if ZBARIMG is None or not Path(CHROMIUM).exists():
-        pytest.skip("needs Debian's chromium and zbar-tools (CI installs them)")
+    # Not skipped when missing (CI counts skips as failures): say what to install.
+    assert Path(CHROMIUM).exists(), "needs Debian's chromium (apt-get install chromium)"
+    assert ZBARIMG is not None, "needs zbarimg (apt-get install zbar-tools)"
     base = web_server.url
-    with playwright_api.sync_playwright() as pw:
+    with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
             page = browser.new_context(ignore_https_errors=True).new_page()
@@ -77,7 +80,9 @@ def test_login_add_device_scan_join_revoke(web_server: ServerProcess, tmp_path: 
             shot = tmp_path / "add-device.png"
             page.screenshot(path=str(shot), full_page=True)
             url = _decode_qr(shot)
-            assert url.startswith("handoff://pair?")
+            invite = parse_invite(url)
+            assert invite.server_url == base
+            assert invite.fingerprint == web_server.fingerprint
             code_text = page.inner_text(".code")
             assert len(code_text.replace("-", "")) >= 8
 
@@ -94,22 +99,34 @@ def test_login_add_device_scan_join_revoke(web_server: ServerProcess, tmp_path: 
             assert "phone" in page.content()
             assert identity.format_device_id(joined.device_id) in page.content()
 
-            # CSRF: a form posted without the session's token is refused.
-            forged = page.request.post(
-                f"{base}/devices/{joined.device_id}/revoke", form={"confirm": "yes", "csrf": "nope"}
-            )
-            assert forged.status == 403
+            # CSRF: a form posted without the session's token, or with a wrong one, is refused.
+            forms: list[dict[str, str | float | bool]] = [
+                {"confirm": "yes"},
+                {"confirm": "yes", "csrf": "nope"},
+            ]
+            for form in forms:
+                forged = page.request.post(f"{base}/devices/{joined.device_id}/revoke", form=form)
+                assert forged.status == 403
             page.goto(f"{base}/devices")
             assert "revoked" not in page.inner_text("tbody")
 
-            page.check("input[name=confirm]")
-            page.click("text=Revoke")
+            page.screenshot(path=str(tmp_path / "devices-before.png"), full_page=True)
+            page.click("button:has-text('Revoke')")
+            assert "Yes, revoke it" in page.content()
+            assert "revoked" not in page.inner_text("body")
+            page.click("text=Yes, revoke it")
             assert page.url.endswith("/devices")
             assert "revoked" in page.inner_text("tbody")
+            page.screenshot(path=str(tmp_path / "devices.png"), full_page=True)
             headers = page.request.get(f"{base}/devices").headers
             assert "frame-ancestors 'none'" in headers["content-security-policy"]
         finally:
             browser.close()
+    # The invite token never reaches the server's log.
+    assert invite.token is not None
+    log = web_server.log.read_text()
+    assert "/add-device" in log
+    assert invite.token not in log
 
 
 async def _join(url: str, key: Ed25519PrivateKey) -> JoinResult:
