@@ -5,12 +5,17 @@ trip (A -> server -> B -> server -> A) between two devices under that load,
 against the same round trip on an idle server in the same run (the ratio).
 
     .venv/bin/python -m bench.bench_server [--devices 1000] [--per-account 10] [--rounds 1000]
+        [--insecure-http]
+
+``--insecure-http`` runs the server as behind a TLS proxy (plain WebSockets), to
+show what TLS itself costs the server per connection.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import shutil
 import statistics
@@ -36,6 +41,12 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def make_devices(data: Path, n: int, per_account: int) -> list[tuple[Ed25519PrivateKey, bytes]]:
     """N devices in accounts of ``per_account``, enrolled straight through the store."""
     store = Store.open(data)
@@ -58,16 +69,22 @@ def make_devices(data: Path, n: int, per_account: int) -> list[tuple[Ed25519Priv
     return out
 
 
-def start_server(data: Path) -> tuple[subprocess.Popen[str], str, str]:
+def start_server(data: Path, insecure_http: bool) -> tuple[subprocess.Popen[str], str, str | None]:
+    """A ``handoff-server serve`` child on a free loopback port: (process, url, fingerprint)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "handoffd.server.cli", "serve", "--data", str(data),
-         "--listen", "127.0.0.1:0"],
+         "--listen", "127.0.0.1:0", *(["--insecure-http"] if insecure_http else [])],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     assert proc.stdout is not None
     line = proc.stdout.readline()
     fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
-    return proc, fields["url"], fields["fingerprint"]
+    if "url" not in fields:
+        proc.kill()
+        proc.wait()
+        raise SystemExit(f"the server did not start: {line!r}")
+    fp = fields["fingerprint"]
+    return proc, fields["url"], None if fp == "none" else fp
 
 
 def _ignore(online: frozenset[str]) -> None:
@@ -82,7 +99,7 @@ def _into(q: asyncio.Queue[bytes]) -> Callable[[str, bytes], None]:
 
 
 async def connect_all(
-    url: str, fp: str, devices: list[tuple[Ed25519PrivateKey, bytes]]
+    url: str, fp: str | None, devices: list[tuple[Ed25519PrivateKey, bytes]]
 ) -> tuple[list[ServerClient], list[ServerLink], dict[int, asyncio.Queue[bytes]]]:
     clients, links = [], []
     inboxes: dict[int, asyncio.Queue[bytes]] = {}
@@ -134,7 +151,7 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
 
 
-async def run(n: int, per_account: int, rounds: int) -> None:
+async def run(n: int, per_account: int, rounds: int, insecure_http: bool = False) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * n + 1024)), hard))
     root = Path(tempfile.mkdtemp(prefix="hbench"))
@@ -143,7 +160,8 @@ async def run(n: int, per_account: int, rounds: int) -> None:
         t0 = time.monotonic()
         devices = make_devices(data, n, per_account)
         print(f"enrolled {n} devices in {time.monotonic() - t0:.1f} s")
-        proc, url, fp = start_server(data)
+        proc, url, fp = start_server(data, insecure_http)
+        print(f"server {url} ({'plain WebSockets' if fp is None else 'TLS, pinned certificate'})")
         try:
             idle_rss = rss_kib(proc.pid)
             pair_clients, pair_links, pair_q = await connect_all(url, fp, devices[:2])
@@ -151,9 +169,15 @@ async def run(n: int, per_account: int, rounds: int) -> None:
             baseline = await round_trips(
                 pair_links[0], pair_links[1], ids[0], ids[1], pair_q[0], pair_q[1], rounds
             )
-            t0 = time.monotonic()
+            t0, cpu0, own0 = time.monotonic(), cpu_seconds(proc.pid), time.process_time()
             clients, links, _ = await connect_all(url, fp, devices[2:])
-            print(f"connected {len(links) + 2} WebSockets in {time.monotonic() - t0:.1f} s")
+            retried = sum(1 for link in links if link.last_error is not None)
+            print(
+                f"connected {len(links) + 2} WebSockets in {time.monotonic() - t0:.1f} s"
+                f" (server CPU {cpu_seconds(proc.pid) - cpu0:.1f} s,"
+                f" bench client CPU {time.process_time() - own0:.1f} s;"
+                f" {retried} needed a reconnect)"
+            )
             await asyncio.sleep(2)
             loaded_rss = rss_kib(proc.pid)
             loaded = await round_trips(
@@ -185,8 +209,9 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--per-account", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=1000)
+    parser.add_argument("--insecure-http", action="store_true", help="plain HTTP/WebSockets")
     args = parser.parse_args()
-    asyncio.run(run(args.devices, args.per_account, args.rounds))
+    asyncio.run(run(args.devices, args.per_account, args.rounds, args.insecure_http))
 
 
 if __name__ == "__main__":
