@@ -3,25 +3,50 @@
 Exit status 0 on success; 1 with one line on stderr on any error; 2 for a
 usage error. Every listing takes ``--json``. Text that comes from other
 devices (names, titles) is stripped of control characters before printing.
+
+Subcommands are added with ``add_command``; a module listed in
+``COMMAND_MODULES`` brings its own by defining ``register(add: AddCommand)``.
+A command's function is ``async f(client, args) -> int`` when it talks to the
+daemon, ``f(args) -> int`` when it does not (``daemon=False``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import getpass
+import importlib
 import json
 import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from handoffd import __version__, identity
 from handoffd.control.client import HandoffClient
 from handoffd.errors import HandoffError
 
 Command = Callable[[HandoffClient, argparse.Namespace], Awaitable[int]]
+LocalCommand = Callable[[argparse.Namespace], int]
 FINAL_STATES = frozenset({"resumed", "failed", "cancelled", "declined"})
+# Modules that add subcommands: each defines ``register(add: AddCommand) -> None``.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+class AddCommand(Protocol):
+    """Adds one subcommand and returns its parser (for its own arguments)."""
+
+    def __call__(
+        self,
+        name: str,
+        func: Command | LocalCommand,
+        help_text: str,
+        *,
+        listing: bool = False,
+        daemon: bool = True,
+    ) -> argparse.ArgumentParser: ...
 
 
 def clean(value: object) -> str:
@@ -105,9 +130,13 @@ async def cmd_pair(client: HandoffClient, args: argparse.Namespace) -> int:
     """Join an account with an invite (URL or short code; '-' reads it from stdin)."""
     invite = args.invite
     if invite == "-":
-        invite = sys.stdin.readline().strip()
+        # At a terminal, ask without echo; otherwise read one line (a pipe, a file).
+        invite = getpass.getpass("invite: ") if sys.stdin.isatty() else sys.stdin.readline()
+        invite = invite.strip()
+        if not invite:
+            raise HandoffError("no invite on stdin", code="invite-missing")
     st = await client.pair(invite, server=args.server, fingerprint=args.fingerprint, name=args.name)
-    print(f"paired: {clean(st.device_name)} is in account {st.account_id}")
+    print(f"paired: {clean(st.device_name)} is in account {clean(st.account_id)}")
     return 0
 
 
@@ -120,10 +149,11 @@ async def cmd_invite(client: HandoffClient, args: argparse.Namespace) -> int:
     import segno
 
     segno.make(inv.url, error="m").terminal(compact=True)
-    expires = time.strftime("%H:%M:%S", time.localtime(inv.expires_at))
-    print(f"code:    {inv.code}")
-    print(f"url:     {inv.url}")
-    print(f"expires: {expires} (single use)")
+    expires = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(inv.expires_at))
+    minutes = max(0, round((inv.expires_at - time.time()) / 60))
+    print(f"code:    {clean(inv.code)}")
+    print(f"url:     {clean(inv.url)}")
+    print(f"expires: {expires} (in {minutes} min; single use)")
     print("on the new device: handoff pair <code> --server <server url>, or scan the QR")
     return 0
 
@@ -180,50 +210,66 @@ async def cmd_sessions(client: HandoffClient, args: argparse.Namespace) -> int:
 
 async def cmd_inbox(client: HandoffClient, args: argparse.Namespace) -> int:
     """Sessions received from other devices."""
-    result = await client.request("GET", "/v1/inbox")
-    entries = result.get("inbox", result) if isinstance(result, dict) else result
+    entries = await client.inbox()
     if args.json:
-        _print_json(entries)
+        _print_json(
+            [
+                {
+                    "id": e.id,
+                    "session_id": e.session_id,
+                    "app_id": e.app_id,
+                    "title": e.title,
+                    "from": {"device_id": e.sender.device_id, "name": e.sender.name},
+                    "state": e.state,
+                    "items": [dataclasses.asdict(i) for i in e.items],
+                    "context": dict(e.context),
+                    "received_at": e.received_at,
+                    "resumed_at": e.resumed_at,
+                }
+                for e in entries
+            ]
+        )
         return 0
     rows = [
-        (
-            e.get("id"),
-            e.get("app_id"),
-            e.get("title"),
-            (e.get("from") or {}).get("name", "-"),
-            e.get("state"),
-            len(e.get("items", [])),
-            _ago(e.get("received_at")),
-        )
+        (e.id, e.app_id, e.title, e.sender.name or "-", e.state, len(e.items), _ago(e.received_at))
         for e in entries
     ]
     print(table(rows, ("ID", "APP", "TITLE", "FROM", "STATE", "ITEMS", "RECEIVED")))
     return 0
 
 
-def _parse_setting(key: str, value: str) -> Any:
-    if value.lower() in {"true", "yes", "on"}:
-        return True
-    if value.lower() in {"false", "no", "off"}:
-        return False
-    if key in {"accept_types", "unicast_peers"}:
+def _parse_setting(key: str, value: str, current: object) -> object:
+    """``value`` as the type of the setting's ``current`` value."""
+    if isinstance(current, bool):
+        if value.lower() in {"true", "yes", "on", "1"}:
+            return True
+        if value.lower() in {"false", "no", "off", "0"}:
+            return False
+        raise HandoffError(f"{key} is true or false, not {clean(value)!r}", code="setting-invalid")
+    if isinstance(current, int):
+        try:
+            return int(value)
+        except ValueError:
+            raise HandoffError(
+                f"{key} is a whole number, not {clean(value)!r}", code="setting-invalid"
+            ) from None
+    if isinstance(current, list | tuple):
         return [v for v in (p.strip() for p in value.split(",")) if v]
-    if value.isdigit():
-        return int(value)
     return value
 
 
 async def cmd_settings(client: HandoffClient, args: argparse.Namespace) -> int:
     """Show settings, one setting, or set one (`handoff settings KEY VALUE`)."""
-    if args.key and args.value is not None:
-        current = (
-            await client.update_settings(**{args.key: _parse_setting(args.key, args.value)})
-        ).to_json()
-    else:
-        current = (await client.settings()).to_json()
-    if args.key:
-        if args.key not in current:
-            raise HandoffError(f"unknown setting {clean(args.key)!r}", code="setting-unknown")
+    current = (await client.settings()).to_json()
+    if args.key is not None and args.key not in current:
+        known = ", ".join(sorted(current))
+        raise HandoffError(
+            f"unknown setting {clean(args.key)!r} (settings: {known})", code="setting-unknown"
+        )
+    if args.key is not None and args.value is not None:
+        value = _parse_setting(args.key, args.value, current[args.key])
+        current = (await client.update_settings(**{args.key: value})).to_json()
+    if args.key is not None:
         current = {args.key: current[args.key]}
     if args.json:
         _print_json(current)
@@ -249,11 +295,8 @@ def _size(n: float) -> str:
 
 async def cmd_send(client: HandoffClient, args: argparse.Namespace) -> int:
     """Hand a session to another device, with a progress bar until it is resumed or fails."""
-    body: dict[str, Any] = {"session_id": args.session, "target": args.to}
-    if args.types:
-        body["types"] = [t for t in args.types.split(",") if t]
-    h = await client.request("POST", "/v1/handoffs", body)
-    handoff_id = str(h["id"])
+    types = [t for t in args.types.split(",") if t] if args.types else None
+    handoff_id = (await client.send(args.session, args.to, types=types)).id
     if args.no_wait:
         print(handoff_id)
         return 0
@@ -285,7 +328,7 @@ async def follow(client: HandoffClient, handoff_id: str, *, prefix: str = "") ->
         rate = done / elapsed
         left = (total - done) / rate if rate > 0 and total > done else 0
         extra = f" attempt {h.get('attempts')}" if state == "retrying" else ""
-        line = (
+        line = clean(
             f"{prefix}{_bar(done, total)} {_size(done)}/{_size(total)} {_size(rate)}/s "
             f"{int(left)}s left  {state} via {h.get('path') or '-'}{extra}"
         )
@@ -303,18 +346,31 @@ async def follow(client: HandoffClient, handoff_id: str, *, prefix: str = "") ->
         await asyncio.sleep(0.2)
 
 
-async def cmd_service(client: HandoffClient | None, args: argparse.Namespace) -> int:
-    """Install, uninstall or show the user service."""
+def cmd_service(args: argparse.Namespace) -> int:
+    """Install, uninstall, show or render the user service."""
     from handoffd import service
 
-    return service.main(args.action, home=args.home, dry_run=args.dry_run)
+    return service.main(
+        args.action,
+        home=args.home,
+        enable=not args.no_enable,
+        dry_run=args.dry_run,
+        server=args.server,
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """A server and two daemons on this machine; one session handed over."""
+    from handoffd import demo
+
+    return demo.run(keep=args.keep)
 
 
 # ---------------------------------------------------------------- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``handoff``."""
+    """The argument parser of ``handoff`` (with the subcommands of ``COMMAND_MODULES``)."""
     parser = argparse.ArgumentParser(
         prog="handoff", description="Hand app sessions between your devices."
     )
@@ -326,9 +382,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"handoff {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: Any, help_text: str, listing: bool = False) -> argparse.ArgumentParser:
+    def add(
+        name: str,
+        func: Command | LocalCommand,
+        help_text: str,
+        *,
+        listing: bool = False,
+        daemon: bool = True,
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, daemon=daemon)
         if listing:
             p.add_argument("--json", action="store_true", help="machine-readable output")
         return p
@@ -336,7 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("status", cmd_status, "show this device's state", listing=True)
     add("devices", cmd_devices, "list the account's devices", listing=True)
     p = add("pair", cmd_pair, "join an account with an invite")
-    p.add_argument("invite", help="handoff://pair?... URL or short code; '-' reads it from stdin")
+    p.add_argument(
+        "invite",
+        help="handoff://pair?... URL or short code; '-' reads it from stdin "
+        "(keeps the token out of the process list and shell history)",
+    )
     p.add_argument("--server", help="server URL (with a short code)")
     p.add_argument("--fingerprint", help="server TLS fingerprint sha256:... (with a short code)")
     p.add_argument("--name", help="name for this device")
@@ -347,18 +414,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="include withdrawn and handed-off sessions")
     add("inbox", cmd_inbox, "list received sessions", listing=True)
     p = add("settings", cmd_settings, "show or change settings", listing=True)
-    p.add_argument("key", nargs="?")
-    p.add_argument("value", nargs="?")
+    p.add_argument("key", nargs="?", help="one setting")
+    p.add_argument("value", nargs="?", help="its new value (lists comma-separated)")
     p = add("send", cmd_send, "hand a session to another device")
     p.add_argument("session", help="session id")
     p.add_argument("--to", required=True, help="target device name or id")
     p.add_argument("--types", help="comma-separated item types to send (default: all)")
     p.add_argument("--no-wait", action="store_true", help="print the handoff id and return")
-    p = add("service", cmd_service, "install, uninstall or show the user service")
-    p.add_argument("action", choices=("install", "uninstall", "status"))
-    p.add_argument("--dry-run", action="store_true", help="write the file only; do not enable it")
-    p = add("demo", None, "run the demo: a server and two daemons on this machine")
+    p = add("service", cmd_service, "install, uninstall or show the user service", daemon=False)
+    p.add_argument("action", choices=("install", "uninstall", "status", "render"))
+    p.add_argument("--no-enable", action="store_true", help="write the file; do not enable it")
+    p.add_argument("--dry-run", action="store_true", help="print what install would do; no change")
+    p.add_argument("--server", action="store_true", help="render: the server's unit/plist")
+    p = add(
+        "demo", cmd_demo, "run the demo: a server and two daemons on this machine", daemon=False
+    )
     p.add_argument("--keep", action="store_true", help="leave everything running afterwards")
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(add)
     return parser
 
 
@@ -374,15 +447,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.home is not None:
         os.environ["HANDOFF_HOME"] = args.home
     try:
-        if args.command == "demo":
-            from handoffd import demo
-
-            return demo.run(keep=args.keep)
-        if args.command == "service":
-            return asyncio.run(cmd_service(None, args))
+        if not args.daemon:
+            local: LocalCommand = args.func
+            return local(args)
         return asyncio.run(_run(args))
     except HandoffError as exc:
         print(f"handoff: {clean(exc.message)}", file=sys.stderr)
+        return 1
+    except TimeoutError:
+        print("handoff: the daemon did not answer in time", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # `handoff devices | head`: the reader left; say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except KeyboardInterrupt:
         print("handoff: interrupted", file=sys.stderr)

@@ -6,6 +6,7 @@ import os
 import plistlib
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,23 +14,31 @@ import pytest
 
 from handoffd import service
 
-SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+ROOT = Path(__file__).resolve().parents[2]
+USER_UNIT = "handoffd.service"
+SERVER_UNIT = "handoff-server.service"
 
 
 def _verify(unit: Path, *, user: bool, runtime: Path) -> subprocess.CompletedProcess[str]:
+    # As root, `--user` verifies against the user manager's unit paths and
+    # specifiers (%h from $HOME, %t from $XDG_RUNTIME_DIR, which must exist).
+    assert shutil.which("systemd-analyze"), "systemd-analyze is missing: install Debian's systemd"
     argv = ["systemd-analyze", *(["--user"] if user else []), "verify", str(unit)]
-    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime)}
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "HOME": str(runtime.parent)}
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, check=False)
 
 
-@pytest.mark.parametrize(
-    ("name", "user"), [("handoffd.service", True), ("handoff-server.service", False)]
-)
-def test_systemd_units_verify(name: str, user: bool, tmp_path: Path) -> None:
-    if SYSTEMD_ANALYZE is None:
-        pytest.skip("systemd-analyze is not installed (CI installs the systemd package)")
-    runtime = tmp_path / "run"
-    runtime.mkdir(mode=0o700)
+@pytest.fixture
+def runtime(tmp_path: Path) -> Path:
+    path = tmp_path / "run"
+    path.mkdir(mode=0o700)
+    return path
+
+
+@pytest.mark.parametrize(("name", "user"), [(USER_UNIT, True), (SERVER_UNIT, False)])
+def test_rendered_units_verify_cleanly(
+    name: str, user: bool, tmp_path: Path, runtime: Path
+) -> None:
     unit = tmp_path / name
     unit.write_text(service.render(name, home=tmp_path))
     done = _verify(unit, user=user, runtime=runtime)
@@ -40,75 +49,251 @@ def test_systemd_units_verify(name: str, user: bool, tmp_path: Path) -> None:
     assert "restart specifier" in _verify(unit, user=user, runtime=runtime).stderr
 
 
-def test_user_unit_has_the_required_settings(tmp_path: Path) -> None:
-    text = service.render("handoffd.service", home=tmp_path)
+def test_verify_checks_the_program_so_the_checked_in_default_needs_rendering(
+    tmp_path: Path, runtime: Path
+) -> None:
+    unit = tmp_path / USER_UNIT
+    unit.write_text((ROOT / "systemd" / USER_UNIT).read_text())
+    done = _verify(unit, user=True, runtime=runtime)  # %h is tmp_path: nothing installed there
+    assert done.returncode != 0
+    assert f"{tmp_path}/.local/bin/handoffd is not executable" in done.stderr
+    (tmp_path / ".local/bin").mkdir(parents=True)
+    (tmp_path / ".local/bin/handoffd").symlink_to(service.program("handoffd"))
+    done = _verify(unit, user=True, runtime=runtime)
+    assert done.returncode == 0, done.stderr
+
+
+def test_odd_program_paths_are_quoted_and_verify(tmp_path: Path, runtime: Path) -> None:
+    odd = tmp_path / "my tools" / "100%"
+    odd.mkdir(parents=True)
+    (odd / "handoffd").symlink_to(service.program("handoffd"))
+    text = service.render(USER_UNIT, home=tmp_path, programs={"handoffd": str(odd / "handoffd")})
+    assert f'ExecStart="{tmp_path}/my tools/100%%/handoffd"' in text.splitlines()
+    unit = tmp_path / USER_UNIT
+    unit.write_text(text)
+    done = _verify(unit, user=True, runtime=runtime)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("name", [USER_UNIT, SERVER_UNIT])
+def test_checked_in_units_are_their_own_templates(name: str) -> None:
+    checked_in = (ROOT / "systemd" / name).read_text()
+    assert service.template(name) == checked_in  # what the package ships
+    rendered = service.render(name, home=ROOT)
+    changed = set(rendered.splitlines()) ^ set(checked_in.splitlines())
+    assert len(changed) == 2  # the ExecStart= line, and nothing else
+    assert all(line.startswith("ExecStart=") for line in changed)
+
+
+def _lines(text: str) -> set[str]:
+    return set(text.splitlines())
+
+
+def test_user_unit_settings(tmp_path: Path) -> None:
+    lines = _lines(service.render(USER_UNIT, home=tmp_path))
     for line in (
         "Type=notify", "NotifyAccess=main", "Restart=on-failure", "WatchdogSec=30",
         "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes",
+        "ReadWritePaths=-%h/.local/share/handoffd -%h/.config/handoffd",
+        "RuntimeDirectory=handoffd", "RuntimeDirectoryMode=0700",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
-        "SystemCallArchitectures=native", "LockPersonality=yes",
+        "SystemCallArchitectures=native", "LockPersonality=yes", "KillMode=process",
+        "WantedBy=default.target",
     ):  # fmt: skip
-        assert line in text.splitlines(), line
-    server = service.render("handoff-server.service", home=tmp_path)
-    for line in ("DynamicUser=yes", "StateDirectory=handoff-server", "ProtectSystem=strict"):
-        assert line in server.splitlines(), line
+        assert line in lines, line
+    exec_start = next(x for x in lines if x.startswith("ExecStart="))
+    assert exec_start == "ExecStart=" + service.program("handoffd")
+    # aiortc's DTLS breaks under it (test_daemon_stack_needs_write_execute_memory)
+    assert not any(x.startswith("MemoryDenyWriteExecute") for x in lines)
 
 
-@pytest.mark.parametrize(
-    "name", ["org.handoffd.handoffd.plist", "org.handoffd.handoff-server.plist"]
-)
-def test_plists_parse_with_required_keys(name: str, tmp_path: Path) -> None:
-    data = plistlib.loads(service.render(name, home=tmp_path).encode())
-    for key in ("Label", "ProgramArguments", "RunAtLoad", "KeepAlive"):
-        assert key in data
+def test_server_unit_settings(tmp_path: Path) -> None:
+    lines = _lines(service.render(SERVER_UNIT, home=tmp_path))
+    for line in (
+        "DynamicUser=yes", "StateDirectory=handoff-server", "ProtectSystem=strict",
+        "ProtectHome=yes", "PrivateTmp=yes", "PrivateDevices=yes", "NoNewPrivileges=yes",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "SystemCallArchitectures=native",
+        "LockPersonality=yes", "MemoryDenyWriteExecute=yes", "CapabilityBoundingSet=",
+    ):  # fmt: skip
+        assert line in lines, line
+    exec_start = next(x for x in lines if x.startswith("ExecStart="))
+    program, *args = exec_start.removeprefix("ExecStart=").split()
+    assert program == service.program("handoff-server")
+    assert args[:2] == ["serve", "--listen"]
+    assert "--data" not in args  # $STATE_DIRECTORY
+
+
+@pytest.mark.parametrize("label", [service.LABEL, service.SERVER_LABEL])
+def test_plists_parse_with_required_keys(label: str, tmp_path: Path) -> None:
+    data = plistlib.loads(service.render(f"{label}.plist", home=tmp_path).encode())
+    assert data["Label"] == label
     assert data["RunAtLoad"] is True
-    assert data["KeepAlive"] is True
-    assert Path(data["ProgramArguments"][0]).is_absolute()
-    assert os.access(data["ProgramArguments"][0], os.X_OK)
-    if name == "org.handoffd.handoffd.plist":
+    assert data["KeepAlive"] in (True, {"SuccessfulExit": False})
+    program = data["ProgramArguments"][0]
+    assert Path(program).is_absolute()
+    assert os.access(program, os.X_OK)
+    assert Path(data["StandardErrorPath"]).is_absolute()
+    if label == service.LABEL:
+        assert data["ProgramArguments"] == [service.program("handoffd")]
         assert data["StandardErrorPath"] == f"{tmp_path}/Library/Logs/handoffd/handoffd.log"
+        assert data["AbandonProcessGroup"] is True
+    else:
+        assert data["ProgramArguments"][1] == "serve"
+        assert data["UserName"] == "_handoff"
+
+
+@pytest.mark.parametrize("label", [service.LABEL, service.SERVER_LABEL])
+def test_checked_in_plist_examples_are_rendered_templates(label: str) -> None:
+    example = (ROOT / "launchd" / f"{label}.plist").read_text()
+    assert example == service.render(
+        f"{label}.plist", home=service.EXAMPLE_HOME, programs=service.EXAMPLE_PROGRAMS
+    )
+    assert "@" not in example
+
+
+def test_plist_values_are_xml_escaped(tmp_path: Path) -> None:
+    home = tmp_path / "a&b <c>"
+    text = service.render(f"{service.LABEL}.plist", home=home, programs={"handoffd": "/x/y"})
+    assert plistlib.loads(text.encode())["StandardOutPath"].startswith(str(home))
 
 
 class Recorder:
-    def __init__(self, rc: int = 0) -> None:
+    """A command runner that records argv and answers with ``rc`` (and ``out``)."""
+
+    def __init__(self, rc: int = 0, out: str = "") -> None:
         self.calls: list[tuple[str, ...]] = []
         self.rc = rc
+        self.out = out
 
     def __call__(self, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
         self.calls.append(tuple(argv))
-        return subprocess.CompletedProcess(
-            list(argv), self.rc, "", "no user manager" if self.rc else ""
-        )
+        err = "Failed to connect to bus: No medium found" if self.rc else ""
+        return subprocess.CompletedProcess(list(argv), self.rc, self.out, err)
 
 
-def test_install_writes_absolute_paths_and_enables(tmp_path: Path) -> None:
+def _exec_start(unit: Path) -> str:
+    line = next(x for x in unit.read_text().splitlines() if x.startswith("ExecStart="))
+    return line.split("=", 1)[1]
+
+
+def test_install_writes_absolute_paths_and_enables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rec = Recorder()
-    assert service.install(runner=rec, home=tmp_path) == 0
+    assert service.install(runner=rec, home=tmp_path, platform="linux") == 0
     unit = tmp_path / ".config/systemd/user/handoffd.service"
-    exec_start = next(
-        line for line in unit.read_text().splitlines() if line.startswith("ExecStart=")
-    )
-    program = exec_start.split("=", 1)[1]
+    program = _exec_start(unit)
     assert Path(program).is_absolute()
     assert os.access(program, os.X_OK)
-    assert (tmp_path / ".local/share/handoffd").is_dir()
+    for d in (".local/share/handoffd", ".config/handoffd"):
+        assert (tmp_path / d).is_dir()
+        assert (tmp_path / d).stat().st_mode & 0o077 == 0
     assert rec.calls == [
         ("systemctl", "--user", "daemon-reload"),
         ("systemctl", "--user", "enable", "--now", "handoffd.service"),
     ]
-    assert service.uninstall(runner=rec, home=tmp_path) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {unit}" in out
+    assert "ran systemctl --user enable --now handoffd.service" in out
+
+    # Again, unchanged: no restart. Changed: a running daemon is restarted on the new file.
+    rec.calls.clear()
+    assert service.install(runner=rec, home=tmp_path, platform="linux") == 0
+    assert ("systemctl", "--user", "try-restart", "handoffd.service") not in rec.calls
+    unit.write_text(unit.read_text().replace("RestartSec=2", "RestartSec=5"))
+    rec.calls.clear()
+    assert service.install(runner=rec, home=tmp_path, platform="linux") == 0
+    assert rec.calls[1] == ("systemctl", "--user", "try-restart", "handoffd.service")
+    assert "RestartSec=2" in unit.read_text()
+
+    rec.calls.clear()
+    assert service.uninstall(runner=rec, home=tmp_path, platform="linux") == 0
+    assert rec.calls[0] == ("systemctl", "--user", "disable", "--now", "handoffd.service")
     assert not unit.exists()
+    assert (tmp_path / ".local/share/handoffd").is_dir()  # the daemon's data stays
 
 
-def test_install_says_when_enabling_fails(
+def test_install_says_plainly_when_enabling_fails(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert service.install(runner=Recorder(rc=1), home=tmp_path) == 1
-    assert "enable it by hand" in capsys.readouterr().err
+    assert service.install(runner=Recorder(rc=1), home=tmp_path, platform="linux") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "could not enable it" in err[0]
+    assert "No medium found" in err[0]
+    assert "systemctl --user enable --now handoffd.service" in err[0]
     assert (tmp_path / ".config/systemd/user/handoffd.service").exists()
 
 
-def test_macos_plan(tmp_path: Path) -> None:
-    p = service.plan(tmp_path, platform="darwin")
-    assert p.path == tmp_path / "Library/LaunchAgents/org.handoffd.handoffd.plist"
-    assert p.enable[0][:2] == ("launchctl", "bootstrap")
+def test_install_without_systemctl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def missing(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        raise FileNotFoundError(2, "No such file or directory", argv[0])
+
+    assert service.install(runner=missing, home=tmp_path, platform="linux") == 1
+    assert "systemctl is not installed" in capsys.readouterr().err
+
+
+def test_macos_install_plan(tmp_path: Path) -> None:
+    rec = Recorder()
+    assert service.install(runner=rec, home=tmp_path, platform="darwin") == 0
+    path = tmp_path / "Library/LaunchAgents/org.handoffd.handoffd.plist"
+    data = plistlib.loads(path.read_bytes())
+    assert os.access(data["ProgramArguments"][0], os.X_OK)
+    assert (tmp_path / "Library/Logs/handoffd").is_dir()
+    domain = f"gui/{os.getuid()}"
+    assert rec.calls[-1] == ("launchctl", "bootstrap", domain, str(path))
+    rec.calls.clear()
+    assert service.uninstall(runner=rec, home=tmp_path, platform="darwin") == 0
+    assert rec.calls == [("launchctl", "bootout", f"{domain}/org.handoffd.handoffd")]
+    assert not path.exists()
+
+
+def test_status_reports_and_sanitizes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert service.status(runner=Recorder(), home=tmp_path, platform="linux") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "not installed" in err[0]
+    assert service.install(enable=False, home=tmp_path, platform="linux") == 0
+    rec = Recorder(out="Active: active (running)\nlog: name=\x1b]0;pwned\x07\n")
+    assert service.status(runner=rec, home=tmp_path, platform="linux") == 0
+    out = capsys.readouterr().out
+    assert "installed: " in out
+    assert "Active: active (running)" in out
+    assert "\x1b" not in out
+    assert "\x07" not in out
+
+
+def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "HANDOFF_HOME"}
+    env["HOME"] = str(home)
+    return subprocess.run(
+        [sys.executable, "-m", "handoffd.cli", "service", *args],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+
+
+def test_cli_install_no_enable_and_dry_run(tmp_path: Path) -> None:
+    unit = tmp_path / ".config/systemd/user/handoffd.service"
+    dry = _cli(tmp_path, "install", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "ExecStart=" + service.program("handoffd") in dry.stdout
+    assert "would run systemctl --user enable --now handoffd.service" in dry.stdout
+    assert not unit.exists()  # a dry run changes nothing
+
+    done = _cli(tmp_path, "install", "--no-enable")
+    assert done.returncode == 0, done.stderr
+    assert os.access(_exec_start(unit), os.X_OK)
+    assert "systemctl --user enable --now handoffd.service" in done.stdout
+    status = _cli(tmp_path, "status")
+    assert f"installed: {unit}" in status.stdout
+
+    rendered = _cli(tmp_path, "render", "--server")
+    assert rendered.returncode == 0, rendered.stderr
+    assert "ExecStart=" + service.program("handoff-server") + " serve" in rendered.stdout
+
+    with_home = subprocess.run(
+        [sys.executable, "-m", "handoffd.cli", "--home", str(tmp_path), "service", "install"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert with_home.returncode == 1
+    assert "drop --home" in with_home.stderr
