@@ -1,17 +1,21 @@
 """The network lab: hosts in Linux network namespaces on a bridge, with faults.
 
-Every host is a namespace joined by a veth pair to a bridge that lives in a
-namespace of its own, so nothing touches the root namespace's interfaces.
-Addresses come from 198.18.0.0/15 (the benchmarking range). Faults use an nft
-table per lab inside each host (``inet <lab>``) and ``tc tbf``; removing the
-namespaces removes everything with them. Every process started in a host is
-tracked and stopped by PID on close.
+Every host is a namespace whose ``eth0`` is one end of a veth pair; the other
+end is a port of a bridge that lives in a namespace of its own, so the root
+namespace's interfaces are never touched (veths are created directly inside
+the lab's namespaces). Addresses come from 198.18.0.0/15; IPv6 is off on lab
+interfaces, so lab addresses and loopback are the only ones in use. Faults are
+rules in an nft table named after the lab inside a host's namespace, or
+``tc tbf`` qdiscs. Everything created is recorded and removed on close, every
+process started in a host is stopped by PID, and namespaces left by a crashed
+run (creator dead) are swept at the next start.
 
-Use the ``lab`` fixture (tests/lab/fixtures.py) or ``Lab`` directly::
+Use the ``lab`` / ``lab_factory`` fixtures (tests/lab/fixtures.py) or ``Lab``::
 
     with Lab.create(2) as lab:
         a, b = lab.hosts
-        a.popen([...]); lab.block_udp(a)
+        with lab.block_udp(b):
+            a.run([...])
 """
 
 from __future__ import annotations
@@ -19,460 +23,738 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
+import ipaddress
+import logging
 import os
+import re
 import secrets
 import shutil
 import signal
+import string
 import subprocess
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
 
 PREFIX = "hlab"
-SUBNET = "198.18"
-CMD_TIMEOUT = 20.0
-STOP_GRACE = 5.0
+LAB_NET = ipaddress.ip_network("198.18.0.0/15")
+MCAST_NET = "224.0.0.0/4"
+CMD_TIMEOUT = 10.0
+STOP_GRACE = 3.0
+MAX_SUBNETS = 8
+IFNAME = "eth0"
+
+# hlab-<creator pid>-<creator start time in clock ticks>-<random>[-<role>]
+_NAME_RE = re.compile(rf"^{PREFIX}-(\d+)-(\d+)-([a-z]{{4}})(?:-[a-z0-9]+)?$")
+
+Direction = Literal["both", "out", "in"]
 
 
 class LabError(RuntimeError):
-    """A lab command failed."""
+    """A lab command failed, or the lab cannot run here."""
 
 
-def available() -> str | None:
-    """None if the lab can run here, else the reason it cannot."""
-    if os.geteuid() != 0:
-        return "the network lab needs root (network namespaces)"
-    for tool in ("ip", "nft", "tc"):
-        if shutil.which(tool) is None:
-            return f"the network lab needs `{tool}` (iproute2 / nftables)"
-    return None
+# ------------------------------------------------------------------ helpers
 
 
-def sh(*argv: str, check: bool = True, timeout: float = CMD_TIMEOUT) -> str:
-    """Run a command (argv, no shell); its stdout; LabError on failure when ``check``."""
-    done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+def sh(*argv: str, check: bool = True, timeout: float = CMD_TIMEOUT, stdin: str = "") -> str:
+    """Run a command (argv, no shell) and return its stdout; LabError on failure when ``check``."""
+    log.debug("lab: %s", argv)
+    done = subprocess.run(
+        list(argv), input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+    )
     if check and done.returncode != 0:
-        raise LabError(f"{' '.join(argv)}: {done.stderr.strip()}")
+        raise LabError(f"{' '.join(argv)}: {done.stderr.strip() or done.returncode}")
     return done.stdout
 
 
-def _netns_list() -> list[str]:
+def _start_ticks(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot, or None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def netns_list() -> list[str]:
+    """Names of all named network namespaces (``ip netns list``)."""
     out = sh("ip", "netns", "list", check=False)
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
-def sweep_stale() -> list[str]:
-    """Remove namespaces left by crashed labs whose creating process is gone."""
-    removed = []
-    for name in _netns_list():
-        parts = name.split("-")
-        if len(parts) < 3 or parts[0] != PREFIX or not parts[1].isdigit():
+def _ns_id(ns: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(f"/run/netns/{ns}")
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def pids_in(namespaces: Iterable[str]) -> list[int]:
+    """PIDs of live (not zombie) processes whose network namespace is one of ``namespaces``."""
+    ids = {i for i in (_ns_id(ns) for ns in namespaces) if i is not None}
+    if not ids:
+        return []
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
             continue
-        pid = int(parts[1])
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            sh("ip", "netns", "del", name, check=False)
-            removed.append(name)
-        except PermissionError:
-            continue
-    return removed
+            st = os.stat(f"/proc/{entry.name}/ns/net")
+        except OSError:
+            continue  # gone, or a zombie
+        if (st.st_dev, st.st_ino) in ids:
+            found.append(int(entry.name))
+    return found
 
 
-@dataclass
+def _kill(pids: Iterable[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _new_name() -> str:
+    pid = os.getpid()
+    tag = "".join(secrets.choice(string.ascii_lowercase) for _ in range(4))
+    return f"{PREFIX}-{pid}-{_start_ticks(pid)}-{tag}"
+
+
+def probe() -> str | None:
+    """None if the lab can run here, else the reason it cannot (not cached)."""
+    if os.geteuid() != 0:
+        return "the network lab needs root (network namespaces, nft, tc)"
+    for tool in ("ip", "nft", "tc"):
+        if shutil.which(tool) is None:
+            return f"the network lab needs `{tool}` (iproute2 / nftables)"
+    ns = f"{_new_name()}-probe"
+    try:
+        steps: list[tuple[str, list[str]]] = [
+            ("ip netns", ["ip", "netns", "add", ns]),
+            ("veth", ["ip", "-n", ns, "link", "add", "p0", "type", "veth", "peer", "name", "p1"]),
+            ("bridge", ["ip", "-n", ns, "link", "add", "b0", "type", "bridge"]),
+            ("nftables", ["ip", "netns", "exec", ns, "nft", "add", "table", "inet", "probe"]),
+            ("tc tbf", ["tc", "-n", ns, "qdisc", "add", "dev", "p0", "root", "tbf", "rate",
+                        "1mbit", "burst", "16kb", "latency", "50ms"]),
+        ]  # fmt: skip
+        for what, argv in steps:
+            try:
+                sh(*argv)
+            except (LabError, subprocess.TimeoutExpired) as exc:
+                return f"the network lab needs {what} support: {exc}"
+    finally:
+        sh("ip", "netns", "del", ns, check=False)
+    return None
+
+
+@functools.cache
+def available() -> str | None:
+    """None if the lab can run here, else the reason it cannot (probed once)."""
+    return probe()
+
+
+def sweep_stale() -> list[str]:
+    """Remove namespaces of labs whose creating process is gone (killing what runs inside)."""
+    stale = []
+    for ns in netns_list():
+        m = _NAME_RE.match(ns)
+        if m is None or _start_ticks(int(m[1])) == int(m[2]):
+            continue  # not ours, or its creator is still alive
+        stale.append(ns)
+    if stale:
+        _kill(pids_in(stale), signal.SIGKILL)
+        for ns in stale:
+            log.warning("lab: removing stale namespace %s", ns)
+            sh("ip", "netns", "del", ns, check=False)
+    return stale
+
+
+def _rate_bytes(rate: str) -> float:
+    """Bytes per second of a tc rate such as ``1gbit``, ``8mbit``, ``1mibps``."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([a-z]*)", rate.lower())
+    if m is None:
+        raise ValueError(f"not a tc rate: {rate!r}")
+    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+    iec = {"ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+    unit = m[2] or "bit"
+    for suffix, per in (("bit", 1 / 8), ("bps", 1.0)):
+        if unit.endswith(suffix):
+            mult = {**scale, **iec}.get(unit.removesuffix(suffix))
+            if mult is not None:
+                return float(m[1]) * mult * per
+    raise ValueError(f"unknown tc rate unit in {rate!r}")
+
+
+# ------------------------------------------------------------------ faults
+
+
+class Fault:
+    """A fault in effect: ``undo()`` (idempotent) removes it; as a context manager it undoes on exit."""
+
+    def __init__(self, kind: str, host: Host, undo: Callable[[], None]) -> None:
+        """Record an applied fault and how to undo it."""
+        self.kind = kind
+        self.host = host
+        self._undo = undo
+        self.active = True
+
+    def undo(self) -> None:
+        """Remove the fault (no-op if already undone)."""
+        if self.active:
+            self.active = False
+            self._undo()
+
+    def __enter__(self) -> Fault:
+        """The fault is already applied; entering does nothing."""
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Undo the fault."""
+        self.undo()
+
+    def __repr__(self) -> str:
+        """Kind, host and state."""
+        return f"<Fault {self.kind} on {self.host.name} {'active' if self.active else 'undone'}>"
+
+
+# ------------------------------------------------------------------ hosts
+
+
+@dataclass(frozen=True, eq=False)
 class Host:
-    """One lab host: a namespace with one interface ``eth0`` on the lab bridge."""
+    """One lab host: a namespace with ``eth0`` on a lab bridge (``lab.router`` is one too)."""
 
-    lab: Lab
+    lab: Lab = field(repr=False)
     name: str
     netns: str
     address: str
-    prefix: int
+    prefix: int = 24
     gateway: str | None = None
-    procs: list[subprocess.Popen[Any]] = field(default_factory=list)
-    aprocs: list[asyncio.subprocess.Process] = field(default_factory=list)
+    bridge_port: str = ""
+    routes: tuple[tuple[str, ...], ...] = ()
+    procs: list[subprocess.Popen[Any]] = field(default_factory=list, repr=False)
+    aprocs: list[asyncio.subprocess.Process] = field(default_factory=list, repr=False)
 
     def argv(self, argv: Sequence[str]) -> list[str]:
         """``argv`` wrapped to run inside this host."""
         return ["ip", "netns", "exec", self.netns, *argv]
 
     def run(
-        self, argv: Sequence[str], *, check: bool = True, timeout: float = CMD_TIMEOUT
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float = CMD_TIMEOUT,
+        input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run to completion inside the host."""
+        """Run to completion inside the host (text output, killed after ``timeout`` s)."""
+        self.lab.check_open()
         done = subprocess.run(
-            self.argv(argv), capture_output=True, text=True, timeout=timeout, check=False
+            self.argv(argv),
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         if check and done.returncode != 0:
             raise LabError(f"[{self.name}] {' '.join(argv)}: {done.stderr.strip()}")
         return done
 
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        """Start a tracked process inside the host (stopped by PID on close)."""
+        """Start a process inside the host; tracked, stopped by PID when the lab closes."""
+        self.lab.check_open()
         kwargs.setdefault("stdin", subprocess.DEVNULL)
         proc: subprocess.Popen[Any] = subprocess.Popen(self.argv(argv), **kwargs)
         self.procs.append(proc)
         return proc
 
     async def spawn(self, argv: Sequence[str], **kwargs: Any) -> asyncio.subprocess.Process:
-        """Start a tracked process inside the host, asyncio flavour."""
+        """Start a process inside the host (asyncio); tracked, stopped by PID on close."""
+        self.lab.check_open()
         kwargs.setdefault("stdin", asyncio.subprocess.DEVNULL)
         proc = await asyncio.create_subprocess_exec(*self.argv(argv), **kwargs)
         self.aprocs.append(proc)
         return proc
 
-    def stop_processes(self) -> None:
-        """SIGTERM every tracked process, SIGKILL what is left after a grace period."""
-        live: list[int] = []
-        for p in self.procs:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    p.send_signal(signal.SIGTERM)
-                live.append(p.pid)
-        for ap in self.aprocs:
-            if ap.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    ap.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
-        for p in self.procs:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=5)
-        for ap in self.aprocs:
-            if ap.returncode is None:
-                # asyncio children are reaped by their loop; make sure they die.
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(ap.pid, signal.SIGKILL)
-        for p in self.procs:
-            for stream in (p.stdin, p.stdout, p.stderr):
-                if stream is not None:
-                    stream.close()
-        self.procs.clear()
-        self.aprocs.clear()
+    # Faults on this host (see the Lab methods of the same names).
 
-    # ------------------------------------------------------------ faults
-
-    def nft(self, *rule: str) -> None:
-        """Add an nft rule to this lab's table in the host."""
-        self.run(["nft", *rule])
-
-    def _ensure_table(self) -> None:
-        table = self.lab.name
-        self.run(["nft", "add", "table", "inet", table])
-        for chain in ("input", "output"):
-            self.run(
-                [
-                    "nft",
-                    "add",
-                    "chain",
-                    "inet",
-                    table,
-                    chain,
-                    f"{{ type filter hook {chain} priority 0 ; policy accept ; }}",
-                ]
-            )
-
-    def _add_rules(self, tag: str, rules: Sequence[Sequence[str]]) -> None:
-        self._ensure_table()
-        for chain, *match in rules:
-            self.run(
-                ["nft", "add", "rule", "inet", self.lab.name, chain, *match, "comment", f'"{tag}"']
-            )
-
-    def _remove_rules(self, tag: str) -> None:
-        out = self.run(["nft", "-a", "list", "table", "inet", self.lab.name], check=False).stdout
-        chain = ""
-        for line in out.splitlines():
-            words = line.split()
-            if words[:1] == ["chain"]:
-                chain = words[1]
-            if f'comment "{tag}"' in line and "# handle" in line:
-                handle = line.rsplit("# handle", 1)[1].strip()
-                self.run(
-                    ["nft", "delete", "rule", "inet", self.lab.name, chain, "handle", handle],
-                    check=False,
-                )
-
-    def link_down(self) -> None:
-        """Take the host's interface down."""
-        self.run(["ip", "link", "set", "eth0", "down"])
+    def link_down(self, *, at_bridge: bool = False) -> Fault:
+        """Take this host's link down."""
+        return self.lab.link_down(self, at_bridge=at_bridge)
 
     def link_up(self) -> None:
-        """Bring the host's interface back up (and its default route, if any)."""
-        self.run(["ip", "link", "set", "eth0", "up"])
-        if self.gateway:
-            self.run(["ip", "route", "replace", "default", "via", self.gateway], check=False)
+        """Bring this host's link back up."""
+        self.lab.link_up(self)
 
-    def block_udp(self, peer: Host | None = None) -> None:
-        """Drop UDP to and from ``peer`` (or every lab address); loopback is untouched."""
-        target = peer.address if peer else f"{SUBNET}.0.0/15"
-        self._add_rules(
-            "block-udp",
-            [
-                (
-                    "input",
-                    "iifname",
-                    "eth0",
-                    "ip",
-                    "saddr",
-                    target,
-                    "meta",
-                    "l4proto",
-                    "udp",
-                    "drop",
-                ),
-                (
-                    "output",
-                    "oifname",
-                    "eth0",
-                    "ip",
-                    "daddr",
-                    target,
-                    "meta",
-                    "l4proto",
-                    "udp",
-                    "drop",
-                ),
-            ],
-        )
+    def block_udp(self, peer: Host | str | None = None) -> Fault:
+        """Drop UDP to and from ``peer`` (default: everyone)."""
+        return self.lab.block_udp(self, peer)
 
     def unblock_udp(self) -> None:
-        """Undo block_udp."""
-        self._remove_rules("block-udp")
+        """Undo every block_udp on this host."""
+        self.lab.undo_faults(self, "block_udp")
 
-    def block_multicast(self) -> None:
-        """Drop IPv4 multicast in and out on the lab interface."""
-        self._add_rules(
-            "block-mcast",
-            [
-                ("input", "iifname", "eth0", "ip", "daddr", "224.0.0.0/4", "drop"),
-                ("output", "oifname", "eth0", "ip", "daddr", "224.0.0.0/4", "drop"),
-            ],
-        )
+    def block_multicast(self) -> Fault:
+        """Drop IPv4 multicast in and out."""
+        return self.lab.block_multicast(self)
 
     def unblock_multicast(self) -> None:
-        """Undo block_multicast."""
-        self._remove_rules("block-mcast")
+        """Undo every block_multicast on this host."""
+        self.lab.undo_faults(self, "block_multicast")
 
-    def loss(self, percent: int) -> None:
-        """Drop ``percent`` % of packets at random in both directions."""
-        if not 0 < percent < 100:
-            raise ValueError("loss percent must be in 1..99")
-        self._add_rules(
-            "loss",
-            [
-                (
-                    "input",
-                    "iifname",
-                    "eth0",
-                    "numgen",
-                    "random",
-                    "mod",
-                    "100",
-                    "<",
-                    str(percent),
-                    "drop",
-                ),
-                (
-                    "output",
-                    "oifname",
-                    "eth0",
-                    "numgen",
-                    "random",
-                    "mod",
-                    "100",
-                    "<",
-                    str(percent),
-                    "drop",
-                ),
-            ],
-        )
+    def loss(self, percent: int) -> Fault:
+        """Drop ``percent`` % of packets at random, each direction."""
+        return self.lab.loss(self, percent)
 
     def no_loss(self) -> None:
-        """Undo loss."""
-        self._remove_rules("loss")
+        """Undo every loss on this host."""
+        self.lab.undo_faults(self, "loss")
 
-    def rate_limit(self, rate: str = "1gbit", burst: str = "256kb", latency: str = "50ms") -> None:
-        """Shape egress of the host's interface with a token bucket (tc tbf)."""
-        self.run(
-            [
-                "tc",
-                "qdisc",
-                "replace",
-                "dev",
-                "eth0",
-                "root",
-                "tbf",
-                "rate",
-                rate,
-                "burst",
-                burst,
-                "latency",
-                latency,
-            ]
-        )
+    def rate_limit(
+        self,
+        rate: str = "1gbit",
+        burst: str | None = None,
+        latency: str = "50ms",
+        direction: Direction = "both",
+    ) -> Fault:
+        """Shape this host's link with tc tbf."""
+        return self.lab.rate_limit(self, rate, burst, latency, direction)
 
     def no_rate_limit(self) -> None:
-        """Undo rate_limit."""
-        self.run(["tc", "qdisc", "del", "dev", "eth0", "root"], check=False)
+        """Undo every rate_limit on this host."""
+        self.lab.undo_faults(self, "rate_limit")
 
-    @contextlib.contextmanager
-    def fault(self, on: str, *args: Any) -> Iterator[None]:
-        """``with host.fault("block_udp"): ...`` applies a fault and always undoes it."""
-        undo = {
-            "link_down": self.link_up,
-            "block_udp": self.unblock_udp,
-            "block_multicast": self.unblock_multicast,
-            "loss": self.no_loss,
-            "rate_limit": self.no_rate_limit,
-        }[on]
-        getattr(self, on)(*args)
-        try:
-            yield
-        finally:
-            undo()
+    def fault(self, kind: str, *args: Any) -> Fault:
+        """``with host.fault("block_udp"): ...``: the Lab fault ``kind`` on this host."""
+        kinds = ("link_down", "block_udp", "block_multicast", "loss", "rate_limit")
+        if kind not in kinds:
+            raise ValueError(f"unknown fault {kind!r}; one of {kinds}")
+        made: Fault = getattr(self.lab, kind)(self, *args)
+        return made
 
 
-@dataclass
+# ------------------------------------------------------------------ the lab
+
+
 class Lab:
-    """A set of hosts on one bridge (or two subnets joined by a router)."""
+    """Hosts on one bridge, or on several subnets (one bridge each) joined by a router."""
 
-    name: str
-    hosts: list[Host] = field(default_factory=list)
-    namespaces: list[str] = field(default_factory=list)
-    router: Host | None = None
-    closed: bool = False
+    def __init__(self, name: str) -> None:
+        """An empty lab; use ``Lab.create``."""
+        self.name = name
+        self.hosts: list[Host] = []
+        self.router: Host | None = None
+        self.bridge_ns = f"{name}-br"
+        self.closed = False
+        self._resources: list[tuple[str, ...]] = []  # ("netns", ns) | ("link"|"nft"|"qdisc", ns, x)
+        self._faults: list[Fault] = []
+        self._tables: set[str] = set()
+        self._seq = 0
+
+    # ------------------------------------------------------------ building
 
     @classmethod
-    def create(cls, n: int, *, subnets: int = 1) -> Lab:
-        """N hosts; with ``subnets=2`` hosts alternate between 198.18.0.0/24 and 198.18.1.0/24
-        and a router namespace joins them."""
+    def create(
+        cls,
+        n: int = 2,
+        *,
+        subnets: int = 1,
+        layout: Sequence[int] | None = None,
+        udp_routed: bool = True,
+    ) -> Lab:
+        """``n`` hosts; with ``subnets`` > 1, host i is on 198.18.<i % subnets>.0/24 (or
+        ``layout[i]``) and a router joins the subnets (dropping UDP unless ``udp_routed``)."""
         reason = available()
         if reason:
             raise LabError(reason)
+        if not 1 <= subnets <= MAX_SUBNETS:
+            raise ValueError(f"subnets must be in 1..{MAX_SUBNETS}")
+        where = list(layout) if layout is not None else [i % subnets for i in range(n)]
+        if len(where) != n or not all(0 <= s < subnets for s in where) or not 1 <= n <= 200:
+            raise ValueError("need 1..200 hosts, each on a subnet in range(subnets)")
+        _install_handlers()
         sweep_stale()
-        # The creating pid is in the name so a later sweep knows when it is stale.
-        lab = cls(name=f"{PREFIX}-{os.getpid()}-{secrets.token_hex(3)}")
-        _LIVE.add(lab)
+        lab = cls(_new_name())
+        _LIVE[lab.name] = lab
         try:
-            lab._build(n, subnets)
+            lab._build(where, subnets)
+            if not udp_routed:
+                lab.block_udp_between_subnets()
         except BaseException:
-            lab.close()
+            lab.close(raise_errors=False)
             raise
         return lab
 
-    def _ns(self, role: str) -> str:
-        ns = f"{self.name}-{role}"
+    def _netns(self, ns: str) -> None:
         sh("ip", "netns", "add", ns)
-        self.namespaces.append(ns)
+        self._resources.append(("netns", ns))
+        # IPv6 off on lab interfaces (they inherit "default"); loopback keeps ::1.
+        sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
         sh("ip", "-n", ns, "link", "set", "lo", "up")
-        return ns
 
-    def _build(self, n: int, subnets: int) -> None:
-        if subnets not in (1, 2):
-            raise ValueError("subnets must be 1 or 2")
-        bridge_ns = self._ns("br")
+    def _veth(self, port: str, bridge: str, ns: str, ifname: str) -> None:
+        """A veth pair made inside the lab: ``port`` on ``bridge``, ``ifname`` in ``ns``."""
+        br = self.bridge_ns
+        sh("ip", "-n", br, "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns)
+        self._resources.append(("link", br, port))
+        sh("ip", "-n", br, "link", "set", port, "master", bridge, "up")
+
+    def _build(self, where: list[int], subnets: int) -> None:
+        br = self.bridge_ns
+        self._netns(br)
         for s in range(subnets):
-            br = f"br{s}"
-            sh("ip", "-n", bridge_ns, "link", "add", br, "type", "bridge", "mcast_snooping", "0")
-            sh("ip", "-n", bridge_ns, "link", "set", br, "up")
-        if subnets == 2:
-            rns = self._ns("rt")
-            self.router = Host(self, "router", rns, f"{SUBNET}.0.254", 24)
-            for s in range(2):
-                self._veth(bridge_ns, f"br{s}", rns, f"eth{s}", f"r{s}")
-                sh("ip", "-n", rns, "addr", "add", f"{SUBNET}.{s}.254/24", "dev", f"eth{s}")
-                sh("ip", "-n", rns, "link", "set", f"eth{s}", "up")
-            sh("ip", "netns", "exec", rns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        for i in range(n):
-            s = i % subnets
-            ns = self._ns(f"h{i}")
-            address = f"{SUBNET}.{s}.{i + 1}"
-            self._veth(bridge_ns, f"br{s}", ns, "eth0", f"h{i}")
-            sh("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
-            sh("ip", "-n", ns, "link", "set", "eth0", "up", "multicast", "on")
-            gateway = f"{SUBNET}.{s}.254" if subnets == 2 else None
+            sh("ip", "-n", br, "link", "add", f"br{s}", "type", "bridge", "mcast_snooping", "0")
+            self._resources.append(("link", br, f"br{s}"))
+            sh("ip", "-n", br, "link", "set", f"br{s}", "up")
+        if subnets > 1:
+            rt = f"{self.name}-rt"
+            self._netns(rt)
+            batch = []
+            for s in range(subnets):
+                self._veth(f"p-r{s}", f"br{s}", rt, f"eth{s}")
+                batch += [f"addr add {self.subnet_address(s, 254)}/24 dev eth{s}",
+                          f"link set eth{s} up"]  # fmt: skip
+            sh("ip", "-n", rt, "-batch", "-", stdin="\n".join(batch) + "\n")
+            sh("ip", "netns", "exec", rt, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+            self.router = Host(self, "router", rt, self.subnet_address(0, 254))
+        for i, s in enumerate(where):
+            ns = f"{self.name}-h{i}"
+            self._netns(ns)
+            self._veth(f"p-h{i}", f"br{s}", ns, IFNAME)
+            address = self.subnet_address(s, i + 1)
+            gateway = self.subnet_address(s, 254) if subnets > 1 else None
+            routes: list[tuple[str, ...]] = [(MCAST_NET, "dev", IFNAME)]
             if gateway:
-                sh("ip", "-n", ns, "route", "add", "default", "via", gateway)
-            else:
-                # mDNS and other multicast leave through the lab interface.
-                sh("ip", "-n", ns, "route", "add", "224.0.0.0/4", "dev", "eth0")
-            self.hosts.append(Host(self, f"h{i}", ns, address, 24, gateway))
+                routes.append(("default", "via", gateway, "dev", IFNAME))
+            batch = [f"addr add {address}/24 dev {IFNAME}", f"link set {IFNAME} up"]
+            batch += [f"route replace {' '.join(r)}" for r in routes]
+            sh("ip", "-n", ns, "-batch", "-", stdin="\n".join(batch) + "\n")
+            self.hosts.append(
+                Host(self, f"h{i}", ns, address, 24, gateway, f"p-h{i}", tuple(routes))
+            )
 
-    def _veth(self, bridge_ns: str, bridge: str, ns: str, ifname: str, tag: str) -> None:
-        outside = f"v{secrets.token_hex(4)}"
-        inside = f"i{secrets.token_hex(4)}"
-        sh("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
-        sh("ip", "link", "set", outside, "netns", bridge_ns)
-        sh("ip", "link", "set", inside, "netns", ns)
-        sh("ip", "-n", ns, "link", "set", inside, "name", ifname)
-        sh("ip", "-n", bridge_ns, "link", "set", outside, "master", bridge)
-        sh("ip", "-n", bridge_ns, "link", "set", outside, "up")
-        del tag
+    @staticmethod
+    def subnet_address(subnet: int, host: int) -> str:
+        """198.18.<subnet>.<host>, checked to be inside the lab range."""
+        addr = ipaddress.ip_address(f"198.18.{subnet}.{host}")
+        if addr not in LAB_NET:
+            raise ValueError(f"{addr} is outside {LAB_NET}")
+        return str(addr)
 
-    def block_udp_between_subnets(self) -> None:
-        """On the router: forward TCP but drop UDP between the two subnets."""
-        if self.router is None:
-            raise LabError("this lab has one subnet")
-        r = self.router
-        r.run(["nft", "add", "table", "inet", self.name])
-        r.run(
+    @property
+    def namespaces(self) -> list[str]:
+        """Every namespace of this lab that exists now (recorded at creation)."""
+        return [r[1] for r in self._resources if r[0] == "netns"]
+
+    def check_open(self) -> None:
+        """LabError if the lab has been closed."""
+        if self.closed:
+            raise LabError(f"lab {self.name} is closed")
+
+    # ------------------------------------------------------------ nft
+
+    def _nft(self, host: Host, script: str) -> list[str]:
+        """Apply an nft script in ``host``'s table (made on first use); the new rules' handles."""
+        self.check_open()
+        t = self.name
+        pre = ""
+        if host.netns not in self._tables:
+            hooks = ("input", "output", "forward")
+            pre = f"add table inet {t}\n" + "".join(
+                f"add chain inet {t} {h} {{ type filter hook {h} priority 0 ; policy accept ; }}\n"
+                for h in hooks
+            )
+        out = sh(
+            "ip", "netns", "exec", host.netns, "nft", "-e", "-a", "-f", "-", stdin=pre + script
+        )
+        if pre:
+            self._tables.add(host.netns)
+            self._resources.append(("nft", host.netns, t))
+        return [
+            line.rsplit("# handle", 1)[1].strip()
+            for line in out.splitlines()
+            if line.startswith("add rule") and "# handle" in line
+        ]
+
+    def _rule_fault(self, kind: str, host: Host, rules: Sequence[tuple[str, str]]) -> Fault:
+        """Add ``(chain, rule)`` pairs to ``host``; the Fault deletes exactly those rules."""
+        self._seq += 1
+        tag = f"{kind}-{self._seq}"
+        script = "".join(
+            f'add rule inet {self.name} {chain} {rule} comment "{tag}"\n' for chain, rule in rules
+        )
+        handles = self._nft(host, script)
+        if len(handles) != len(rules):
+            raise LabError(f"nft did not echo the handles of {tag}: {handles}")
+        chains = [chain for chain, _ in rules]
+
+        def undo() -> None:
+            if self.closed:
+                return
+            script = "".join(
+                f"delete rule inet {self.name} {c} handle {h}\n"
+                for c, h in zip(chains, handles, strict=True)
+            )
+            sh("ip", "netns", "exec", host.netns, "nft", "-f", "-", stdin=script)
+
+        return self._track(Fault(kind, host, undo))
+
+    def _track(self, fault: Fault) -> Fault:
+        self._faults.append(fault)
+        return fault
+
+    def undo_faults(self, host: Host, kind: str) -> None:
+        """Undo every active fault of ``kind`` on ``host``."""
+        for f in self._faults:
+            if f.host is host and f.kind == kind:
+                f.undo()
+
+    # ------------------------------------------------------------ faults
+
+    def link_down(self, host: Host, *, at_bridge: bool = False) -> Fault:
+        """Take ``host``'s interface down (or, ``at_bridge``, its bridge port: carrier lost)."""
+        self.check_open()
+        if at_bridge:
+            sh("ip", "-n", self.bridge_ns, "link", "set", host.bridge_port, "down")
+        else:
+            sh("ip", "-n", host.netns, "link", "set", IFNAME, "down")
+        return self._track(Fault("link_down", host, lambda: self._link_up(host)))
+
+    def link_up(self, host: Host) -> None:
+        """Bring ``host``'s link up again (ending any link_down on it)."""
+        self.undo_faults(host, "link_down")
+        self._link_up(host)
+
+    def _link_up(self, host: Host) -> None:
+        if self.closed:
+            return
+        sh("ip", "-n", self.bridge_ns, "link", "set", host.bridge_port, "up")
+        # Taking a link down flushes its routes; put ours back.
+        batch = [f"link set {IFNAME} up"] + [f"route replace {' '.join(r)}" for r in host.routes]
+        sh("ip", "-n", host.netns, "-batch", "-", stdin="\n".join(batch) + "\n")
+
+    def block_udp(self, host: Host, peer: Host | str | None = None) -> Fault:
+        """Drop UDP in and out of ``host`` (only to/from ``peer`` if given); loopback is untouched."""
+        match = ""
+        if peer is not None:
+            addr = peer.address if isinstance(peer, Host) else peer
+            if ipaddress.ip_address(addr) not in LAB_NET:
+                raise ValueError(f"{addr} is not a lab address")
+            match = f"ip saddr {addr} "
+        out_match = match.replace("saddr", "daddr")
+        return self._rule_fault(
+            "block_udp",
+            host,
             [
-                "nft",
-                "add",
-                "chain",
-                "inet",
-                self.name,
-                "forward",
-                "{ type filter hook forward priority 0 ; policy accept ; }",
-            ]
-        )
-        r.run(
-            ["nft", "add", "rule", "inet", self.name, "forward", "meta", "l4proto", "udp", "drop"]
+                ("input", f'iifname "{IFNAME}" {match}meta l4proto udp drop'),
+                ("output", f'oifname "{IFNAME}" {out_match}meta l4proto udp drop'),
+            ],
         )
 
-    def close(self) -> None:
-        """Stop every process and remove every namespace (idempotent)."""
+    def block_multicast(self, host: Host) -> Fault:
+        """Drop IPv4 multicast in and out of ``host``'s interface (unicast is untouched)."""
+        return self._rule_fault(
+            "block_multicast",
+            host,
+            [
+                ("input", f'iifname "{IFNAME}" ip daddr {MCAST_NET} drop'),
+                ("output", f'oifname "{IFNAME}" ip daddr {MCAST_NET} drop'),
+            ],
+        )
+
+    def loss(self, host: Host, percent: int) -> Fault:
+        """Drop ``percent`` % of ``host``'s packets at random, in and out (nft numgen)."""
+        if not 0 < percent < 100:
+            raise ValueError("loss percent must be in 1..99")
+        rule = f"numgen random mod 100 < {percent} drop"
+        return self._rule_fault(
+            "loss",
+            host,
+            [("input", f'iifname "{IFNAME}" {rule}'), ("output", f'oifname "{IFNAME}" {rule}')],
+        )
+
+    def rate_limit(
+        self,
+        host: Host,
+        rate: str = "1gbit",
+        burst: str | None = None,
+        latency: str = "50ms",
+        direction: Direction = "both",
+    ) -> Fault:
+        """Shape ``host``'s link with tc tbf: "out" is its egress, "in" its bridge port's egress."""
+        self.check_open()
+        if burst is None:  # 5 ms worth of tokens, at least 16 KiB
+            burst = str(max(16384, int(_rate_bytes(rate) * 0.005)))
+        else:
+            _rate_bytes(rate)  # validate
+        where = []
+        if direction in ("both", "out"):
+            where.append((host.netns, IFNAME))
+        if direction in ("both", "in"):
+            where.append((self.bridge_ns, host.bridge_port))
+        if not where:
+            raise ValueError("direction must be 'both', 'out' or 'in'")
+        tbf = ["tbf", "rate", rate, "burst", burst, "latency", latency]
+        for ns, dev in where:
+            sh("tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", *tbf)
+            self._resources.append(("qdisc", ns, dev))
+
+        def undo() -> None:
+            for ns, dev in where:
+                self._drop_resource(("qdisc", ns, dev))
+
+        return self._track(Fault("rate_limit", host, undo))
+
+    def block_udp_between_subnets(self) -> Fault:
+        """On the router: keep forwarding TCP but drop UDP between the subnets."""
+        if self.router is None:
+            raise LabError("this lab has one subnet and no router")
+        return self._rule_fault("block_udp", self.router, [("forward", "meta l4proto udp drop")])
+
+    # ------------------------------------------------------------ closing
+
+    def _drop_resource(self, res: tuple[str, ...]) -> None:
+        """Delete one recorded resource (if it is still recorded)."""
+        if res not in self._resources:
+            return
+        self._resources.remove(res)
+        kind, ns, *rest = res
+        if kind == "netns":
+            sh("ip", "netns", "del", ns)
+        elif kind == "link":
+            sh("ip", "-n", ns, "link", "del", rest[0])
+        elif kind == "nft":
+            sh("ip", "netns", "exec", ns, "nft", "delete", "table", "inet", rest[0])
+            self._tables.discard(ns)
+        elif kind == "qdisc":
+            sh("tc", "-n", ns, "qdisc", "del", "dev", rest[0], "root")
+
+    def _stop_processes(self) -> None:
+        """SIGTERM tracked processes and anything else in our namespaces; SIGKILL after a grace."""
+        everyone = [h for h in (*self.hosts, self.router) if h is not None]
+        procs = [p for h in everyone for p in h.procs]
+        aprocs = [p for h in everyone for p in h.aprocs]
+        namespaces = self.namespaces
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for ap in aprocs:
+            if ap.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    ap.terminate()
+        _kill(pids_in(namespaces), signal.SIGTERM)
+
+        def settled() -> bool:
+            return all(p.poll() is not None for p in procs) and not pids_in(namespaces)
+
+        deadline = time.monotonic() + STOP_GRACE
+        while not settled() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        _kill(pids_in(namespaces), signal.SIGKILL)
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=2)
+            for stream in (p.stdin, p.stdout, p.stderr):
+                if stream is not None:
+                    stream.close()
+        deadline = time.monotonic() + 2
+        while pids_in(namespaces) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def close(self, *, raise_errors: bool = True) -> None:
+        """Stop every process and remove every link, rule and namespace (idempotent)."""
         if self.closed:
             return
         self.closed = True
-        for host in self.hosts:
-            with contextlib.suppress(Exception):
-                host.stop_processes()
-        for ns in reversed(self.namespaces):
-            sh("ip", "netns", "del", ns, check=False)
-        _LIVE.discard(self)
+        errors: list[str] = []
+        try:
+            self._stop_processes()
+        except (OSError, subprocess.SubprocessError) as exc:
+            errors.append(f"stopping processes: {exc}")
+        for f in self._faults:
+            f.active = False
+        for res in reversed(list(self._resources)):
+            try:
+                self._drop_resource(res)
+            except (LabError, subprocess.TimeoutExpired) as exc:
+                if res[0] == "netns":
+                    errors.append(str(exc))
+        _LIVE.pop(self.name, None)
+        left = [ns for ns in netns_list() if ns.startswith(f"{self.name}-")]
+        if left:
+            errors.append(f"namespaces left: {left}")
+        if errors and raise_errors:
+            raise LabError(f"lab {self.name} cleanup: {'; '.join(errors)}")
+        for e in errors:
+            log.error("lab %s cleanup: %s", self.name, e)
+
+    async def aclose(self) -> None:
+        """``close`` from a coroutine (in a thread, so the event loop keeps reaping children)."""
+        await asyncio.to_thread(self.close)
 
     def __enter__(self) -> Lab:
+        """The lab itself."""
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Close the lab."""
+        self.close(raise_errors=et is None)
 
-    def __hash__(self) -> int:
-        return hash(self.name)
-
-
-_LIVE: set[Lab] = set()
-
-
-def _close_all() -> None:
-    for lab in list(_LIVE):
-        lab.close()
+    def __repr__(self) -> str:
+        """Name, hosts and state."""
+        state = "closed" if self.closed else "open"
+        return f"<Lab {self.name} {[h.address for h in self.hosts]} {state}>"
 
 
-atexit.register(_close_all)
+# ------------------------------------------------------------------ last-resort cleanup
+
+_LIVE: dict[str, Lab] = {}
+_HANDLED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+_previous: dict[int, Any] = {}
 
 
-def _on_signal(signum: int, frame: object) -> None:
-    _close_all()
+def close_all() -> None:
+    """Close every lab of this process (atexit, signals)."""
+    for lab in list(_LIVE.values()):
+        lab.close(raise_errors=False)
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    """Clean up, then let the signal do what it would have done."""
+    close_all()
+    prev = _previous.get(signum, signal.SIG_DFL)
+    if callable(prev):
+        prev(signum, frame)  # SIGINT: raises KeyboardInterrupt
+        return
+    if prev == signal.SIG_IGN:
+        return
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
 
 
-for _sig in (signal.SIGTERM, signal.SIGHUP):
-    if signal.getsignal(_sig) in (signal.SIG_DFL, None):
-        signal.signal(_sig, _on_signal)
+@functools.cache
+def _install_handlers() -> None:
+    """atexit always; signal handlers from the main thread (chaining what was there)."""
+    atexit.register(close_all)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in _HANDLED:
+        _previous[sig] = signal.getsignal(sig)
+        signal.signal(sig, _on_signal)
