@@ -2,29 +2,44 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
-import sys
 
+from handoffd.discovery.liveness import LivenessPolicy
 from handoffd.discovery.mdns import Discovery, DiscoveryEvent
 
+# Fast liveness for tests: a dead peer is gone within about 3 s.
+FAST = LivenessPolicy(
+    stale_after=1.0, check_timeout=0.5, retry_after=0.3, misses_for_gone=3, lost_recheck=0.5
+)
 
-async def main(device_id: str, port: int, key: str, known: list[str], unicast: list[str]) -> None:
+
+async def main(args: argparse.Namespace) -> None:
     def show(ev: DiscoveryEvent) -> None:
-        out = {"kind": ev.kind, "device": ev.peer.device_id, "port": ev.peer.port}
+        out = {
+            "kind": ev.kind,
+            "device": ev.peer.device_id,
+            "port": ev.peer.port,
+            "addresses": list(ev.peer.addresses),
+            "via": ev.peer.via,
+        }
         print(json.dumps(out), flush=True)
 
+    known = frozenset(args.known.split(","))
     d = Discovery(
-        device_id=device_id,
-        port=port,
-        marker_key=bytes.fromhex(key),
-        known_devices=lambda: frozenset(known),
+        device_id=args.device,
+        port=args.port,
+        marker_key=bytes.fromhex(args.key),
+        known_devices=lambda: known,
         on_change=show,
-        unicast_peers=unicast,
-        liveness_interval=1.0,
+        interfaces=args.interface or None,
+        unicast_peers=args.unicast,
+        liveness=FAST,
+        interface_poll=args.interface_poll,
     )
     await d.start()
-    print(json.dumps({"kind": "started"}), flush=True)
+    print(json.dumps({"kind": "started", "instance": d.instance}), flush=True)
     try:
         await asyncio.Event().wait()
     finally:
@@ -32,7 +47,12 @@ async def main(device_id: str, port: int, key: str, known: list[str], unicast: l
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    asyncio.run(
-        main(args[0], int(args[1]), args[2], args[3].split(","), [u for u in args[4:] if u])
-    )
+    parser = argparse.ArgumentParser()
+    parser.add_argument("device")
+    parser.add_argument("port", type=int)
+    parser.add_argument("key")
+    parser.add_argument("known")
+    parser.add_argument("--interface", action="append", default=[])
+    parser.add_argument("--unicast", action="append", default=[])
+    parser.add_argument("--interface-poll", type=float, default=1.0)
+    asyncio.run(main(parser.parse_args()))

@@ -1,11 +1,10 @@
-"""Discovery: markers and TXT (pure), and real zeroconf multicast between peers."""
+"""Real zeroconf multicast on loopback between Discovery instances (and a peer process)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import selectors
-import subprocess
+import logging
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -13,81 +12,59 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from zeroconf import IPVersion
+from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from handoffd.discovery import txt
-from handoffd.discovery.mdns import Discovery, DiscoveryEvent
-from tests.lab import Host, Lab
+from handoffd.discovery.liveness import LivenessPolicy
+from handoffd.discovery.mdns import Discovery, DiscoveryEvent, PeerSighting, parse_unicast_peer
 
 KEY = b"\x01" * 32
-A, B, C = "A" * 32, "B" * 32, "C" * 32
+A, B, C, D = "A" * 32, "B" * 32, "C" * 32, "D" * 32
+LO = ["127.0.0.1"]
 PEER = str(Path(__file__).parent / "peer_proc.py")
 ROOT = str(Path(__file__).parent.parent.parent)
+FAST = LivenessPolicy(
+    stale_after=0.5, check_timeout=1.0, retry_after=0.3, misses_for_gone=3, lost_recheck=0.5
+)
 
 
-# ---------------------------------------------------------------- pure
-
-
-def test_markers_rotate_daily_and_need_the_key() -> None:
-    assert txt.device_marker(KEY, A, 100) != txt.device_marker(KEY, A, 101)
-    assert txt.device_marker(KEY, A, 100) != txt.device_marker(b"\x02" * 32, A, 100)
-    assert txt.account_marker(KEY, 5) != txt.account_marker(b"\x02" * 32, 5)
-    book = txt.MarkerBook(KEY)
-    now = 100 * 86400 + 10
-    book.update(frozenset({A, B}), now)
-    ours = txt.Txt("1", txt.device_marker(KEY, B, 100), txt.account_marker(KEY, 100))
-    assert book.is_ours(ours)
-    assert book.device_for(ours) == B
-    yesterday = txt.Txt("1", txt.device_marker(KEY, A, 99), txt.account_marker(KEY, 99))
-    assert book.device_for(yesterday) == A
-    old = txt.Txt("1", txt.device_marker(KEY, A, 90), txt.account_marker(KEY, 90))
-    assert not book.is_ours(old)
-    assert book.device_for(old) is None
-
-
-def test_txt_roundtrip_and_strictness() -> None:
-    record = txt.Txt("1", "a" * 20, "b" * 16)
-    props = {k.encode(): v.encode() for k, v in record.encode().items()}
-    assert txt.decode_txt(props) == record
-    assert txt.decode_txt({**props, b"v": b"2"}) is None
-    assert txt.decode_txt({**props, b"d": b"Z" * 20}) is None
-    assert txt.decode_txt({**props, b"a": b"b" * 15}) is None
-    assert txt.decode_txt({**props, b"d": b"\xff" * 20}) is None
-    assert txt.decode_txt({**props, b"extra": b"ok"}) == record
-    assert txt.decode_txt(dict.fromkeys(props)) is None
-
-
-@settings(max_examples=500, deadline=None)
-@given(st.dictionaries(st.binary(max_size=20), st.none() | st.binary(max_size=80), max_size=20))
-def test_txt_decoder_never_raises(props: dict[bytes, bytes | None]) -> None:
-    out = txt.decode_txt(props)
-    assert out is None or isinstance(out, txt.Txt)
-
-
-# ---------------------------------------------------------------- real multicast, one process
-
-
-async def _wait(cond: Callable[[], bool], limit: float = 10.0) -> None:
+async def _wait(cond: Callable[[], bool], limit: float = 15.0) -> None:
     async with asyncio.timeout(limit):
         while not cond():  # noqa: ASYNC110 - polling state another task updates
             await asyncio.sleep(0.05)
 
 
+def _make(
+    device: str,
+    port: int,
+    events: list[DiscoveryEvent] | None = None,
+    *,
+    key: bytes = KEY,
+    known: Callable[[], frozenset[str]] = lambda: frozenset({A, B, D}),
+    **kwargs: object,
+) -> Discovery:
+    sink = events if events is not None else []
+    return Discovery(
+        device_id=device,
+        port=port,
+        marker_key=key,
+        known_devices=known,
+        on_change=sink.append,
+        interfaces=LO,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _kinds(events: list[DiscoveryEvent], device: str) -> list[str]:
+    return [e.kind for e in events if e.peer.device_id == device]
+
+
 @pytest_asyncio.fixture
 async def pair() -> AsyncIterator[tuple[Discovery, Discovery, list[DiscoveryEvent]]]:
     events: list[DiscoveryEvent] = []
-    known = frozenset({A, B})
-    a = Discovery(
-        device_id=A, port=1111, marker_key=KEY, known_devices=lambda: known, on_change=events.append
-    )
-    b = Discovery(
-        device_id=B,
-        port=2222,
-        marker_key=KEY,
-        known_devices=lambda: known,
-        on_change=lambda e: None,
-    )
+    a = _make(A, 1111, events)
+    b = _make(B, 2222)
     await a.start()
     await b.start()
     try:
@@ -97,110 +74,258 @@ async def pair() -> AsyncIterator[tuple[Discovery, Discovery, list[DiscoveryEven
         await b.close()
 
 
+@pytest.fixture
+def no_errors(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.WARNING)
+    return caplog
+
+
+def _assert_no_errors(caplog: pytest.LogCaptureFixture) -> None:
+    bad = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not bad, [r.getMessage() for r in bad]
+
+
 @pytest.mark.asyncio
 async def test_peers_find_each_other_and_goodbye_removes(
-    pair: tuple[Discovery, Discovery, list[DiscoveryEvent]],
+    pair: tuple[Discovery, Discovery, list[DiscoveryEvent]], no_errors: pytest.LogCaptureFixture
 ) -> None:
     a, b, events = pair
     await _wait(lambda: a.lookup(B) is not None and b.lookup(A) is not None)
     seen = a.lookup(B)
     assert seen is not None
-    assert seen.port == 2222
-    assert seen.addresses
+    assert (seen.port, seen.addresses, seen.via) == (2222, ("127.0.0.1",), "mdns")
+    assert seen.instance == b.instance
+    assert abs(seen.last_seen - time.time()) < 60
     assert a.lookup(A) is None  # never ourselves
+    assert [p.device_id for p in a.peers()] == [B]
     await b.close()
-    await _wait(lambda: a.lookup(B) is None)
-    assert [e.kind for e in events if e.peer.device_id == B] == ["nearby", "gone"]
+    await b.close()  # idempotent
+    await _wait(lambda: a.lookup(B) is None)  # the goodbye, not a liveness timeout
+    assert _kinds(events, B) == ["nearby", "gone"]
+    _assert_no_errors(no_errors)
 
 
 @pytest.mark.asyncio
-async def test_stranger_of_another_account_is_not_listed(
+async def test_advertisement_carries_only_markers(
     pair: tuple[Discovery, Discovery, list[DiscoveryEvent]],
 ) -> None:
-    a, _b, events = pair
-    stranger = Discovery(
-        device_id=C, port=3333, marker_key=b"\x09" * 32,
-        known_devices=lambda: frozenset({C}), on_change=lambda e: None,
-    )  # fmt: skip
-    await stranger.start()
+    _a, b, _events = pair
+    day = txt.day_of(time.time())
+    marker = txt.device_marker(KEY, B, day)
+    assert b.instance == txt.instance_name(marker)
+    observer = AsyncZeroconf(interfaces=LO, ip_version=IPVersion.V4Only)
     try:
-        await _wait(lambda: a.lookup(B) is not None)
-        await asyncio.sleep(1.0)
-        assert a.lookup(C) is None
-        assert all(e.peer.device_id != C for e in events)
+        info = AsyncServiceInfo(txt.SERVICE_TYPE, b.instance)
+        assert await info.async_request(observer.zeroconf, 5000)
+        assert info.properties == {
+            b"v": b"1",
+            b"d": marker.encode(),
+            b"a": txt.account_marker(KEY, day).encode(),
+        }
+        assert info.server == txt.host_name(marker)
+        assert info.port == 2222
+        everything = f"{info.name} {info.server} {info.properties!r}".lower()
+        assert B.lower() not in everything
     finally:
-        await stranger.close()
+        await observer.async_close()
+
+
+async def _register(zc: AsyncZeroconf, name: str, props: dict[bytes, bytes], port: int) -> None:
+    info = AsyncServiceInfo(
+        txt.SERVICE_TYPE,
+        name,
+        port=port,
+        properties=props,
+        server=name.split(".")[0] + ".local.",
+        parsed_addresses=["127.0.0.1"],
+    )
+    announce = await zc.async_register_service(info, cooperating_responders=True)
+    await announce
 
 
 @pytest.mark.asyncio
-async def test_killed_peer_is_marked_gone_by_liveness() -> None:
+async def test_strangers_spoofs_and_malformed_records_are_dropped(
+    pair: tuple[Discovery, Discovery, list[DiscoveryEvent]], no_errors: pytest.LogCaptureFixture
+) -> None:
+    a, _b, events = pair
+    day = txt.day_of(time.time())
+    account = txt.account_marker(KEY, day).encode()
+    stranger = _make(C, 3333, key=b"\x09" * 32, known=lambda: frozenset({C}))
+    await stranger.start()
+    raw = AsyncZeroconf(interfaces=LO, ip_version=IPVersion.V4Only)
+    try:
+        # D is a device A knows but that is not running: each of its names carries a bad TXT.
+        d_yesterday, d_today, d_tomorrow = (
+            txt.instance_name(txt.device_marker(KEY, D, day + i)) for i in (-1, 0, 1)
+        )
+        await _register(raw, d_yesterday, {b"v": b"1", b"d": b"zz" * 10, b"a": account}, 4001)
+        junk = {f"k{i}".encode(): bytes([0xFF, i]) for i in range(20)}
+        marker_today = txt.device_marker(KEY, D, day).encode()
+        await _register(raw, d_today, {**junk, b"v": b"1", b"d": marker_today, b"a": account}, 4002)
+        # A spoof: a known device's name with another device's (B's) markers and port.
+        b_marker = txt.device_marker(KEY, B, day).encode()
+        await _register(raw, d_tomorrow, {b"v": b"1", b"d": b_marker, b"a": account}, 6666)
+        # A name that is no marker of ours at all, with B's TXT copied.
+        await _register(raw, "n" * 10 + "." + txt.SERVICE_TYPE, {b"v": b"1", b"d": b_marker}, 6667)
+        await _wait(lambda: a.lookup(B) is not None)
+        await asyncio.sleep(1.5)  # time for every advertisement to be resolved (or not)
+        seen = a.lookup(B)
+        assert seen is not None
+        assert seen.port == 2222
+        assert [p.device_id for p in a.peers()] == [B]
+        assert {e.peer.device_id for e in events} == {B}
+        assert all(e.peer.port == 2222 for e in events)
+        assert stranger.lookup(A) is None  # they do not see us either
+    finally:
+        await raw.async_close()
+        await stranger.close()
+    _assert_no_errors(no_errors)
+
+
+@pytest.mark.asyncio
+async def test_update_port_is_seen_by_peers(
+    pair: tuple[Discovery, Discovery, list[DiscoveryEvent]],
+) -> None:
+    a, b, events = pair
+    await _wait(lambda: a.lookup(B) is not None)
+    await b.update_port(2223)
+    await _wait(lambda: (seen := a.lookup(B)) is not None and seen.port == 2223)
+    assert [e.peer.port for e in events if e.peer.device_id == B] == [2222, 2223]
+    with pytest.raises(ValueError, match="port"):
+        await b.update_port(0)
+
+
+@pytest.mark.asyncio
+async def test_day_rotation_keeps_peers_without_a_gap(no_errors: pytest.LogCaptureFixture) -> None:
     events: list[DiscoveryEvent] = []
-    a = Discovery(
-        device_id=A, port=1111, marker_key=KEY, known_devices=lambda: frozenset({A, B}),
-        on_change=events.append, liveness_interval=0.5,
+    offset = [0.0]
+    a = _make(A, 1111, events)
+    b = _make(B, 2222, clock=lambda: time.time() + offset[0], interface_poll=3600)
+    await a.start()
+    await b.start()
+    try:
+        await _wait(lambda: a.lookup(B) is not None)
+        old = b.instance
+        offset[0] = 86400.0
+        await b.refresh()
+        assert b.instance != old
+        await _wait(lambda: (seen := a.lookup(B)) is not None and seen.instance == b.instance)
+        await asyncio.sleep(1.0)  # the old name's goodbye has been processed
+        assert a.lookup(B) is not None
+        assert _kinds(events, B) == ["nearby"]
+    finally:
+        await a.close()
+        await b.close()
+    _assert_no_errors(no_errors)
+
+
+@pytest.mark.asyncio
+async def test_known_devices_are_read_live() -> None:
+    known: set[str] = {A}
+    a = _make(A, 1111, known=lambda: frozenset(known))
+    b = _make(B, 2222)
+    await a.start()
+    await b.start()
+    try:
+        await _wait(lambda: b.lookup(A) is not None)  # A's advertisement is out and resolved
+        await asyncio.sleep(0.5)
+        assert a.lookup(B) is None  # B is not (yet) one of ours
+        known.add(B)  # paired meanwhile: the cached advertisement is resolved now
+        await _wait(lambda: a.lookup(B) is not None)
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.asyncio
+async def test_unicast_peer_found_by_the_callers_probe() -> None:
+    events: list[DiscoveryEvent] = []
+    asked: list[tuple[str, int]] = []
+
+    async def hello(host: str, port: int) -> str | None:
+        asked.append((host, port))
+        return {4999: B, 4998: C}.get(port)  # C is not one of ours
+
+    a = _make(
+        A, 1111, events, unicast_peers=["127.0.0.1:4999", "127.0.0.1:4998", "not a host:1"],
+        unicast_probe=hello, unicast_interval=0.2,
     )  # fmt: skip
     await a.start()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, PEER, B, "45999", KEY.hex(), f"{A},{B}",
-        stdout=asyncio.subprocess.DEVNULL, cwd=ROOT,
-    )  # fmt: skip
     try:
-        await _wait(lambda: a.lookup(B) is not None, 15)
-        proc.kill()  # no goodbye: caches would keep it for minutes
-        await proc.wait()
-        await _wait(lambda: a.lookup(B) is None, 15)
-        assert [e.kind for e in events] == ["nearby", "gone"]
+        await _wait(lambda: a.lookup(B) is not None)
+        assert a.lookup(B) == PeerSighting(
+            B, ("127.0.0.1",), 4999, a.peers()[0].last_seen, via="unicast"
+        )
+        await _wait(lambda: ("127.0.0.1", 4998) in asked)
+        assert a.lookup(C) is None
+        assert {e.peer.device_id for e in events} == {B}
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
         await a.close()
 
 
-# ---------------------------------------------------------------- the lab: two hosts
+def test_parse_unicast_peer() -> None:
+    assert parse_unicast_peer("192.0.2.7") == ("192.0.2.7", 5353)
+    assert parse_unicast_peer("192.0.2.7:4500") == ("192.0.2.7", 4500)
+    assert parse_unicast_peer("laptop.lan:4500") == ("laptop.lan", 4500)
+    assert parse_unicast_peer("[fd00::1]:4500") == ("fd00::1", 4500)
+    assert parse_unicast_peer("[fd00::1]") == ("fd00::1", 5353)
+    assert parse_unicast_peer("fd00::1") == ("fd00::1", 5353)
+    for bad in ("", "host:0", "host:70000", "host:x", "[fd00::1", "[fd00::1]x", "a b:1", "\x00:1"):
+        assert parse_unicast_peer(bad) is None, bad
 
 
-def _events(proc: subprocess.Popen[str], want: str, timeout: float = 15.0) -> bool:
-    """Read JSON lines until one of kind ``want`` arrives (False on timeout)."""
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
-            break
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if json.loads(line)["kind"] == want:
-            return True
-    return False
+@pytest.mark.asyncio
+async def test_close_before_start_and_start_twice() -> None:
+    d = _make(A, 1111)
+    await d.close()
+    with pytest.raises(RuntimeError):
+        await d.start()
+    e = _make(A, 1111)
+    await e.start()
+    try:
+        with pytest.raises(RuntimeError):
+            await e.start()
+    finally:
+        await e.close()
+    with pytest.raises(ValueError, match="port"):
+        _make(A, 0)
 
 
-def _peer(host: Host, me: str, unicast: str = "") -> subprocess.Popen[str]:
-    argv = [sys.executable, PEER, me, "4500", KEY.hex(), f"{A},{B}", unicast]
-    proc: subprocess.Popen[str] = host.popen(argv, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    assert _events(proc, "started")
-    return proc
+@pytest.mark.asyncio
+async def test_liveness_keeps_the_living_and_drops_the_killed(
+    no_errors: pytest.LogCaptureFixture,
+) -> None:
+    events: list[DiscoveryEvent] = []
+    a = _make(A, 1111, events, liveness=FAST)
+    await a.start()
 
+    async def peer() -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, PEER, B, "45999", KEY.hex(), f"{A},{B}", "--interface", "127.0.0.1",
+            stdout=asyncio.subprocess.DEVNULL, cwd=ROOT,
+        )  # fmt: skip
+        procs.append(proc)
+        return proc
 
-@pytest.mark.lab
-def test_lab_discovery_over_real_multicast(lab: Lab) -> None:
-    h0, h1 = lab.hosts
-    p0 = _peer(h0, A)
-    _peer(h1, B)
-    assert _events(p0, "nearby")
-
-
-@pytest.mark.lab
-def test_lab_multicast_blocked_then_unicast_peers(lab: Lab) -> None:
-    h0, h1 = lab.hosts
-    h0.block_multicast()
-    h1.block_multicast()
-    p0 = _peer(h0, A)
-    _peer(h1, B)
-    assert not _events(p0, "nearby", timeout=4)
-    p0.kill()  # one responder per host on port 5353, so unicast answers reach the new one
-    p0.wait(timeout=10)
-    p0u = _peer(h0, A, unicast=h1.address)
-    assert _events(p0u, "nearby")
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        proc = await peer()
+        await _wait(lambda: a.lookup(B) is not None)
+        # Alive: many stale periods pass, every check is answered over mDNS.
+        await asyncio.sleep(8 * FAST.stale_after)
+        assert _kinds(events, B) == ["nearby"]
+        proc.send_signal(signal.SIGKILL)  # no goodbye: caches would keep it for minutes
+        await proc.wait()
+        await _wait(lambda: a.lookup(B) is None)
+        assert _kinds(events, B) == ["nearby", "gone"]
+        # It comes back under the same (cached) name: found again.
+        await peer()
+        await _wait(lambda: a.lookup(B) is not None)
+        assert _kinds(events, B) == ["nearby", "gone", "nearby"]
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.send_signal(signal.SIGKILL)
+                await p.wait()
+        await a.close()
+    _assert_no_errors(no_errors)

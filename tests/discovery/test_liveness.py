@@ -18,7 +18,7 @@ def test_fresh_peer_is_not_checked_until_stale() -> None:
     assert live.due(9.9) == []
     assert live.due(10) == ["p"]
     assert live.due(11) == []  # being checked already
-    assert live.checked("p", True, 11) == "alive"
+    assert live.checked("p", 11, ok=True) == "alive"
     assert live.due(20) == []
     assert live.due(21) == ["p"]
 
@@ -27,15 +27,15 @@ def test_heard_resets_the_clock_and_misses() -> None:
     live = Liveness(POLICY)
     live.heard("p", 0)
     assert live.due(10) == ["p"]
-    assert live.checked("p", False, 11) == "pending"
+    assert live.checked("p", 11, ok=False) == "pending"
     assert live.due(11.5) == []
     assert live.due(12) == ["p"]
     assert live.heard("p", 12.5) == "alive"
-    assert live.checked("p", False, 13) == "pending"  # a miss after being heard starts over
+    assert live.checked("p", 13, ok=False) == "pending"  # a miss after being heard starts over
     assert live.due(14) == ["p"]
-    assert live.checked("p", False, 15) == "pending"
+    assert live.checked("p", 15, ok=False) == "pending"
     assert live.due(16) == ["p"]
-    assert live.checked("p", False, 17) == "gone"
+    assert live.checked("p", 17, ok=False) == "gone"
 
 
 def test_misses_make_gone_within_the_bound_then_rechecks_and_revives() -> None:
@@ -46,12 +46,12 @@ def test_misses_make_gone_within_the_bound_then_rechecks_and_revives() -> None:
         now += 0.5
         for key in live.due(now):
             now += POLICY.check_timeout
-            verdict = live.checked(key, False, now)
+            verdict = live.checked(key, now, ok=False)
     assert now <= POLICY.gone_within() + 0.5
     assert live.is_lost("p")
     assert live.due(now + 29) == []
     assert live.due(now + 30) == ["p"]
-    assert live.checked("p", False, now + 31) == "pending"
+    assert live.checked("p", now + 31, ok=False) == "pending"
     assert live.is_lost("p")
     assert live.heard("p", now + 40) == "revived"
     assert not live.is_lost("p")
@@ -63,28 +63,28 @@ def test_a_lost_peer_answering_a_check_is_revived() -> None:
     live.heard("p", 0)
     for t in (10, 12, 14):
         assert live.due(t) == ["p"]
-        live.checked("p", False, t + 1)
+        live.checked("p", t + 1, ok=False)
     assert live.is_lost("p")
     assert live.due(45) == ["p"]
-    assert live.checked("p", True, 46) == "revived"
+    assert live.checked("p", 46, ok=True) == "revived"
 
 
 def test_lost_peers_are_forgotten_after_a_while() -> None:
     live = Liveness(POLICY)
     live.heard("p", 0)
-    for t in (10, 12, 14):
+    for t in (10.0, 12.0, 14.0):
         live.due(t)
-        live.checked("p", False, t + 1)
+        live.checked("p", t + 1, ok=False)
     t = 15.0
     verdict = "pending"
     while verdict == "pending":
         t += POLICY.lost_recheck
         assert live.due(t) == ["p"]
-        verdict = live.checked("p", False, t)
+        verdict = live.checked("p", t, ok=False)
     assert verdict == "forgotten"
     assert t >= POLICY.forget_after
     assert "p" not in live
-    assert live.checked("p", False, t) == "forgotten"
+    assert live.checked("p", t, ok=False) == "forgotten"
     assert live.next_due() is None
 
 

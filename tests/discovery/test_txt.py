@@ -90,7 +90,9 @@ def _raw(*entries: bytes) -> bytes:
 
 
 def test_parse_txt_record_follows_rfc6763() -> None:
-    raw = _raw(b"v=1", b"D=" + b"a" * 20, b"d=ignored", b"", b"flag", b"=novalue", b"a=" + b"b" * 16)
+    raw = _raw(
+        b"v=1", b"D=" + b"a" * 20, b"d=ignored", b"", b"flag", b"=novalue", b"a=" + b"b" * 16
+    )
     props = txt.parse_txt_record(raw)
     assert props == {b"v": b"1", b"d": b"a" * 20, b"flag": None, b"a": b"b" * 16}
     assert props is not None
