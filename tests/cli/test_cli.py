@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from handoffd import cli
 from handoffd.cli import clean, table
 from tests.daemon.helpers import DaemonProcess
 from tests.server.helpers import ServerProcess, cli_invite, create_account
@@ -100,3 +104,64 @@ def test_table_and_clean() -> None:
     out = table([("x", 1), ("long name", 22)], ("NAME", "N"))
     assert out.splitlines()[0] == "NAME       N"
     assert out.splitlines()[2] == "long name  22"
+
+
+def _one_error_line(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 1, done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("handoff: ")
+    return lines[0]
+
+
+def test_errors_settings_and_empty_listings(daemons: Callable[..., DaemonProcess]) -> None:
+    d = daemons("a").start()
+    assert "not paired" in _one_error_line(handoff(d.home, "invite"))
+    assert "no device 'nosuch'" in _one_error_line(handoff(d.home, "revoke", "nosuch"))
+    assert "no invite on stdin" in _one_error_line(handoff(d.home, "pair", "-", stdin=""))
+    no_server = _one_error_line(handoff(d.home, "pair", "-", stdin="K7QF-2M9X-HT4P\n"))
+    assert "needs the server URL" in no_server
+
+    # Values take the type of the setting; the daemon validates the rest.
+    assert handoff(d.home, "settings", "inbox_ttl", "3600").returncode == 0
+    assert handoff(d.home, "settings", "accept_types", "message, url").returncode == 0
+    assert handoff(d.home, "settings", "device_name", "1234").returncode == 0
+    got = json.loads(handoff(d.home, "settings", "--json").stdout)
+    assert got["inbox_ttl"] == 3600
+    assert got["accept_types"] == ["message", "url"]
+    assert got["device_name"] == "1234"
+    assert "whole number" in _one_error_line(handoff(d.home, "settings", "inbox_ttl", "soon"))
+    refused = _one_error_line(handoff(d.home, "settings", "device_name", "evil\x1b[2J"))
+    assert "control characters" in refused
+    assert "\x1b" not in refused
+    listing = handoff(d.home, "settings", "accept_types")
+    assert listing.stdout == "accept_types = message,url\n"
+
+    inbox = handoff(d.home, "inbox")
+    assert inbox.returncode == 0, inbox.stderr
+    assert inbox.stdout.split() == ["ID", "APP", "TITLE", "FROM", "STATE", "ITEMS", "RECEIVED"]
+    assert json.loads(handoff(d.home, "inbox", "--json").stdout) == []
+    assert "1234 (" in handoff(d.home, "status").stdout
+
+
+def test_home_from_the_environment(daemons: Callable[..., DaemonProcess]) -> None:
+    d = daemons("a").start()
+    done = subprocess.run(
+        [sys.executable, "-m", "handoffd.cli", "status", "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "HANDOFF_HOME": str(d.home)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["paired"] is False
+
+
+def test_subcommand_modules_register_commands(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("tests.cli.plugin_example",))
+    assert cli.main(["hello", "world"]) == 0
+    assert capsys.readouterr().out == "hello world\n"
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ())
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["hello", "world"])
+    assert exc.value.code == 2  # a usage error without the module

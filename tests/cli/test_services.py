@@ -7,12 +7,14 @@ import plistlib
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
 from handoffd import service
+from tests.daemon.helpers import DaemonProcess
+from tests.server.helpers import READY_PREFIX, cli_invite, create_account
 
 ROOT = Path(__file__).resolve().parents[2]
 USER_UNIT = "handoffd.service"
@@ -297,3 +299,65 @@ def test_cli_install_no_enable_and_dry_run(tmp_path: Path) -> None:
     )  # fmt: skip
     assert with_home.returncode == 1
     assert "drop --home" in with_home.stderr
+
+
+# PR_SET_MDWE (Linux >= 6.3) is the kernel's own MemoryDenyWriteExecute: mappings
+# cannot be writable and executable, nor become executable. It is inherited
+# across fork and exec, so the programs below run under it.
+MDWE_EXEC = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+    sys.exit(f"PR_SET_MDWE failed: {os.strerror(ctypes.get_errno())}")
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+"""
+
+
+def test_daemon_stack_needs_write_execute_memory() -> None:
+    # Why the user unit has no MemoryDenyWriteExecute: aiortc's DTLS sets a
+    # pyOpenSSL verify callback, an ffi.callback() that needs W+X memory.
+    probe = (
+        "from OpenSSL import SSL\n"
+        "SSL.Context(SSL.DTLS_METHOD).set_verify(SSL.VERIFY_PEER, lambda *a: True)\n"
+    )
+    plain = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, timeout=60, check=False
+    )
+    assert plain.returncode == 0, plain.stderr
+    done = subprocess.run(
+        [sys.executable, "-c", MDWE_EXEC, "-c", probe],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "write+execute memory" in done.stderr
+
+
+def test_server_serves_and_pairs_under_memory_deny_write_execute(
+    daemons: Callable[..., DaemonProcess], short_dir: Path
+) -> None:
+    data = short_dir / "srv"
+    log = short_dir / "srv.log"
+    argv = [sys.executable, "-c", MDWE_EXEC, "-m", "handoffd.server.cli", "serve",
+            "--data", str(data), "--listen", "127.0.0.1:0"]  # fmt: skip
+    with log.open("w") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith(READY_PREFIX), log.read_text()
+        create_account(data, "mdwe")  # Argon2, SQLite: outside the MDWE process, same store
+        url, _code = cli_invite(data, "mdwe")
+        d = daemons("a").start()
+        # Joining exercises the server's TLS, CSR checks, certificate signing, signed requests.
+        done = subprocess.run(
+            [sys.executable, "-m", "handoffd.cli", "--home", str(d.home), "pair", "-"],
+            input=url + "\n", capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr + log.read_text()
+        assert proc.poll() is None, log.read_text()
+        assert "write+execute" not in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
