@@ -168,9 +168,10 @@ def plan(home: Path, platform: str = sys.platform, uid: int | None = None) -> Pl
             template=f"{LABEL}.plist",
             enable=(
                 Step(("launchctl", "enable", f"{domain}/{LABEL}"), optional=True),
+                bootout,  # bootstrap refuses a loaded job: unload the old one first
                 Step(("launchctl", "bootstrap", domain, str(path))),
             ),
-            restart=(bootout,),  # bootstrap after bootout loads the new file
+            restart=(),
             disable=(bootout,),
             status=("launchctl", "print", f"{domain}/{LABEL}"),
             make_dirs=(home / "Library" / "Logs" / "handoffd",),
