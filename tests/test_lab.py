@@ -286,8 +286,9 @@ def test_nothing_remains_after_close() -> None:
 
 
 CHILD = """
-import sys, time
+import signal, sys, time
 from subprocess import DEVNULL
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
 sys.path.insert(0, {root!r})
 from tests.lab import Lab
 lab = Lab.create(2)

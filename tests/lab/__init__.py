@@ -137,14 +137,14 @@ def probe() -> str | None:
             return f"the network lab needs `{tool}` (iproute2 / nftables)"
     ns = f"{_new_name()}-probe"
     try:
+        tbf = ["tbf", "rate", "1mbit", "burst", "16kb", "latency", "50ms"]
         steps: list[tuple[str, list[str]]] = [
             ("ip netns", ["ip", "netns", "add", ns]),
             ("veth", ["ip", "-n", ns, "link", "add", "p0", "type", "veth", "peer", "name", "p1"]),
             ("bridge", ["ip", "-n", ns, "link", "add", "b0", "type", "bridge"]),
             ("nftables", ["ip", "netns", "exec", ns, "nft", "add", "table", "inet", "probe"]),
-            ("tc tbf", ["tc", "-n", ns, "qdisc", "add", "dev", "p0", "root", "tbf", "rate",
-                        "1mbit", "burst", "16kb", "latency", "50ms"]),
-        ]  # fmt: skip
+            ("tc tbf", ["tc", "-n", ns, "qdisc", "add", "dev", "p0", "root", *tbf]),
+        ]
         for what, argv in steps:
             try:
                 sh(*argv)
@@ -424,8 +424,8 @@ class Lab:
             batch = []
             for s in range(subnets):
                 self._veth(f"p-r{s}", f"br{s}", rt, f"eth{s}")
-                batch += [f"addr add {self.subnet_address(s, 254)}/24 dev eth{s}",
-                          f"link set eth{s} up"]  # fmt: skip
+                batch.append(f"addr add {self.subnet_address(s, 254)}/24 dev eth{s}")
+                batch.append(f"link set eth{s} up")
             sh("ip", "-n", rt, "-batch", "-", stdin="\n".join(batch) + "\n")
             sh("ip", "netns", "exec", rt, "sysctl", "-qw", "net.ipv4.ip_forward=1")
             self.router = Host(self, "router", rt, self.subnet_address(0, 254))
@@ -743,8 +743,6 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     if callable(prev):
         prev(signum, frame)  # SIGINT: raises KeyboardInterrupt
         return
-    if prev == signal.SIG_IGN:
-        return
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
 
@@ -756,5 +754,8 @@ def _install_handlers() -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     for sig in _HANDLED:
-        _previous[sig] = signal.getsignal(sig)
+        prev = signal.getsignal(sig)
+        if prev == signal.SIG_IGN:
+            continue  # whoever started us wants it ignored (e.g. SIGINT in a background job)
+        _previous[sig] = prev
         signal.signal(sig, _on_signal)
