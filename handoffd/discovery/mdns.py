@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 import ifaddr
 from zeroconf import (
+    DNSQuestionType,
     IPVersion,
     RecordUpdate,
     RecordUpdateListener,
@@ -82,6 +83,8 @@ UNICAST_INTERVAL = 5.0
 UNICAST_WAIT = 1.0
 MAX_UNICAST_PACKETS = 16
 TICK = 0.5
+
+QM = DNSQuestionType.QM
 
 Via = Literal["mdns", "unicast"]
 
@@ -363,7 +366,11 @@ class Discovery:
             announce = await azc.async_register_service(info, cooperating_responders=True)
         self._info = self._registered = info
         self._spawn(self._announced(announce))
-        self._browser = AsyncServiceBrowser(azc.zeroconf, SERVICE_TYPE, handlers=[self._on_state])
+        # QM, not zeroconf's default QU first query: a unicast answer to port 5353 reaches
+        # only one of the sockets bound there (another daemon, avahi), costing ~1 s.
+        self._browser = AsyncServiceBrowser(
+            azc.zeroconf, SERVICE_TYPE, handlers=[self._on_state], question_type=QM
+        )
 
     async def _announced(self, announce: Awaitable[Any]) -> None:
         await announce
@@ -539,7 +546,7 @@ class Discovery:
             if azc is None:
                 return
             info = AsyncServiceInfo(SERVICE_TYPE, name)
-            if not await info.async_request(azc.zeroconf, RESOLVE_TIMEOUT_MS):
+            if not await info.async_request(azc.zeroconf, RESOLVE_TIMEOUT_MS, question_type=QM):
                 return
             addresses = tuple(sorted(info.parsed_addresses(IPVersion.V4Only)))
             props = dict(info.properties)
