@@ -125,15 +125,20 @@ async def tcp_probe(peer: PeerSighting) -> bool:
     return False
 
 
+def all_ipv4_addresses() -> frozenset[str]:
+    """Every IPv4 address of this host, loopback included."""
+    return frozenset(
+        ip.ip for adapter in ifaddr.get_adapters() for ip in adapter.ips if isinstance(ip.ip, str)
+    )
+
+
 def local_addresses() -> frozenset[str]:
-    """This host's IPv4 addresses other than loopback and link-local."""
+    """This host's IPv4 addresses other than loopback and link-local (what we advertise)."""
     found = set()
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            if isinstance(ip.ip, str):
-                addr = ipaddress.IPv4Address(ip.ip)
-                if not (addr.is_loopback or addr.is_link_local):
-                    found.add(str(addr))
+    for text in all_ipv4_addresses():
+        addr = ipaddress.IPv4Address(text)
+        if not (addr.is_loopback or addr.is_link_local):
+            found.add(text)
     return frozenset(found)
 
 
@@ -328,11 +333,7 @@ class Discovery:
         if self._started or self._closed:
             raise RuntimeError("Discovery.start() called twice or after close()")
         self._started = True
-        try:
-            await self._start_zeroconf()
-        except BaseException:
-            await self._stop_zeroconf()
-            raise
+        await self._try_start_zeroconf()
         self._loops.append(asyncio.create_task(self._liveness_loop(), name="mdns-liveness"))
         self._loops.append(asyncio.create_task(self._maintenance_loop(), name="mdns-maintenance"))
         if self._unicast:
@@ -350,11 +351,36 @@ class Discovery:
             await asyncio.wait(tasks)
         await self._stop_zeroconf()
 
+    async def _try_start_zeroconf(self) -> None:
+        """Start the responder; on failure (no usable interface yet) clean up and log.
+
+        The maintenance loop retries, so a device that boots without a network
+        starts advertising once one appears.
+        """
+        try:
+            await self._start_zeroconf()
+        except asyncio.CancelledError:
+            await self._stop_zeroconf()
+            raise
+        except Exception:
+            logger.warning(
+                "mDNS not started (retrying every %g s)", self._interface_poll, exc_info=True
+            )
+            await self._stop_zeroconf()
+
     async def _start_zeroconf(self) -> None:
         kwargs: dict[str, Any] = {"ip_version": IPVersion.V4Only}
+        # zeroconf leaks its listen socket when its constructor fails on a missing
+        # interface, so refuse those cases before constructing it.
+        present = all_ipv4_addresses()
         if self._interfaces is None:
+            if not present:
+                raise OSError("no IPv4 interface")
             self._addresses = local_addresses()
         else:
+            missing = [a for a in self._interfaces if a not in present]
+            if missing:
+                raise OSError(f"interfaces not on this host: {', '.join(missing)}")
             kwargs["interfaces"] = self._interfaces
             self._addresses = frozenset(a for a in self._interfaces if _is_ipv4(a))
         azc = AsyncZeroconf(**kwargs)
@@ -393,7 +419,7 @@ class Discovery:
         except Exception:
             logger.warning("mDNS goodbye not sent", exc_info=True)
         finally:
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError, KeyError):
                 azc.zeroconf.async_remove_listener(self._listener)
             try:
                 async with asyncio.timeout(CLOSE_TIMEOUT):
@@ -446,8 +472,11 @@ class Discovery:
     async def refresh(self) -> None:
         """Follow address changes and the day's marker rotation (the maintenance loop calls this)."""
         async with self._lock:
+            if self._closed:
+                return
             azc = self._zc
-            if azc is None or self._closed:
+            if azc is None:
+                await self._try_start_zeroconf()
                 return
             changed = False
             if self._interfaces is None:
@@ -499,7 +528,7 @@ class Discovery:
     async def _restart(self) -> None:
         await self._stop_zeroconf()
         if not self._closed:
-            await self._start_zeroconf()
+            await self._try_start_zeroconf()
 
     # ------------------------------------------------------------ browsing
 

@@ -45,13 +45,13 @@ def _make(
     **kwargs: object,
 ) -> Discovery:
     sink = events if events is not None else []
+    kwargs.setdefault("interfaces", LO)
     return Discovery(
         device_id=device,
         port=port,
         marker_key=key,
         known_devices=known,
         on_change=sink.append,
-        interfaces=LO,
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -329,3 +329,18 @@ async def test_liveness_keeps_the_living_and_drops_the_killed(
                 await p.wait()
         await a.close()
     _assert_no_errors(no_errors)
+
+
+@pytest.mark.asyncio
+async def test_start_without_a_usable_interface_retries_instead_of_raising(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="handoffd.discovery")
+    d = _make(A, 1111, interfaces=["198.51.100.1"], interface_poll=0.2)  # not on this host
+    await d.start()
+    try:
+        await _wait(lambda: sum("mDNS not started" in r.getMessage() for r in caplog.records) >= 2)
+        assert d.peers() == []
+        assert d.instance == ""
+    finally:
+        await d.close()
