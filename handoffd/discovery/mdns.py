@@ -386,11 +386,13 @@ class Discovery:
         azc = AsyncZeroconf(**kwargs)
         self._zc = azc
         azc.zeroconf.async_add_listener(self._listener, None)
-        info = self._service_info(day_of(self._clock()))
+        day = day_of(self._clock())
+        info = self._service_info(day)
         # A per-device marker cannot collide, so no probe: startup does not wait ~1.7 s.
         async with asyncio.timeout(START_TIMEOUT):
             announce = await azc.async_register_service(info, cooperating_responders=True)
         self._info = self._registered = info
+        self._day = day
         self._spawn(self._announced(announce))
         # QM, not zeroconf's default QU first query: a unicast answer to port 5353 reaches
         # only one of the sockets bound there (another daemon, avahi), costing ~1 s.
@@ -444,7 +446,6 @@ class Discovery:
     # ------------------------------------------------------------ advertisement
 
     def _service_info(self, day: int) -> AsyncServiceInfo:
-        self._day = day
         marker = device_marker(self._key, self.device_id, day)
         txt = Txt(version=VERSION, device=marker, account=account_marker(self._key, day))
         return AsyncServiceInfo(
@@ -514,6 +515,7 @@ class Discovery:
         info = self._service_info(day)
         announce = await azc.async_register_service(info, cooperating_responders=True)
         self._info = self._registered = info
+        self._day = day
         # Peers must hold the new name before the old one's goodbye, or they flicker gone.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(GOODBYE_TIMEOUT):
@@ -547,7 +549,7 @@ class Discovery:
             if state_change is ServiceStateChange.Removed:
                 for table in (self._peers, self._lost):
                     for device_id, peer in list(table.items()):
-                        if peer.instance == name:
+                        if peer.instance.lower() == name.lower():
                             self._gone(device_id, forget=True)
                 return
             marker = marker_of(name)
