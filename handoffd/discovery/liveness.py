@@ -83,7 +83,7 @@ class Liveness:
                 out.append(key)
         return out
 
-    def checked(self, key: str, ok: bool, now: float) -> Verdict:
+    def checked(self, key: str, now: float, *, ok: bool) -> Verdict:
         """The result of a check of ``key``."""
         state = self._peers.get(key)
         if state is None:
