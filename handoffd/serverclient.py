@@ -13,6 +13,11 @@ the server's own code for a refused request (``invite-used``,
 ``device-revoked``, ...), or ``server-fingerprint-mismatch``,
 ``server-unreachable``, ``server-bad-response``, ``server-offline``,
 ``not-paired`` for what happens on this side.
+
+Relay (docs/relay.md): ``ServerLink.open_relay`` asks for a relay session
+(a ``RelayTicket``), the target learns of it through ``on_relay``, and each
+side opens the byte stream with ``ServerClient.relay_stream`` (a dedicated
+WebSocket per stream, so a big transfer never blocks presence or signaling).
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ __all__ = [
     "DeviceRecord",
     "Invite",
     "JoinResult",
+    "RelayStream",
+    "RelayTicket",
     "ServerClient",
     "ServerLink",
     "parse_invite",
@@ -54,6 +61,7 @@ logger = logging.getLogger("handoffd.serverclient")
 MAX_RESPONSE = 1024 * 1024
 MAX_WS_MESSAGE = 512 * 1024
 MAX_SIGNAL = 256 * 1024
+MAX_RELAY_FRAME = 128 * 1024
 HEARTBEAT = 20.0
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 30.0
@@ -101,6 +109,17 @@ class DeviceRecord:
     created_at: float
     last_seen: float | None
     online: bool
+
+
+@dataclass(frozen=True)
+class RelayTicket:
+    """A relay session this device may join once: ``peer`` is the other device."""
+
+    session: str
+    token: str
+    peer: str
+    expires_in: float
+    initiator: bool
 
 
 def _bad_response(what: str) -> ServerError:
@@ -355,19 +374,197 @@ class ServerClient:
         on_signal: Callable[[str, bytes], None],
         *,
         on_error: Callable[[ServerError], None] | None = None,
+        on_relay: Callable[[RelayTicket], None] | None = None,
     ) -> ServerLink:
-        """The device's WebSocket (not yet started: ``await link.start()``)."""
+        """The device's WebSocket (not yet started: ``await link.start()``).
+
+        ``on_relay`` gets the relay sessions other devices open to this one
+        (join with ``relay_stream``, or decline with ``ServerLink.close_relay``).
+        """
         key, _ = self._require_device()
-        return ServerLink(self, key, on_presence, on_signal, on_error)
+        return ServerLink(self, key, on_presence, on_signal, on_error, on_relay)
+
+    async def relays(self) -> dict[str, int]:
+        """``GET /v1/relays``: the account's relay sessions ``{pending, active, opened}``."""
+        result = await self._request("GET", "/v1/relays", signed=True)
+        return {k: int(_field(result, k, int)) for k in ("pending", "active", "opened")}
+
+    async def relay_stream(
+        self, ticket: RelayTicket, *, deadline: float | None = None
+    ) -> RelayStream:
+        """Join ``ticket``'s session on ``/v1/relay``; returns once both sides are in.
+
+        ServerError with the server's code (``relay-unknown``, ``relay-forbidden``,
+        ``relay-token-used``, ``relay-peer-absent``, ...), or ``server-*``.
+        """
+        key, _ = self._require_device()
+        device_id = identity.device_id_for(key.public_key())
+        session = self._get_session()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout if deadline is None else deadline
+        try:
+            async with asyncio.timeout_at(deadline):
+                ws = await session.ws_connect(
+                    self._ws_url("/v1/relay"),
+                    ssl=self._ssl,
+                    heartbeat=None,
+                    max_msg_size=MAX_RELAY_FRAME,
+                    autoping=True,
+                    compress=0,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0),
+                )
+        except aiohttp.ServerFingerprintMismatch:
+            raise ServerError(
+                "the server's TLS certificate does not match the pinned fingerprint",
+                code="server-fingerprint-mismatch",
+            ) from None
+        except aiohttp.WSServerHandshakeError as exc:
+            code = "rate-limited" if exc.status == 429 else "server-ws-refused"
+            raise ServerError(f"relay refused with HTTP {exc.status}", code=code) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ServerError(
+                f"cannot reach {self._url}: {type(exc).__name__}", code="server-unreachable"
+            ) from exc
+        except TimeoutError:
+            raise ServerError("relay connect timed out", code="server-unreachable") from None
+        stream = RelayStream(ws, ticket)
+        try:
+            async with asyncio.timeout_at(deadline):
+                challenge_msg = await stream._control()
+                if challenge_msg.get("type") != "challenge" or not isinstance(
+                    challenge_msg.get("nonce"), str
+                ):
+                    raise _bad_response("relay challenge")
+                try:
+                    challenge = auth.b64d(challenge_msg["nonce"], max_len=64)
+                except ValueError:
+                    raise _bad_response("relay challenge") from None
+                await ws.send_str(
+                    json.dumps(
+                        {
+                            "type": "auth",
+                            "device_id": device_id,
+                            "signature": auth.sign_ws_challenge(key, challenge),
+                            "session": ticket.session,
+                            "token": ticket.token,
+                        }
+                    )
+                )
+                joined = await stream._control()
+                if joined.get("type") != "relay-joined" or joined.get("peer") != ticket.peer:
+                    raise _bad_response("relay join answer")
+                started = await stream._control()
+                if started.get("type") != "relay-start":
+                    raise _bad_response("relay start")
+        except TimeoutError:
+            await stream.close()
+            raise ServerError(
+                "the relay session did not start in time", code="relay-timeout"
+            ) from None
+        except (aiohttp.ClientError, ConnectionError, OSError) as exc:
+            await stream.close()
+            raise ServerError("lost the relay connection", code="relay-lost") from exc
+        except BaseException:
+            await stream.close()
+            raise
+        return stream
 
     # for ServerLink
-    def _ws_url(self) -> yarl.URL:
+    def _ws_url(self, path: str = "/v1/ws") -> yarl.URL:
         base = (
             "wss" + self._url[len("https") :]
             if self._url.startswith("https:")
             else ("ws" + self._url[len("http") :])
         )
-        return yarl.URL(base + "/v1/ws", encoded=True)
+        return yarl.URL(base + path, encoded=True)
+
+
+class RelayStream:
+    """One side of a started relay session: opaque binary messages both ways.
+
+    ``recv`` returns None once the stream ended; ``error`` then holds the
+    server's reason (``relay-peer-closed``, ``relay-idle-timeout``,
+    ``relay-byte-quota``, ...) or ``relay-lost``.
+    """
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, ticket: RelayTicket) -> None:
+        self._ws = ws
+        self.ticket = ticket
+        self.error: ServerError | None = None
+        self.stall_timeout = 60.0
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once the stream ended or was closed."""
+        return self._closed or self._ws.closed
+
+    async def _control(self) -> dict[str, Any]:
+        """The next control message before the start (server errors raised)."""
+        msg = await self._ws.receive()
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            raise self._ended(msg) or ServerError("relay closed", code="relay-lost")
+        data = _json_object(msg.data, "relay message")
+        if data.get("type") == "error":
+            raise _server_error(data)
+        return data
+
+    def _ended(self, msg: aiohttp.WSMessage) -> ServerError | None:
+        if msg.type in (
+            aiohttp.WSMsgType.CLOSE,
+            aiohttp.WSMsgType.CLOSING,
+            aiohttp.WSMsgType.CLOSED,
+            aiohttp.WSMsgType.ERROR,
+        ):
+            self._closed = True
+            if self.error is None:
+                self.error = ServerError("the relay connection was lost", code="relay-lost")
+            return self.error
+        return None
+
+    async def send(self, data: bytes) -> None:
+        """Send one binary message (≤ 128 KiB); waits while the socket's buffer is full."""
+        if len(data) > MAX_RELAY_FRAME:
+            raise ServerError("relay frame is too large", code="relay-frame-too-large")
+        if self.closed:
+            raise self.error or ServerError("relay stream is closed", code="relay-lost")
+        try:
+            async with asyncio.timeout(self.stall_timeout):
+                await self._ws.send_bytes(data)
+        except TimeoutError:
+            raise ServerError("the relay stopped taking data", code="relay-send-stalled") from None
+        except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
+            self._closed = True
+            raise self.error or ServerError(
+                "the relay connection was lost", code="relay-lost"
+            ) from exc
+
+    async def recv(self) -> bytes | None:
+        """The next binary message, or None once the stream ended (see ``error``)."""
+        while True:
+            msg = await self._ws.receive()
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                data: bytes = msg.data
+                return data
+            if self._ended(msg) is not None:
+                return None
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                try:
+                    data_obj = _json_object(msg.data, "relay message")
+                except ServerError as exc:
+                    self.error = exc
+                    await self.close()
+                    return None
+                if data_obj.get("type") == "error":
+                    self.error = _server_error(data_obj)
+
+    async def close(self) -> None:
+        """Close the WebSocket (idempotent)."""
+        self._closed = True
+        if not self._ws.closed:
+            with contextlib.suppress(aiohttp.ClientError, ConnectionError, TimeoutError):
+                async with asyncio.timeout(2):
+                    await self._ws.close()
 
 
 class ServerLink:
@@ -388,6 +585,7 @@ class ServerLink:
         on_presence: Callable[[frozenset[str]], None],
         on_signal: Callable[[str, bytes], None],
         on_error: Callable[[ServerError], None] | None,
+        on_relay: Callable[[RelayTicket], None] | None = None,
     ) -> None:
         self._client = client
         self._key = key
@@ -395,6 +593,9 @@ class ServerLink:
         self._on_presence = on_presence
         self._on_signal = on_signal
         self._on_error = on_error
+        self._on_relay = on_relay
+        self._pending: dict[str, asyncio.Future[RelayTicket]] = {}
+        self._next_id = 0
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -431,6 +632,39 @@ class ServerLink:
         if len(envelope) > MAX_SIGNAL:
             raise ServerError("signal is too large", code="signal-too-large")
         await self._send({"type": "signal", "to": to_device, "data": auth.b64e(envelope)})
+
+    async def open_relay(self, to_device: str, *, deadline: float | None = None) -> RelayTicket:
+        """Ask the server for a relay session to ``to_device``; the ticket to join it.
+
+        ServerError: ``target-unavailable``, ``relay-too-many``, ``rate-limited``,
+        ``server-offline``, ``relay-timeout``.
+        """
+        to_device = identity.parse_device_id(to_device)
+        self._next_id += 1
+        ref = f"relay-{self._next_id}"
+        future: asyncio.Future[RelayTicket] = asyncio.get_running_loop().create_future()
+        self._pending[ref] = future
+        try:
+            await self._send({"type": "relay-open", "to": to_device, "id": ref})
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout_at(
+                loop.time() + self._client._timeout if deadline is None else deadline
+            ):
+                return await future
+        except TimeoutError:
+            raise ServerError("no relay ticket in time", code="relay-timeout") from None
+        finally:
+            self._pending.pop(ref, None)
+
+    async def close_relay(self, session: str) -> None:
+        """Decline or abandon a relay session not joined (best effort, never raises ServerError)."""
+        with contextlib.suppress(ServerError):
+            await self._send({"type": "relay-close", "session": session})
+
+    def _fail_pending(self, error: ServerError) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
 
     async def _send(self, message: dict[str, Any]) -> None:
         ws = self._ws
@@ -501,6 +735,7 @@ class ServerLink:
                 logger.info("server link lost error=%s", type(exc).__name__)
             finally:
                 self._ws = None
+                self._fail_pending(ServerError("lost the server connection", code="server-offline"))
             self._connected.clear()
             self._set_online(frozenset())
             if time.monotonic() - started > BACKOFF_MAX:
@@ -588,7 +823,12 @@ class ServerLink:
             exc = ServerError(str(message or "server error")[:300], code=str(code or "server")[:64])
             if exc.code in FATAL_CODES or data.get("fatal") is True:
                 raise exc
-            self._report(exc)
+            future = self._pending.get(data["ref"]) if isinstance(data.get("ref"), str) else None
+            if future is not None:
+                if not future.done():
+                    future.set_exception(exc)
+            else:
+                self._report(exc)
         return data
 
     def _handle(self, data: dict[str, Any]) -> None:
@@ -611,7 +851,38 @@ class ServerLink:
                 self._on_signal(sender, envelope)
             except Exception:
                 logger.exception("signal callback failed")
+        elif kind in ("relay-ticket", "relay-offer"):
+            self._relay_message(data)
         # "pong", "error" (reported in _receive) and unknown types are ignored.
+
+    def _relay_message(self, data: dict[str, Any]) -> None:
+        session, token, expires = data.get("session"), data.get("token"), data.get("expires_in")
+        initiator = data["type"] == "relay-ticket"
+        peer = data.get("to" if initiator else "from")
+        if not (
+            isinstance(session, str)
+            and 0 < len(session) <= 64
+            and isinstance(token, str)
+            and 0 < len(token) <= 128
+            and isinstance(peer, str)
+            and identity.is_device_id(peer)
+            and isinstance(expires, (int, float))
+        ):
+            logger.warning("malformed relay message from server")
+            return
+        ticket = RelayTicket(session, token, peer, float(expires), initiator)
+        if initiator:
+            ref = data.get("id")
+            future = self._pending.get(ref) if isinstance(ref, str) else None
+            if future is not None and not future.done():
+                future.set_result(ticket)
+            return
+        if self._on_relay is None:
+            return
+        try:
+            self._on_relay(ticket)
+        except Exception:
+            logger.exception("relay callback failed")
 
 
 async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes:
@@ -634,6 +905,23 @@ def _error_from(status: int, payload: bytes) -> ServerError:
             f"server answered HTTP {status}", code="server-bad-response", status=status
         )
     return ServerError(message, code=code, status=status)
+
+
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise _bad_response(what) from None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise _bad_response(what)
+    return data
+
+
+def _server_error(data: dict[str, Any]) -> ServerError:
+    error = data.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return ServerError(str(message or "server error")[:300], code=str(code or "server")[:64])
 
 
 def _device_record(item: Any) -> DeviceRecord:

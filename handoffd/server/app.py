@@ -27,6 +27,7 @@ from handoffd.errors import HandoffError, ServerError, StoreError
 from handoffd.server.auth import RequestVerifier
 from handoffd.server.hub import Hub
 from handoffd.server.pairing import INVITE_TTL, RateLimiter
+from handoffd.server.relay import RelayConfig, setup_relay
 from handoffd.server.store import Store
 
 logger = logging.getLogger("handoffd.server")
@@ -60,6 +61,7 @@ class ServerConfig:
     max_body: int = MAX_BODY
     revocation_poll: float = 1.0
     clock: Callable[[], float] = field(default=time.time)
+    relay: RelayConfig = field(default_factory=RelayConfig.from_env)  # relay limits
 
 
 STORE: web.AppKey[Store] = web.AppKey("handoff_store", Store)
@@ -164,6 +166,7 @@ def make_app(
     )
     api.setup_api(app)
     app.router.add_get("/v1/ws", hub.handle)
+    setup_relay(app, hub, config.relay)  # relay: /v1/relay, /v1/relays (handoffd.server.relay)
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         watcher = asyncio.create_task(hub.watch(config.revocation_poll), name="revocation-watch")

@@ -7,8 +7,10 @@ server → device: ``challenge {nonce}``, ``welcome {device_id, account_id, onli
 ``presence {online}``, ``signal {from, data}``, ``pong {id}``,
 ``error {error: {code, message}, ref?, fatal?}``.
 device → server: ``auth {device_id, signature}``, ``signal {to, data, id?}``,
-``ping {id?}``. ``relay-open``, ``relay-data``, ``relay-close`` are reserved
-for relay streams (answered with ``unsupported`` for now).
+``ping {id?}``. Relay control (``relay-open``, ``relay-close``; server →
+device ``relay-ticket``, ``relay-offer``) is handled by ``handoffd.server.relay``
+when the app wires one in (``Hub.relay``); relay bytes never cross this socket
+(``relay-data`` stays reserved and is answered ``unsupported``).
 
 Signals go only to another online device of the SAME account; anything else
 is ``target-unavailable`` (the same answer for offline, unknown and foreign
@@ -25,14 +27,17 @@ import logging
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from handoffd import identity
 from handoffd.errors import HandoffError, ServerError
 from handoffd.server import auth
-from handoffd.server.store import Store
+from handoffd.server.store import Device, Store
+
+if TYPE_CHECKING:
+    from handoffd.server.relay import RelayHub
 
 logger = logging.getLogger("handoffd.server.hub")
 
@@ -74,10 +79,25 @@ class Hub:
         self._accounts: dict[str, set[str]] = {}
         self._handlers: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self.relay: RelayHub | None = None  # relay: set by make_app (handoffd.server.relay)
 
     def online(self, account_id: str) -> frozenset[str]:
         """The account's online device ids."""
         return frozenset(self._accounts.get(account_id, ()))
+
+    # relay: the small surface handoffd.server.relay uses
+    @property
+    def closing(self) -> bool:
+        """True once the server is shutting down."""
+        return self._closing
+
+    def connection(self, device_id: str) -> _Conn | None:
+        """The online connection of ``device_id``, if any."""
+        return self._conns.get(device_id)
+
+    async def send(self, conn: _Conn, message: dict[str, Any]) -> bool:
+        """Send one message to an online device (False if it could not take it)."""
+        return await self._send(conn, message)
 
     # ------------------------------------------------------------ sending
 
@@ -153,6 +173,41 @@ class Hub:
         return ws
 
     async def _authenticate(self, ws: web.WebSocketResponse, client: str) -> _Conn | None:
+        verified = await self.verify_device(ws, client)
+        if verified is None:
+            return None
+        device, _ = verified
+        conn = _Conn(device.device_id, device.account_id, ws)
+        old = self._conns.get(conn.device_id)
+        self._conns[conn.device_id] = conn
+        self._accounts.setdefault(conn.account_id, set()).add(conn.device_id)
+        if old is not None:
+            await self._send_ws(
+                old.ws, self._error("replaced", "a newer connection took over", fatal=True)
+            )
+            await self._close(old.ws, CLOSE_REPLACED, b"replaced")
+        await asyncio.to_thread(self._store.touch_device, conn.device_id)
+        logger.info("device online account=%s device=%s", conn.account_id, conn.device_id)
+        await self._send(
+            conn,
+            {
+                "type": "welcome",
+                "device_id": conn.device_id,
+                "account_id": conn.account_id,
+                "online": sorted(self.online(conn.account_id)),
+            },
+        )
+        await self._presence(conn.account_id, skip=conn)  # its welcome said it already
+        return conn
+
+    async def verify_device(
+        self, ws: web.WebSocketResponse, client: str
+    ) -> tuple[Device, dict[str, Any]] | None:
+        """Challenge, then check the device's ``auth`` answer (also used by /v1/relay).
+
+        Returns the device and the whole auth message (callers may read more
+        fields from it), or None after a refusal was sent and ``ws`` closed.
+        """
         challenge = secrets.token_bytes(auth.WS_NONCE_LEN)
         await self._send_ws(
             ws,
@@ -190,28 +245,7 @@ class Hub:
             close = CLOSE_REVOKED if exc.code == "device-revoked" else CLOSE_AUTH
             await self._fatal(ws, exc.code, exc.message, close)
             return None
-        conn = _Conn(device.device_id, device.account_id, ws)
-        old = self._conns.get(conn.device_id)
-        self._conns[conn.device_id] = conn
-        self._accounts.setdefault(conn.account_id, set()).add(conn.device_id)
-        if old is not None:
-            await self._send_ws(
-                old.ws, self._error("replaced", "a newer connection took over", fatal=True)
-            )
-            await self._close(old.ws, CLOSE_REPLACED, b"replaced")
-        await asyncio.to_thread(self._store.touch_device, conn.device_id)
-        logger.info("device online account=%s device=%s", conn.account_id, conn.device_id)
-        await self._send(
-            conn,
-            {
-                "type": "welcome",
-                "device_id": conn.device_id,
-                "account_id": conn.account_id,
-                "online": sorted(self.online(conn.account_id)),
-            },
-        )
-        await self._presence(conn.account_id, skip=conn)  # its welcome said it already
-        return conn
+        return device, data
 
     async def _fatal(self, ws: web.WebSocketResponse, code: str, message: str, close: int) -> None:
         await self._send_ws(ws, self._error(code, message, fatal=True))
@@ -257,6 +291,8 @@ class Hub:
             await self._send(conn, {"type": "pong", "id": ref})
         elif kind == "signal":
             await self._signal(conn, data, ref)
+        elif kind in ("relay-open", "relay-close") and self.relay is not None:  # relay
+            await self.relay.on_hub_message(conn, kind, data, ref)
         elif kind in RESERVED:
             await self._send(conn, self._error("unsupported", f"{kind} is not available", ref=ref))
         else:
@@ -306,7 +342,10 @@ class Hub:
     # ------------------------------------------------------------ revocation and shutdown
 
     async def disconnect_revoked(self, device_ids: Iterable[str]) -> None:
-        """Tell revoked devices and close their connections at once."""
+        """Tell revoked devices and close their connections (and relay streams) at once."""
+        device_ids = list(device_ids)
+        if self.relay is not None:  # relay
+            await self.relay.disconnect_devices(device_ids, "device-revoked")
         for device_id in device_ids:
             conn = self._conns.get(device_id)
             if conn is None:
@@ -319,9 +358,12 @@ class Hub:
 
     async def check_revocations(self) -> None:
         """Disconnect online devices revoked by another process (the CLI)."""
-        if not self._conns:
+        devices = set(self._conns)
+        if self.relay is not None:  # relay: devices with relay streams may be offline here
+            devices |= self.relay.devices()
+        if not devices:
             return
-        revoked = await asyncio.to_thread(self._store.revoked_among, list(self._conns))
+        revoked = await asyncio.to_thread(self._store.revoked_among, sorted(devices))
         await self.disconnect_revoked(revoked)
 
     async def watch(self, interval: float) -> None:
@@ -340,6 +382,8 @@ class Hub:
     async def close_all(self) -> None:
         """Close every connection (server shutdown) and wait for their handlers."""
         self._closing = True
+        if self.relay is not None:  # relay
+            await self.relay.close_all()
         await asyncio.gather(
             *(
                 self._close(c.ws, WSCloseCode.GOING_AWAY, b"server shutdown")

@@ -612,7 +612,7 @@ async def test_malformed_frames_close_that_socket_only(server: ServerProcess, al
         await _auth_ws(ws, alice.key)
         await ws.send_json({"type": "ping", "id": 7})
         assert await ws.receive_json(timeout=10) == {"type": "pong", "id": 7}
-        await ws.send_json({"type": "relay-open", "id": "r1"})
+        await ws.send_json({"type": "relay-data", "id": "r1"})  # relay-open: see tests/relay
         answer = await ws.receive_json(timeout=10)
         assert answer["error"]["code"] == "unsupported"
         assert answer["ref"] == "r1"

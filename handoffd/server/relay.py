@@ -1,0 +1,561 @@
+"""Relay sessions: the server pipes opaque bytes between two online devices of one account.
+
+Control travels on the device WebSocket (``/v1/ws``, see hub.py):
+
+- initiator → ``{"type": "relay-open", "to": <device id>, "id"?}``
+- server → target ``{"type": "relay-offer", "session", "token", "from", "expires_in"}``
+- server → initiator ``{"type": "relay-ticket", "id", "session", "token", "to", "expires_in"}``
+- either → ``{"type": "relay-close", "session", "id"?}`` (decline / give up)
+
+Refusals are ``error`` frames with the request's ``id`` as ``ref``:
+``target-unavailable`` (offline, unknown, foreign or own id: one answer),
+``relay-too-many`` (the account's cap), ``rate-limited``.
+
+Bytes travel on a dedicated WebSocket per side, ``/v1/relay``: the same
+challenge as ``/v1/ws`` (``Hub.verify_device``), whose ``auth`` message also
+carries ``session`` and ``token``. Then ``relay-joined {session, role, peer}``;
+when both sides are in, ``relay-start``; after that only binary frames (each
+≤ ``max_frame``) are accepted and forwarded unchanged to the other side. The
+end is an ``error`` frame with the reason's code, then the close.
+
+Tokens: one per side, 256 random bits, single use, valid ``token_ttl``
+seconds, bound to the session's account and device. Only SHA-256 of a token
+is kept. The relay never parses what it forwards: the devices run TLS 1.3
+inside (``handoffd.transport.relay``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from handoffd.errors import ServerError
+from handoffd.server import auth
+from handoffd.server.hub import Hub, _Conn, _FrameError
+from handoffd.server.pairing import RateLimiter
+
+logger = logging.getLogger("handoffd.server.relay")
+
+ROLE_INITIATOR = "initiator"
+ROLE_TARGET = "target"
+TOKEN_BYTES = 32
+SESSION_BYTES = 16
+CLOSE_QUOTA = 4008
+CLOSE_REFUSED = 4009
+SEND_TIMEOUT = 2.0
+CLOSE_TIMEOUT = 5.0
+ENV_PREFIX = "HANDOFF_RELAY_"
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """Relay limits; ``from_env`` reads ``HANDOFF_RELAY_<FIELD>`` overrides (see docs/relay.md)."""
+
+    token_ttl: float = 30.0
+    idle_timeout: float = 60.0
+    max_seconds: float = 6 * 3600.0
+    max_bytes: int = 16 * 1024**3
+    max_per_account: int = 8
+    opens_per_minute: float = 60.0
+    open_burst: int = 20
+    join_failures_per_minute: float = 30.0
+    max_frame: int = 128 * 1024
+    tap_dir: Path | None = None
+    """Tests only: append every forwarded frame to ``<tap_dir>/<session>-<role>.bin``."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RelayConfig:
+        """Defaults overridden by ``HANDOFF_RELAY_TOKEN_TTL``, ``..._IDLE_TIMEOUT``, ... ``..._TAP_DIR``."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, kind in (
+            ("token_ttl", float),
+            ("idle_timeout", float),
+            ("max_seconds", float),
+            ("max_bytes", int),
+            ("max_per_account", int),
+            ("opens_per_minute", float),
+            ("open_burst", int),
+            ("join_failures_per_minute", float),
+            ("max_frame", int),
+        ):
+            text = env.get(ENV_PREFIX + name.upper())
+            if text:
+                try:
+                    value = kind(text)
+                except ValueError:
+                    raise ValueError(f"{ENV_PREFIX}{name.upper()} must be a number") from None
+                if value <= 0:
+                    raise ValueError(f"{ENV_PREFIX}{name.upper()} must be positive")
+                values[name] = value
+        tap = env.get(ENV_PREFIX + "TAP_DIR")
+        if tap:
+            values["tap_dir"] = Path(tap)
+        return cls(**values)
+
+
+def _hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode("ascii")).digest()
+
+
+@dataclass(eq=False)
+class _Session:
+    session_id: str
+    account_id: str
+    initiator: str
+    target: str
+    token_hashes: dict[str, bytes]
+    expires_at: float
+    sockets: dict[str, web.WebSocketResponse] = field(default_factory=dict)
+    used: set[str] = field(default_factory=set)
+    started_at: float | None = None
+    last_activity: float = 0.0
+    bytes: int = 0
+    ended: str | None = None
+    start: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def role_of(self, device_id: str) -> str | None:
+        if device_id == self.initiator:
+            return ROLE_INITIATOR
+        if device_id == self.target:
+            return ROLE_TARGET
+        return None
+
+    def other(self, role: str) -> str:
+        return ROLE_TARGET if role == ROLE_INITIATOR else ROLE_INITIATOR
+
+    @property
+    def devices(self) -> tuple[str, str]:
+        return (self.initiator, self.target)
+
+
+_MESSAGES = {
+    "relay-idle-timeout": "the relay session was idle too long",
+    "relay-time-quota": "the relay session reached its time limit",
+    "relay-byte-quota": "the relay session reached its byte limit",
+    "relay-frame-too-large": "a relay frame was too large",
+    "relay-peer-closed": "the other side closed the relay session",
+    "relay-peer-absent": "the other side did not join in time",
+    "relay-closed": "the relay session was closed by a participant",
+    "relay-send-stalled": "the other side stopped reading",
+    "device-revoked": "a participant was revoked",
+    "shutting-down": "the server is shutting down",
+    "frame-malformed": "only binary frames are relayed",
+}
+
+
+class RelayHub:
+    """Relay sessions of the whole server (see the module docstring)."""
+
+    def __init__(self, hub: Hub, config: RelayConfig) -> None:
+        self._hub = hub
+        self._config = config
+        self._sessions: dict[str, _Session] = {}
+        self._per_account: dict[str, set[str]] = {}
+        self._opens = RateLimiter(per_minute=config.opens_per_minute, burst=config.open_burst)
+        self._join_failures = RateLimiter(
+            per_minute=config.join_failures_per_minute,
+            burst=max(1, int(config.join_failures_per_minute)),
+        )
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._opened_total: dict[str, int] = {}
+        if config.tap_dir is not None:
+            logger.warning("relay tap enabled dir=%s (tests only)", config.tap_dir)
+
+    # ------------------------------------------------------------ introspection
+
+    def devices(self) -> set[str]:
+        """Every device taking part in a relay session now."""
+        return {d for s in self._sessions.values() for d in s.devices}
+
+    def stats(self, account_id: str) -> dict[str, int]:
+        """The account's relay sessions: pending (not both joined), active, opened since start."""
+        sessions = [self._sessions[s] for s in self._per_account.get(account_id, ())]
+        active = sum(1 for s in sessions if s.started_at is not None)
+        return {
+            "pending": len(sessions) - active,
+            "active": active,
+            "opened": self._opened_total.get(account_id, 0),
+        }
+
+    # ------------------------------------------------------------ control on /v1/ws
+
+    async def on_hub_message(
+        self, conn: _Conn, kind: str, data: dict[str, Any], ref: object
+    ) -> None:
+        """Handle ``relay-open`` / ``relay-close`` from a device's main WebSocket."""
+        if kind == "relay-open":
+            await self._open(conn, data, ref)
+        else:
+            session_id = data.get("session")
+            if not isinstance(session_id, str) or len(session_id) > 64:
+                raise _FrameError("relay-close needs a session")
+            session = self._sessions.get(session_id)
+            if session is not None and conn.device_id in session.devices:
+                await self._end(session, "relay-closed")
+
+    async def _open(self, conn: _Conn, data: dict[str, Any], ref: object) -> None:
+        hub, config = self._hub, self._config
+        to = data.get("to")
+        if not isinstance(to, str) or len(to) > 64:
+            raise _FrameError("relay-open needs to")
+        loop = asyncio.get_running_loop()
+        if not self._opens.allow(conn.device_id, loop.time()):
+            await hub.send(
+                conn, hub._error("rate-limited", "too many relay requests; wait", ref=ref)
+            )
+            return
+        target = hub.connection(to)
+        if target is None or target.account_id != conn.account_id or to == conn.device_id:
+            await hub.send(
+                conn,
+                hub._error(
+                    "target-unavailable", "that device is not online in this account", ref=ref
+                ),
+            )
+            return
+        live = self._per_account.get(conn.account_id, set())
+        if len(live) >= config.max_per_account:
+            await hub.send(
+                conn,
+                hub._error(
+                    "relay-too-many",
+                    f"the account has {config.max_per_account} relay sessions already",
+                    ref=ref,
+                ),
+            )
+            return
+        tokens = {
+            ROLE_INITIATOR: auth.b64e(secrets.token_bytes(TOKEN_BYTES)),
+            ROLE_TARGET: auth.b64e(secrets.token_bytes(TOKEN_BYTES)),
+        }
+        session = _Session(
+            session_id=auth.b64e(secrets.token_bytes(SESSION_BYTES)),
+            account_id=conn.account_id,
+            initiator=conn.device_id,
+            target=to,
+            token_hashes={role: _hash(t) for role, t in tokens.items()},
+            expires_at=loop.time() + config.token_ttl,
+        )
+        self._sessions[session.session_id] = session
+        self._per_account.setdefault(session.account_id, set()).add(session.session_id)
+        self._opened_total[session.account_id] = self._opened_total.get(session.account_id, 0) + 1
+        self._spawn(self._watch(session), f"relay-watch-{session.session_id}")
+        logger.info(
+            "relay session opened account=%s session=%s initiator=%s target=%s",
+            session.account_id,
+            session.session_id,
+            session.initiator,
+            session.target,
+        )
+        delivered = await hub.send(
+            target,
+            {
+                "type": "relay-offer",
+                "session": session.session_id,
+                "token": tokens[ROLE_TARGET],
+                "from": conn.device_id,
+                "expires_in": config.token_ttl,
+            },
+        )
+        if not delivered:
+            await self._end(session, "relay-peer-absent")
+            await hub.send(
+                conn,
+                hub._error(
+                    "target-unavailable", "that device is not online in this account", ref=ref
+                ),
+            )
+            return
+        await hub.send(
+            conn,
+            {
+                "type": "relay-ticket",
+                "id": ref,
+                "session": session.session_id,
+                "token": tokens[ROLE_INITIATOR],
+                "to": to,
+                "expires_in": config.token_ttl,
+            },
+        )
+
+    # ------------------------------------------------------------ /v1/relay
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/relay``: one side of one relay session, from challenge to close."""
+        hub = self._hub
+        if hub.closing:
+            raise ServerError("server is shutting down", code="shutting-down", status=503)
+        client = request.remote or "unknown"
+        loop = asyncio.get_running_loop()
+        if not self._join_failures.peek(client, loop.time()):
+            raise ServerError("too many failed relay joins; wait", code="rate-limited", status=429)
+        ws = web.WebSocketResponse(
+            heartbeat=None,
+            max_msg_size=self._config.max_frame,
+            autoping=True,
+            compress=False,
+        )
+        await ws.prepare(request)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            verified = await hub.verify_device(ws, client)
+            if verified is None:
+                return ws
+            device, data = verified
+            try:
+                session, role = self._join(device.device_id, device.account_id, data)
+            except ServerError as exc:
+                self._join_failures.allow(client, loop.time())
+                logger.info(
+                    "relay join refused code=%s device=%s client=%s",
+                    exc.code,
+                    device.device_id,
+                    client,
+                )
+                await self._send_end(ws, exc.code, exc.message)
+                await self._close(ws, CLOSE_REFUSED, exc.code)
+                return ws
+            await self._serve(session, role, ws)
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+            await self._close(ws, WSCloseCode.OK, "")
+        return ws
+
+    def _join(self, device_id: str, account_id: str, data: dict[str, Any]) -> tuple[_Session, str]:
+        session_id, token = data.get("session"), data.get("token")
+        if not isinstance(session_id, str) or not isinstance(token, str) or len(token) > 128:
+            raise ServerError("relay auth needs session and token", code="bad-request")
+        session = self._sessions.get(session_id)
+        if session is None or session.ended is not None or session.started_at is not None:
+            raise ServerError("no such relay session (or it expired)", code="relay-unknown")
+        role = session.role_of(device_id)
+        if account_id != session.account_id or role is None:
+            raise ServerError("not a party to this relay session", code="relay-forbidden")
+        if not hmac.compare_digest(session.token_hashes[role], _hash(token)):
+            raise ServerError("wrong relay token", code="relay-token-invalid")
+        if role in session.used:
+            raise ServerError("this relay token was used already", code="relay-token-used")
+        if asyncio.get_running_loop().time() > session.expires_at:
+            raise ServerError("no such relay session (or it expired)", code="relay-unknown")
+        session.used.add(role)
+        return session, role
+
+    async def _serve(self, session: _Session, role: str, ws: web.WebSocketResponse) -> None:
+        peer = session.target if role == ROLE_INITIATOR else session.initiator
+        session.sockets[role] = ws
+        await self._send_json(
+            ws,
+            {"type": "relay-joined", "session": session.session_id, "role": role, "peer": peer},
+        )
+        if len(session.sockets) == 2:
+            loop = asyncio.get_running_loop()
+            session.started_at = session.last_activity = loop.time()
+            for side in session.sockets.values():
+                await self._send_json(side, {"type": "relay-start"})
+            session.start.set()
+            logger.info(
+                "relay session started account=%s session=%s",
+                session.account_id,
+                session.session_id,
+            )
+        # Read from this side even before the start: a close or a stray frame ends it.
+        reason = await self._pump(session, role)
+        await self._end(session, reason)
+        await session.finished.wait()
+
+    async def _pump(self, session: _Session, role: str) -> str:
+        """Forward this side's frames to the other side; the reason it stopped."""
+        src = session.sockets[role]
+        config = self._config
+        loop = asyncio.get_running_loop()
+        while True:
+            msg = await src.receive()
+            if session.ended is not None:
+                return session.ended
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                return "relay-peer-closed"
+            if msg.type == WSMsgType.ERROR:
+                return "relay-frame-too-large"
+            if msg.type != WSMsgType.BINARY or not session.start.is_set():
+                return "frame-malformed"
+            data: bytes = msg.data
+            session.bytes += len(data)
+            if session.bytes > config.max_bytes:
+                return "relay-byte-quota"
+            session.last_activity = loop.time()
+            if config.tap_dir is not None:
+                self._tap(session, role, data)
+            dst = session.sockets[session.other(role)]
+            try:
+                async with asyncio.timeout(config.idle_timeout):
+                    await dst.send_bytes(data)
+            except TimeoutError:
+                return "relay-send-stalled"
+            except (ConnectionError, RuntimeError):
+                return "relay-peer-closed"
+
+    def _tap(self, session: _Session, role: str, data: bytes) -> None:
+        tap = self._config.tap_dir
+        if tap is None:
+            return
+        # Tests only: a blocking append is acceptable there.
+        with (tap / f"{session.session_id}-{role}.bin").open("ab") as f:
+            f.write(data)
+
+    async def _watch(self, session: _Session) -> None:
+        """End the session on token expiry (not both joined), idleness or its time quota."""
+        config = self._config
+        loop = asyncio.get_running_loop()
+        while session.ended is None:
+            now = loop.time()
+            if session.started_at is None:
+                if now >= session.expires_at:
+                    await self._end(session, "relay-peer-absent")
+                    return
+                wake = session.expires_at
+            else:
+                idle_at = session.last_activity + config.idle_timeout
+                quota_at = session.started_at + config.max_seconds
+                if now >= quota_at:
+                    await self._end(session, "relay-time-quota")
+                    return
+                if now >= idle_at:
+                    await self._end(session, "relay-idle-timeout")
+                    return
+                wake = min(idle_at, quota_at)
+            await asyncio.sleep(max(0.01, wake - now))
+
+    async def _end(self, session: _Session, reason: str) -> None:
+        """End ``session`` once: tell and close both sides, forget it."""
+        if session.ended is not None:
+            return
+        session.ended = reason
+        self._sessions.pop(session.session_id, None)
+        ids = self._per_account.get(session.account_id)
+        if ids is not None:
+            ids.discard(session.session_id)
+            if not ids:
+                self._per_account.pop(session.account_id, None)
+        logger.info(
+            "relay session ended account=%s session=%s reason=%s bytes=%d",
+            session.account_id,
+            session.session_id,
+            reason,
+            session.bytes,
+        )
+        code = WSCloseCode.OK if reason == "relay-peer-closed" else CLOSE_QUOTA
+        if reason == "shutting-down":
+            code = WSCloseCode.GOING_AWAY
+        try:
+            message = _MESSAGES.get(reason, reason)
+            await asyncio.gather(
+                *(self._send_end(ws, reason, message) for ws in list(session.sockets.values()))
+            )
+            await asyncio.gather(
+                *(self._close(ws, code, reason) for ws in list(session.sockets.values()))
+            )
+        finally:
+            session.finished.set()
+
+    # ------------------------------------------------------------ revocation, shutdown
+
+    async def disconnect_devices(self, device_ids: Iterable[str], reason: str) -> None:
+        """End every session one of ``device_ids`` takes part in."""
+        ids = set(device_ids)
+        for session in [s for s in self._sessions.values() if ids & set(s.devices)]:
+            await self._end(session, reason)
+
+    async def close_all(self) -> None:
+        """End every session and wait for the handlers (server shutdown)."""
+        for session in list(self._sessions.values()):
+            await self._end(session, "shutting-down")
+        tasks = list(self._tasks)
+        for task in tasks:
+            if task.get_name().startswith("relay-watch-"):
+                task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
+
+    # ------------------------------------------------------------ plumbing
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _send_json(ws: web.WebSocketResponse, message: dict[str, Any]) -> None:
+        if ws.closed:
+            return
+        with contextlib.suppress(ConnectionError, TimeoutError, RuntimeError):
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await ws.send_str(json.dumps(message, separators=(",", ":")))
+
+    async def _send_end(self, ws: web.WebSocketResponse, code: str, message: str) -> None:
+        await self._send_json(
+            ws, {"type": "error", "error": {"code": code, "message": message}, "fatal": True}
+        )
+
+    @staticmethod
+    async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
+        if ws.closed:
+            return
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await ws.close(code=code, message=reason.encode("ascii")[:120])
+        except (ConnectionError, TimeoutError, RuntimeError):
+            # A peer that does not read cannot take our close frame: drop it.
+            req = getattr(ws, "_req", None)
+            transport = getattr(req, "transport", None) if req is not None else None
+            if transport is not None:
+                transport.abort()
+
+
+async def stats(request: web.Request) -> web.Response:
+    """``GET /v1/relays`` (device): the caller's account's relay sessions."""
+    from handoffd.server.api import authenticate, json_response  # api imports app
+
+    device = await authenticate(request)
+    relay = request.app[RELAY]
+    return json_response(relay.stats(device.account_id))
+
+
+RELAY: web.AppKey[RelayHub] = web.AppKey("handoff_relay", RelayHub)
+
+
+def setup_relay(app: web.Application, hub: Hub, config: RelayConfig) -> RelayHub:
+    """Create the relay, wire it into the hub and add ``/v1/relay`` and ``/v1/relays``."""
+    relay = RelayHub(hub, config)
+    hub.relay = relay
+    app[RELAY] = relay
+    app.router.add_get("/v1/relay", relay.handle)
+    app.router.add_get("/v1/relays", stats)
+    return relay
+
+
+__all__ = [
+    "RELAY",
+    "ROLE_INITIATOR",
+    "ROLE_TARGET",
+    "RelayConfig",
+    "RelayHub",
+    "setup_relay",
+    "stats",
+]

@@ -1,0 +1,661 @@
+"""The relay transport: TLS 1.3 between two devices, inside a byte pipe through the server.
+
+The server (``handoffd.server.relay``) forwards opaque binary messages between
+two devices of one account. Inside that pipe the devices run TLS 1.3 with
+their device certificates, via ``ssl.SSLContext.wrap_bio`` over two
+``MemoryBIO``s: mutual authentication, the account CA as the only trust root,
+then our own ``identity.verify_device_cert`` (account, device id ↔ key, CRL,
+the expected peer). The initiator is the TLS client, the target the server.
+
+After the handshake each side sends one framed hello (``{"relay": 1, "ok":
+true}`` or ``{"relay": 1, "ok": false, "code": <why>}``) so a side that
+refuses its peer says why, and neither side hands out a channel before the
+other accepted it. Then application messages travel as frames (4-byte length,
+≤ 64 KiB payload, ``handoffd.proto.framing``) inside TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import re
+import secrets
+import ssl
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from handoffd import identity
+from handoffd.errors import HandoffError, ProtocolError, ServerError, TransportError
+from handoffd.proto.framing import FrameDecoder, encode_frame
+from handoffd.serverclient import RelayTicket, ServerClient, ServerLink
+from handoffd.transport.base import (
+    MAX_MESSAGE,
+    PATH_RELAY,
+    Channel,
+    Dialer,
+    LocalIdentity,
+    PeerAuthError,
+    PeerRefusedError,
+    check_message,
+)
+
+logger = logging.getLogger("handoffd.transport.relay")
+
+MAX_CHUNK = 96 * 1024
+"""Largest relay message we send (the server takes up to 128 KiB)."""
+READ_CHUNK = 256 * 1024
+RECV_HIGH = 4 * 1024 * 1024
+"""Decoded messages held unread before we stop reading the relay (back-pressure)."""
+MAX_HELLO = 256
+CLOSE_TIMEOUT = 2.0
+# X509_V_FLAG_NO_CHECK_TIME: validity is checked by verify_device_cert, with clock skew.
+_NO_CHECK_TIME = 0x200000
+_CODE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+
+
+class ByteStream(Protocol):
+    """An ordered, reliable pipe of binary messages (``serverclient.RelayStream``)."""
+
+    @property
+    def error(self) -> HandoffError | None:
+        """Why the stream ended, if known."""
+
+    async def send(self, data: bytes) -> None:
+        """Send one message (≤ MAX_CHUNK bytes), waiting under back-pressure."""
+
+    async def recv(self) -> bytes | None:
+        """The next message, or None once the stream ended."""
+
+    async def close(self) -> None:
+        """Close (idempotent)."""
+
+
+@dataclass(frozen=True)
+class RelayOptions:
+    """Relay transport settings."""
+
+    connect_timeout: float = 15.0
+    send_stall_timeout: float = 60.0
+
+
+# ---------------------------------------------------------------- TLS context
+
+
+def _load_chain(
+    ctx: ssl.SSLContext, cert_pem: bytes, key: Ed25519PrivateKey, *, memfd: bool | None = None
+) -> None:
+    """Load our certificate and key; the key never touches disk unencrypted.
+
+    ``load_cert_chain`` only reads files: on Linux a memfd (no disk at all);
+    elsewhere a 0600 file in a private temporary directory holding the key
+    encrypted under a random one-time password, removed right after loading.
+    """
+    use_memfd = hasattr(os, "memfd_create") if memfd is None else memfd
+    if use_memfd and os.path.isdir("/proc/self/fd"):
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        fd = os.memfd_create("handoff-relay-tls", os.MFD_CLOEXEC)
+        try:
+            view = memoryview(cert_pem + pem)
+            while view:
+                view = view[os.write(fd, view) :]
+            ctx.load_cert_chain(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return
+    password = secrets.token_bytes(32)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(password),
+    )
+    with tempfile.TemporaryDirectory(prefix="handoff-relay-") as tmp:
+        path = Path(tmp) / "chain.pem"
+        identity.write_private_file(path, cert_pem + pem)
+        ctx.load_cert_chain(path, password=password)
+
+
+def tls_context(local: LocalIdentity, *, server_side: bool) -> ssl.SSLContext:
+    """TLS 1.3 only, mutual auth, our account CA as the only root, no hostname check."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False  # no names: the peer is checked by verify_device_cert
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.verify_flags |= _NO_CHECK_TIME
+    ca_pem = identity.cert_to_pem(local.current_trust().ca_cert).decode("ascii")
+    ctx.load_verify_locations(cadata=ca_pem)
+    cert_pem = identity.cert_to_pem(identity.load_cert(local.cert_der))
+    _load_chain(ctx, cert_pem, local.key)
+    if server_side:
+        ctx.num_tickets = 0  # no resumption: every relay connection authenticates afresh
+    return ctx
+
+
+def _kebab(text: str) -> str:
+    code = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:64]
+    return code or "tls"
+
+
+def _tls_error(exc: ssl.SSLError) -> TransportError:
+    reason = str(exc.reason or "")
+    if "ALERT" in reason:
+        return PeerRefusedError("the peer refused the TLS handshake", peer_code=_kebab(reason))
+    return TransportError(f"TLS failed: {reason or type(exc).__name__}", code="tls-failed")
+
+
+def _hello(code: str | None) -> bytes:
+    body: dict[str, object] = {"relay": 1, "ok": code is None}
+    if code is not None:
+        body["code"] = code
+    return json.dumps(body, separators=(",", ":")).encode("ascii")
+
+
+def _parse_hello(data: bytes) -> str | None:
+    """None if the peer accepted us, else its (unverified) code; ProtocolError if malformed."""
+    try:
+        if len(data) > MAX_HELLO:
+            raise ValueError("too long")
+        hello = json.loads(data)
+        if not isinstance(hello, dict) or hello.get("relay") != 1:
+            raise ValueError("not a hello")
+        if hello.get("ok") is True and set(hello) == {"relay", "ok"}:
+            return None
+        code = hello.get("code")
+        if (
+            hello.get("ok") is False
+            and set(hello) == {"relay", "ok", "code"}
+            and isinstance(code, str)
+            and _CODE_RE.fullmatch(code)
+        ):
+            return code
+        raise ValueError("bad fields")
+    except (ValueError, RecursionError):
+        raise ProtocolError("malformed relay hello", code="hello-malformed") from None
+
+
+# ---------------------------------------------------------------- the channel
+
+
+class RelayChannel(Channel):
+    """A Channel over TLS 1.3 inside a relay stream (see the module docstring)."""
+
+    path = PATH_RELAY
+
+    def __init__(
+        self,
+        stream: ByteStream,
+        sslobj: ssl.SSLObject,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        options: RelayOptions,
+    ) -> None:
+        self._stream = stream
+        self._ssl = sslobj
+        self._in = incoming
+        self._out = outgoing
+        self._options = options
+        self._decoder = FrameDecoder(max_frame=MAX_MESSAGE)
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._queued = 0
+        self._readable = asyncio.Event()
+        self._space = asyncio.Event()
+        self._send_lock = asyncio.Lock()
+        self._flush_lock = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+        self._closed = False
+        self._released = False
+        self._eof = False
+        self._error: TransportError | None = None
+        self._authenticated = False
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    # -- establishing
+
+    @classmethod
+    async def establish(
+        cls,
+        stream: ByteStream,
+        local: LocalIdentity,
+        *,
+        server_side: bool,
+        expected_peer: str,
+        deadline: float,
+        options: RelayOptions | None = None,
+    ) -> RelayChannel:
+        """Run TLS over ``stream``, verify the peer, exchange hellos; the stream is ours now.
+
+        On any failure the stream is closed and PeerAuthError (we refused the
+        peer), PeerRefusedError (it refused us) or TransportError raised.
+        """
+        try:
+            ctx = tls_context(local, server_side=server_side)
+        except BaseException:
+            await stream.close()
+            raise
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        sslobj = ctx.wrap_bio(incoming, outgoing, server_side=server_side)
+        channel = cls(stream, sslobj, incoming, outgoing, options or RelayOptions())
+        try:
+            async with asyncio.timeout_at(deadline):
+                await channel._handshake()
+                peer = await channel._check_peer(local, expected_peer)
+                channel._reader = asyncio.create_task(channel._read_loop(), name="relay-reader")
+                await channel._send_raw(_hello(None))
+                refused = _parse_hello(await channel._recv_raw())
+                if refused is not None:
+                    raise PeerRefusedError("the peer refused us", peer_code=refused)
+        except TimeoutError:
+            await channel._abandon()
+            raise TransportError(
+                "relay connection took longer than the deadline", code="connect-timeout"
+            ) from None
+        except ProtocolError as exc:
+            await channel._abandon()
+            raise TransportError(exc.message, code=exc.code) from None
+        except BaseException:
+            await channel._abandon()
+            raise
+        channel.peer = peer
+        channel._authenticated = True
+        logger.info(
+            "relay channel authenticated",
+            extra={"peer": peer.device_id, "role": "server" if server_side else "client"},
+        )
+        return channel
+
+    async def _handshake(self) -> None:
+        while True:
+            try:
+                self._ssl.do_handshake()
+            except ssl.SSLWantReadError:
+                want_read = True
+            except ssl.SSLCertVerificationError as exc:
+                await self._flush_quietly()  # the alert tells the peer
+                raise PeerAuthError(
+                    f"peer certificate is not from our account CA ({exc.verify_message})",
+                    code="tls-cert-untrusted",
+                ) from None
+            except ssl.SSLError as exc:
+                await self._flush_quietly()
+                raise _tls_error(exc) from None
+            else:
+                want_read = False
+            await self._flush()
+            if not want_read:
+                return
+            data = await self._stream.recv()
+            if data is None:
+                raise self._stream_error("peer-closed-handshake")
+            self._in.write(data)
+
+    async def _check_peer(self, local: LocalIdentity, expected: str) -> identity.PeerIdentity:
+        der = self._ssl.getpeercert(binary_form=True)
+        try:
+            if der is None:
+                raise PeerAuthError("peer sent no certificate", code="cert-missing")
+            try:
+                return identity.verify_device_cert(
+                    identity.load_cert(der),
+                    local.current_trust(),
+                    now=dt.datetime.now(dt.UTC),
+                    expected_device=expected,
+                    self_device=local.device_id,
+                )
+            except HandoffError as exc:
+                raise PeerAuthError(exc.message, code=exc.code) from None
+        except PeerAuthError as exc:
+            with contextlib.suppress(HandoffError, ssl.SSLError):
+                await self._send_raw(_hello(exc.code))
+            raise
+
+    # -- plumbing
+
+    def _stream_error(self, default: str) -> TransportError:
+        error = self._stream.error
+        if error is None or error.code in ("relay-lost",):
+            return TransportError("the relay stream ended", code=default)
+        return TransportError(error.message, code=error.code)
+
+    async def _flush(self) -> None:
+        """Send what TLS wrote, in order (one flusher at a time)."""
+        async with self._flush_lock:
+            while self._out.pending:
+                chunk = self._out.read(MAX_CHUNK)
+                try:
+                    async with asyncio.timeout(self._options.send_stall_timeout):
+                        await self._stream.send(chunk)
+                except TimeoutError:
+                    raise self._fail(
+                        TransportError("the relay stopped taking data", code="send-stalled")
+                    ) from None
+                except ServerError as exc:
+                    raise self._fail(TransportError(exc.message, code=exc.code)) from None
+
+    async def _flush_quietly(self) -> None:
+        with contextlib.suppress(HandoffError, TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._flush()
+
+    async def _send_raw(self, payload: bytes) -> None:
+        try:
+            self._ssl.write(encode_frame(payload, max_frame=MAX_MESSAGE))
+        except ssl.SSLError as exc:
+            raise self._fail(_tls_error(exc)) from None
+        await self._flush()
+
+    async def _recv_raw(self) -> bytes:
+        while not self._queue:
+            if self._closed:
+                raise self._error or TransportError("channel closed", code="channel-closed")
+            self._readable.clear()
+            await self._readable.wait()
+        data = self._queue.popleft()
+        self._queued -= len(data)
+        if self._queued <= RECV_HIGH // 2:
+            self._space.set()
+        return data
+
+    def _drain_tls(self) -> None:
+        """Decrypt what arrived into whole messages."""
+        while True:
+            try:
+                chunk = self._ssl.read(READ_CHUNK)
+            except ssl.SSLWantReadError:
+                return
+            except ssl.SSLZeroReturnError:
+                self._eof = True
+                self._decoder.eof()  # ProtocolError(frame-truncated) mid-message
+                return
+            except ssl.SSLError as exc:
+                raise _tls_error(exc) from None
+            if not chunk:
+                return
+            frames = self._decoder.feed(chunk)
+            for frame in frames:
+                self._queue.append(frame)
+                self._queued += len(frame)
+            if frames:
+                self._readable.set()
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                # Drain first: the handshake may have left records in the BIO.
+                self._drain_tls()
+                if self._out.pending:
+                    await self._flush()  # e.g. a TLS KeyUpdate answer
+                if self._eof:
+                    return
+                while self._queued > RECV_HIGH and not self._closed:
+                    self._space.clear()
+                    await self._space.wait()
+                data = await self._stream.recv()
+                if data is None:
+                    self._fail(self._stream_error("relay-lost"))
+                    return
+                self._in.write(data)
+        except ProtocolError as exc:
+            self._fail(TransportError(exc.message, code=exc.code))
+        except TransportError as exc:
+            self._fail(exc)
+        finally:
+            self._mark_closed()
+
+    def _fail(self, error: TransportError) -> TransportError:
+        if self._error is None and not self._closed:
+            self._error = error
+            logger.info("relay channel failed code=%s", error.code)
+        self._mark_closed()
+        return error
+
+    def _mark_closed(self) -> None:
+        self._closed = True
+        self._readable.set()
+        self._space.set()
+
+    async def _stop_reader(self) -> None:
+        task, self._reader = self._reader, None
+        if task is None or task is asyncio.current_task():
+            return
+        if not task.done():
+            task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+
+    async def _abandon(self) -> None:
+        self._released = True
+        self._mark_closed()
+        try:
+            await self._stop_reader()
+        finally:
+            await self._stream.close()
+
+    # -- Channel
+
+    @property
+    def closed(self) -> bool:
+        """True once closed by either side or by failure."""
+        return self._closed
+
+    async def send(self, data: bytes) -> None:
+        """Send one message; waits while the relay (and so the peer) is not taking data."""
+        check_message(data)
+        async with self._send_lock:
+            if self._closed:
+                raise self._error or TransportError("channel closed", code="channel-closed")
+            await self._send_raw(data)
+            self.bytes_sent += len(data)
+
+    async def recv(self) -> bytes:
+        """The next message; after the peer closes, buffered messages first, then channel-closed."""
+        data = await self._recv_raw()
+        self.bytes_received += len(data)
+        return data
+
+    async def close(self) -> None:
+        """Close: TLS close_notify after everything sent, then the relay stream (idempotent)."""
+        if self._released:
+            return
+        self._released = True
+        graceful = self._authenticated and self._error is None and not self._eof
+        self._mark_closed()
+        try:
+            if graceful:
+                with contextlib.suppress(ssl.SSLError):
+                    self._ssl.unwrap()  # writes close_notify; wants the peer's, which we skip
+                await self._flush_quietly()
+        finally:
+            try:
+                await self._stop_reader()
+            finally:
+                await self._stream.close()
+
+
+# ---------------------------------------------------------------- dial / accept
+
+
+def _transport_error(exc: ServerError) -> TransportError:
+    return TransportError(exc.message, code=exc.code)
+
+
+class RelayDialer(Dialer):
+    """Dials a device through the server relay (initiator = TLS client)."""
+
+    name = "relay"
+
+    def __init__(
+        self,
+        local: LocalIdentity,
+        client: ServerClient,
+        link: ServerLink,
+        options: RelayOptions | None = None,
+    ) -> None:
+        self._local = local
+        self._client = client
+        self._link = link
+        self._options = options or RelayOptions()
+
+    def plausible(self, peer_device_id: str) -> bool:
+        """True while we are connected to the server and it lists the peer online."""
+        return self._link.connected and peer_device_id in self._link.online
+
+    async def dial(self, peer_device_id: str, *, deadline: float) -> Channel:
+        """Open a relay session to ``peer_device_id`` and authenticate it by ``deadline``.
+
+        TransportError codes: the server's (``target-unavailable``,
+        ``relay-too-many``, ``rate-limited``, ``relay-peer-absent``, ...),
+        ``server-offline``, ``connect-timeout``; PeerAuthError / PeerRefusedError.
+        """
+        local = self._local
+        if not identity.is_device_id(peer_device_id) or peer_device_id == local.device_id:
+            raise TransportError("not a peer device id", code="bad-peer")
+        try:
+            async with asyncio.timeout_at(deadline):
+                ticket = await self._link.open_relay(peer_device_id, deadline=deadline)
+                try:
+                    stream = await self._client.relay_stream(ticket, deadline=deadline)
+                except BaseException:
+                    await _give_up(self._link, ticket)
+                    raise
+                stream.stall_timeout = self._options.send_stall_timeout
+                return await RelayChannel.establish(
+                    stream,
+                    local,
+                    server_side=False,
+                    expected_peer=peer_device_id,
+                    deadline=deadline,
+                    options=self._options,
+                )
+        except TimeoutError:
+            raise TransportError(
+                "relay connection took longer than the deadline", code="connect-timeout"
+            ) from None
+        except ServerError as exc:
+            raise _transport_error(exc) from None
+
+
+async def _give_up(link: ServerLink, ticket: RelayTicket) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await link.close_relay(ticket.session)
+
+
+async def accept(
+    ticket: RelayTicket,
+    *,
+    local: LocalIdentity,
+    client: ServerClient,
+    deadline: float | None = None,
+    options: RelayOptions | None = None,
+) -> RelayChannel:
+    """Join a relay session offered to us (target = TLS server) and authenticate the initiator."""
+    options = options or RelayOptions()
+    if ticket.initiator or not identity.is_device_id(ticket.peer) or ticket.peer == local.device_id:
+        raise TransportError("not a relay offer from a peer", code="bad-peer")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + options.connect_timeout if deadline is None else deadline
+    try:
+        stream = await client.relay_stream(ticket, deadline=deadline)
+    except ServerError as exc:
+        raise _transport_error(exc) from None
+    stream.stall_timeout = options.send_stall_timeout
+    return await RelayChannel.establish(
+        stream,
+        local,
+        server_side=True,
+        expected_peer=ticket.peer,
+        deadline=deadline,
+        options=options,
+    )
+
+
+class RelayListener:
+    """Answers relay offers: pass ``on_relay`` to ``ServerClient.connect``.
+
+    Each offer is accepted in a task this object owns; an authenticated
+    channel goes to ``on_channel`` (which then owns it); failures go to
+    ``on_error`` (and the log). ``close()`` cancels what is in flight.
+    """
+
+    def __init__(
+        self,
+        local: LocalIdentity,
+        client: ServerClient,
+        on_channel: Callable[[RelayChannel], Awaitable[None]],
+        *,
+        on_error: Callable[[RelayTicket, HandoffError], None] | None = None,
+        options: RelayOptions | None = None,
+        max_pending: int = 8,
+    ) -> None:
+        self._local = local
+        self._client = client
+        self._on_channel = on_channel
+        self._on_error = on_error
+        self._options = options or RelayOptions()
+        self._max_pending = max_pending
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def on_relay(self, ticket: RelayTicket) -> None:
+        """A relay offer from the server (synchronous: the link's callback)."""
+        if self._closed or len(self._tasks) >= self._max_pending:
+            logger.info("relay offer ignored peer=%s", ticket.peer)
+            return
+        task = asyncio.create_task(self._accept(ticket), name="relay-accept")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept(self, ticket: RelayTicket) -> None:
+        try:
+            channel = await accept(
+                ticket, local=self._local, client=self._client, options=self._options
+            )
+        except HandoffError as exc:
+            logger.info("incoming relay failed peer=%s code=%s", ticket.peer, exc.code)
+            if self._on_error is not None:
+                self._on_error(ticket, exc)
+            return
+        try:
+            await self._on_channel(channel)
+        except Exception:
+            logger.exception("relay channel handler failed")
+            await channel.close()
+
+    async def close(self) -> None:
+        """Stop accepting and cancel accepts in flight (idempotent)."""
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+
+__all__ = [
+    "ByteStream",
+    "RelayChannel",
+    "RelayDialer",
+    "RelayListener",
+    "RelayOptions",
+    "accept",
+    "tls_context",
+]
