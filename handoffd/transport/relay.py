@@ -378,12 +378,12 @@ class RelayChannel(Channel):
             except ssl.SSLWantReadError:
                 return
             except ssl.SSLZeroReturnError:
-                self._eof = True
-                self._decoder.eof()  # ProtocolError(frame-truncated) mid-message
-                return
+                chunk = b""
             except ssl.SSLError as exc:
                 raise _tls_error(exc) from None
-            if not chunk:
+            if not chunk:  # CPython returns b"" for the peer's close_notify
+                self._eof = True
+                self._decoder.eof()  # ProtocolError(frame-truncated) mid-message
                 return
             frames = self._decoder.feed(chunk)
             for frame in frames:
