@@ -255,8 +255,16 @@ class RelayChannel(Channel):
                 await channel._handshake()
                 peer = await channel._check_peer(local, expected_peer)
                 channel._reader = asyncio.create_task(channel._read_loop(), name="relay-reader")
-                await channel._send_raw(_hello(None))
-                refused = _parse_hello(await channel._recv_raw())
+                sent: TransportError | None = None
+                try:
+                    await channel._send_raw(_hello(None))
+                except TransportError as exc:
+                    sent = exc  # the peer may have refused us and gone: read why first
+                try:
+                    hello = await channel._recv_raw()
+                except TransportError as exc:
+                    raise sent or exc from None
+                refused = _parse_hello(hello)
                 if refused is not None:
                     raise PeerRefusedError("the peer refused us", peer_code=refused)
         except TimeoutError:
@@ -340,11 +348,11 @@ class RelayChannel(Channel):
                     async with asyncio.timeout(self._options.send_stall_timeout):
                         await self._stream.send(chunk)
                 except TimeoutError:
-                    raise self._fail(
-                        TransportError("the relay stopped taking data", code="send-stalled")
+                    raise TransportError(
+                        "the relay stopped taking data", code="send-stalled"
                     ) from None
                 except ServerError as exc:
-                    raise self._fail(TransportError(exc.message, code=exc.code)) from None
+                    raise TransportError(exc.message, code=exc.code) from None
 
     async def _flush_quietly(self) -> None:
         with contextlib.suppress(HandoffError, TimeoutError):
@@ -352,10 +360,11 @@ class RelayChannel(Channel):
                 await self._flush()
 
     async def _send_raw(self, payload: bytes) -> None:
+        """Encrypt and send one frame; TransportError (the caller decides if it is fatal)."""
         try:
             self._ssl.write(encode_frame(payload, max_frame=MAX_MESSAGE))
         except ssl.SSLError as exc:
-            raise self._fail(_tls_error(exc)) from None
+            raise _tls_error(exc) from None
         await self._flush()
 
     async def _recv_raw(self) -> bytes:
@@ -462,7 +471,10 @@ class RelayChannel(Channel):
         async with self._send_lock:
             if self._closed:
                 raise self._error or TransportError("channel closed", code="channel-closed")
-            await self._send_raw(data)
+            try:
+                await self._send_raw(data)
+            except TransportError as exc:
+                raise self._fail(exc) from None
             self.bytes_sent += len(data)
 
     async def recv(self) -> bytes:
