@@ -13,7 +13,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from handoffd import identity
-from handoffd.errors import HandoffError
+from handoffd.errors import HandoffError, TransportError
 from handoffd.serverclient import JoinResult, RelayTicket, ServerClient, ServerLink
 from handoffd.transport.base import Channel, LocalIdentity
 from handoffd.transport.relay import RelayChannel, RelayDialer, RelayListener, RelayOptions
@@ -91,6 +91,8 @@ class Node:
         self.channels: asyncio.Queue[RelayChannel] = asyncio.Queue()
         self.errors: list[tuple[RelayTicket, HandoffError]] = []
         self.offers: list[RelayTicket] = []
+        self.offered = asyncio.Event()
+        self.presence = asyncio.Event()
         self.failed = asyncio.Event()
         self.listener = RelayListener(
             self.local,
@@ -100,7 +102,7 @@ class Node:
             options=self.options,
         )
         self.link: ServerLink = self.client.connect(
-            lambda online: None, lambda sender, data: None, on_relay=self._on_relay
+            lambda online: self.presence.set(), lambda sender, data: None, on_relay=self._on_relay
         )
         self._accepted: list[Channel] = []
 
@@ -110,6 +112,7 @@ class Node:
 
     def _on_relay(self, ticket: RelayTicket) -> None:
         self.offers.append(ticket)
+        self.offered.set()
         if self.accept:
             self.listener.on_relay(ticket)
 
@@ -127,7 +130,14 @@ class Node:
     async def wait_online(self, *peers: str) -> None:
         async with asyncio.timeout(15):
             while not all(p in self.link.online for p in peers):
-                await asyncio.sleep(0.02)
+                self.presence.clear()
+                await self.presence.wait()
+
+    async def wait_offer(self) -> RelayTicket:
+        """The first relay offer this device got (10 s)."""
+        async with asyncio.timeout(10):
+            await self.offered.wait()
+        return self.offers[0]
 
     async def __aenter__(self) -> Node:
         await self.link.start()
@@ -158,6 +168,17 @@ async def send_all(channel: Channel, data: bytes, chunk: int = 64 * 1024) -> Non
     for i in range(0, len(data), chunk):
         await channel.send(data[i : i + chunk])
     await channel.send(b"")
+
+
+async def drain(channel: Channel) -> tuple[list[bytes], TransportError]:
+    """Every message until the channel ends, and the error that ended it (20 s)."""
+    got: list[bytes] = []
+    async with asyncio.timeout(20):
+        while True:
+            try:
+                got.append(await channel.recv())
+            except TransportError as exc:
+                return got, exc
 
 
 async def recv_all(channel: Channel) -> bytes:

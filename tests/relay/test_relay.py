@@ -16,11 +16,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from handoffd import identity
 from handoffd.errors import ServerError, TransportError
+from handoffd.serverclient import RelayTicket
 from handoffd.transport.base import PeerAuthError, PeerRefusedError
 from handoffd.transport.relay import RelayChannel
 from tests.relay.helpers import (
     Node,
     Paired,
+    drain,
     pair_devices,
     pattern,
     recv_all,
@@ -90,7 +92,10 @@ def crl_revoking(world: World, *devices: Paired) -> identity.TrustAnchor:
     ca = account_ca(world.server, world.alice)
     crl = identity.issue_crl(
         ca,
-        [identity.Revoked(serial=d.result.device_cert.serial_number, revoked_at=now) for d in devices],
+        [
+            identity.Revoked(serial=d.result.device_cert.serial_number, revoked_at=now)
+            for d in devices
+        ],
         number=10_000 + secrets.randbelow(1_000_000),
         now=now,
     )
@@ -143,11 +148,8 @@ async def test_messages_sent_before_close_all_arrive(world: World) -> None:
         for i in range(200):
             await channel.send(i.to_bytes(4, "big") * 1000)
         await channel.close()
-        got = []
-        with pytest.raises(TransportError) as end:
-            while True:
-                got.append(await peer.recv())
-        assert end.value.code == "channel-closed"
+        got, end = await drain(peer)
+        assert end.code == "channel-closed"
         assert [int.from_bytes(m[:4], "big") for m in got] == list(range(200))
 
 
@@ -191,12 +193,12 @@ async def test_other_account_and_other_devices_cannot_join(world: World) -> None
     ):
         await na.wait_online(nb.id)
         ticket = await na.link.open_relay(nb.id)
-        assert ticket.initiator and ticket.peer == nb.id
-        async with asyncio.timeout(10):
-            while not nb.offers:
-                await asyncio.sleep(0.02)
+        assert ticket.initiator
+        assert ticket.peer == nb.id
+        await nb.wait_offer()
         offer = nb.offers[0]
-        assert offer.session == ticket.session and offer.peer == na.id
+        assert offer.session == ticket.session
+        assert offer.peer == na.id
         assert offer.token != ticket.token
 
         # Bob's device with Alice's ticket, and Alice's third device: refused, same code.
@@ -209,7 +211,13 @@ async def test_other_account_and_other_devices_cannot_join(world: World) -> None
             await nx.link.open_relay(nb.id)
         assert unavailable.value.code == "target-unavailable"
         # A wrong token for the right device.
-        forged = type(offer)(offer.session, "A" * 43, offer.peer, offer.expires_in, False)
+        forged = RelayTicket(
+            session=offer.session,
+            token="A" * 43,
+            peer=offer.peer,
+            expires_in=offer.expires_in,
+            initiator=False,
+        )
         with pytest.raises(ServerError) as wrong:
             await nb.client.relay_stream(forged, deadline=deadline(10))
         assert wrong.value.code == "relay-token-invalid"
@@ -240,9 +248,7 @@ async def test_declined_offer_ends_the_dial(world: World) -> None:
     async with Node(world.server, world.a) as na, Node(world.server, world.b, accept=False) as nb:
         await na.wait_online(nb.id)
         dial_task = asyncio.create_task(na.dialer().dial(nb.id, deadline=deadline()))
-        async with asyncio.timeout(10):
-            while not nb.offers:
-                await asyncio.sleep(0.02)
+        await nb.wait_offer()
         await nb.link.close_relay(nb.offers[0].session)
         with pytest.raises(TransportError) as declined:
             await dial_task
@@ -290,9 +296,7 @@ async def test_revoked_device_refused_by_the_server(world: World) -> None:
         await na.wait_online(nr.id)
         ticket_task = asyncio.create_task(na.link.open_relay(nr.id))
         ticket = await ticket_task
-        async with asyncio.timeout(10):
-            while not nr.offers:
-                await asyncio.sleep(0.02)
+        await nr.wait_offer()
         waiting = asyncio.create_task(na.client.relay_stream(ticket, deadline=deadline(20)))
         await wait_stats(na.client, pending=1)
         await na.client.revoke(nr.id)
