@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import secrets
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,8 @@ CLOSE_REFUSED = 4009
 SEND_TIMEOUT = 2.0
 CLOSE_TIMEOUT = 5.0
 ENV_PREFIX = "HANDOFF_RELAY_"
+MAX_ENDED = 4096
+"""Ended sessions remembered (for their token lifetime) to tell a late party why."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,7 @@ class RelayHub:
         )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._opened_total: dict[str, int] = {}
+        self._ended: OrderedDict[str, tuple[str, tuple[str, str], str, float]] = OrderedDict()
         if config.tap_dir is not None:
             logger.warning("relay tap enabled dir=%s (tests only)", config.tap_dir)
 
@@ -343,7 +347,10 @@ class RelayHub:
         if not isinstance(session_id, str) or not isinstance(token, str) or len(token) > 128:
             raise ServerError("relay auth needs session and token", code="bad-request")
         session = self._sessions.get(session_id)
-        if session is None or session.ended is not None or session.started_at is not None:
+        if session is None:
+            self._explain_ended(session_id, device_id, account_id)
+            raise ServerError("no such relay session (or it expired)", code="relay-unknown")
+        if session.ended is not None or session.started_at is not None:
             raise ServerError("no such relay session (or it expired)", code="relay-unknown")
         role = session.role_of(device_id)
         if account_id != session.account_id or role is None:
@@ -356,6 +363,16 @@ class RelayHub:
             raise ServerError("no such relay session (or it expired)", code="relay-unknown")
         session.used.add(role)
         return session, role
+
+    def _explain_ended(self, session_id: str, device_id: str, account_id: str) -> None:
+        """Raise the reason a recently ended session ended, to one of its parties only."""
+        ended = self._ended.get(session_id)
+        if ended is None:
+            return
+        account, devices, reason, until = ended
+        now = asyncio.get_running_loop().time()
+        if account == account_id and device_id in devices and now <= until:
+            raise ServerError(_MESSAGES.get(reason, reason), code=reason)
 
     async def _serve(self, session: _Session, role: str, ws: web.WebSocketResponse) -> None:
         peer = session.target if role == ROLE_INITIATOR else session.initiator
@@ -448,6 +465,15 @@ class RelayHub:
             return
         session.ended = reason
         self._sessions.pop(session.session_id, None)
+        if session.started_at is None:
+            self._ended[session.session_id] = (
+                session.account_id,
+                session.devices,
+                reason,
+                session.expires_at,
+            )
+            while len(self._ended) > MAX_ENDED:
+                self._ended.popitem(last=False)
         ids = self._per_account.get(session.account_id)
         if ids is not None:
             ids.discard(session.session_id)
