@@ -1,0 +1,353 @@
+"""Real handoffd/handoff-server processes inside network-lab hosts, and what tests measure there.
+
+Used by tests/handoff/test_lab_e2e.py and bench/bench_handoff.py. Every process
+runs inside a lab host (``host.popen``), so the lab stops it by PID on close;
+homes are short paths under /tmp (AF_UNIX socket paths are limited to ~108
+bytes); only lab addresses (198.18.0.0/15) and loopback are used.
+
+Also a command-line rogue client, run inside a lab host by the tests::
+
+    python -m tests.handoff.labkit rogue --home HOME --to DEVICE_ID --at HOST:PORT
+
+It speaks LAN signaling to a daemon as the device whose identity is in HOME
+(standing in for an attacker who captured that device's offers on the LAN, or
+stole its key), and prints one JSON object: for each case, the code the target
+refused with (or ``"connected"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.daemon.helpers import DaemonProcess
+from tests.lab import Host
+from tests.server.helpers import READY_PREFIX, ServerProcess, cli_invite
+
+MiB = 1024 * 1024
+NOTES = "org.handoffd.notes"
+SERVER_PORT = 8443
+"""The server's port inside its lab host (a namespace of its own: any port is free there), fixed
+so that a stopped server can be started again at the same URL."""
+SIGNALING_PORT = 7711
+"""The target daemon's LAN signaling port (fixed, so rogue clients can be pointed at it)."""
+
+
+# ---------------------------------------------------------------- processes in lab hosts
+
+
+@dataclass
+class LabDaemon(DaemonProcess):
+    """A ``handoffd`` process inside a lab host; stdout (where launched apps print) to ``out``."""
+
+    host: Host | None = None
+
+    @property
+    def out(self) -> Path:
+        """The daemon's stdout, which launched apps inherit."""
+        return self.home.parent / f"{self.home.name}.out"
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start it inside the host's namespace (tracked by the lab, stopped by PID)."""
+        if self.host is None:
+            raise RuntimeError("a LabDaemon needs a host")
+        env = {**os.environ, **self.env}
+        env.pop("HANDOFF_HOME", None)
+        with self.log.open("ab") as log, self.out.open("ab") as out:
+            self.proc = self.host.popen(
+                [sys.executable, "-m", "handoffd.daemon", "--home", str(self.home)],
+                stdout=out,
+                stderr=log,
+                env=env,
+            )
+        return self.proc
+
+    @property
+    def pid(self) -> int:
+        """PID of the running daemon (``ip netns exec`` execs it: the Popen's own PID)."""
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError("the daemon is not running")
+        return self.proc.pid
+
+    def running(self) -> bool:
+        """True while the process lives."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        """Everything the daemon logged so far."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@dataclass
+class LabServer(ServerProcess):
+    """``handoff-server serve`` inside a lab host, on its lab address and a fixed port."""
+
+    host: Host | None = None
+    port: int = SERVER_PORT
+    account_ids: dict[str, str] = field(default_factory=dict)
+
+    def start(self, timeout: float = 30.0) -> LabServer:
+        """Start (or start again: same data, same URL) and wait for the ready line."""
+        if self.host is None:
+            raise RuntimeError("a LabServer needs a host")
+        argv = [sys.executable, "-m", "handoffd.server.cli", "serve", "--data", str(self.data),
+                "--listen", f"{self.host.address}:{self.port}"]  # fmt: skip
+        with self.log.open("a") as log:
+            self.proc = self.host.popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = ""
+        while time.monotonic() < deadline and not line:
+            line = self.proc.stdout.readline().strip()
+            if not line and self.proc.poll() is not None:
+                break
+        if not line.startswith(READY_PREFIX):
+            self.stop()
+            raise AssertionError(f"server did not start ({line!r}): {self.log.read_text()}")
+        fields = dict(part.split("=", 1) for part in line[len(READY_PREFIX) :].split())
+        self.url, self.fingerprint = fields["url"], fields["fingerprint"]
+        return self
+
+    def running(self) -> bool:
+        """True while the process lives."""
+        return self.proc is not None and self.proc.poll() is None
+
+
+def pair_daemon(server: ServerProcess, d: DaemonProcess, account: str, name: str) -> str:
+    """Pair ``d`` to ``account`` through a CLI-made invite; its device id."""
+    url, _ = cli_invite(server.data, account)
+    status, body = d.curl("POST", "/v1/pair", {"invite": url, "name": name})
+    if status != 200:
+        raise AssertionError(f"pairing {name} failed: {body}")
+    return str(body["device_id"])
+
+
+def stop_quietly(d: DaemonProcess) -> None:
+    """Stop a daemon if it runs (SIGTERM, then SIGKILL); for ``finally`` blocks."""
+    if d.proc is not None and d.proc.poll() is None:
+        with contextlib.suppress(AssertionError):
+            d.stop(timeout=10)
+    d.proc = None
+
+
+def kill_hard(d: DaemonProcess) -> None:
+    """SIGKILL (a crash: no goodbye, no cleanup) and reap."""
+    proc, d.proc = d.proc, None
+    if proc is not None and proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
+
+
+# ---------------------------------------------------------------- what crossed the wire
+
+
+def link_bytes(host: Host) -> tuple[int, int]:
+    """(rx, tx) byte counters of ``host``'s lab interface, as the kernel counts them."""
+    out = host.run(["ip", "-j", "-s", "link", "show", "dev", "eth0"]).stdout
+    stats = json.loads(out)[0]["stats64"]
+    return int(stats["rx"]["bytes"]), int(stats["tx"]["bytes"])
+
+
+@dataclass
+class WireMeter:
+    """Bytes through a host's interface since ``start()`` (frames: headers and all)."""
+
+    host: Host
+    rx0: int = 0
+    tx0: int = 0
+
+    def start(self) -> WireMeter:
+        """Take the starting counters."""
+        self.rx0, self.tx0 = link_bytes(self.host)
+        return self
+
+    def read(self) -> tuple[int, int]:
+        """(rx, tx) since start."""
+        rx, tx = link_bytes(self.host)
+        return rx - self.rx0, tx - self.tx0
+
+
+# ---------------------------------------------------------------- certificates
+
+
+def write_expired_cert(server_data: Path, account_id: str, home: Path) -> dt.datetime:
+    """Overwrite the device certificate in ``home`` with one the account CA issued for the same
+    key, valid from 40 to 10 days ago; return its not-after. The daemon must be stopped."""
+    from handoffd import identity
+    from handoffd.paths import Paths
+    from handoffd.server.store import Store
+
+    paths = Paths.resolve(home)
+    key = identity.load_private_key(paths.device_key)
+    store = Store.open(server_data)
+    try:
+        with store._read() as db:  # the server's own loader: the CA key never leaves the server
+            ca = store._load_ca(db, account_id)
+    finally:
+        store.close()
+    cert = identity.build_device_cert(
+        ca,
+        key.public_key(),
+        device_id=identity.device_id_for(key.public_key()),
+        now=dt.datetime.now(dt.UTC) - dt.timedelta(days=40),
+        lifetime=dt.timedelta(days=30),
+    )
+    paths.device_cert.write_bytes(identity.cert_to_pem(cert))
+    return cert.not_valid_after_utc
+
+
+# ---------------------------------------------------------------- waiting
+
+
+async def poll(
+    probe: Callable[[], Awaitable[Any]], *, within: float, what: str, every: float = 0.1
+) -> Any:
+    """Call ``probe`` until it returns something other than None; AssertionError after ``within``."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await probe()
+        if value is not None:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
+        await asyncio.sleep(every)
+
+
+# ---------------------------------------------------------------- the rogue client
+
+
+def _flip_sdp_fingerprint(payload: bytes) -> bytes:
+    """An offer payload whose SDP sha-256 fingerprint has its last byte changed."""
+    import msgpack
+
+    inner = msgpack.unpackb(payload, raw=False)
+    sdp: str = inner["sdp"]
+    line = next(x for x in sdp.split("\r\n") if x.startswith("a=fingerprint:sha-256 "))
+    inner["sdp"] = sdp.replace(line, line[:-2] + ("00" if not line.endswith("00") else "11"))
+    return bytes(msgpack.packb(inner, use_bin_type=True))
+
+
+async def rogue(home: Path, to: str, host: str, port: int) -> dict[str, str]:
+    """Run the rogue cases against the daemon at ``host:port`` (device ``to``); codes by case."""
+    import msgpack
+
+    from handoffd import envelope, identity
+    from handoffd.errors import HandoffError
+    from handoffd.paths import Paths
+    from handoffd.transport import webrtc
+    from handoffd.transport.base import LocalIdentity, PeerRefusedError
+    from handoffd.transport.signaling import send_offer
+
+    paths = Paths.resolve(home)
+    key = identity.load_private_key(paths.device_key)
+    cert = identity.load_cert(paths.device_cert.read_bytes())
+    ca = identity.load_cert(paths.account_ca.read_bytes())
+    trust = identity.TrustAnchor.from_ca(ca, None)
+    local = LocalIdentity(key=key, cert_der=identity.cert_to_der(cert), trust=trust)
+    results: dict[str, str] = {}
+
+    async def attempt(name: str, tamper: Callable[[bytes], bytes] | None) -> bytes | None:
+        """Connect through signaling with ``tamper`` applied to the offer; the offer sent."""
+        sent: list[bytes] = []
+
+        async def signal(offer: bytes) -> bytes:
+            wire = tamper(offer) if tamper is not None else offer
+            sent.append(wire)
+            return await send_offer(host, port, wire, timeout=10)
+
+        loop = asyncio.get_running_loop()
+        try:
+            channel = await webrtc.connect(
+                local=local, peer_device_id=to, signal=signal, deadline=loop.time() + 15
+            )
+        except PeerRefusedError as exc:
+            results[name] = exc.peer_code
+            return sent[0] if sent else None
+        except HandoffError as exc:
+            results[name] = f"local:{exc.code}"
+            return sent[0] if sent else None
+        await channel.close()
+        results[name] = "connected"
+        return sent[0]
+
+    # 1. A genuine offer: the channel opens (what an eavesdropper could have captured) ...
+    captured = await attempt("genuine", None)
+    # ... sent again byte for byte: a replay.
+    if captured is not None:
+        try:
+            await send_offer(host, port, captured, timeout=10)
+            results["replayed"] = "answered"
+        except PeerRefusedError as exc:
+            results["replayed"] = exc.peer_code
+
+    # 2. Without the key: the SDP's DTLS fingerprint changed inside a signed offer.
+    def unsigned_change(offer: bytes) -> bytes:
+        outer = msgpack.unpackb(offer, raw=False)
+        body = msgpack.unpackb(outer["body"], raw=False)
+        body[6] = _flip_sdp_fingerprint(body[6])
+        outer["body"] = msgpack.packb(body, use_bin_type=True)
+        return bytes(msgpack.packb(outer, use_bin_type=True))
+
+    await attempt("tampered-fingerprint", unsigned_change)
+
+    # 3. With the key: re-signed, but the SDP's fingerprint is not the signed one.
+    def resigned_change(offer: bytes) -> bytes:
+        outer = msgpack.unpackb(offer, raw=False)
+        body = msgpack.unpackb(outer["body"], raw=False)
+        return envelope.seal(
+            key,
+            local.cert_der,
+            purpose=webrtc.PURPOSE_OFFER,
+            recipient=to,
+            payload=_flip_sdp_fingerprint(body[6]),
+            now=time.time(),
+        )
+
+    await attempt("resigned-fingerprint-mismatch", resigned_change)
+
+    # 4. Addressed to another device than the one listening.
+    def readdressed(offer: bytes) -> bytes:
+        outer = msgpack.unpackb(offer, raw=False)
+        body = msgpack.unpackb(outer["body"], raw=False)
+        return envelope.seal(
+            key,
+            local.cert_der,
+            purpose=webrtc.PURPOSE_OFFER,
+            recipient=local.device_id,  # a device id of the account, not the target's
+            payload=body[6],
+            now=time.time(),
+        )
+
+    await attempt("wrong-recipient", readdressed)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.handoff.labkit rogue --home HOME --to ID --at HOST:PORT``."""
+    parser = argparse.ArgumentParser(prog="labkit")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("rogue")
+    p.add_argument("--home", type=Path, required=True)
+    p.add_argument("--to", required=True)
+    p.add_argument("--at", required=True)
+    args = parser.parse_args(argv)
+    host, _, port = args.at.rpartition(":")
+    results = asyncio.run(rogue(args.home, args.to, host, int(port)))
+    print(json.dumps(results, sort_keys=True), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
