@@ -32,11 +32,11 @@ def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tight]:
     server = start_server(
         base,
         {
-            "idle_timeout": "1.0",
-            "max_seconds": "3.0",
+            "idle_timeout": "2.0",
+            "max_seconds": "5.0",
             "max_bytes": str(MAX_BYTES),
             "max_per_account": "2",
-            "token_ttl": "1.5",
+            "token_ttl": "3.0",
             "opens_per_minute": "1",
             "open_burst": "4",
             "max_frame": str(MAX_FRAME),
