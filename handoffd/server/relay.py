@@ -129,6 +129,7 @@ class _Session:
     ended: str | None = None
     start: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    watcher: asyncio.Task[None] | None = None
 
     def role_of(self, device_id: str) -> str | None:
         if device_id == self.initiator:
@@ -257,7 +258,7 @@ class RelayHub:
         self._sessions[session.session_id] = session
         self._per_account.setdefault(session.account_id, set()).add(session.session_id)
         self._opened_total[session.account_id] = self._opened_total.get(session.account_id, 0) + 1
-        self._spawn(self._watch(session), f"relay-watch-{session.session_id}")
+        session.watcher = self._spawn(self._watch(session), f"relay-watch-{session.session_id}")
         logger.info(
             "relay session opened account=%s session=%s initiator=%s target=%s",
             session.account_id,
@@ -465,6 +466,8 @@ class RelayHub:
             return
         session.ended = reason
         self._sessions.pop(session.session_id, None)
+        if session.watcher is not None and session.watcher is not asyncio.current_task():
+            session.watcher.cancel()  # it has nothing left to watch
         if session.started_at is None:
             self._ended[session.session_id] = (
                 session.account_id,
@@ -521,10 +524,11 @@ class RelayHub:
 
     # ------------------------------------------------------------ plumbing
 
-    def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     @staticmethod
     async def _send_json(ws: web.WebSocketResponse, message: dict[str, Any]) -> None:
