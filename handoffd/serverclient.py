@@ -42,11 +42,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from handoffd import identity
 from handoffd.errors import HandoffError, ServerError
 from handoffd.server import auth
+from handoffd.server.ice import check_ice_response
 from handoffd.server.pairing import Invite, check_fingerprint, check_server_url, parse_invite
 
 __all__ = [
     "CreatedInvite",
     "DeviceRecord",
+    "IceServerInfo",
     "Invite",
     "JoinResult",
     "RelayStream",
@@ -109,6 +111,15 @@ class DeviceRecord:
     created_at: float
     last_seen: float | None
     online: bool
+
+
+@dataclass(frozen=True)
+class IceServerInfo:
+    """A STUN or TURN server the server advertises (TURN: time-limited credentials)."""
+
+    urls: tuple[str, ...]
+    username: str | None
+    credential: str | None
 
 
 @dataclass(frozen=True)
@@ -383,6 +394,23 @@ class ServerClient:
         """
         key, _ = self._require_device()
         return ServerLink(self, key, on_presence, on_signal, on_error, on_relay)
+
+    async def ice_servers(self) -> tuple[tuple[IceServerInfo, ...], float]:
+        """``GET /v1/ice``: the STUN/TURN servers to use and when their credentials expire (Unix s).
+
+        The expiry is this machine's clock at the request plus the server's
+        TTL; ask again before it (at half the TTL, say). The answer is checked
+        strictly (at most 8 servers of 1 to 4 ``stun:``/``turn:``/``turns:``
+        URLs, bounded credentials): ``server-bad-response`` otherwise.
+        """
+        started = time.time()
+        result = await self._request("GET", "/v1/ice", signed=True)
+        try:
+            entries, ttl = check_ice_response(result)
+        except ValueError as exc:
+            raise _bad_response(f"ICE server list ({exc})") from None
+        servers = tuple(IceServerInfo(e.urls, e.username, e.credential) for e in entries)
+        return servers, started + ttl
 
     async def relays(self) -> dict[str, int]:
         """``GET /v1/relays``: the account's relay sessions ``{pending, active, opened}``."""

@@ -1,4 +1,4 @@
-"""The JSON API under ``/v1``: info, join, invites, devices, CRL, renew (the WebSocket is in hub.py).
+"""The JSON API under ``/v1``: info, join, invites, devices, CRL, renew, ICE servers (the WebSocket is in hub.py).
 
 Device requests carry a signature by the device key (see auth.py); the device
 is looked up server-side, so a revoked device is refused at once. Store calls
@@ -140,6 +140,7 @@ async def info(request: web.Request) -> web.Response:
             "api": API_VERSION,
             "fingerprint": request.app[CONFIG].fingerprint,
             "time": _now(request),
+            "ice": request.app[CONFIG].ice.configured,
         }
     )
 
@@ -277,6 +278,21 @@ async def renew(request: web.Request) -> web.Response:
     return json_response(_issued_json(issued))
 
 
+async def ice_servers(request: web.Request) -> web.Response:
+    """``GET /v1/ice`` (device): STUN/TURN servers, TURN credentials for this device (see ice.py)."""
+    device = await authenticate(request)
+    ice = request.app[CONFIG].ice
+    servers = ice.servers_for(device.device_id, now=_now(request))
+    if ice.turn:
+        logger.info(
+            "turn credentials issued account=%s device=%s ttl=%d",
+            device.account_id,
+            device.device_id,
+            ice.ttl,
+        )
+    return json_response({"ice_servers": servers, "ttl": ice.ttl})
+
+
 def setup_api(app: web.Application) -> None:
     """Add the ``/v1`` routes (the WebSocket route is added by the hub)."""
     app.router.add_get("/v1/info", info)
@@ -287,3 +303,4 @@ def setup_api(app: web.Application) -> None:
     app.router.add_delete("/v1/devices/{device_id}", revoke_device)
     app.router.add_get("/v1/crl", get_crl)
     app.router.add_post("/v1/renew", renew)
+    app.router.add_get("/v1/ice", ice_servers)

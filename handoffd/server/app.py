@@ -26,6 +26,7 @@ from aiohttp import web
 from handoffd.errors import HandoffError, ServerError, StoreError
 from handoffd.server.auth import RequestVerifier
 from handoffd.server.hub import Hub
+from handoffd.server.ice import IceConfig
 from handoffd.server.pairing import INVITE_TTL, RateLimiter
 from handoffd.server.relay import RelayConfig, setup_relay
 from handoffd.server.store import Store
@@ -62,6 +63,7 @@ class ServerConfig:
     revocation_poll: float = 1.0
     clock: Callable[[], float] = field(default=time.time)
     relay: RelayConfig = field(default_factory=RelayConfig.from_env)  # relay limits
+    ice: IceConfig = field(default_factory=IceConfig)  # STUN/TURN servers for /v1/ice
 
 
 STORE: web.AppKey[Store] = web.AppKey("handoff_store", Store)

@@ -32,6 +32,7 @@ from handoffd import identity
 from handoffd.errors import HandoffError
 from handoffd.server import pairing, tlscert
 from handoffd.server.app import ServerConfig, make_app
+from handoffd.server.ice import DEFAULT_TTL, IceConfig, read_secret_file
 from handoffd.server.store import Store
 
 logger = logging.getLogger("handoffd.server")
@@ -97,10 +98,17 @@ def _url_host(host: str) -> str:
 # ---------------------------------------------------------------- serve
 
 
+def ice_config(args: argparse.Namespace) -> IceConfig:
+    """``--stun``, ``--turn``, ``--turn-secret-file``, ``--turn-ttl`` → IceConfig (ConfigError)."""
+    secret = read_secret_file(Path(args.turn_secret_file)) if args.turn_secret_file else None
+    return IceConfig(stun=tuple(args.stun), turn=tuple(args.turn), secret=secret, ttl=args.turn_ttl)
+
+
 async def serve(args: argparse.Namespace) -> int:
     """Run the server until SIGTERM/SIGINT."""
     data_dir: Path = args.data
     host, port = parse_listen(args.listen)
+    ice = ice_config(args)  # before anything is created: a bad option changes nothing
     now = time.time()
     tls = (
         None
@@ -120,6 +128,7 @@ async def serve(args: argparse.Namespace) -> int:
             invite_ttl=args.invite_ttl,
             join_failures_per_minute=args.join_failures_per_minute,
             join_failure_burst=max(1, int(args.join_failures_per_minute)),
+            ice=ice,
         )
         app = make_app(store, config)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
@@ -144,6 +153,13 @@ async def serve(args: argparse.Namespace) -> int:
                 fingerprint or "none",
                 data_dir,
             )
+            if ice.configured:
+                logger.info(
+                    "ice servers stun=%d turn=%d turn_ttl=%d",
+                    len(ice.stun),
+                    len(ice.turn),
+                    ice.ttl,
+                )
             print(
                 f"handoff-server listening url={listen_url} fingerprint={fingerprint or 'none'}",
                 flush=True,
@@ -308,6 +324,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="plain HTTP: only behind a TLS proxy, or in tests",
     )
     p.add_argument("--public-url", default=None, help="URL devices use to reach the server")
+    p.add_argument(
+        "--stun",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="STUN server for devices, e.g. stun:stun.example.org:3478 (repeatable)",
+    )
+    p.add_argument(
+        "--turn",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="TURN server for devices, e.g. turn:turn.example.org:3478?transport=udp (repeatable)",
+    )
+    p.add_argument(
+        "--turn-secret-file",
+        default=None,
+        metavar="PATH",
+        help="file with the secret shared with coturn (its static-auth-secret); mode 0600",
+    )
+    p.add_argument(
+        "--turn-ttl",
+        type=int,
+        default=DEFAULT_TTL,
+        metavar="SECONDS",
+        help=f"lifetime of the TURN credentials handed out (default {DEFAULT_TTL})",
+    )
     p.add_argument("--invite-ttl", type=float, default=pairing.INVITE_TTL, help=argparse.SUPPRESS)
     p.add_argument("--join-failures-per-minute", type=float, default=10.0, help=argparse.SUPPRESS)
 
