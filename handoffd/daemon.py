@@ -127,7 +127,9 @@ class Daemon:
         self.extensions = tuple(extensions)
         self.heartbeat = heartbeat
         self.handle_signals = handle_signals
-        self.notifier = SdNotifier.from_env()
+        # Unset: launched apps must not inherit NOTIFY_SOCKET/WATCHDOG_* (a child pinging or
+        # READY-ing on our behalf would mislead the service manager).
+        self.notifier = SdNotifier.from_env(unset_environment=True)
         self.ctx: ControlContext | None = None
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -203,7 +205,7 @@ class Daemon:
                 self._spawn(device.maintain(), "identity-maintenance")
                 interval = self.notifier.watchdog_interval()
                 if interval is not None:
-                    self._spawn(self._watchdog(interval / 2), "watchdog")
+                    self._spawn(self._watchdog(interval), "watchdog")
                 for ext in self.extensions:
                     self._spawn(ext.run(ctx), f"extension-{type(ext).__name__}")
                 await self._stop.wait()
