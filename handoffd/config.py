@@ -49,6 +49,8 @@ class Settings:
     inbox_ttl: int = 7 * 24 * 3600
     partial_ttl: int = 24 * 3600
     unicast_peers: tuple[str, ...] = ()
+    # Advertise and browse with mDNS; off: peers are reached through the server (and unicast_peers).
+    lan_discovery: bool = True
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -155,6 +157,7 @@ _VALIDATORS: dict[str, Any] = {
     "handoff_enabled": _check_bool,
     "accept_types": _check_types,
     "auto_accept": _check_bool,
+    "lan_discovery": _check_bool,
     "device_name": _clean_name,
     "inbox_ttl": _check_ttl,
     "partial_ttl": _check_ttl,

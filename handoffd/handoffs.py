@@ -22,20 +22,21 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import json
 import logging
 import os
 import random
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from handoffd import envelope, identity
+from handoffd import envelope, identity, peering
 from handoffd.control.server import ControlContext
 from handoffd.errors import (
     ApiError,
@@ -45,6 +46,7 @@ from handoffd.errors import (
     StoreError,
     TransportError,
 )
+from handoffd.peering import DirectDialer, ServerPath
 from handoffd.proto import codec
 from handoffd.proto import messages as m
 from handoffd.proto import transfer as core
@@ -52,6 +54,7 @@ from handoffd.store import HandoffRecord, ItemRecord, Store
 from handoffd.transfer import (
     ItemSpec,
     Link,
+    PathSwitchError,
     ReceiverHooks,
     SenderHooks,
     SendReport,
@@ -71,6 +74,8 @@ from handoffd.transfer import (
     sign_offer,
     unique_names,
 )
+from handoffd.transport.base import PATH_RELAY, PeerAuthError, PeerRefusedError
+from handoffd.transport.connector import NoPathError, Upgrader
 
 logger = logging.getLogger("handoffd.handoffs")
 
@@ -88,8 +93,15 @@ PROGRESS_INTERVAL = 0.1
 SWEEP_INTERVAL = 30.0
 NOTICE_TIMEOUT = 10.0
 NOTICE_MAX_DELAY = 300.0
+NOTICE_AFTER_LINK = 5.0
+"""Seconds after telling the source over a link before the confirming notice."""
 DEVICE_REFRESH = 60.0
 DISCOVERY_GRACE = 5.0
+HEAD_START = float(os.environ.get("HANDOFF_DIRECT_HEAD_START", "1.75"))
+"""Seconds the direct path gets before the relay is tried too."""
+UPGRADE_FIRST = float(os.environ.get("HANDOFF_UPGRADE_FIRST", "5"))
+UPGRADE_EVERY = float(os.environ.get("HANDOFF_UPGRADE_EVERY", "15"))
+"""While relayed: the first try of the direct path after this many seconds, then every ..."""
 
 OUT_ACTIVE = ("pending", "connecting", "transferring", "retrying")
 TERMINAL = ("resumed", "declined", "cancelled", "failed")
@@ -357,12 +369,14 @@ class EngineDB:
 
     # -- pending resume notices
 
-    def add_notice(self, handoff_id: str, device_id: str, now: float) -> None:
-        """Persist a resume notice to send to ``device_id``."""
+    def add_notice(
+        self, handoff_id: str, device_id: str, now: float, *, delay: float = 0.0
+    ) -> None:
+        """Persist a resume notice to send to ``device_id`` (first try after ``delay``)."""
         self._exec(
             "INSERT OR IGNORE INTO engine_notices (handoff_id, device_id, attempts, next_at,"
             " created_at) VALUES (?, ?, 0, ?, ?)",
-            (handoff_id, device_id, now, now),
+            (handoff_id, device_id, now + delay, now),
         )
 
     def due_notices(self, now: float) -> list[tuple[str, str, int, float]]:
@@ -453,8 +467,44 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def _error_text(code: str, message: str) -> str:
-    return json.dumps({"code": code, "message": message[:500]})
+def _error_text(code: str, message: str, reason: str | None = None) -> str:
+    value = {"code": code, "message": message[:500]}
+    if reason is not None and reason != code:
+        value["reason"] = reason
+    return json.dumps(value)
+
+
+def _ready_check(upgrader: Upgrader) -> Callable[[], bool]:
+    return lambda: upgrader.ready
+
+
+def _reason(error: HandoffError) -> str | None:
+    """The peer's own reason for refusing us, if it gave one."""
+    peer_code = getattr(error, "peer_code", None)
+    return peer_code if isinstance(peer_code, str) else None
+
+
+# Refusals that another attempt cannot change (until trust state changes).
+_FINAL_REFUSALS = ("cert-", "envelope-", "tls-", "tlsv1-alert-")
+
+
+def _refusal_is_final(error: HandoffError) -> bool:
+    """True for authentication failures, ours or the peer's: retrying would only repeat them."""
+    if isinstance(error, PeerAuthError):
+        return True
+    reason = _reason(error)
+    return reason is not None and reason.startswith(_FINAL_REFUSALS)
+
+
+def _path_error(exc: NoPathError) -> HandoffError:
+    """What to report when no path worked: the peer's refusal first, else not found, else the last."""
+    for _name, error in exc.attempts:
+        if isinstance(error, PeerRefusedError):
+            return error
+    if exc.attempts and all(e.code == "no-route" for _n, e in exc.attempts):
+        return TransportError("the device is not nearby or online", code="peer-not-found")
+    real = [e for _n, e in exc.attempts if e.code != "no-route"]
+    return real[-1] if real else exc
 
 
 def _error_json(text: str | None) -> dict[str, str] | None:
@@ -465,7 +515,10 @@ def _error_json(text: str | None) -> dict[str, str] | None:
     except ValueError:
         return {"code": "error", "message": text}
     if isinstance(value, dict):
-        return {"code": str(value.get("code", "error")), "message": str(value.get("message", ""))}
+        out = {"code": str(value.get("code", "error")), "message": str(value.get("message", ""))}
+        if isinstance(value.get("reason"), str):
+            out["reason"] = value["reason"]
+        return out
     return {"code": "error", "message": text}
 
 
@@ -506,6 +559,11 @@ class HandoffService:
         self.sightings: dict[str, tuple[tuple[str, ...], int]] = {}
         self._ready = asyncio.Event()
         self._sighted = asyncio.Event()
+        self.server: ServerPath | None = None
+        self._server_local: Any = None
+        self._direct = DirectDialer(
+            self._local_identity, self._addresses, lambda: self.server, self._webrtc_options
+        )
 
     # ------------------------------------------------------------ lifecycle
 
@@ -524,6 +582,7 @@ class HandoffService:
                 logger.info("handoff engine ready signaling_port=%d", self.signaling.port)
                 self._ready.set()
                 self._spawn(self._discovery_loop(), "discovery")
+                self._spawn(self._server_loop(), "server-link")
                 self._spawn(self._sweep_loop(), "expiry")
                 self._spawn(self._notice_loop(), "notices")
                 self._spawn(self._janitor_loop(), "warm-links")
@@ -539,6 +598,7 @@ class HandoffService:
                 with contextlib.suppress(Exception):
                     await link.close()
         self.links.clear()
+        await self._stop_server_path()
         if self.discovery is not None:
             with contextlib.suppress(Exception):
                 await self.discovery.close()
@@ -612,7 +672,9 @@ class HandoffService:
         try:
             while True:
                 device = self.ctx.device
-                if device.paired and device.trust is not None and not device.revoked:
+                if not self.ctx.settings.current.lan_discovery:
+                    await self._stop_discovery()
+                elif device.paired and device.trust is not None and not device.revoked:
                     if time.monotonic() - last_refresh > DEVICE_REFRESH:
                         await self._refresh_devices()
                         last_refresh = time.monotonic()
@@ -662,6 +724,18 @@ class HandoffService:
                 for r in records
             ],
         )
+
+    async def _stop_discovery(self) -> None:
+        disc, self.discovery = self.discovery, None
+        self._discovery_known = self._discovery_trust = None
+        if disc is not None:
+            with contextlib.suppress(Exception):
+                await disc.close()
+            for device_id in list(self.sightings):
+                self.sightings.pop(device_id, None)
+                self.ctx.nearby.pop(device_id, None)
+                self.ctx.events.publish({"type": "device.gone", "device_id": device_id})
+            logger.info("discovery stopped")
 
     async def _start_discovery(self, known: frozenset[str]) -> None:
         from handoffd.discovery.mdns import Discovery
@@ -727,16 +801,102 @@ class HandoffService:
                     out.append((host, port))
         return out
 
+    # ------------------------------------------------------------ the server path
+
+    async def _server_loop(self) -> None:
+        """Keep a server link (presence, signaling through the server, relay) while paired."""
+        sub = self.ctx.events.subscribe()
+        try:
+            while True:
+                device = self.ctx.device
+                if not device.paired or device.revoked or device.trust is None:
+                    await self._stop_server_path()
+                else:
+                    try:
+                        local = self._local_identity()
+                    except HandoffError:
+                        local = None
+                    if local is not None and local is not self._server_local:
+                        await self._stop_server_path()
+                        await self._start_server_path(local)
+                try:
+                    async with asyncio.timeout(5.0):
+                        event = await sub.get()
+                except TimeoutError:
+                    continue
+                if event is None:
+                    return
+        finally:
+            sub.close()
+
+    async def _start_server_path(self, local: Any) -> None:
+        try:
+            client = self.ctx.device.client()
+        except HandoffError as exc:
+            logger.info("no server link code=%s", exc.code)
+            return
+        path = ServerPath(
+            client=client,
+            local=local,
+            on_request=self._on_signal,
+            on_channel=self._on_relay_channel,
+            on_presence=self._on_presence,
+            on_refused=lambda code: self._refused(code, "relay"),
+        )
+        self.server, self._server_local = path, local
+        await path.start()
+        logger.info("server link started")
+
+    async def _stop_server_path(self) -> None:
+        path, self.server, self._server_local = self.server, None, None
+        if path is not None:
+            await path.close()
+            self._on_presence(frozenset(), connected=False)
+
+    def _on_presence(self, online: frozenset[str], *, connected: bool = True) -> None:
+        """The server's list of the account's online devices changed."""
+        me = self.ctx.device.device_id
+        before = self.ctx.server_online or frozenset()
+        live = self.server is not None and self.server.connected and connected
+        now = online - {me} if live else frozenset()
+        self.ctx.server_online = now if live else None
+        for device_id in sorted(now - before):
+            self.ctx.events.publish({"type": "device.online", "device_id": device_id})
+        for device_id in sorted(before - now):
+            self.ctx.events.publish({"type": "device.offline", "device_id": device_id})
+        if now - before:
+            self._sighted.set()
+            self._notice_wake.set()
+
+    async def _on_relay_channel(self, channel: Any) -> None:
+        link = Link(channel, on_incoming=self._on_incoming, on_resumed=self._on_link_resumed)
+        self._add_link(link)
+        link.start()
+        logger.info("incoming relay link", extra={"peer": link.peer_id})
+
+    async def _webrtc_options(self) -> Any:
+        from handoffd.transport.webrtc import WebRtcOptions
+
+        server = self.server
+        ice = () if server is None else await server.ice_servers()
+        return WebRtcOptions(ice_servers=ice)
+
+    def _connector(self) -> Any:
+        return peering.connector(self._direct, self.server, head_start=HEAD_START)
+
+    def _refused(self, code: str, path: str) -> None:
+        """Remember and announce a connection this device refused."""
+        entry = {"at": time.time(), "code": code, "path": path}
+        self.ctx.refusals.append(entry)
+        self.ctx.events.publish({"type": "handoff.refused", "code": code, "path": path})
+
     # ------------------------------------------------------------ links
 
     def _add_link(self, link: Link) -> None:
         self.links.setdefault(link.peer_id, []).append(link)
 
     async def _link_to(self, peer_id: str) -> Link:
-        """A warm idle link to ``peer_id``, or a new one over WebRTC via LAN signaling."""
-        from handoffd.transport import webrtc
-        from handoffd.transport.signaling import send_offer
-
+        """A warm idle link to ``peer_id``, or a new one: direct (LAN or via the server) or relay."""
         for link in self.links.get(peer_id, []):
             idle = time.monotonic() - link.last_used
             reusable = link.lingering or (not link.busy and idle <= WARM_IDLE)
@@ -746,34 +906,22 @@ class HandoffService:
                 return link
         loop = asyncio.get_running_loop()
         grace = loop.time() + DISCOVERY_GRACE  # just started: discovery may need a moment
-        while not (addresses := self._addresses(peer_id)) and (left := grace - loop.time()) > 0:
+        while not self._direct.plausible(peer_id) and (left := grace - loop.time()) > 0:
             self._sighted.clear()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(left):
+                async with asyncio.timeout(min(left, 0.5)):
                     await self._sighted.wait()
-        if not addresses:
-            raise TransportError("the device is not nearby", code="peer-not-found")
-        local = self._local_identity()
-        deadline = loop.time() + CONNECT_TIMEOUT
-        errors: list[HandoffError] = []
-        for host, port in addresses:
-
-            async def signal(offer: bytes, host: str = host, port: int = port) -> bytes:
-                return await send_offer(host, port, offer, timeout=max(0.1, deadline - loop.time()))
-
-            try:
-                channel = await webrtc.connect(
-                    local=local, peer_device_id=peer_id, signal=signal, deadline=deadline
-                )
-            except TransportError as exc:
-                logger.info("connect failed host=%s port=%d code=%s", host, port, exc.code)
-                errors.append(exc)
-                continue
-            link = Link(channel, on_incoming=self._on_incoming, on_resumed=self._on_link_resumed)
-            link.start()
-            self._add_link(link)
-            return link
-        raise errors[-1] if errors else TransportError("no address", code="peer-not-found")
+        self._local_identity()  # not paired: refuse before dialing
+        try:
+            channel = await self._connector().connect(
+                peer_id, deadline=loop.time() + CONNECT_TIMEOUT
+            )
+        except NoPathError as exc:
+            raise _path_error(exc) from None
+        link = Link(channel, on_incoming=self._on_incoming, on_resumed=self._on_link_resumed)
+        link.start()
+        self._add_link(link)
+        return link
 
     async def _janitor_loop(self) -> None:
         """Close warm links idle for longer than WARM_IDLE; forget closed ones."""
@@ -799,8 +947,15 @@ class HandoffService:
             return await self._on_notice(local, data)
         except EnvelopeError as exc:
             if exc.code != "envelope-wrong-context":
+                self._refused(exc.code, "signaling")
                 raise
-        accepted = await webrtc.accept(local=local, offer_envelope=data)
+        try:
+            accepted = await webrtc.accept(
+                local=local, offer_envelope=data, options=await self._webrtc_options()
+            )
+        except HandoffError as exc:
+            self._refused(exc.code, "signaling")
+            raise
         self._spawn(self._incoming(accepted), "incoming-link")
         return accepted.answer
 
@@ -1001,16 +1156,22 @@ class HandoffService:
             raise TransferError("bad offer recorded", code="internal", retry=False)
         manifest = codec.decode(offer.manifest)
         attempts = record.attempts
+        moved: Link | None = None  # a better link taken at a chunk boundary
         while True:
-            attempts += 1
-            record = await self._set(
-                handoff_id, {"next_retry_at": None}, state="connecting", attempts=attempts
-            )
-            link: Link | None = None
+            if moved is None:
+                attempts += 1
+                record = await self._set(
+                    handoff_id, {"next_retry_at": None}, state="connecting", attempts=attempts
+                )
+            link, moved = moved, None
+            upgrader: tuple[Upgrader, asyncio.Task[Any]] | None = None
             try:
                 sources = await self._sources(record, manifest)
-                link = await self._link_to(record.peer)
+                if link is None:
+                    link = await self._link_to(record.peer)
                 await self._set(handoff_id, {}, path=link.channel.path)
+                upgrader = self._upgrader(link)
+                up = None if upgrader is None else upgrader[0]
                 report = await run_sender(
                     link,
                     hello=self._hello(),
@@ -1020,6 +1181,7 @@ class HandoffService:
                     hooks=self._sender_hooks(handoff_id),
                     resumed_wait=RESUMED_WAIT,
                     cancelled=lambda: handoff_id in self._cancelled,
+                    switch=(lambda: False) if up is None else _ready_check(up),
                 )
                 logger.info(
                     "handoff sent data_bytes=%d skipped=%d",
@@ -1028,6 +1190,22 @@ class HandoffService:
                     extra={"handoff": handoff_id},
                 )
                 return
+            except PathSwitchError:
+                better = None if upgrader is None else upgrader[0].take()
+                if link is not None:
+                    await link.close()
+                if better is not None:
+                    moved = Link(
+                        better, on_incoming=self._on_incoming, on_resumed=self._on_link_resumed
+                    )
+                    moved.start()
+                    self._add_link(moved)
+                    logger.info(
+                        "transfer moves to a better path path=%s",
+                        better.path,
+                        extra={"handoff": handoff_id},
+                    )
+                continue
             except TransferError as exc:
                 if not exc.retry:
                     state = "failed" if exc.code in _LOCAL_FAILURES else "declined"
@@ -1041,23 +1219,28 @@ class HandoffService:
                 error: HandoffError = exc
             except HandoffError as exc:
                 error = exc
+            finally:
+                if upgrader is not None:
+                    upgrader[1].cancel()
+                    await upgrader[0].close()
             if link is not None:
                 await link.close()  # never reuse a connection that just failed
             record = await self._require(handoff_id)
             if record.state in ("delivered", "resumed"):
                 return
+            final = _refusal_is_final(error)
             logger.info(
                 "handoff attempt failed code=%s attempt=%d",
-                error.code,
+                _reason(error),
                 attempts,
                 extra={"handoff": handoff_id},
             )
-            if attempts >= MAX_ATTEMPTS:
+            if final or attempts >= MAX_ATTEMPTS:
                 await self._set(
                     handoff_id,
                     {"next_retry_at": None},
                     state="failed",
-                    error=_error_text(error.code, error.message),
+                    error=_error_text(error.code, error.message, _reason(error)),
                 )
                 return
             delay = backoff(attempts)
@@ -1065,9 +1248,18 @@ class HandoffService:
                 handoff_id,
                 {"next_retry_at": time.time() + delay},
                 state="retrying",
-                error=_error_text(error.code, error.message),
+                error=_error_text(error.code, error.message, _reason(error)),
             )
             await asyncio.sleep(delay)
+
+    def _upgrader(self, link: Link) -> tuple[Upgrader, asyncio.Task[Any]] | None:
+        """While relayed, try the direct path now and then (in a task of the engine's group)."""
+        if link.channel.path != PATH_RELAY or self.server is None:
+            return None
+        upgrader = Upgrader(
+            self._connector(), link.channel, first_delay=UPGRADE_FIRST, interval=UPGRADE_EVERY
+        )
+        return upgrader, self._spawn(upgrader.run(), "path-upgrade")
 
     def _sender_hooks(self, handoff_id: str) -> SenderHooks:
         async def transferring(report: SendReport) -> None:
@@ -1423,9 +1615,16 @@ class HandoffService:
                 "app_id": entry.app_id,
             }
         )
-        if not await self._resumed_on_link(entry.id):
-            await self.store.run(self.db.add_notice, entry.id, entry.from_device, now)
-            self._notice_wake.set()
+        # Told over a live link or not, a notice follows: a link can look alive for a while after
+        # its peer died, and the source acknowledges a notice only once it has recorded it.
+        told = await self._resumed_on_link(entry.id)
+        await self.store.run(
+            functools.partial(self.db.add_notice, delay=NOTICE_AFTER_LINK if told else 0.0),
+            entry.id,
+            entry.from_device,
+            now,
+        )
+        self._notice_wake.set()
         return (await self.store.run(self.db.inbox, entry.id))[0]
 
     async def _resumed_on_link(self, handoff_id: str) -> bool:
@@ -1487,16 +1686,32 @@ class HandoffService:
                     await self._notice_wake.wait()
 
     async def _send_notice(self, handoff_id: str, device_id: str) -> None:
-        """One signed ``handoff-resumed`` envelope to the source; its signed ack back."""
+        """One signed ``handoff-resumed`` envelope to the source (LAN, else through the server)."""
         from handoffd.transport.signaling import send_offer
 
         local = self._local_identity()
         payload = codec.encode(m.Resumed(handoff_id=handoff_id))
-        addresses = self._addresses(device_id)
-        if not addresses:
-            raise TransportError("the source is not nearby", code="peer-not-found")
+        loop = asyncio.get_running_loop()
+        routes: list[Callable[[bytes], Any]] = []
+        for host, port in self._addresses(device_id):
+
+            async def lan(sealed: bytes, host: str = host, port: int = port) -> bytes:
+                return await send_offer(host, port, sealed, timeout=NOTICE_TIMEOUT)
+
+            routes.append(lan)
+        server = self.server
+        if server is not None and server.reachable(device_id):
+
+            async def via_server(sealed: bytes, server: ServerPath = server) -> bytes:
+                return await server.request(
+                    device_id, sealed, deadline=loop.time() + NOTICE_TIMEOUT
+                )
+
+            routes.append(via_server)
+        if not routes:
+            raise TransportError("the source is not nearby or online", code="peer-not-found")
         last: HandoffError | None = None
-        for host, port in addresses:
+        for route in routes:
             sealed = envelope.seal(
                 local.key,
                 local.cert_der,
@@ -1506,7 +1721,7 @@ class HandoffService:
                 now=time.time(),
             )
             try:
-                answer = await send_offer(host, port, sealed, timeout=NOTICE_TIMEOUT)
+                answer = await route(sealed)
                 opened = envelope.open_envelope(
                     answer,
                     purpose=PURPOSE_RESUMED_ACK,
@@ -1522,7 +1737,7 @@ class HandoffService:
                 last = TransportError("wrong acknowledgement", code="notice-bad-ack")
                 continue
             return
-        raise last or TransportError("no address", code="peer-not-found")
+        raise last or TransportError("no route", code="peer-not-found")
 
     async def _on_notice(self, local: Any, data: bytes) -> bytes:
         """A resume notice from a target: mark our handoff resumed, answer with a signed ack."""

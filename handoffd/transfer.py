@@ -77,6 +77,12 @@ class TransferError(HandoffError):
         self.retry = retry
 
 
+class PathSwitchError(TransferError):
+    """The sender stopped at a chunk boundary to continue over a better channel."""
+
+    default_code = "path-switch"
+
+
 # ---------------------------------------------------------------- names (pure)
 
 
@@ -727,6 +733,8 @@ def _ready_for_next(ex: Exchange, data: bytes) -> bool:
 def make_hello(device_id: str, trust: identity.TrustAnchor | None) -> m.Hello:
     """Our hello, carrying our CRL for gossip."""
     crl = None if trust is None or trust.crl is None else identity.crl_to_der(trust.crl)
+    if crl is not None and len(crl) > m.MAX_CRL:
+        crl = None  # too large to gossip: peers fetch it from the server instead
     return m.Hello(
         version=m.PROTOCOL_VERSION,
         device_id=device_id,
@@ -804,13 +812,17 @@ async def run_sender(
     hooks: SenderHooks,
     resumed_wait: float,
     cancelled: Callable[[], bool] = lambda: False,
+    switch: Callable[[], bool] = lambda: False,
 ) -> SendReport:
     """One sending exchange: offer, stream, until delivered (then linger for ``resumed``).
 
     Returns once delivered and either resumed or ``resumed_wait`` passed; raises
     TransferError (declined: retry False, code = the peer's reason) otherwise.
     If the task is cancelled and ``cancelled()`` says the user asked for it, the
-    peer is told (``cancel``) before the CancelledError goes on.
+    peer is told (``cancel``) before the CancelledError goes on. While streaming,
+    ``switch()`` is asked at each chunk boundary; True ends this exchange with
+    ``PathSwitchError`` so the caller can carry on over a better channel (the receiver
+    keeps what it acknowledged; the next offer resumes from there).
     """
     loop = asyncio.get_running_loop()
     ex = link.begin(manifest.handoff_id, "sender")
@@ -860,6 +872,8 @@ async def run_sender(
             report.channel_bytes = link.channel.bytes_sent - start_bytes
             if events:
                 continue  # handling events may have made more
+            if c.state == core.State.STREAMING and switch():
+                raise PathSwitchError("a better path is ready", code="path-switch")
             now = loop.time()
             if delivered_at is not None and now - delivered_at >= resumed_wait:
                 return report
@@ -1006,6 +1020,8 @@ class _Receiving:
                 self.hooks.on_progress(self.ex.handoff_id, event.done, event.total)
             elif isinstance(event, core.ItemComplete):
                 await self.complete(event.index)
+            elif isinstance(event, core.CheckpointNeeded) and event.index in self.writers:
+                await self.checkpoint(event.index)
             elif isinstance(event, core.Commit) and self.manifest is not None:
                 for writer in self.writers.values():
                     await asyncio.to_thread(Staging.close_item, writer)

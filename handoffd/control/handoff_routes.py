@@ -176,7 +176,14 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
                     {"type": "null"},
                     {
                         "type": "object",
-                        "properties": {"code": _STR, "message": _STR},
+                        "properties": {
+                            "code": _STR,
+                            "message": _STR,
+                            "reason": {
+                                **_STR,
+                                "description": "the reason the peer gave for refusing us",
+                            },
+                        },
                         "required": ["code", "message"],
                     },
                 ]

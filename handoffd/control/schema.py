@@ -471,6 +471,12 @@ SCHEMAS: dict[str, Any] = {
             "cert_not_after": {"type": ["number", "null"]},
             "crl_number": {"type": "integer"},
             "revoked": _BOOL,
+            "server_connected": _BOOL,
+            "refused": {
+                "type": "array",
+                "description": "the last connections this device refused, newest last",
+                "items": _obj({"at": _NUM, "code": _STR, "path": _STR}, ["at", "code", "path"]),
+            },
             "version": _STR,
             "pid": {"type": "integer"},
         }
@@ -563,6 +569,10 @@ SCHEMAS: dict[str, Any] = {
             "inbox_ttl": {"type": "integer", "minimum": 60},
             "partial_ttl": {"type": "integer", "minimum": 60},
             "unicast_peers": {"type": "array", "items": {"type": "string"}},
+            "lan_discovery": {
+                "type": "boolean",
+                "description": "advertise and browse with mDNS (off: reach peers via the server)",
+            },
         }
     ),
     "Pair": _obj(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import json
 import logging
@@ -45,6 +46,7 @@ from handoffd.store import ItemRecord, SessionRecord, Store
 logger = logging.getLogger("handoffd.control")
 
 HEARTBEAT = 15.0
+REFUSALS_KEPT = 32
 DEVICES_TIMEOUT = 5.0
 
 
@@ -61,6 +63,12 @@ class ControlContext:
     heartbeat: float = HEARTBEAT
     # device id → addresses seen on the LAN; filled by discovery.
     nearby: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # The account's devices online at the server while the engine's link is up; None otherwise.
+    server_online: frozenset[str] | None = None
+    # The last connections this device refused (newest last): {"at", "code", "path"}.
+    refusals: collections.deque[dict[str, Any]] = field(
+        default_factory=lambda: collections.deque(maxlen=REFUSALS_KEPT)
+    )
     # OpenAPI paths and schemas added by route setups.
     openapi_paths: dict[str, Any] = field(default_factory=dict)
     openapi_schemas: dict[str, Any] = field(default_factory=dict)
@@ -224,6 +232,8 @@ def status_json(ctx: ControlContext) -> dict[str, Any]:
         "cert_not_after": None if not_after is None else not_after.timestamp(),
         "crl_number": 0 if device.trust is None else device.trust.crl_number,
         "revoked": device.revoked,
+        "server_connected": ctx.server_online is not None,
+        "refused": list(ctx.refusals),
         "version": ctx.version,
         "pid": os.getpid(),
     }
@@ -237,7 +247,7 @@ def _device_json(ctx: ControlContext, d: CachedDevice) -> dict[str, Any]:
         "platform": d.platform,
         "self": d.device_id == ctx.device.device_id,
         "nearby": bool(addresses),
-        "online": d.online,
+        "online": d.online if ctx.server_online is None else d.device_id in ctx.server_online,
         "addresses": list(addresses),
         "last_seen": d.last_seen,
         "revoked": d.revoked,

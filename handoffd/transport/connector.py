@@ -257,6 +257,11 @@ class Upgrader:
     def _stopped(self) -> bool:
         return self._closed or self._channel.closed
 
+    @property
+    def ready(self) -> bool:
+        """True when a better channel waits to be taken."""
+        return self._ready is not None
+
     def take(self) -> Channel | None:
         """The better channel if one is ready (ownership passes to the caller), else None."""
         ready, self._ready = self._ready, None
