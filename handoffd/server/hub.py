@@ -177,16 +177,14 @@ class Hub:
         if verified is None:
             return None
         device, _ = verified
+        await asyncio.to_thread(self._store.touch_device, device.device_id)
+        # From registering to taking the send lock for the welcome nothing awaits: presence
+        # caused by other devices meanwhile queues behind the welcome (asyncio.Lock is FIFO),
+        # so the welcome is always the first message after auth.
         conn = _Conn(device.device_id, device.account_id, ws)
         old = self._conns.get(conn.device_id)
         self._conns[conn.device_id] = conn
         self._accounts.setdefault(conn.account_id, set()).add(conn.device_id)
-        if old is not None:
-            await self._send_ws(
-                old.ws, self._error("replaced", "a newer connection took over", fatal=True)
-            )
-            await self._close(old.ws, CLOSE_REPLACED, b"replaced")
-        await asyncio.to_thread(self._store.touch_device, conn.device_id)
         logger.info("device online account=%s device=%s", conn.account_id, conn.device_id)
         await self._send(
             conn,
@@ -197,6 +195,11 @@ class Hub:
                 "online": sorted(self.online(conn.account_id)),
             },
         )
+        if old is not None:  # after its welcome: the old socket's leaving changes no presence
+            await self._send(
+                old, self._error("replaced", "a newer connection took over", fatal=True)
+            )
+            await self._close(old.ws, CLOSE_REPLACED, b"replaced")
         await self._presence(conn.account_id, skip=conn)  # its welcome said it already
         return conn
 
