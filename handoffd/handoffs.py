@@ -75,7 +75,7 @@ from handoffd.transfer import (
     unique_names,
 )
 from handoffd.transport.base import PATH_RELAY, PeerAuthError, PeerRefusedError
-from handoffd.transport.connector import NoPathError, Upgrader
+from handoffd.transport.connector import Connector, NoPathError, Upgrader
 
 logger = logging.getLogger("handoffd.handoffs")
 
@@ -560,6 +560,8 @@ class HandoffService:
         self._ready = asyncio.Event()
         self._sighted = asyncio.Event()
         self.server: ServerPath | None = None
+        self._connector_cached: Connector | None = None
+        self._connector_for: ServerPath | None = None
         self._server_local: Any = None
         self._direct = DirectDialer(
             self._local_identity, self._addresses, lambda: self.server, self._webrtc_options
@@ -881,8 +883,14 @@ class HandoffService:
         ice = () if server is None else await server.ice_servers()
         return WebRtcOptions(ice_servers=ice)
 
-    def _connector(self) -> Any:
-        return peering.connector(self._direct, self.server, head_start=HEAD_START)
+    def _connector(self) -> Connector:
+        """The connector for the current server path (it remembers which dialer made a channel)."""
+        if self._connector_for is not self.server or self._connector_cached is None:
+            self._connector_cached = peering.connector(
+                self._direct, self.server, head_start=HEAD_START
+            )
+            self._connector_for = self.server
+        return self._connector_cached
 
     def _refused(self, code: str, path: str) -> None:
         """Remember and announce a connection this device refused."""
@@ -1230,7 +1238,8 @@ class HandoffService:
                 return
             final = _refusal_is_final(error)
             logger.info(
-                "handoff attempt failed code=%s attempt=%d",
+                "handoff attempt failed code=%s reason=%s attempt=%d",
+                error.code,
                 _reason(error),
                 attempts,
                 extra={"handoff": handoff_id},

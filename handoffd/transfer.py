@@ -959,6 +959,11 @@ async def run_receiver(
                 if c.state not in (core.State.DELIVERED, core.State.DECLINED):
                     await hooks.on_failed(ex.handoff_id, "connection-lost", "connection lost")
                 return
+    except TransportError as exc:
+        # The channel failed under us (a send after the peer left, a path switch): what was
+        # acknowledged is durable, the next offer resumes from there.
+        if c.state not in (core.State.DELIVERED, core.State.DECLINED):
+            await hooks.on_failed(ex.handoff_id, "connection-lost", f"connection lost: {exc.code}")
     except (ProtocolError, OSError, TransferError) as exc:
         if isinstance(exc, OSError):
             logger.warning("receive failed on disk: %s", exc, extra={"peer": link.peer_id})
