@@ -341,6 +341,7 @@ async def _refused(
             "org.example.x", "refused", items=[*_messages(3), NewItem.of_path("document", "d", one_m)]
         )  # fmt: skip
         meter = WireMeter(h2).start()
+        started = time.time()
         h = await s.send(session.id, target)
 
         async def refused() -> dict[str, Any] | None:
@@ -348,10 +349,12 @@ async def _refused(
             return x if x["error"] is not None else None
 
         seen: dict[str, Any] = await poll(refused, within=60, what="the refusal on the source")
-        await s.cancel(h.id)
         h2_tx = meter.read()[1]
-        assert seen["state"] in {"retrying", "failed"}, seen
+        # An authentication refusal is final at once: retrying could only repeat it.
+        assert seen["state"] == "failed", seen
+        assert seen["attempts"] == 1, seen
         assert seen["error"]["code"] == "peer-refused", seen
+        assert seen["error"]["reason"] == peer_code, seen
         assert message in seen["error"]["message"], seen
         assert seen["bytes_done"] == 0
         assert seen["wire"]["data_bytes_sent"] == 0
@@ -363,8 +366,10 @@ async def _refused(
         assert err.value.code == "handoff-not-found"
         assert {e.id for e in await b.inbox()} == inbox_before
         assert not (world.b.paths.partial / h.id).exists()
-        # The target's only record of it: a log line with the code (its API has none).
+        # The target's record of it: its status lists the refusal, and a log line has the code.
         assert f"offer refused: {peer_code}" in world.b.log_text()[log_before:]
+        refusals = (await b.status()).raw["refused"]
+        assert any(r["code"] == peer_code and r["at"] >= started for r in refusals), refusals
         # Nothing like the 1 MiB document left the refused device's host.
         assert h2_tx < SMALL_WIRE, h2_tx
         print(f"refused {peer_code}: {seen['state']} {seen['error']}; refused host tx {h2_tx} B")
