@@ -1,27 +1,47 @@
-"""LAN signaling over TCP: one offer envelope in, one answer envelope (or an error) out.
+"""LAN signaling over TLS 1.3 on TCP: one offer envelope in, one answer envelope (or an error) out.
 
-Wire: each frame is a 4-byte big-endian length N (1 <= N <= MAX_FRAME), then N
-bytes: a kind byte (1 offer, 2 answer, 3 error) and the body. An offer/answer
-body is a signed envelope (``handoffd.envelope``), verified by the WebRTC
-layer, not here; an error body is msgpack ``{"code": str, "message": str}``.
-A connection carries exactly one exchange: the caller sends an offer, the
-callee answers or sends an error, and closes. Anything else gets an error
-frame and the connection closed; the server keeps serving.
+The TCP connection is wrapped in TLS 1.3 (``ssl`` only) before any frame: the
+server uses an ephemeral self-signed Ed25519 certificate made when it starts
+(nothing in it names the device or the account), and the client does not
+verify it. Authentication stays in the signed envelopes, end to end; TLS here
+only keeps passive LAN observers from reading them (they carry both device
+certificates, hence who talks to whom). An active attacker in the middle gains
+nothing it could not get by asking: it can read the offer, but cannot forge,
+alter or replay an envelope, and the DTLS fingerprints are signed.
+
+Wire (inside TLS): each frame is a 4-byte big-endian length N (1 <= N <=
+MAX_FRAME), then N bytes: a kind byte (1 offer, 2 answer, 3 error) and the
+body. An offer/answer body is a signed envelope (``handoffd.envelope``),
+verified by the WebRTC layer, not here; an error body is msgpack ``{"code":
+str, "message": str}``. A connection carries exactly one exchange: the caller
+sends an offer, the callee answers or sends an error, and closes. Anything
+else gets an error frame and the connection closed; the server keeps serving.
 
 The frame codec is local to this module (``handoffd.proto.framing`` did not
-exist yet when it was written).
+exist yet when it was written); ``handoffd.peering`` reuses it for signals
+relayed through the server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
+import os
 import re
+import secrets
+import ssl
 import struct
+import tempfile
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import msgpack
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
 
 from handoffd.errors import HandoffError, TransportError
 from handoffd.transport.base import PeerRefusedError
@@ -48,6 +68,88 @@ class FrameError(TransportError):
     """A signaling frame broke the wire rules; ``code`` says how."""
 
     default_code = "signaling-protocol"
+
+
+# ---------------------------------------------------------------- TLS
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _load_ephemeral_chain(ctx: ssl.SSLContext, key: Ed25519PrivateKey, cert_pem: bytes) -> None:
+    """Load a key and certificate into ``ctx``; the key never touches disk unencrypted.
+
+    ``load_cert_chain`` only reads files: on Linux a memfd; elsewhere a 0600 file in a
+    private temporary directory, the key encrypted under a one-time password.
+    """
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        fd = os.memfd_create("handoff-signaling-tls", os.MFD_CLOEXEC)
+        try:
+            _write_all(fd, cert_pem + pem)
+            ctx.load_cert_chain(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return
+    password = secrets.token_bytes(32)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(password),
+    )
+    with tempfile.TemporaryDirectory(prefix="handoff-signaling-") as tmp:
+        path = Path(tmp) / "chain.pem"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            _write_all(fd, cert_pem + pem)
+        finally:
+            os.close(fd)
+        ctx.load_cert_chain(path, password=password)
+
+
+def server_context() -> ssl.SSLContext:
+    """A TLS 1.3 server context with a fresh ephemeral self-signed Ed25519 certificate.
+
+    The certificate names nothing (``CN=handoff-signaling``, random serial) and is
+    never verified by clients: it exists because TLS needs one.
+    """
+    key = Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "handoff-signaling")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .sign(key, None)
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.num_tickets = 0  # one exchange per connection: nothing to resume
+    _load_ephemeral_chain(ctx, key, cert.public_bytes(serialization.Encoding.PEM))
+    return ctx
+
+
+def client_context() -> ssl.SSLContext:
+    """A TLS 1.3 client context that does not verify the server (see the module docstring)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the envelopes authenticate; TLS only hides them
+    return ctx
+
+
+# ---------------------------------------------------------------- frames
 
 
 def encode_frame(kind: int, body: bytes) -> bytes:
@@ -133,6 +235,7 @@ class SignalingServer:
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._tls: ssl.SSLContext | None = None
 
     @property
     def port(self) -> int:
@@ -145,8 +248,18 @@ class SignalingServer:
         """Bind and start serving."""
         if self._server is not None or self._closed:
             raise TransportError("signaling server already started", code="already-started")
+        if self._tls is None:
+            self._tls = server_context()  # ephemeral: a new certificate every start
         try:
-            self._server = await asyncio.start_server(self._handle, self._host, self._port)
+            # A peer that does not complete the handshake within read_timeout is dropped by
+            # asyncio (logged at debug level only); _handle runs once TLS is up.
+            self._server = await asyncio.start_server(
+                self._handle,
+                self._host,
+                self._port,
+                ssl=self._tls,
+                ssl_handshake_timeout=self._read_timeout,
+            )
         except OSError as exc:
             raise TransportError(
                 f"cannot listen on {self._host}:{self._port}: {exc.strerror}",
@@ -229,15 +342,17 @@ async def send_offer(
     *,
     timeout: float,  # noqa: ASYNC109 - one budget for the whole exchange
 ) -> bytes:
-    """Send an offer envelope; return the answer envelope.
+    """Send an offer envelope over TLS; return the answer envelope.
 
     Raises PeerRefusedError (the callee sent an error frame, ``peer_code``) or
-    TransportError (signaling-unreachable, signaling-timeout, signaling-closed,
-    signaling-protocol).
+    TransportError (signaling-unreachable, signaling-tls, signaling-timeout,
+    signaling-closed, signaling-protocol). ``timeout`` bounds everything: connect,
+    TLS handshake, offer and answer.
     """
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
+            # asyncio's own handshake timeout a little later than ours: ours decides.
+            reader, writer = await _connect(host, port, max(timeout, 0.0) + 1.0)
             try:
                 writer.write(encode_frame(KIND_OFFER, envelope))
                 await writer.drain()
@@ -250,10 +365,14 @@ async def send_offer(
         raise TransportError(
             "peer closed signaling without answering", code="signaling-closed"
         ) from None
-    except OSError as exc:
+    except ssl.SSLError as exc:  # after the handshake: a broken TLS record
         raise TransportError(
-            f"cannot reach the peer's signaling port: {exc.strerror or exc}",
-            code="signaling-unreachable",
+            f"signaling TLS failed: {exc.reason or type(exc).__name__}", code="signaling-tls"
+        ) from exc
+    except OSError as exc:  # after connecting: reset by the peer
+        raise TransportError(
+            f"lost the peer's signaling connection: {exc.strerror or exc}",
+            code="signaling-closed",
         ) from exc
     if kind == KIND_ERROR:
         code, message = decode_error(body)
@@ -261,6 +380,35 @@ async def send_offer(
     if kind != KIND_ANSWER:
         raise FrameError("expected an answer", code="signaling-protocol")
     return body
+
+
+async def _connect(
+    host: str,
+    port: int,
+    handshake_timeout: float,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """TCP, then the TLS handshake; TransportError signaling-unreachable or signaling-tls."""
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+    except OSError as exc:
+        raise TransportError(
+            f"cannot reach the peer's signaling port: {exc.strerror or exc}",
+            code="signaling-unreachable",
+        ) from exc
+    try:
+        # The server speaks only after our ClientHello, so nothing is buffered before the
+        # upgrade. No SNI: the server has no name, and a name would tell observers one.
+        await writer.start_tls(
+            client_context(), server_hostname="", ssl_handshake_timeout=handshake_timeout
+        )
+    except (ssl.SSLError, OSError) as exc:
+        writer.close()
+        reason = exc.reason if isinstance(exc, ssl.SSLError) else None
+        raise TransportError(
+            f"signaling TLS handshake failed: {reason or exc.strerror or type(exc).__name__}",
+            code="signaling-tls",
+        ) from exc
+    return reader, writer
 
 
 def lan_signal(

@@ -1,16 +1,24 @@
-"""LAN signaling over real TCP: one exchange per connection, hostile input, timeouts, the server survives."""
+"""LAN signaling over real TLS on TCP: one exchange per connection, hostile input, timeouts,
+the server survives; nothing readable on the wire."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import struct
+import time
 from collections.abc import AsyncIterator
 
 import msgpack
 import pytest
 import pytest_asyncio
+from cryptography import x509
 
+from handoffd import envelope
+from handoffd import identity as idn
 from handoffd.errors import TransportError
+from handoffd.transport import webrtc
 from handoffd.transport.base import PeerAuthError, PeerRefusedError
 from handoffd.transport.signaling import (
     KIND_ANSWER,
@@ -19,12 +27,15 @@ from handoffd.transport.signaling import (
     MAX_FRAME,
     FrameError,
     SignalingServer,
+    client_context,
     decode_error,
     encode_error,
     encode_frame,
     read_frame,
     send_offer,
+    server_context,
 )
+from tests.transport.helpers import Account, Device
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -65,9 +76,16 @@ async def served() -> AsyncIterator[tuple[SignalingServer, Handler]]:
         await server.close()  # idempotent
 
 
+async def _tls(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TLS connection to the signaling port, frames left to the caller."""
+    return await asyncio.open_connection(
+        "127.0.0.1", port, ssl=client_context(), server_hostname=""
+    )
+
+
 async def _raw(port: int, data: bytes) -> tuple[int, bytes] | None:
-    """Send raw bytes; return the reply frame, or None if the server closed without one."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    """Send raw bytes inside TLS; return the reply frame, or None if the server closed without one."""
+    reader, writer = await _tls(port)
     try:
         writer.write(data)
         await writer.drain()
@@ -163,14 +181,42 @@ async def test_silent_or_truncated_client(served: tuple[SignalingServer, Handler
     reply = await _raw(server.port, struct.pack("!I", 100) + b"\x01abc")
     assert reply is not None
     assert decode_error(reply[1])[0] == "timeout"
-    # Half a frame then EOF: just closed.
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    # Half a frame then the client closes (TLS has no half-close): just closed, no call.
+    _, writer = await _tls(server.port)
     writer.write(struct.pack("!I", 100))
-    writer.write_eof()
+    await writer.drain()
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+    assert handler.calls == 0
+    await _still_serving(server.port)
+
+
+@pytest.mark.asyncio
+async def test_plaintext_clients_get_nothing(
+    served: tuple[SignalingServer, Handler], caplog: pytest.LogCaptureFixture
+) -> None:
+    server, handler = served
+    caplog.set_level(logging.DEBUG)
+    # The old cleartext protocol: an offer frame where a ClientHello belongs.
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(encode_frame(KIND_OFFER, b"offer"))
+    await writer.drain()
+    reply = await asyncio.wait_for(reader.read(), 10)
+    assert not reply.startswith(b"\x00")  # no frame; at most a TLS alert record
+    writer.close()
+    await writer.wait_closed()
+    # A liveness probe (handoffd.discovery.mdns.tcp_probe): connect, close at once.
+    _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.close()
+    await writer.wait_closed()
+    # Connects and never starts TLS: dropped after the handshake timeout (read_timeout, 1 s).
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     assert await asyncio.wait_for(reader.read(), 10) == b""
     writer.close()
     await writer.wait_closed()
     assert handler.calls == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     await _still_serving(server.port)
 
 
@@ -208,7 +254,7 @@ async def test_client_errors() -> None:
         await send_offer("127.0.0.1", port, b"x", timeout=10)
     assert e.value.code == "signaling-unreachable"
 
-    # A server that never answers; one that answers garbage; one with a bad error frame.
+    # Over TLS: a server that never answers; one that answers garbage; one with a bad error frame.
     replies = {
         "silent": None,
         "kind": encode_frame(KIND_OFFER, b"an offer back"),
@@ -235,7 +281,7 @@ async def test_client_errors() -> None:
                 w.write(reply)
                 await w.drain()
 
-        srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+        srv = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_context())
         try:
             with pytest.raises(TransportError) as e:
                 await send_offer("127.0.0.1", srv.sockets[0].getsockname()[1], b"o", timeout=1)
@@ -246,6 +292,48 @@ async def test_client_errors() -> None:
             held.clear()
             srv.close()
             await srv.wait_closed()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("behaviour", "code"),
+    [
+        ("cleartext", "signaling-tls"),  # the old protocol: an error frame, no TLS
+        ("hang-up", "signaling-tls"),  # closes on the ClientHello
+        ("mute", "signaling-timeout"),  # takes the ClientHello, never answers it
+    ],
+)
+async def test_failed_or_slow_handshake(behaviour: str, code: str) -> None:
+    held: list[asyncio.StreamWriter] = []
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        held.append(w)
+        if behaviour == "cleartext":
+            with contextlib.suppress(FrameError, asyncio.IncompleteReadError):
+                await read_frame(r)
+            w.write(encode_error("frame-too-large", "not a frame"))
+            await w.drain()
+            w.close()
+        elif behaviour == "hang-up":
+            await r.read(1)
+            w.close()
+        else:
+            await r.read(1)
+
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(TransportError) as e:
+            await send_offer("127.0.0.1", port, b"o", timeout=2)
+        assert e.value.code == code
+        assert loop.time() - started < 30  # bounded by the timeout, never a hang
+    finally:
+        for w in held:
+            w.close()
+        srv.close()
+        await srv.wait_closed()
 
 
 @pytest.mark.asyncio
@@ -282,3 +370,117 @@ def test_error_frame_codec() -> None:
     with pytest.raises(FrameError) as e:
         encode_frame(KIND_OFFER, b"x" * MAX_FRAME)
     assert e.value.code == "frame-too-large"
+
+
+class Tap:
+    """A TCP proxy in front of a port that keeps every byte it forwards, both ways."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.wire = bytearray()
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> int:
+        self.server = await asyncio.start_server(self._pipe, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        ur, uw = await asyncio.open_connection("127.0.0.1", self.target)
+
+        async def copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    self.wire += data
+                    dst.write(data)
+                    await dst.drain()
+            except ConnectionError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(copy(r, uw), copy(ur, w))
+
+
+@pytest.mark.asyncio
+async def test_a_passive_observer_learns_no_identity() -> None:
+    account = Account()
+    caller, callee = account.device(), account.device()
+
+    def seal(device: Device, to: str, purpose: str) -> bytes:
+        return envelope.seal(
+            device.key,
+            device.local.cert_der,
+            purpose=purpose,
+            recipient=to,
+            payload=b"v=0 sdp",
+            now=time.time(),
+        )
+
+    answer = seal(callee, caller.id, webrtc.PURPOSE_ANSWER)
+    offers: list[bytes] = []
+
+    async def on_offer(offer: bytes) -> bytes:
+        offers.append(offer)
+        return answer
+
+    offer = seal(caller, callee.id, webrtc.PURPOSE_OFFER)
+    secrets_on_the_wire = {
+        "caller certificate": caller.local.cert_der,
+        "callee certificate": callee.local.cert_der,
+        "caller id": caller.id.encode(),
+        "callee id": callee.id.encode(),
+        "account id": idn.ca_account_id(account.ca.cert).encode(),
+        "caller key": caller.key.public_key().public_bytes_raw(),
+    }
+    # In the clear they would all be there: the envelopes carry them.
+    for name, value in secrets_on_the_wire.items():
+        assert value in offer + answer, name
+
+    server = SignalingServer("127.0.0.1", 0, on_offer)
+    await server.start()
+    try:
+        tap = Tap(server.port)
+        async with tap as port:
+            assert await send_offer("127.0.0.1", port, offer, timeout=10) == answer
+        assert offers == [offer]
+    finally:
+        await server.close()
+    wire = bytes(tap.wire)
+    assert len(wire) > len(offer) + len(answer)  # both envelopes crossed, wrapped
+    assert wire[:3] == b"\x16\x03\x01"  # a TLS handshake record opens the connection
+    for name, value in secrets_on_the_wire.items():
+        assert value not in wire, name
+    assert b"handoff" not in wire
+
+
+@pytest.mark.asyncio
+async def test_tls13_with_an_ephemeral_certificate_per_start() -> None:
+    seen: list[bytes] = []
+    for _ in range(2):
+        server = SignalingServer("127.0.0.1", 0, Handler())
+        await server.start()
+        try:
+            reader, writer = await _tls(server.port)
+            tls = writer.get_extra_info("ssl_object")
+            assert tls.version() == "TLSv1.3"
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            seen.append(der)
+            writer.write(encode_frame(KIND_OFFER, b"x"))
+            assert await asyncio.wait_for(read_frame(reader), 10) == (KIND_ANSWER, b"answer:x")
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        finally:
+            await server.close()
+    assert seen[0] != seen[1]
+    cert = x509.load_der_x509_certificate(seen[0])
+    assert cert.subject == cert.issuer  # self-signed, naming nothing but its purpose
+    assert cert.subject.rfc4514_string() == "CN=handoff-signaling"
+    with pytest.raises(x509.ExtensionNotFound):
+        cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
