@@ -210,7 +210,11 @@ class IceConfig:
             )
         if self.secret is not None and not self.turn:
             raise ConfigError("--turn-secret-file without --turn", code="turn-secret-unused")
-        if isinstance(self.ttl, bool) or not MIN_TTL <= self.ttl <= MAX_TTL:
+        if (
+            not isinstance(self.ttl, int)
+            or isinstance(self.ttl, bool)
+            or not MIN_TTL <= self.ttl <= MAX_TTL
+        ):
             raise ConfigError(
                 f"--turn-ttl must be {MIN_TTL} to {MAX_TTL} seconds", code="turn-ttl-invalid"
             )

@@ -291,6 +291,8 @@ def test_credential_and_config_repr() -> None:
     # RFC 2202, HMAC-SHA1 test case 1 (a known answer, not a recomputation).
     expected = bytes.fromhex("b617318655057264e28bc0b6fb378c8ef146be00")
     assert turn_credential(b"\x0b" * 20, "Hi There") == base64.b64encode(expected).decode()
+    with pytest.raises(ConfigError):
+        IceConfig(turn=(TURN_URL,), secret=SECRET, ttl=600.5)  # type: ignore[arg-type]
     config = IceConfig(turn=(TURN_URL,), secret=SECRET)
     assert SECRET.decode() not in repr(config)
     (entry,) = config.servers_for("DEV", now=1000.9)
