@@ -21,7 +21,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from handoffd import __version__, identity
@@ -238,6 +238,52 @@ async def cmd_inbox(client: HandoffClient, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_handoffs(client: HandoffClient, args: argparse.Namespace) -> int:
+    """Handoffs in both directions, newest first."""
+    handoffs = await client.handoffs()
+    if args.json:
+        _print_json([dict(h.raw) for h in handoffs])
+        return 0
+    rows = [
+        (
+            h.id,
+            "to" if h.direction == "out" else "from",
+            h.peer.name or h.peer.device_id[:8],
+            _state_text(h.state, h.attempts, h.next_retry_at, h.error),
+            h.path or "-",
+            f"{_size(h.bytes_done)}/{_size(h.bytes_total)}",
+            _ago(h.updated_at),
+        )
+        for h in handoffs
+    ]
+    print(table(rows, ("ID", "DIR", "DEVICE", "STATE", "PATH", "BYTES", "UPDATED")))
+    return 0
+
+
+async def cmd_cancel(client: HandoffClient, args: argparse.Namespace) -> int:
+    """Cancel an outgoing handoff that is not delivered yet."""
+    h = await client.cancel(args.handoff)
+    print(f"handoff {clean(h.id)} {clean(h.state)}")
+    return 0
+
+
+def _state_text(
+    state: str, attempts: int, next_retry_at: float | None, error: Mapping[str, str] | None
+) -> str:
+    """``retrying (attempt 3, next in 8s: connect-timeout)``, ``failed: cert-revoked``, ..."""
+    reason = "" if not error else str(error.get("reason") or error.get("code") or "")
+    if state == "retrying":
+        wait = (
+            ""
+            if next_retry_at is None
+            else f", next in {max(0, int(next_retry_at - time.time()))}s"
+        )
+        return f"retrying (attempt {attempts}{wait}{': ' + reason if reason else ''})"
+    if state in ("failed", "declined") and reason:
+        return f"{state}: {reason}"
+    return state
+
+
 def _parse_setting(key: str, value: str, current: object) -> object:
     """``value`` as the type of the setting's ``current`` value."""
     if isinstance(current, bool):
@@ -319,7 +365,8 @@ async def follow(client: HandoffClient, handoff_id: str, *, prefix: str = "") ->
     """
     tty = sys.stdout.isatty()
     start = time.monotonic()
-    last_state, last_line = "", ""
+    last_state: tuple[str, str] | None = None
+    last_line = ""
     while True:
         h: dict[str, Any] = await client.request("GET", f"/v1/handoffs/{handoff_id}")
         state = str(h.get("state"))
@@ -327,18 +374,21 @@ async def follow(client: HandoffClient, handoff_id: str, *, prefix: str = "") ->
         elapsed = max(time.monotonic() - start, 1e-6)
         rate = done / elapsed
         left = (total - done) / rate if rate > 0 and total > done else 0
-        extra = f" attempt {h.get('attempts')}" if state == "retrying" else ""
+        shown = _state_text(
+            state, int(h.get("attempts") or 0), h.get("next_retry_at"), h.get("error")
+        )
+        path = str(h.get("path") or "-")
         line = clean(
             f"{prefix}{_bar(done, total)} {_size(done)}/{_size(total)} {_size(rate)}/s "
-            f"{int(left)}s left  {state} via {h.get('path') or '-'}{extra}"
+            f"{int(left)}s left  {shown} via {path}"
         )
         if tty:
-            if state != last_state and last_state:
+            if (state, path) != last_state and last_state:
                 print()
             print("\r" + line.ljust(len(last_line)), end="", flush=True)
-        elif state != last_state:
+        elif (state, path) != last_state:
             print(line, flush=True)
-        last_line, last_state = line, state
+        last_line, last_state = line, (state, path)
         if state in FINAL_STATES:
             if tty:
                 print()
@@ -413,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("sessions", cmd_sessions, "list published sessions", listing=True)
     p.add_argument("--all", action="store_true", help="include withdrawn and handed-off sessions")
     add("inbox", cmd_inbox, "list received sessions", listing=True)
+    add("handoffs", cmd_handoffs, "list handoffs (state, path, bytes)", listing=True)
+    p = add("cancel", cmd_cancel, "cancel an outgoing handoff")
+    p.add_argument("handoff", help="handoff id")
     p = add("settings", cmd_settings, "show or change settings", listing=True)
     p.add_argument("key", nargs="?", help="one setting")
     p.add_argument("value", nargs="?", help="its new value (lists comma-separated)")

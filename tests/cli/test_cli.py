@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -165,3 +166,17 @@ def test_subcommand_modules_register_commands(
     with pytest.raises(SystemExit) as exc:
         cli.main(["hello", "world"])
     assert exc.value.code == 2  # a usage error without the module
+
+
+def test_state_text_says_attempt_next_try_and_reason() -> None:
+    from handoffd.cli import _state_text
+
+    soon = time.time() + 8.4
+    text = _state_text("retrying", 3, soon, {"code": "no-path", "message": "x"})
+    assert text in (
+        "retrying (attempt 3, next in 8s: no-path)",
+        "retrying (attempt 3, next in 7s: no-path)",
+    )
+    refused = {"code": "peer-refused", "message": "x", "reason": "cert-revoked"}
+    assert _state_text("failed", 1, None, refused) == "failed: cert-revoked"
+    assert _state_text("transferring", 1, None, None) == "transferring"

@@ -8,6 +8,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,19 @@ async def test_api_refusals(pair: Pair) -> None:
         assert "Handoff" in doc["components"]["schemas"]
 
 
+def _cli(pair: Pair, *argv: str) -> str:
+    """``handoff --home <laptop> ARGV...``: its stdout (exit status 0 required)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "handoffd.cli", "--home", str(pair.a.home), *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 @pytest.mark.asyncio
 async def test_cancel_stops_a_transfer(pair: Pair) -> None:
     big = pair.root / "cancel.bin"
@@ -211,10 +225,17 @@ async def test_cancel_stops_a_transfer(pair: Pair) -> None:
             return x if x["state"] == "transferring" and x["bytes_done"] > 0 else None
 
         await wait_for(moving, what="transfer under way")
-        cancelled = await a.cancel(h.id)
-        assert cancelled.state == "cancelled"
+        # The CLI lists it (state, path, bytes) and cancels it.
+        listing = await asyncio.to_thread(_cli, pair, "handoffs")
+        row = next(line for line in listing.splitlines() if line.startswith(h.id))
+        assert row.split()[1:5] == ["to", "desk", "transferring", "direct"], row
+        out = await asyncio.to_thread(_cli, pair, "cancel", h.id)
+        assert out.strip() == f"handoff {h.id} cancelled"
         again = await a.cancel(h.id)  # idempotent
         assert again.state == "cancelled"
+        as_json = json.loads(await asyncio.to_thread(_cli, pair, "handoffs", "--json"))
+        mine = next(x for x in as_json if x["id"] == h.id)
+        assert (mine["state"], mine["path"], mine["direction"]) == ("cancelled", "direct", "out")
 
         async def told() -> str | None:
             s = (await b.handoff(h.id)).state
