@@ -840,7 +840,7 @@ class HandoffService:
         path = ServerPath(
             client=client,
             local=local,
-            on_request=self._on_signal,
+            on_request=functools.partial(self._on_signal, via_server=True),
             on_channel=self._on_relay_channel,
             on_presence=self._on_presence,
             on_refused=lambda code: self._refused(code, "relay"),
@@ -876,11 +876,12 @@ class HandoffService:
         link.start()
         logger.info("incoming relay link", extra={"peer": link.peer_id})
 
-    async def _webrtc_options(self) -> Any:
+    async def _webrtc_options(self, route: str) -> Any:
+        """Off the LAN, with the STUN/TURN servers the server hands out; on it, without."""
         from handoffd.transport.webrtc import WebRtcOptions
 
         server = self.server
-        ice = () if server is None else await server.ice_servers()
+        ice = () if server is None or route != "server" else await server.ice_servers()
         return WebRtcOptions(ice_servers=ice)
 
     def _connector(self) -> Connector:
@@ -946,7 +947,7 @@ class HandoffService:
 
     # ------------------------------------------------------------ signaling
 
-    async def _on_signal(self, data: bytes) -> bytes:
+    async def _on_signal(self, data: bytes, *, via_server: bool = False) -> bytes:
         """An envelope on the signaling port: a resume notice, or a WebRTC offer."""
         from handoffd.transport import webrtc
 
@@ -955,14 +956,16 @@ class HandoffService:
             return await self._on_notice(local, data)
         except EnvelopeError as exc:
             if exc.code != "envelope-wrong-context":
-                self._refused(exc.code, "signaling")
+                self._refused(exc.code, "server" if via_server else "signaling")
                 raise
         try:
             accepted = await webrtc.accept(
-                local=local, offer_envelope=data, options=await self._webrtc_options()
+                local=local,
+                offer_envelope=data,
+                options=await self._webrtc_options("server" if via_server else "lan"),
             )
         except HandoffError as exc:
-            self._refused(exc.code, "signaling")
+            self._refused(exc.code, "server" if via_server else "signaling")
             raise
         self._spawn(self._incoming(accepted), "incoming-link")
         return accepted.answer

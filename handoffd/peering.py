@@ -42,10 +42,9 @@ logger = logging.getLogger("handoffd.peering")
 REF_LEN = 16
 MAX_PENDING = 64
 """Requests through the server waiting for an answer, at most (more: refused locally)."""
-MAX_INCOMING = 16
+MAX_INCOMING = 64
 """Requests from peers through the server being answered at once (more: refused)."""
 ANSWER_TIMEOUT = 20.0
-ICE_REFRESH_MARGIN = 300.0
 ICE_RETRY = 60.0
 _LEN = struct.Struct("!I")
 
@@ -131,6 +130,7 @@ class ServerPath:
         self._tasks: set[asyncio.Task[None]] = set()
         self._ice: tuple[webrtc.IceServer, ...] = ()
         self._ice_until = 0.0
+        self._ice_expires = 0.0
         self._ice_lock = asyncio.Lock()
         self._closed = False
 
@@ -175,24 +175,26 @@ class ServerPath:
         now = time.time()
         if now < self._ice_until:
             return self._ice
-        fetch = getattr(self.client, "ice_servers", None)
-        if fetch is None:
-            return ()
         async with self._ice_lock:
             if time.time() < self._ice_until:
                 return self._ice
             try:
                 async with asyncio.timeout(5.0):
-                    servers, expires = await fetch()
+                    servers, expires = await self.client.ice_servers()
             except (ServerError, TimeoutError) as exc:
                 logger.info("ICE servers not fetched code=%s", getattr(exc, "code", "timeout"))
                 self._ice_until = time.time() + ICE_RETRY
-                return self._ice if now < self._ice_until + ICE_REFRESH_MARGIN else ()
+                if now >= self._ice_expires:
+                    self._ice = ()  # expired credentials are of no use
+                return self._ice
             self._ice = tuple(
                 webrtc.IceServer(urls=tuple(s.urls), username=s.username, credential=s.credential)
                 for s in servers
             )
-            self._ice_until = max(time.time() + ICE_RETRY, float(expires) - ICE_REFRESH_MARGIN)
+            now = time.time()
+            self._ice_expires = float(expires)
+            # Fetched again halfway through their lifetime (never more often than ICE_RETRY).
+            self._ice_until = now + max(ICE_RETRY, (self._ice_expires - now) / 2)
             return self._ice
 
     # ------------------------------------------------------------ requests through the server
@@ -295,7 +297,11 @@ class ServerPath:
 
 
 class DirectDialer(Dialer):
-    """WebRTC; the offer goes over LAN signaling when the peer has an address, else via the server."""
+    """WebRTC; the offer goes over LAN signaling when the peer has an address, else via the server.
+
+    ``options(route)`` (``"lan"`` or ``"server"``): the STUN/TURN servers only matter off the LAN, and an
+    unreachable one delays candidate gathering by seconds, so LAN attempts go without.
+    """
 
     name = "direct"
 
@@ -304,7 +310,7 @@ class DirectDialer(Dialer):
         local: Callable[[], LocalIdentity],
         addresses: Callable[[str], Sequence[tuple[str, int]]],
         server: Callable[[], ServerPath | None],
-        options: Callable[[], Awaitable[webrtc.WebRtcOptions]],
+        options: Callable[[str], Awaitable[webrtc.WebRtcOptions]],
     ) -> None:
         self._local = local
         self._addresses = addresses
@@ -321,10 +327,11 @@ class DirectDialer(Dialer):
     async def dial(self, peer_device_id: str, *, deadline: float) -> Channel:
         """Try each LAN address, then the server's forwarding; the first channel that opens."""
         loop = asyncio.get_running_loop()
-        options = await self._options()
         local = self._local()
         errors: list[HandoffError] = []
-        for host, port in self._addresses(peer_device_id):
+        addresses = self._addresses(peer_device_id)
+        options = await self._options("lan") if addresses else None
+        for host, port in addresses:
 
             async def lan(offer: bytes, host: str = host, port: int = port) -> bytes:
                 left = max(0.1, deadline - loop.time())
@@ -355,7 +362,7 @@ class DirectDialer(Dialer):
                     peer_device_id=peer_device_id,
                     signal=via_server,
                     deadline=deadline,
-                    options=options,
+                    options=await self._options("server"),
                 )
             except PeerRefusedError:
                 raise
