@@ -447,17 +447,21 @@ class RelayHub:
                 if now >= session.expires_at:
                     await self._end(session, "relay-peer-absent")
                     return
-                wake = session.expires_at
-            else:
-                idle_at = session.last_activity + config.idle_timeout
-                quota_at = session.started_at + config.max_seconds
-                if now >= quota_at:
-                    await self._end(session, "relay-time-quota")
-                    return
-                if now >= idle_at:
-                    await self._end(session, "relay-idle-timeout")
-                    return
-                wake = min(idle_at, quota_at)
+                # Until both joined; the idle and time limits count from then, and may be
+                # shorter than the token's life.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.01, session.expires_at - now)):
+                        await session.start.wait()
+                continue
+            idle_at = session.last_activity + config.idle_timeout
+            quota_at = session.started_at + config.max_seconds
+            if now >= quota_at:
+                await self._end(session, "relay-time-quota")
+                return
+            if now >= idle_at:
+                await self._end(session, "relay-idle-timeout")
+                return
+            wake = min(idle_at, quota_at)
             await asyncio.sleep(max(0.01, wake - now))
 
     async def _end(self, session: _Session, reason: str) -> None:
