@@ -82,9 +82,11 @@ logger = logging.getLogger("handoffd.handoffs")
 PURPOSE_RESUMED = "handoff-resumed"
 PURPOSE_RESUMED_ACK = "handoff-resumed-ack"
 SIGNALING_PORT_ENV = "HANDOFF_SIGNALING_PORT"
-MAX_ATTEMPTS = 8
-BACKOFF_BASE = 1.0
-BACKOFF_MAX = 60.0
+MAX_ATTEMPTS = int(os.environ.get("HANDOFF_MAX_ATTEMPTS", "8"))
+"""Connection attempts of one handoff before it fails (a refusal fails it at once)."""
+BACKOFF_BASE = float(os.environ.get("HANDOFF_BACKOFF_BASE", "1"))
+BACKOFF_MAX = float(os.environ.get("HANDOFF_BACKOFF_MAX", "60"))
+"""Retry n waits base * 2**(n-1) seconds, capped at the max, jittered in its upper half."""
 CONNECT_TIMEOUT = 15.0
 RESUMED_WAIT = 30.0
 WARM_IDLE = float(os.environ.get("HANDOFF_WARM_IDLE", "60"))
