@@ -1,6 +1,7 @@
 """Real handoffd/handoff-server processes inside network-lab hosts, and what tests measure there.
 
-Used by tests/handoff/test_lab_e2e.py and bench/bench_handoff.py. Every process
+Used by tests/handoff/test_lab_e2e.py, tests/handoff/test_lab_faults.py and
+bench/bench_handoff.py. Every process
 runs inside a lab host (``host.popen``), so the lab stops it by PID on close;
 homes are short paths under /tmp (AF_UNIX socket paths are limited to ~108
 bytes); only lab addresses (198.18.0.0/15) and loopback are used.
@@ -21,13 +22,15 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +100,8 @@ class LabServer(ServerProcess):
     host: Host | None = None
     port: int = SERVER_PORT
     account_ids: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment of the server process (e.g. ``HANDOFF_RELAY_TAP_DIR``)."""
 
     def start(self, timeout: float = 30.0) -> LabServer:
         """Start (or start again: same data, same URL) and wait for the ready line."""
@@ -104,8 +109,11 @@ class LabServer(ServerProcess):
             raise RuntimeError("a LabServer needs a host")
         argv = [sys.executable, "-m", "handoffd.server.cli", "serve", "--data", str(self.data),
                 "--listen", f"{self.host.address}:{self.port}"]  # fmt: skip
+        env = {**os.environ, **self.env}
         with self.log.open("a") as log:
-            self.proc = self.host.popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)
+            self.proc = self.host.popen(
+                argv, stdout=subprocess.PIPE, stderr=log, text=True, env=env
+            )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         line = ""
@@ -148,6 +156,82 @@ def kill_hard(d: DaemonProcess) -> None:
     if proc is not None and proc.poll() is None:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=20)
+
+
+def terminate_all(daemons: Sequence[DaemonProcess], *, timeout: float = 20.0) -> None:
+    """SIGTERM every running daemon of ``daemons`` at once, then wait for each (a graceful
+    shutdown of all of them at the same moment); AssertionError if one ignores SIGTERM."""
+    procs = [d.proc for d in daemons if d.proc is not None and d.proc.poll() is None]
+    for d in daemons:
+        d.proc = None
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    hung = []
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+            hung.append(proc.pid)
+    if hung:
+        raise AssertionError(f"handoffd did not stop on SIGTERM: {hung}")
+
+
+# ---------------------------------------------------------------- a small disk
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (e.g. ``"320m"``) mounted at ``where`` (made if missing); unmounted
+    when the block ends, also on failure (lazily if something still holds it). Needs root.
+
+    Mounted in the root mount namespace before the processes that use it start: ``ip netns
+    exec`` gives each lab process a copy of the mount table, taken when it starts."""
+    where.mkdir(mode=0o700, parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
+        check=True,
+        capture_output=True,
+        timeout=10,
+    )
+    try:
+        yield where
+    finally:
+        done = subprocess.run(["umount", str(where)], capture_output=True, timeout=10, check=False)
+        if done.returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=10)
+        with contextlib.suppress(OSError):
+            where.rmdir()
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes of the filesystem holding ``path``."""
+    return shutil.disk_usage(path).free
+
+
+def fill(path: Path, *, leave: int = 0) -> int:
+    """Create ``path`` taking all but ``leave`` free bytes of its filesystem; the bytes taken.
+
+    Allocated, not written (``posix_fallocate``); whatever cannot be allocated in one piece is
+    added in halving steps down to one page, so the filesystem ends up full (or at ``leave``)."""
+    taken = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        step = max(0, free_bytes(path) - leave)
+        while step >= 4096:
+            try:
+                os.posix_fallocate(fd, taken, step)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                step //= 2
+                continue
+            taken += step
+            step = min(step, max(0, free_bytes(path) - leave))
+    finally:
+        os.close(fd)
+    return taken
 
 
 # ---------------------------------------------------------------- what crossed the wire
