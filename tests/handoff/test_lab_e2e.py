@@ -423,6 +423,7 @@ async def test_refused_tampered_replayed_and_misaddressed_signaling_envelopes(
         before = {h.id for h in await b.handoffs()}
         inbox_before = {e.id for e in await b.inbox()}
         log_before = len(world.b.log_text())
+        started = time.time()
         argv = [sys.executable, "-m", "tests.handoff.labkit", "rogue", "--home", str(world.a.home),
                 "--to", world.b_id, "--at", world.b_signaling]  # fmt: skip
         proc = await h2.spawn(
@@ -443,6 +444,10 @@ async def test_refused_tampered_replayed_and_misaddressed_signaling_envelopes(
         log = world.b.log_text()[log_before:]
         for code in list(results.values())[1:]:
             assert f"offer refused: {code}" in log
+        # Each refusal is visible in the desk's API too, with its reason.
+        refused = [r for r in (await b.status()).raw["refused"] if r["at"] >= started]
+        assert sorted(r["code"] for r in refused) == sorted(list(results.values())[1:]), refused
+        assert {r["path"] for r in refused} == {"signaling"}
         assert {h.id for h in await b.handoffs()} == before
         assert {e.id for e in await b.inbox()} == inbox_before
 
