@@ -29,10 +29,11 @@ import platformdirs
 from aiohttp import web
 
 from handoffd import identity
-from handoffd.errors import HandoffError
+from handoffd.errors import ConfigError, HandoffError
 from handoffd.server import pairing, tlscert
 from handoffd.server.app import ServerConfig, make_app
 from handoffd.server.ice import DEFAULT_TTL, IceConfig, read_secret_file
+from handoffd.server.relay import RelayConfig
 from handoffd.server.store import Store
 
 logger = logging.getLogger("handoffd.server")
@@ -104,11 +105,25 @@ def ice_config(args: argparse.Namespace) -> IceConfig:
     return IceConfig(stun=tuple(args.stun), turn=tuple(args.turn), secret=secret, ttl=args.turn_ttl)
 
 
+def relay_config(args: argparse.Namespace) -> RelayConfig:
+    """``HANDOFF_RELAY_*``, then ``--relay-*`` options on top (flags win) → RelayConfig."""
+    try:
+        return RelayConfig.from_env().with_limits(
+            idle_timeout=args.relay_idle_timeout,
+            max_bytes=args.relay_max_bytes,
+            max_seconds=args.relay_max_seconds,
+            max_per_account=args.relay_max_per_account,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc), code="bad-relay-limit") from None
+
+
 async def serve(args: argparse.Namespace) -> int:
     """Run the server until SIGTERM/SIGINT."""
     data_dir: Path = args.data
     host, port = parse_listen(args.listen)
     ice = ice_config(args)  # before anything is created: a bad option changes nothing
+    relay = relay_config(args)
     now = time.time()
     tls = (
         None
@@ -129,6 +144,7 @@ async def serve(args: argparse.Namespace) -> int:
             join_failures_per_minute=args.join_failures_per_minute,
             join_failure_burst=max(1, int(args.join_failures_per_minute)),
             ice=ice,
+            relay=relay,
         )
         app = make_app(store, config)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
@@ -350,6 +366,35 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_TTL,
         metavar="SECONDS",
         help=f"lifetime of the TURN credentials handed out (default {DEFAULT_TTL})",
+    )
+    relay = RelayConfig()
+    p.add_argument(
+        "--relay-idle-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"end a relay session idle this long (default {relay.idle_timeout:g})",
+    )
+    p.add_argument(
+        "--relay-max-bytes",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help=f"bytes per relay session, both ways (default {relay.max_bytes})",
+    )
+    p.add_argument(
+        "--relay-max-seconds",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"lifetime of a relay session (default {relay.max_seconds:g})",
+    )
+    p.add_argument(
+        "--relay-max-per-account",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"relay sessions per account, pending and active (default {relay.max_per_account})",
     )
     p.add_argument("--invite-ttl", type=float, default=pairing.INVITE_TTL, help=argparse.SUPPRESS)
     p.add_argument("--join-failures-per-minute", type=float, default=10.0, help=argparse.SUPPRESS)

@@ -32,11 +32,12 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import secrets
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,33 @@ class RelayConfig:
         if tap:
             values["tap_dir"] = Path(tap)
         return cls(**values)
+
+    def with_limits(
+        self,
+        *,
+        idle_timeout: float | None = None,
+        max_bytes: int | None = None,
+        max_seconds: float | None = None,
+        max_per_account: int | None = None,
+    ) -> RelayConfig:
+        """This config with the given limits replaced (None keeps one); ValueError if not positive.
+
+        ``handoff-server serve --relay-*`` options: they win over ``HANDOFF_RELAY_*``.
+        """
+        given = {
+            "idle_timeout": idle_timeout,
+            "max_bytes": max_bytes,
+            "max_seconds": max_seconds,
+            "max_per_account": max_per_account,
+        }
+        values: dict[str, Any] = {}
+        for name, value in given.items():
+            if value is None:
+                continue
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"relay {name.replace('_', ' ')} must be a positive number")
+            values[name] = value
+        return replace(self, **values)
 
 
 def _hash(token: str) -> bytes:
