@@ -33,7 +33,7 @@ from handoffd.errors import HandoffError
 ACCOUNT = "demo"
 START_TIMEOUT = 30.0
 HANDOFF_TIMEOUT = 120.0
-# The control API takes at most 64 items per session: messages plus one document.
+# The control API takes at most 1,024 items per session: messages plus one document.
 MESSAGES = 100
 _READY = re.compile(r"handoff-server listening url=(\S+) fingerprint=(\S+)")
 _URL = re.compile(r"^url:\s+(\S+)", re.MULTILINE)

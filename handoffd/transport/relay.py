@@ -22,23 +22,17 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import os
 import re
-import secrets
 import ssl
-import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from handoffd import identity
 from handoffd.errors import HandoffError, ProtocolError, ServerError, TransportError
 from handoffd.proto.framing import FrameDecoder, encode_frame
 from handoffd.serverclient import RelayTicket, ServerClient, ServerLink
+from handoffd.transport import tlskey
 from handoffd.transport.base import (
     MAX_MESSAGE,
     PATH_RELAY,
@@ -92,43 +86,6 @@ class RelayOptions:
 # ---------------------------------------------------------------- TLS context
 
 
-def _load_chain(
-    ctx: ssl.SSLContext, cert_pem: bytes, key: Ed25519PrivateKey, *, memfd: bool | None = None
-) -> None:
-    """Load our certificate and key; the key never touches disk unencrypted.
-
-    ``load_cert_chain`` only reads files: on Linux a memfd (no disk at all);
-    elsewhere a 0600 file in a private temporary directory holding the key
-    encrypted under a random one-time password, removed right after loading.
-    """
-    use_memfd = hasattr(os, "memfd_create") if memfd is None else memfd
-    if use_memfd and os.path.isdir("/proc/self/fd"):
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        fd = os.memfd_create("handoff-relay-tls", os.MFD_CLOEXEC)
-        try:
-            view = memoryview(cert_pem + pem)
-            while view:
-                view = view[os.write(fd, view) :]
-            ctx.load_cert_chain(f"/proc/self/fd/{fd}")
-        finally:
-            os.close(fd)
-        return
-    password = secrets.token_bytes(32)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(password),
-    )
-    with tempfile.TemporaryDirectory(prefix="handoff-relay-") as tmp:
-        path = Path(tmp) / "chain.pem"
-        identity.write_private_file(path, cert_pem + pem)
-        ctx.load_cert_chain(path, password=password)
-
-
 def tls_context(local: LocalIdentity, *, server_side: bool) -> ssl.SSLContext:
     """TLS 1.3 only, mutual auth, our account CA as the only root, no hostname check."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
@@ -139,7 +96,7 @@ def tls_context(local: LocalIdentity, *, server_side: bool) -> ssl.SSLContext:
     ca_pem = identity.cert_to_pem(local.current_trust().ca_cert).decode("ascii")
     ctx.load_verify_locations(cadata=ca_pem)
     cert_pem = identity.cert_to_pem(identity.load_cert(local.cert_der))
-    _load_chain(ctx, cert_pem, local.key)
+    tlskey.load_chain(ctx, cert_pem, local.key, label="handoff-relay-tls")
     if server_side:
         ctx.num_tickets = 0  # no resumption: every relay connection authenticates afresh
     return ctx

@@ -28,14 +28,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import os
 import re
-import secrets
 import ssl
 import struct
-import tempfile
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import msgpack
 from cryptography import x509
@@ -44,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from handoffd.errors import HandoffError, TransportError
+from handoffd.transport import tlskey
 from handoffd.transport.base import PeerRefusedError
 
 log = logging.getLogger("handoffd.transport")
@@ -73,47 +70,6 @@ class FrameError(TransportError):
 # ---------------------------------------------------------------- TLS
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _load_ephemeral_chain(ctx: ssl.SSLContext, key: Ed25519PrivateKey, cert_pem: bytes) -> None:
-    """Load a key and certificate into ``ctx``; the key never touches disk unencrypted.
-
-    ``load_cert_chain`` only reads files: on Linux a memfd; elsewhere a 0600 file in a
-    private temporary directory, the key encrypted under a one-time password.
-    """
-    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        fd = os.memfd_create("handoff-signaling-tls", os.MFD_CLOEXEC)
-        try:
-            _write_all(fd, cert_pem + pem)
-            ctx.load_cert_chain(f"/proc/self/fd/{fd}")
-        finally:
-            os.close(fd)
-        return
-    password = secrets.token_bytes(32)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(password),
-    )
-    with tempfile.TemporaryDirectory(prefix="handoff-signaling-") as tmp:
-        path = Path(tmp) / "chain.pem"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            _write_all(fd, cert_pem + pem)
-        finally:
-            os.close(fd)
-        ctx.load_cert_chain(path, password=password)
-
-
 def server_context() -> ssl.SSLContext:
     """A TLS 1.3 server context with a fresh ephemeral self-signed Ed25519 certificate.
 
@@ -136,7 +92,9 @@ def server_context() -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.num_tickets = 0  # one exchange per connection: nothing to resume
-    _load_ephemeral_chain(ctx, key, cert.public_bytes(serialization.Encoding.PEM))
+    tlskey.load_chain(
+        ctx, cert.public_bytes(serialization.Encoding.PEM), key, label="handoff-signaling-tls"
+    )
     return ctx
 
 

@@ -29,7 +29,7 @@ from tests.handoff.helpers import (
 )
 
 NOTES = "org.handoffd.notes"
-MESSAGES = 61  # + 2 documents = 63 items (the control API takes at most 64)
+MESSAGES = 61  # + 2 documents = 63 items (the control API takes at most 1,024)
 
 
 @pytest.fixture(scope="module")

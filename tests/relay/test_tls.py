@@ -11,7 +11,7 @@ import pytest
 from handoffd import identity
 from handoffd.errors import HandoffError, TransportError
 from handoffd.proto.framing import HEADER
-from handoffd.transport import relay
+from handoffd.transport import relay, tlskey
 from handoffd.transport.base import LocalIdentity, PeerAuthError, PeerRefusedError
 from handoffd.transport.relay import RelayChannel
 from tests.transport.helpers import Account, Device, utcnow
@@ -210,7 +210,7 @@ def test_key_loading_without_memfd(account: Account) -> None:
     device = account.device()
     for memfd in (True, False):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        relay._load_chain(ctx, identity.cert_to_pem(device.cert), device.key, memfd=memfd)
+        tlskey.load_chain(ctx, identity.cert_to_pem(device.cert), device.key, memfd=memfd)
     ctx = relay.tls_context(device.local, server_side=True)
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_3
     assert ctx.verify_mode == ssl.CERT_REQUIRED
