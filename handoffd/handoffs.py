@@ -670,7 +670,7 @@ class HandoffService:
     # ------------------------------------------------------------ discovery
 
     async def _discovery_loop(self) -> None:
-        """Advertise and browse once paired; restart when the account's device list changes."""
+        """Advertise and browse once paired (known devices read live; restarted on new trust)."""
         sub = self.ctx.events.subscribe()
         last_refresh = 0.0
         try:
@@ -687,7 +687,11 @@ class HandoffService:
                         for d in await self.store.run(self.store.list_devices)
                         if not d.revoked and d.device_id != device.device_id
                     )
-                    if known != self._discovery_known or device.trust is not self._discovery_trust:
+                    if known != self._discovery_known:
+                        logger.info("known devices changed known=%d", len(known))
+                    # Discovery reads the known set live; only new trust needs a restart.
+                    self._discovery_known = known
+                    if self.discovery is None or device.trust is not self._discovery_trust:
                         await self._start_discovery(known)
                 try:
                     async with asyncio.timeout(5.0):
@@ -696,8 +700,13 @@ class HandoffService:
                     continue
                 if event is None:
                     return
-                if event.get("type") in ("identity.paired", "identity.crl", "device.revoked"):
+                kind = event.get("type")
+                if kind in ("identity.paired", "identity.crl", "device.revoked"):
                     last_refresh = 0.0
+                elif kind == "device.online" and event.get("device_id") not in (
+                    self._discovery_known or ()
+                ):
+                    last_refresh = 0.0  # a device we have not heard of: newly paired
         finally:
             sub.close()
 
@@ -760,7 +769,7 @@ class HandoffService:
             device_id=device.device_id,
             port=port,
             marker_key=marker_key,
-            known_devices=lambda: known,
+            known_devices=lambda: self._discovery_known or frozenset(),
             on_change=self._on_sighting,
             unicast_peers=self.ctx.settings.current.unicast_peers,
         )
