@@ -14,6 +14,19 @@ It speaks LAN signaling to a daemon as the device whose identity is in HOME
 (standing in for an attacker who captured that device's offers on the LAN, or
 stole its key), and prints one JSON object: for each case, the code the target
 refused with (or ``"connected"``).
+
+And a relay intruder, also run inside a lab host::
+
+    python -m tests.handoff.labkit relay-rogue --server URL --fingerprint FP \
+        --own INVITE --other INVITE --to DEVICE_ID
+
+It pairs two fresh devices through the invites (``--own``: of the target's
+account; ``--other``: of another account), opens a relay session from the own
+device to DEVICE_ID (which the target's daemon joins), then, as the device of
+the other account, tries to join that session (with the stolen ticket, and
+with a made-up token in the target's role) and to open a relay to DEVICE_ID
+itself; it prints one JSON object: for each attempt, the server's code (or
+``"joined"`` / ``"opened"``).
 """
 
 from __future__ import annotations
@@ -418,17 +431,104 @@ async def rogue(home: Path, to: str, host: str, port: int) -> dict[str, str]:
     return results
 
 
+# ---------------------------------------------------------------- the relay intruder
+
+
+async def relay_rogue(
+    server_url: str, fingerprint: str | None, own_invite: str, other_invite: str, to: str
+) -> dict[str, str]:
+    """See the module docstring (``relay-rogue``); the codes by attempt."""
+    import secrets
+
+    from handoffd import identity
+    from handoffd.errors import ServerError
+    from handoffd.serverclient import RelayTicket, ServerClient, ServerLink, parse_invite
+
+    loop = asyncio.get_running_loop()
+    results: dict[str, str] = {}
+    clients: list[ServerClient] = []
+    links: list[ServerLink] = []
+    presence = asyncio.Event()
+
+    async def device(invite_text: str, name: str) -> tuple[ServerClient, ServerLink]:
+        invite = parse_invite(invite_text, server_url=server_url, fingerprint=fingerprint)
+        key = identity.generate_device_key()
+        async with ServerClient(invite.server_url, fingerprint=invite.fingerprint) as joiner:
+            joined = await joiner.join(invite, key=key, name=name, platform="linux")
+        client = ServerClient(
+            server_url, fingerprint=fingerprint, device_key=key, device_cert=joined.device_cert
+        )
+        clients.append(client)
+        link = client.connect(lambda online: presence.set(), lambda sender, data: None)
+        links.append(link)
+        await link.start()
+        async with asyncio.timeout(20):
+            await link.wait_connected()
+        return client, link
+
+    try:
+        _, own_link = await device(own_invite, "spare")
+        async with asyncio.timeout(20):
+            while to not in own_link.online:
+                presence.clear()
+                await presence.wait()
+        ticket = await own_link.open_relay(to, deadline=loop.time() + 10)
+        results["own-open"] = "opened"
+        other, other_link = await device(other_invite, "intruder")
+        attempts = {
+            "stolen-ticket": ticket,
+            "made-up-token": RelayTicket(
+                session=ticket.session,
+                token=secrets.token_urlsafe(32),
+                peer=to,
+                expires_in=ticket.expires_in,
+                initiator=False,
+            ),
+        }
+        for name, attempt in attempts.items():
+            try:
+                stream = await other.relay_stream(attempt, deadline=loop.time() + 10)
+            except ServerError as exc:
+                results[name] = exc.code
+            else:
+                results[name] = "joined"
+                await stream.close()
+        try:
+            await other_link.open_relay(to, deadline=loop.time() + 10)
+            results["other-open"] = "opened"
+        except ServerError as exc:
+            results["other-open"] = exc.code
+        await own_link.close_relay(ticket.session)
+    finally:
+        for link in links:
+            await link.close()
+        for client in clients:
+            await client.close()
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tests.handoff.labkit rogue --home HOME --to ID --at HOST:PORT``."""
+    """``python -m tests.handoff.labkit rogue|relay-rogue ...`` (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="labkit")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("rogue")
     p.add_argument("--home", type=Path, required=True)
     p.add_argument("--to", required=True)
     p.add_argument("--at", required=True)
+    r = sub.add_parser("relay-rogue")
+    r.add_argument("--server", required=True)
+    r.add_argument("--fingerprint", default=None)
+    r.add_argument("--own", required=True)
+    r.add_argument("--other", required=True)
+    r.add_argument("--to", required=True)
     args = parser.parse_args(argv)
-    host, _, port = args.at.rpartition(":")
-    results = asyncio.run(rogue(args.home, args.to, host, int(port)))
+    if args.command == "rogue":
+        host, _, port = args.at.rpartition(":")
+        results = asyncio.run(rogue(args.home, args.to, host, int(port)))
+    else:
+        results = asyncio.run(
+            relay_rogue(args.server, args.fingerprint, args.own, args.other, args.to)
+        )
     print(json.dumps(results, sort_keys=True), flush=True)
     return 0
 

@@ -8,14 +8,19 @@ source, every item's SHA-256 at the target (the inbox files themselves) equals t
 only then does the target confirm the resume (as the app would), after which the source shows
 ``resumed`` and the session ``handed-off``.
 
-Layout (one lab for the module, five hosts on one bridge):
+Layout (one lab for the module: five hosts on one bridge, subnet 198.18.0.0/24, and one host
+on a second subnet behind the lab's router, which forwards TCP but drops UDP):
 
-- h0 198.18.0.1: ``handoff-server`` (port 8443);
+- h0 198.18.0.1: ``handoff-server`` (port 8443), relay included, with its relay tap on (every
+  forwarded frame appended to files, for the case that proves it never sees plaintext);
 - h1 198.18.0.2: "laptop" (``a``, the source of most cases);
 - h2 198.18.0.3: "desk" (``b``, the target of most cases);
 - h3 198.18.0.4: "tablet" (``c``, the third device of the concurrent case);
-- h4 198.18.0.5: "pocket", whose inbox and partial files live on a small tmpfs (the disk-full
-  case starts it and stops it).
+- h4 198.18.0.5: a device started for one case and stopped after it: "pocket", whose inbox
+  and partial files live on a small tmpfs (disk full), or "phone", with multicast blocked;
+  the relay intruder runs there too;
+- h5 198.18.1.6: "remote", on the other subnet: no multicast and no UDP reach it from the
+  others, only TCP (to the server).
 
 Transfers are slowed with ``tc tbf`` on the target's link (a few MiB/s), so that a fault
 lands in the middle of a transfer of some tens of MiB. Between cases (and after a failing
@@ -26,11 +31,16 @@ handoffs are cancelled, so one case cannot poison the next.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
 import os
+import random
+import secrets
 import shutil
+import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +68,7 @@ from tests.handoff.labkit import (
 )
 from tests.lab import Host, Lab
 from tests.lab.fixtures import require_lab
-from tests.server.helpers import create_account
+from tests.server.helpers import cli_invite, create_account
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
 
@@ -75,7 +85,8 @@ OUT_ACTIVE = {"pending", "connecting", "transferring", "retrying"}
 
 @dataclass
 class World:
-    """The module's lab, server and the three always-running daemons (by name)."""
+    """The module's lab, server and daemons: the three always running, and the extras
+    a case starts and stops (by name)."""
 
     lab: Lab
     root: Path
@@ -83,23 +94,28 @@ class World:
     account_id: str
     daemons: dict[str, LabDaemon]
     ids: dict[str, str]
+    extras: dict[str, LabDaemon] = field(default_factory=dict)
     clean_tx: dict[int, int] = field(default_factory=dict)
     """Bytes the laptop's interface sends for an uninterrupted shaped handoff, by size."""
 
     @property
-    def server_host(self) -> Host:
-        """h0."""
-        return self.lab.hosts[0]
+    def tap(self) -> Path:
+        """Where the server's relay tap writes what it forwards."""
+        return self.root / "tap"
+
+    def daemon(self, name: str) -> LabDaemon:
+        """A daemon by name (the three, or an extra while its case runs)."""
+        return self.daemons[name] if name in self.daemons else self.extras[name]
 
     def host(self, name: str) -> Host:
         """The lab host of a daemon."""
-        host = self.daemons[name].host
+        host = self.daemon(name).host
         assert host is not None
         return host
 
     def client(self, name: str) -> HandoffClient:
         """An SDK client of a daemon."""
-        return HandoffClient(self.daemons[name].socket, timeout=30)
+        return HandoffClient(self.daemon(name).socket, timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +127,12 @@ def world() -> Iterator[World]:
     stopped by PID, every namespace removed) whatever happens.
     """
     require_lab()
-    lab = Lab.create(5)
+    lab = Lab.create(6, subnets=2, layout=[0, 0, 0, 0, 0, 1], udp_routed=False)
     root = Path(tempfile.mkdtemp(prefix="hf", dir="/tmp"))
     try:
-        server = LabServer(root / "srv", host=lab.hosts[0]).start()
+        (root / "tap").mkdir()
+        tap = {"HANDOFF_RELAY_TAP_DIR": str(root / "tap")}
+        server = LabServer(root / "srv", host=lab.hosts[0], env=tap).start()
         account_id = create_account(server.data, "lab")
         daemons = {
             name: LabDaemon(root / name, host=host)
@@ -133,6 +151,51 @@ def world() -> Iterator[World]:
         lab.close()
         if not os.environ.get("HANDOFF_TEST_KEEP"):  # set it to read the daemons' logs
             shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _extra(
+    world: World, name: str, host: Host, *, prepare: Callable[[Path], None] | None = None
+) -> Iterator[str]:
+    """A daemon ``name`` in ``host``, paired to the account for one case (``prepare`` gets its
+    home before it starts); its device id. Stopped afterwards, also on failure."""
+    home = world.root / name
+    d = LabDaemon(home, host=host)
+    world.extras[name] = d
+    try:
+        home.mkdir(mode=0o700)
+        if prepare is not None:
+            prepare(home)
+        d.start()
+        device_id = pair_daemon(world.server, d, "lab", name)
+        world.ids[name] = device_id
+        yield device_id
+    finally:
+        stop_quietly(d)
+        world.extras.pop(name, None)
+
+
+async def _device(world: World, who: str, device_id: str) -> dict[str, Any]:
+    """``who``'s view of a device (``GET /v1/devices``)."""
+    async with world.client(who) as c:
+        for d in (await c.request("GET", "/v1/devices"))["devices"]:
+            if d["device_id"] == device_id:
+                found: dict[str, Any] = d
+                return found
+    raise AssertionError(f"{who} does not know {device_id}")
+
+
+async def _wait_online(world: World, who: str, device_id: str) -> dict[str, Any]:
+    """Wait until ``who`` sees ``device_id`` online at the server; its device entry."""
+
+    async def probe() -> dict[str, Any] | None:
+        with contextlib.suppress(AssertionError):
+            d = await _device(world, who, device_id)
+            return d if d.get("online") else None
+        return None
+
+    seen: dict[str, Any] = await poll(probe, within=60, what=f"{device_id} online", every=0.2)
+    return seen
 
 
 async def _recover(world: World) -> None:
@@ -158,6 +221,18 @@ async def _recover(world: World) -> None:
             for other in DEVICES:
                 if other != name:
                     await asyncio.to_thread(wait_nearby, d, world.ids[other])
+
+
+async def _restart(world: World, name: str) -> None:
+    """Stop a daemon (SIGTERM) and start it again; wait until it and the others see each
+    other nearby again."""
+    d = world.daemons[name]
+    await asyncio.to_thread(d.stop)
+    await asyncio.to_thread(d.start)
+    for other in DEVICES:
+        if other != name:
+            await asyncio.to_thread(wait_nearby, d, world.ids[other])
+            await asyncio.to_thread(wait_nearby, world.daemons[other], world.ids[name])
 
 
 @pytest_asyncio.fixture(autouse=True)
@@ -186,18 +261,22 @@ class Sent:
 
 
 async def _publish(
-    world: World, src: str, tag: str, docs: dict[str, int], messages: int = 5
+    world: World,
+    src: str,
+    tag: str,
+    docs: dict[str, int],
+    messages: int = 5,
+    texts: dict[str, str] | None = None,
 ) -> tuple[str, dict[str, str], int]:
-    """Publish a session of ``messages`` text items and documents (name: size) on ``src``;
-    (session id, SHA-256 by item name, total bytes)."""
+    """Publish a session of ``messages`` text items, ``texts`` (name: text) and documents
+    (name: size) on ``src``; (session id, SHA-256 by item name, total bytes)."""
     folder = world.root / "docs"
     folder.mkdir(exist_ok=True)
     items: list[NewItem] = []
     digests: dict[str, str] = {}
     total = 0
-    for i in range(messages):
-        text = f"{tag} message {i}"
-        name = f"msg-{i:03d}.txt"
+    texts = {f"msg-{i:03d}.txt": f"{tag} message {i}" for i in range(messages)} | (texts or {})
+    for name, text in texts.items():
         items.append(NewItem.of_text("message", name, text))
         digests[name] = hashlib.sha256(text.encode()).hexdigest()
         total += len(text.encode())
@@ -212,10 +291,16 @@ async def _publish(
 
 
 async def _send(
-    world: World, src: str, dst: str, tag: str, docs: dict[str, int], messages: int = 5
+    world: World,
+    src: str,
+    dst: str,
+    tag: str,
+    docs: dict[str, int],
+    messages: int = 5,
+    texts: dict[str, str] | None = None,
 ) -> Sent:
     """Publish on ``src`` and hand the session to ``dst`` (by name)."""
-    session_id, digests, total = await _publish(world, src, tag, docs, messages)
+    session_id, digests, total = await _publish(world, src, tag, docs, messages, texts)
     async with world.client(src) as c:
         h = await c.send(session_id, dst)
     return Sent(src, dst, session_id, h.id, digests, total)
@@ -226,13 +311,16 @@ async def _get(c: HandoffClient, handoff_id: str) -> dict[str, Any]:
     return h
 
 
-async def _acked(world: World, sent: Sent, at_least: int) -> int:
-    """Wait until the source counts ``at_least`` bytes acknowledged; the count then."""
+async def _acked(world: World, sent: Sent, at_least: int, *, path: str | None = None) -> int:
+    """Wait until the source counts ``at_least`` bytes acknowledged (over ``path`` if given);
+    the count then."""
     async with world.client(sent.src) as c:
 
         async def probe() -> int | None:
             x = await _get(c, sent.handoff_id)
             assert x["state"] not in ENDED, x  # the fault must land mid-transfer
+            if path is not None and x["path"] != path:
+                return None
             return int(x["bytes_done"]) if x["bytes_done"] >= at_least else None
 
         got: int = await poll(probe, within=120, what=f"{at_least} B acknowledged", every=0.02)
@@ -250,7 +338,7 @@ async def _finish(world: World, sent: Sent, *, within: float = 240) -> dict[str,
     Delivered with every byte counted; the session still ``active`` on the source; every
     inbox file's SHA-256 equal to the source's; the target confirms the resume; the source
     then shows ``resumed`` and the session ``handed-off``; nothing left in ``partial/``."""
-    target = world.daemons[sent.dst]
+    target = world.daemon(sent.dst)
     async with world.client(sent.src) as s, world.client(sent.dst) as t:
         done = await wait_state(s, sent.handoff_id, ENDED, within)
         assert done["state"] == "delivered", done
@@ -271,6 +359,7 @@ async def _finish(world: World, sent: Sent, *, within: float = 240) -> dict[str,
             assert got == sent.digests[item.name], (item.name, got)
         incoming = await t.handoff(sent.handoff_id)
         assert (incoming.direction, incoming.state) == ("in", "delivered")
+        assert incoming.path == done["path"]  # both ends agree on the path
         assert not (target.paths.partial / sent.handoff_id).exists()
 
         await t.confirm_resumed(sent.handoff_id)
@@ -418,20 +507,16 @@ def pocket(world: World) -> Iterator[Pocket]:
     """Start "pocket" in h4 with ``inbox/`` and ``partial/`` on a 320 MiB tmpfs (symlinks
     into it: one filesystem for both, so the commit's renames stay atomic); stopped and
     unmounted afterwards, also on failure."""
-    home = world.root / "pocket"
-    d = LabDaemon(home, host=world.lab.hosts[4])
     with tmpfs(world.root / "pocket-disk", f"{TMPFS_SIZE // MiB}m") as disk:
-        try:
-            home.mkdir(mode=0o700, exist_ok=True)
+
+        def prepare(home: Path) -> None:
             for sub in ("inbox", "partial"):
                 (disk / sub).mkdir(mode=0o700)
                 (home / sub).symlink_to(disk / sub)
-            d.start()
-            device_id = pair_daemon(world.server, d, "lab", "pocket")
+
+        with _extra(world, "pocket", world.lab.hosts[4], prepare=prepare) as device_id:
             wait_nearby(world.daemons["laptop"], device_id)
-            yield Pocket(d, device_id, disk)
-        finally:
-            stop_quietly(d)
+            yield Pocket(world.extras["pocket"], device_id, disk)
 
 
 @pytest.mark.slow
@@ -440,7 +525,7 @@ async def test_target_disk_full_declined_clearly_and_nothing_lost(
     world: World, pocket: Pocket
 ) -> None:
     laptop = world.host("laptop")
-    async with world.client("laptop") as a, HandoffClient(pocket.daemon.socket, timeout=30) as p:
+    async with world.client("laptop") as a, world.client("pocket") as p:
         # (a) A document larger than the free space (with the receiver's margin): declined at
         # once, with the reason, before any byte of it crossed.
         free = free_bytes(pocket.disk)
@@ -482,18 +567,17 @@ async def test_target_disk_full_declined_clearly_and_nothing_lost(
         assert theirs.state == "declined", theirs
         print(f"disk full (b): filled {taken} B; source: attempts {done['attempts']}, "
               f"{done['error']}; target: {theirs.error}")  # fmt: skip
-        log = pocket.daemon.log_text()
-        assert "receive failed on disk" in log
+        assert "receive failed on disk" in pocket.daemon.log_text()
+        held = pocket.disk / "partial" / sent.handoff_id
+        kept = sum(f.stat().st_size for f in held.iterdir()) if held.exists() else 0
+        print(f"disk full (b): partial bytes kept on the target after the decline: {kept} B")
 
         # Space freed: a new handoff of the same session goes through.
         filler.unlink()
         again = await a.send(sent.session_id, "pocket")
-        sent2 = Sent("laptop", "pocket", sent.session_id, again.id, sent.digests, sent.total)
-    world.daemons["pocket"] = pocket.daemon
-    try:
-        await _finish(world, sent2)
-    finally:
-        world.daemons.pop("pocket", None)
+    await _finish(
+        world, Sent("laptop", "pocket", sent.session_id, again.id, sent.digests, sent.total)
+    )
 
 
 # ---------------------------------------------------------------- 6. load
@@ -530,3 +614,137 @@ async def test_20_concurrent_handoffs_among_three_devices_all_arrive_intact(
     results = await asyncio.gather(*(_finish(world, s, within=420) for s in sents))
     attempts = sorted(r["attempts"] for r in results)
     print(f"20 concurrent: {sum(s.total for s in sents)} B in all; attempts {attempts}")
+
+
+# ---------------------------------------------------------------- 7.-11. through the server
+
+
+def _relayed_since(world: World, before: set[Path]) -> bytes:
+    """Every byte the server's relay forwarded since ``before`` (the tap's files then)."""
+    return b"".join(p.read_bytes() for p in sorted(set(world.tap.iterdir()) - before))
+
+
+def _samples(path: Path, n: int = 16, size: int = 48) -> list[bytes]:
+    """``n`` pieces of ``size`` bytes from random places of a file."""
+    data = path.read_bytes()
+    rng = random.Random(path.name)
+    return [data[o : o + size] for o in (rng.randrange(len(data) - size) for _ in range(n))]
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_udp_blocked_between_the_hosts_relay_carries_it_and_never_sees_plaintext(
+    world: World,
+) -> None:
+    # The laptop starts afresh, so this case measures the relay and not the laptop's warm
+    # direct links to the desk from earlier cases, which blocking UDP leaves dead.
+    await _restart(world, "laptop")
+    marker = f"marker-{secrets.token_hex(16)}"
+    before = set(world.tap.iterdir())
+    with world.lab.block_udp(world.host("desk"), world.host("laptop")):  # TCP still goes
+        sent = await _send(
+            world,
+            "laptop",
+            "desk",
+            "relayed",
+            {"relayed.bin": 8 * MiB},
+            texts={"secret.txt": f"the marker is {marker}, keep it"},
+        )
+        done = await _finish(world, sent)
+    assert done["path"] == "relay", done
+    relayed = await asyncio.to_thread(_relayed_since, world, before)
+    # The tap saw the whole session go by (ciphertext is a little larger than plaintext) ...
+    assert len(relayed) > sent.total, (len(relayed), sent.total)
+    # ... and not one plaintext byte of it: neither the marker nor any piece of the document.
+    assert marker.encode() not in relayed
+    doc = world.root / "docs" / "relayed-relayed.bin"
+    for piece in await asyncio.to_thread(_samples, doc):
+        assert piece not in relayed
+    print(f"UDP blocked: path {done['path']}, attempts {done['attempts']}, "
+          f"relayed {len(relayed)} B for {sent.total} B")  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_multicast_blocked_target_found_through_the_server(world: World) -> None:
+    h4 = world.lab.hosts[4]
+    with h4.fault("block_multicast"), _extra(world, "phone", h4) as phone_id:
+        # The laptop learns of the phone only from the server's presence.
+        seen = await _wait_online(world, "laptop", phone_id)
+        assert seen["nearby"] is False, seen
+        assert not seen["addresses"], seen  # no LAN address: signaling through the server
+        sent = await _send(world, "laptop", "phone", "no-mdns", {"m.bin": 4 * MiB})
+        done = await _finish(world, sent)
+        after = await _device(world, "laptop", phone_id)
+        assert after["nearby"] is False, after  # never seen on the LAN, all along
+        assert not after["addresses"], after
+    print(f"multicast blocked: path {done['path']}, attempts {done['attempts']}")
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_other_subnet_without_udp_route_completes_through_the_server(
+    world: World,
+) -> None:
+    with _extra(world, "remote", world.lab.hosts[5]) as remote_id:
+        seen = await _wait_online(world, "laptop", remote_id)
+        assert seen["nearby"] is False, seen
+        assert not seen["addresses"], seen
+        sent = await _send(world, "laptop", "remote", "subnet", {"s.bin": 8 * MiB})
+        done = await _finish(world, sent)
+    assert done["path"] == "relay", done  # no UDP between the subnets: no WebRTC
+    print(f"other subnet: path {done['path']}, attempts {done['attempts']}")
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_relay_server_restarted_mid_transfer_completes(world: World) -> None:
+    desk = world.host("desk")
+    with world.lab.block_udp(desk, world.host("laptop")), desk.fault("rate_limit", RATE):
+        sent = await _send(world, "laptop", "desk", "srv-restart", {"x.bin": 32 * MiB})
+        acked = await _acked(world, sent, 8 * MiB, path="relay")
+        world.server.stop()
+        await asyncio.sleep(1)
+        await asyncio.to_thread(world.server.start)
+        assert await _session_state(world, sent) == "active"
+        done = await _finish(world, sent, within=300)
+    assert done["path"] == "relay", done
+    assert done["attempts"] >= 2, done
+    # The new relay session resumed from what the desk held.
+    assert done["wire"]["bytes_already_held"] >= acked, done
+    print(f"server restart: acked {acked} B, attempts {done['attempts']}, final {done['wire']}")
+
+
+@pytest.mark.asyncio
+async def test_device_of_another_account_cannot_join_a_relay_session(world: World) -> None:
+    """A device of another account, given a live relay session of ours to the desk (the ticket
+    itself, or just its session id), cannot join it; nor can it open a relay to the desk."""
+    create_account(world.server.data, "other")
+    own, _ = cli_invite(world.server.data, "lab")
+    other, _ = cli_invite(world.server.data, "other")
+    async with world.client("desk") as d:
+        handoffs_before = {h.id for h in await d.handoffs()}
+        inbox_before = {e.id for e in await d.inbox()}
+        argv = [sys.executable, "-m", "tests.handoff.labkit", "relay-rogue",
+                "--server", world.server.url, "--fingerprint", world.server.fingerprint or "",
+                "--own", own, "--other", other, "--to", world.ids["desk"]]  # fmt: skip
+        proc = await world.lab.hosts[4].spawn(
+            argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0, err.decode()
+        results = json.loads(out.decode().strip().splitlines()[-1])
+        print(f"relay intruder: {results}")
+        assert results == {
+            "own-open": "opened",  # the session exists: the desk was offered it
+            "stolen-ticket": "relay-forbidden",
+            "made-up-token": "relay-forbidden",
+            "other-open": "target-unavailable",
+        }
+        assert {h.id for h in await d.handoffs()} == handoffs_before
+        assert {e.id for e in await d.inbox()} == inbox_before
+    # The relay still serves the account: a relayed handoff right after, intact.
+    with world.lab.block_udp(world.host("desk"), world.host("laptop")):
+        sent = await _send(world, "laptop", "desk", "after-intruder", {"a.bin": MiB})
+        done = await _finish(world, sent)
+    assert done["path"] == "relay", done
