@@ -21,7 +21,8 @@ Measures, in one run:
   open) and raw TLS over TCP from h1 to h2, in the same run; CPU time of the three processes
   and the bytes that left the laptop's interface.
 
-    .venv/bin/python -m bench.bench_relay_handoff [--runs 20] [--big-mib 200] [--relay-cap 64] [--keep]
+    .venv/bin/python -m bench.bench_relay_handoff [--runs 20] [--big-mib 200] [--relay-cap 64]
+        [--head-start SECONDS] [--keep]
 
 The server's cap on relays per account is raised from 8 to 64 by default: after ``delivered``
 the sender keeps its link for up to 30 s waiting for ``resumed`` (no app confirms here), so
@@ -149,13 +150,16 @@ def stage(values: Sequence[float | None]) -> str:
 # ---------------------------------------------------------------- the bench
 
 
-async def main_async(runs: int, big_mib: int, relay_cap: int, keep: bool) -> None:
+async def main_async(
+    runs: int, big_mib: int, relay_cap: int, head_start: float | None, keep: bool
+) -> None:
     """Run every measurement and print the figures."""
     print(f"load average at the start: {os.getloadavg()}")
     if relay_cap:
         # The server reads its relay limits from the environment it inherits (docs/relay.md).
         os.environ["HANDOFF_RELAY_MAX_PER_ACCOUNT"] = str(relay_cap)
     print(f"server's cap on relays per account: {relay_cap or 'default'}")
+    print(f"direct head start: {'default' if head_start is None else f'{head_start} s'}")
     lab = Lab.create(3)
     root = Path(tempfile.mkdtemp(prefix="hr", dir="/tmp"))
     try:
@@ -166,6 +170,8 @@ async def main_async(runs: int, big_mib: int, relay_cap: int, keep: bool) -> Non
         assert server.proc is not None
         create_account(server.data, "bench")
         cold_env = {"HANDOFF_WARM_IDLE": "0"}
+        if head_start is not None:
+            cold_env["HANDOFF_DIRECT_HEAD_START"] = str(head_start)
         a = LabDaemon(root / "a", env=dict(cold_env), host=h1)
         b = LabDaemon(root / "b", env=dict(cold_env), host=h2)
         for d in (a, b):
@@ -327,9 +333,12 @@ def main() -> None:
         default=64,
         help="the server's relays per account (pending + active); 0: its default, 8",
     )
+    parser.add_argument(
+        "--head-start", type=float, help="HANDOFF_DIRECT_HEAD_START for both daemons"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the homes and logs")
     args = parser.parse_args()
-    asyncio.run(main_async(args.runs, args.big_mib, args.relay_cap, args.keep))
+    asyncio.run(main_async(args.runs, args.big_mib, args.relay_cap, args.head_start, args.keep))
 
 
 if __name__ == "__main__":
