@@ -201,24 +201,18 @@ async def main_async(
 
             # One document each way, then raw TLS over the same links.
             pids = (a.pid, b.pid, server.proc.pid)
-            big: dict[str, tuple[Run, tuple[float, ...], tuple[int, int], int]] = {}
+            big: dict[str, tuple[Run, tuple[float, ...], tuple[int, int]]] = {}
             for name in ("relay", "direct"):
                 doc = root / f"{name}.bin"
                 await asyncio.to_thread(write_random, doc, big_mib * MiB)
                 item = [NewItem.of_path("document", doc.name, doc)]
-                upgrades = a.log_text().count("upgrade attempt failed")
                 cpu0 = [cpu_seconds(p) for p in pids]
                 meter = WireMeter(h1).start()
                 with blocked() if name == "relay" else contextlib.nullcontext():
                     run = await timed(ca, wa, b_id, item)
                 wire = meter.read()
                 cpu = tuple(cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True))
-                big[name] = (
-                    run,
-                    cpu,
-                    wire,
-                    a.log_text().count("upgrade attempt failed") - upgrades,
-                )
+                big[name] = (run, cpu, wire)
                 doc.unlink()
             tls_s, tls_what = await asyncio.to_thread(raw_tls, h1, h2, root, big_mib * MiB)
 
@@ -293,7 +287,7 @@ async def main_async(
             f"{a_log.count('transfer moves to a better path')} transfers moved to them"
         )
         tls_rate = big_mib / tls_s
-        for name, (run, cpu, (rx, tx), upgrades) in big.items():
+        for name, (run, cpu, (rx, tx)) in big.items():
             rate = big_mib / (run.delivered - run.transferring)
             print(
                 f"{big_mib} MiB document, {name} (path {run.path}): {rate:.1f} MiB/s "
@@ -301,7 +295,6 @@ async def main_async(
                 f"delivered {run.seconds:.1f} s), ratio to raw TLS {rate / tls_rate:.3f}; CPU "
                 f"laptop {cpu[0]:.1f} s, desk {cpu[1]:.1f} s, server {cpu[2]:.1f} s; laptop "
                 f"interface tx {tx / (big_mib * MiB):.3f} bytes per payload byte (rx {rx / 1e6:.1f} MB)"
-                + (f"; failed upgrade attempts {upgrades}" if name == "relay" else "")
             )
         print(f"raw {tls_what} over TCP h1 -> h2, same run: {tls_rate:.1f} MiB/s")
         print(f"load average at the end: {os.getloadavg()}")
