@@ -49,6 +49,7 @@ import pytest
 import pytest_asyncio
 
 from handoffd.control.client import HandoffClient, NewItem
+from handoffd.errors import ApiError
 from handoffd.proto.messages import DEFAULT_WINDOW
 from handoffd.transfer import DISK_MARGIN
 from tests.handoff.helpers import checkpoints, sha256_file, wait_nearby, wait_state, write_random
@@ -215,7 +216,8 @@ async def _recover(world: World) -> None:
         async with world.client(name) as c:
             for h in await c.handoffs():
                 if h.direction == "out" and h.state in OUT_ACTIVE:
-                    await c.cancel(h.id)
+                    with contextlib.suppress(ApiError):  # ended meanwhile: not-cancellable
+                        await c.cancel(h.id)
     if restarted:
         for name, d in world.daemons.items():
             for other in DEVICES:
@@ -359,7 +361,8 @@ async def _finish(world: World, sent: Sent, *, within: float = 240) -> dict[str,
             assert got == sent.digests[item.name], (item.name, got)
         incoming = await t.handoff(sent.handoff_id)
         assert (incoming.direction, incoming.state) == ("in", "delivered")
-        assert incoming.path == done["path"]  # both ends agree on the path
+        if done["attempts"] == 1:  # both ends agree on the path (of the same exchange)
+            assert incoming.path == done["path"], (incoming, done)
         assert not (target.paths.partial / sent.handoff_id).exists()
 
         await t.confirm_resumed(sent.handoff_id)
