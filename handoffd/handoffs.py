@@ -29,7 +29,7 @@ import os
 import random
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,8 @@ PROGRESS_INTERVAL = 0.1
 SWEEP_INTERVAL = 30.0
 NOTICE_TIMEOUT = 10.0
 NOTICE_MAX_DELAY = 300.0
+SHUTDOWN_LINKS = 6.0
+"""Seconds at most to close every link at shutdown."""
 NOTICE_AFTER_LINK = 5.0
 """Seconds after telling the source over a link before the confirming notice."""
 DEVICE_REFRESH = 60.0
@@ -597,11 +599,13 @@ class HandoffService:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
-        for links in list(self.links.values()):
-            for link in links:
-                with contextlib.suppress(Exception):
-                    await link.close()
+        # All at once, bounded: each close may wait for the peer's acknowledgement.
+        closing = [link.close() for links in self.links.values() for link in links]
         self.links.clear()
+        if closing:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SHUTDOWN_LINKS):
+                    await asyncio.gather(*closing, return_exceptions=True)
         await self._stop_server_path()
         if self.discovery is not None:
             with contextlib.suppress(Exception):
@@ -1194,14 +1198,22 @@ class HandoffService:
                 await self._set(handoff_id, {}, path=link.channel.path)
                 upgrader = self._upgrader(link)
                 up = None if upgrader is None else upgrader[0]
+                relayed = link.channel.path == PATH_RELAY
+
+                async def stop_upgrading(up: Upgrader | None = up) -> None:
+                    if up is not None:
+                        await up.close()  # nothing left to move
+
                 report = await run_sender(
                     link,
                     hello=self._hello(),
                     offer=offer,
                     manifest=manifest,
                     sources=sources,
-                    hooks=self._sender_hooks(handoff_id),
-                    resumed_wait=RESUMED_WAIT,
+                    hooks=self._sender_hooks(handoff_id, after_delivered=stop_upgrading),
+                    # A relay session is the server's to share: do not hold one to wait for
+                    # `resumed` (it comes by notice) nor keep it warm.
+                    resumed_wait=0.0 if relayed else RESUMED_WAIT,
                     cancelled=lambda: handoff_id in self._cancelled,
                     switch=(lambda: False) if up is None else _ready_check(up),
                 )
@@ -1211,6 +1223,8 @@ class HandoffService:
                     report.skipped,
                     extra={"handoff": handoff_id},
                 )
+                if relayed:
+                    await link.close()
                 return
             except PathSwitchError:
                 better = None if upgrader is None else upgrader[0].take()
@@ -1284,7 +1298,12 @@ class HandoffService:
         )
         return upgrader, self._spawn(upgrader.run(), "path-upgrade")
 
-    def _sender_hooks(self, handoff_id: str) -> SenderHooks:
+    def _sender_hooks(
+        self,
+        handoff_id: str,
+        *,
+        after_delivered: Callable[[], Awaitable[None]] | None = None,
+    ) -> SenderHooks:
         async def transferring(report: SendReport) -> None:
             await self._set(
                 handoff_id,
@@ -1309,6 +1328,8 @@ class HandoffService:
                 bytes_done=report.total,
                 error=None,
             )
+            if after_delivered is not None:
+                await after_delivered()
 
         async def resumed() -> None:
             await self._mark_resumed(handoff_id, None)

@@ -29,6 +29,10 @@ from handoffd.transport.base import Channel, Dialer, PeerAuthError
 logger = logging.getLogger("handoffd.transport.connector")
 
 HEAD_START = 1.75
+LOST_HEAD_START = 0.25
+"""The head start for a peer whose first dialer lost the last race while still trying."""
+LOST_MEMORY = 600.0
+"""How long (s) a lost race shortens the head start for that peer."""
 
 
 @runtime_checkable
@@ -61,11 +65,21 @@ class _Attempt:
 class Connector:
     """Races ``dialers`` in preference order (see the module docstring)."""
 
-    def __init__(self, dialers: Sequence[Dialer], *, head_start: float = HEAD_START) -> None:
+    def __init__(
+        self,
+        dialers: Sequence[Dialer],
+        *,
+        head_start: float = HEAD_START,
+        lost_head_start: float = LOST_HEAD_START,
+        lost_memory: float = LOST_MEMORY,
+    ) -> None:
         if not dialers:
             raise ValueError("a connector needs at least one dialer")
         self._dialers = tuple(dialers)
         self._head_start = head_start
+        self._lost_head_start = min(head_start, lost_head_start)
+        self._lost_memory = lost_memory
+        self._lost: dict[str, float] = {}  # peer -> loop time a later dialer last won
         self._made_by: weakref.WeakKeyDictionary[Channel, int] = weakref.WeakKeyDictionary()
 
     @property
@@ -80,7 +94,16 @@ class Connector:
         failed authentication and none succeeded, else NoPathError (code
         ``no-path``, or ``connect-timeout`` when the deadline passed first).
         """
-        return await self._race(self._dialers, peer_device_id, deadline)
+        loop = asyncio.get_running_loop()
+        lost = self._lost.get(peer_device_id)
+        recent = lost is not None and loop.time() - lost < self._lost_memory
+        head_start = self._lost_head_start if recent else self._head_start
+        channel = await self._race(self._dialers, peer_device_id, deadline, head_start)
+        if self._made_by.get(channel) == 0:
+            self._lost.pop(peer_device_id, None)
+        else:  # the preferred path failed or was too slow: give it less time next time
+            self._lost[peer_device_id] = loop.time()
+        return channel
 
     async def upgrade(self, channel: Channel, *, deadline: float) -> Channel | None:
         """A channel over a better path than ``channel``'s, or None (nothing better, or failed)."""
@@ -89,12 +112,17 @@ class Connector:
         if not better or channel.closed:
             return None
         try:
-            return await self._race(better, channel.peer.device_id, deadline)
+            upgraded = await self._race(better, channel.peer.device_id, deadline, self._head_start)
         except TransportError as exc:
             logger.info("upgrade attempt failed code=%s", exc.code)
             return None
+        if self._made_by.get(upgraded) == 0:
+            self._lost.pop(channel.peer.device_id, None)  # the preferred path works again
+        return upgraded
 
-    async def _race(self, dialers: Sequence[Dialer], peer: str, deadline: float) -> Channel:
+    async def _race(
+        self, dialers: Sequence[Dialer], peer: str, deadline: float, head_start: float
+    ) -> Channel:
         loop = asyncio.get_running_loop()
         attempts: list[_Attempt] = []
         errors: list[tuple[str, HandoffError]] = []
@@ -123,7 +151,7 @@ class Connector:
                     )
                     attempts.append(_Attempt(index, dialer, task))
                     running.append(attempts[-1])
-                    next_start = loop.time() + self._head_start
+                    next_start = loop.time() + head_start
                     break
                 if not running:
                     break

@@ -333,3 +333,65 @@ async def test_upgrade_from_relay_to_direct(world: World, callee: Callee) -> Non
             await upgrader.close()
         finally:
             await relayed.close()
+
+
+# ---------------------------------------------------------------- adaptive head start
+
+
+class Ready(Channel):
+    """A channel stand-in (no I/O) for pure connector tests."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._closed = False
+
+    async def send(self, data: bytes) -> None:
+        raise AssertionError("not used")
+
+    async def recv(self) -> bytes:
+        raise AssertionError("not used")
+
+    async def close(self) -> None:
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class Toggle(Dialer):
+    """Hangs, fails, or hands out a channel, as the test says."""
+
+    def __init__(self, name: str, behaviour: str) -> None:
+        self.name, self.behaviour = name, behaviour
+
+    async def dial(self, peer_device_id: str, *, deadline: float) -> Channel:
+        if self.behaviour == "hang":
+            await asyncio.Event().wait()
+        if self.behaviour == "fail":
+            raise TransportError("no ICE candidate pair works", code="ice-failed")
+        return Ready(self.name)
+
+
+@pytest.mark.asyncio
+async def test_a_lost_race_shortens_the_head_start_for_that_peer_only() -> None:
+    direct, relay = Toggle("direct", "fail"), Toggle("relay", "ok")
+    conn = Connector([direct, relay], head_start=60.0, lost_head_start=0.05)
+    peer, other = "A" * 32, "B" * 32
+    # Direct fails at once: the relay starts at once and wins; the connector remembers.
+    assert (await conn.connect(peer, deadline=deadline(5))).path == "relay"
+    # Now direct hangs: with the full 60 s head start the relay could not start before the
+    # deadline; for this peer it starts after the short one and wins.
+    direct.behaviour = "hang"
+    assert (await conn.connect(peer, deadline=deadline(5))).path == "relay"
+    # Another peer still gets the full head start: nothing but the hanging direct attempt.
+    with pytest.raises(NoPathError) as timed_out:
+        await conn.connect(other, deadline=deadline(0.5))
+    assert timed_out.value.code == "connect-timeout"
+    # Direct wins again: the peer is forgotten and the full head start is back.
+    direct.behaviour = "ok"
+    assert (await conn.connect(peer, deadline=deadline(5))).path == "direct"
+    direct.behaviour = "hang"
+    with pytest.raises(NoPathError) as back:
+        await conn.connect(peer, deadline=deadline(0.5))
+    assert back.value.code == "connect-timeout"
