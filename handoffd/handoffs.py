@@ -91,6 +91,8 @@ CONNECT_TIMEOUT = 15.0
 RESUMED_WAIT = 30.0
 WARM_IDLE = float(os.environ.get("HANDOFF_WARM_IDLE", "60"))
 """Seconds an idle link to a peer is kept for the next handoff (0: never reuse)."""
+WARM_PROBE_TIMEOUT = 2.0
+"""Seconds an idle warm link gets to answer a ping before it is reused (else a new one)."""
 PROGRESS_INTERVAL = 0.1
 SWEEP_INTERVAL = 30.0
 NOTICE_TIMEOUT = 10.0
@@ -921,13 +923,28 @@ class HandoffService:
 
     async def _link_to(self, peer_id: str) -> Link:
         """A warm idle link to ``peer_id``, or a new one: direct (LAN or via the server) or relay."""
-        for link in self.links.get(peer_id, []):
+        for link in list(self.links.get(peer_id, [])):
             idle = time.monotonic() - link.last_used
-            reusable = link.lingering or (not link.busy and idle <= WARM_IDLE)
-            if not link.closed and WARM_IDLE > 0 and reusable:
-                link.take_over()
-                logger.info("reusing a warm link", extra={"peer": peer_id})
-                return link
+            lingering = link.lingering
+            reusable = lingering or (not link.busy and idle <= WARM_IDLE)
+            if link.closed or WARM_IDLE <= 0 or not reusable:
+                continue
+            link.reserve()  # before any await: no other handoff may take it now
+            try:
+                alive = lingering or await link.probe(WARM_PROBE_TIMEOUT)
+            except BaseException:
+                link.release()
+                raise
+            if link.exchange is not None:  # the peer began an exchange on it meanwhile
+                link.release()
+                continue
+            if not alive:  # the network changed under it, or the peer went away
+                logger.info("a warm link did not answer: closed", extra={"peer": peer_id})
+                link.release()
+                await link.close()
+                continue
+            logger.info("reusing a warm link", extra={"peer": peer_id})
+            return link
         loop = asyncio.get_running_loop()
         grace = loop.time() + DISCOVERY_GRACE  # just started: discovery may need a moment
         while not self._direct.plausible(peer_id) and (left := grace - loop.time()) > 0:
@@ -1061,6 +1078,8 @@ class HandoffService:
         for attempt in range(2):
             devices = await self.store.run(self.store.list_devices)
             match = [d for d in devices if d.device_id == parsed or d.name == wanted]
+            # A revoked device may share its name with the one that replaced it.
+            match = [d for d in match if not d.revoked] or match
             if match:
                 break
             if attempt == 0:
@@ -1256,10 +1275,12 @@ class HandoffService:
             except HandoffError as exc:
                 error = exc
             finally:
+                if link is not None:
+                    link.release()  # taken but never begun (failure or cancel before it)
                 if upgrader is not None:
                     upgrader[1].cancel()
                     await upgrader[0].close()
-            if link is not None:
+            if link is not None and error.code != "link-busy":
                 await link.close()  # never reuse a connection that just failed
             record = await self._require(handoff_id)
             if record.state in ("delivered", "resumed"):
@@ -1318,14 +1339,20 @@ class HandoffService:
             self._progress(handoff_id, "out", done, total)
 
         async def delivered(report: SendReport) -> None:
+            total, skipped = report.total, report.skipped
+            if not report.accepted:
+                # Delivered at once: the receiver already had it all (an earlier exchange
+                # committed, but its ``delivered`` never reached us).
+                total = skipped = (await self._require(handoff_id)).bytes_total
             await self._set(
                 handoff_id,
                 {
                     "data_bytes": report.data_bytes,
                     "channel_bytes": report.channel_bytes,
+                    "skipped": skipped,
                 },
                 state="delivered",
-                bytes_done=report.total,
+                bytes_done=total,
                 error=None,
             )
             if after_delivered is not None:
@@ -1461,6 +1488,9 @@ class HandoffService:
             await self.store.run(self.db.clear_checkpoints, hid)
         await self.store.run(self.db.set_meta, hid, peer_name=peer_name, offer=offer.manifest)
         if decision.reason is not None:
+            # A decline is final for the sender: what we held of it can never be used.
+            await asyncio.to_thread(self.staging.discard_partial, hid)
+            await self.store.run(self.db.clear_checkpoints, hid)
             await self._set(
                 hid, {}, state="declined", error=_error_text(decision.reason, decision.message)
             )

@@ -583,6 +583,9 @@ class Link:
         self._reader: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
         self._send_lock = asyncio.Lock()
+        self.reserved = False
+        """Taken by a handoff about to ``begin`` a sending exchange on it: no other may take it."""
+        self._heard = asyncio.Event()
 
     @property
     def closed(self) -> bool:
@@ -593,7 +596,7 @@ class Link:
     def busy(self) -> bool:
         """True while an exchange runs (including a sender waiting for ``resumed``)."""
         ex = self.exchange
-        return ex is not None and (ex.core is None or not ex.core.finished)
+        return self.reserved or (ex is not None and (ex.core is None or not ex.core.finished))
 
     @property
     def lingering(self) -> bool:
@@ -613,6 +616,27 @@ class Link:
             self.exchange = None
             ex.feed(None)
 
+    def reserve(self) -> None:
+        """Take this idle (or lingering) link for the exchange about to begin on it."""
+        self.take_over()
+        self.reserved = True
+
+    def release(self) -> None:
+        """Give back a reservation that was not used (idempotent)."""
+        self.reserved = False
+
+    async def probe(self, within: float) -> bool:
+        """True if the peer is heard (its ``pong``, or anything else) within ``within`` seconds
+        of a ``ping`` sent on this link."""
+        self._heard.clear()
+        try:
+            async with asyncio.timeout(within):
+                await self.send(m.Ping(nonce=0))
+                await self._heard.wait()
+        except (TimeoutError, HandoffError):
+            return False
+        return True
+
     def start(self) -> None:
         """Start reading."""
         if self._reader is None:
@@ -623,7 +647,8 @@ class Link:
         await self._closed.wait()
 
     def begin(self, handoff_id: str, role: str) -> Exchange:
-        """Start an exchange (the link must be idle)."""
+        """Start an exchange (the link must be idle, or reserved for it)."""
+        self.reserved = False
         if self.busy:
             raise TransportError("link is busy", code="link-busy")
         self.exchange = Exchange(handoff_id, role)
@@ -652,6 +677,7 @@ class Link:
             while True:
                 data = await self.channel.recv()
                 self.last_used = time.monotonic()
+                self._heard.set()
                 ex = self.exchange
                 if (
                     ex is not None

@@ -69,7 +69,7 @@ from tests.handoff.labkit import (
 )
 from tests.lab import Host, Lab
 from tests.lab.fixtures import require_lab
-from tests.server.helpers import cli_invite, create_account
+from tests.server.helpers import cli, cli_invite, create_account
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
 
@@ -163,6 +163,7 @@ def _extra(
     home = world.root / name
     d = LabDaemon(home, host=host)
     world.extras[name] = d
+    device_id = ""
     try:
         home.mkdir(mode=0o700)
         if prepare is not None:
@@ -174,6 +175,9 @@ def _extra(
     finally:
         stop_quietly(d)
         world.extras.pop(name, None)
+        if device_id:  # a later case may pair a new device under the same name
+            cli(world.server.data, "revoke", "lab", device_id, check=False)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 async def _device(world: World, who: str, device_id: str) -> dict[str, Any]:
@@ -751,3 +755,114 @@ async def test_device_of_another_account_cannot_join_a_relay_session(world: Worl
         sent = await _send(world, "laptop", "desk", "after-intruder", {"a.bin": MiB})
         done = await _finish(world, sent)
     assert done["path"] == "relay", done
+
+
+@pytest.mark.asyncio
+async def test_handoffs_started_together_while_one_warm_link_is_idle_do_not_break_each_other(
+    world: World,
+) -> None:
+    """Several handoffs to one peer start at once while one warm link to it is idle: one of
+    them takes the warm link, the others open their own; none fails.
+
+    Fails now: two of them take the same warm link (``_link_to`` returns it, then awaits
+    ``_set`` before ``run_sender`` calls ``link.begin``); the second gets ``link-busy``, counts
+    a failed attempt and closes the link, which kills the first one's transfer
+    (``connection-lost`` / ``channel-closed``)."""
+    await _restart(world, "laptop")  # no warm link but the one made below
+    first = await _send(world, "laptop", "desk", "warm", {}, messages=1)
+    await _finish(world, first)  # the link is idle and warm now
+    log_from = len(world.daemons["laptop"].log_text())
+    sents = await asyncio.gather(
+        *(_send(world, "laptop", "desk", f"race-{i}", {f"r{i}.bin": 2 * MiB}) for i in range(4))
+    )
+    results = await asyncio.gather(*(_finish(world, s) for s in sents))
+    log = world.daemons["laptop"].log_text()[log_from:]
+    assert "code=link-busy" not in log, log
+    assert [r["attempts"] for r in results] == [1, 1, 1, 1], results
+
+
+# P2 -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_warm_link_the_network_killed_is_not_waited_on(world: World) -> None:
+    """A warm direct link exists, then UDP between the two hosts is blocked: the next handoff
+    goes through the relay at its first attempt, without waiting for the dead link.
+
+    Fails now: the dead warm link is reused; the handoff waits until ICE consent expires or
+    the peer is silent for 30 s (``connection-lost``), a failed attempt per dead warm link."""
+    await _restart(world, "laptop")
+    first = await _send(world, "laptop", "desk", "warm-direct", {}, messages=1)
+    done = await _finish(world, first)
+    assert done["path"] == "direct", done
+    with world.lab.block_udp(world.host("desk"), world.host("laptop")):
+        sent = await _send(world, "laptop", "desk", "after-block", {"a.bin": MiB})
+        done = await _finish(world, sent, within=120)
+    assert done["path"] == "relay", done
+    assert done["attempts"] == 1, done
+
+
+# P3 -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_declined_handoff_leaves_no_partial_data_on_the_target(
+    world: World, pocket: Pocket
+) -> None:
+    """Space runs out mid-transfer; the retry is declined (``no-disk-space``), which is final
+    for the source: the target must not keep the partial files of that handoff.
+
+    Fails now: ``partial/<id>`` (and its checkpoints) stay until ``partial_ttl`` (24 h), so the
+    space the user frees is still partly taken by a handoff that can never resume."""
+    async with world.client("laptop") as a:
+        with world.lab.hosts[4].fault("rate_limit", RATE):
+            sent = await _send(world, "laptop", "pocket", "leak", {"l.bin": 24 * MiB})
+            await _acked(world, sent, 4 * MiB)
+            filler = pocket.disk / "filler"
+            await asyncio.to_thread(fill, filler)
+            done = await wait_state(a, sent.handoff_id, ENDED, 180)
+        filler.unlink()
+        assert done["state"] == "declined", done
+        assert done["error"]["code"] == "no-disk-space", done
+    held = pocket.disk / "partial" / sent.handoff_id
+    assert not held.exists(), sorted(p.stat().st_size for p in held.iterdir())
+
+
+# P4 -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_source_crashed_after_the_target_committed_reports_every_byte(
+    world: World,
+) -> None:
+    """The source dies after the target committed the handoff but before the target's
+    ``delivered`` reached it (the same as a link that dies in that instant). On its next
+    attempt the target answers ``delivered`` at once (nothing stored twice): the source must
+    then show every byte done, not 0.
+
+    The crash window is made exact by putting the source's record back to what it held in it
+    (``transferring``, as a SIGKILL there leaves it) while the source is stopped.
+
+    Fails now: ``delivered`` with ``bytes_done`` 0 (the delivered hook takes ``report.total``,
+    which only an ``accepted`` in the same exchange sets), and ``wire`` says nothing was held."""
+    import sqlite3
+
+    laptop = world.daemons["laptop"]
+    sent = await _send(world, "laptop", "desk", "dup", {"d.bin": 2 * MiB})
+    async with world.client("laptop") as a:
+        first = await wait_state(a, sent.handoff_id, ENDED, 120)
+    assert first["state"] == "delivered", first
+    kill_hard(laptop)
+    db = sqlite3.connect(laptop.paths.state_db, timeout=10)
+    try:
+        with db:
+            db.execute(
+                "UPDATE handoffs SET state = 'transferring', bytes_done = ? WHERE id = ?",
+                (MiB, sent.handoff_id),
+            )
+    finally:
+        db.close()
+    laptop.start()  # carries on with the handoff: the desk says delivered at once
+    done = await _finish(world, sent)
+    assert done["attempts"] == 2, done
+    assert done["wire"]["data_bytes_sent"] == 0, done
