@@ -480,6 +480,16 @@ def _error_text(code: str, message: str, reason: str | None = None) -> str:
     return json.dumps(value)
 
 
+async def _next_event(sub: Any, within: float) -> dict[str, Any] | None:
+    """The next event, ``{}`` after ``within`` seconds without one, None once the bus closed."""
+    try:
+        async with asyncio.timeout(within):
+            event: dict[str, Any] | None = await sub.get()
+    except TimeoutError:
+        return {}
+    return event
+
+
 def _ready_check(upgrader: Upgrader) -> Callable[[], bool]:
     return lambda: upgrader.ready
 
@@ -699,11 +709,7 @@ class HandoffService:
                     self._discovery_known = known
                     if self.discovery is None or device.trust is not self._discovery_trust:
                         await self._start_discovery(known)
-                try:
-                    async with asyncio.timeout(5.0):
-                        event = await sub.get()
-                except TimeoutError:
-                    continue
+                event = await _next_event(sub, 5.0)
                 if event is None:
                     return
                 kind = event.get("type")
@@ -838,12 +844,7 @@ class HandoffService:
                     if local is not None and local is not self._server_local:
                         await self._stop_server_path()
                         await self._start_server_path(local)
-                try:
-                    async with asyncio.timeout(5.0):
-                        event = await sub.get()
-                except TimeoutError:
-                    continue
-                if event is None:
+                if await _next_event(sub, 5.0) is None:
                     return
         finally:
             sub.close()
