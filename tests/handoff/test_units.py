@@ -302,3 +302,39 @@ def test_expiry_removes_and_remembers(tmp_path: Path) -> None:
         assert expire(store, db, staging, now=now, inbox_ttl=500, partial_ttl=500) == []
     finally:
         store.close()
+
+
+def test_refusals_final_and_reasons() -> None:
+    from handoffd.errors import TransportError
+    from handoffd.handoffs import _error_json, _error_text, _path_error, _reason, _refusal_is_final
+    from handoffd.transport.base import PeerAuthError, PeerRefusedError
+    from handoffd.transport.connector import NoPathError
+
+    revoked = PeerRefusedError("peer refused: revoked", peer_code="cert-revoked")
+    busy = PeerRefusedError("peer refused: busy", peer_code="busy")
+    assert _refusal_is_final(revoked)
+    assert _refusal_is_final(PeerRefusedError("x", peer_code="envelope-replayed"))
+    assert _refusal_is_final(PeerAuthError("bad answer", code="answer-mismatch"))
+    assert not _refusal_is_final(busy)
+    assert not _refusal_is_final(TransportError("ice", code="ice-failed"))
+    assert _reason(revoked) == "cert-revoked"
+    assert _reason(TransportError("x", code="ice-failed")) is None
+
+    # The stored error keeps the peer's reason next to our code; an equal reason is not repeated.
+    text = _error_text(revoked.code, revoked.message, _reason(revoked))
+    assert _error_json(text) == {
+        "code": "peer-refused",
+        "message": "peer refused: revoked",
+        "reason": "cert-revoked",
+    }
+    assert "reason" not in (_error_json(_error_text("no-path", "x", "no-path")) or {})
+
+    # No path: the peer's refusal first; all "no-route" means not found; else the last real error.
+    no_route = TransportError("no plausible path", code="no-route")
+    ice = TransportError("ice", code="ice-failed")
+    assert _path_error(NoPathError("x", attempts=[("direct", revoked), ("relay", ice)])) is revoked
+    assert (
+        _path_error(NoPathError("x", attempts=[("direct", no_route), ("relay", no_route)])).code
+        == "peer-not-found"
+    )
+    assert _path_error(NoPathError("x", attempts=[("direct", ice), ("relay", no_route)])) is ice
