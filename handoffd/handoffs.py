@@ -618,13 +618,14 @@ class HandoffService:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(SHUTDOWN_LINKS):
                     await asyncio.gather(*closing, return_exceptions=True)
-        await self._stop_server_path()
         if self.discovery is not None:
             with contextlib.suppress(Exception):
-                await self.discovery.close()
+                await self.discovery.close()  # goodbye packets: peers forget us at once
             self.discovery = None
         if self.signaling is not None:
             await self.signaling.close()
+        # Last: while the engine is being cancelled, closing the server link re-raises that.
+        await self._stop_server_path()
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         if self._tg is None:
@@ -870,8 +871,8 @@ class HandoffService:
     async def _stop_server_path(self) -> None:
         path, self.server, self._server_local = self.server, None, None
         if path is not None:
-            await path.close()
             self._on_presence(frozenset(), connected=False)
+            await path.close()
 
     def _on_presence(self, online: frozenset[str], *, connected: bool = True) -> None:
         """The server's list of the account's online devices changed."""

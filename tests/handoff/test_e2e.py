@@ -356,3 +356,26 @@ async def test_lan_handoff_works_with_the_server_stopped(pair: Pair) -> None:
         final = await wait_state(a, h.id, {"resumed"}, within=60)
         assert final["state"] == "resumed"
         assert (await a.session(session.id)).state == "handed-off"
+
+
+@pytest.mark.asyncio
+async def test_a_stopped_daemon_says_goodbye(pair: Pair) -> None:
+    """Last: SIGTERM on the desk ends cleanly, and the laptop hears it leave (mDNS goodbye)
+    long before the records' TTL would expire; the desk comes back afterwards."""
+    async with pair.client(pair.a) as a:
+        events = a.events(heartbeats=True)
+        try:
+            first = await asyncio.wait_for(events.__anext__(), 10)  # subscribed from here on
+            assert first["type"] == "heartbeat"
+            assert await asyncio.to_thread(pair.b.stop) == 0
+
+            async def gone() -> dict[str, Any] | None:
+                async for event in events:
+                    if event.get("type") == "device.gone" and event["device_id"] == pair.b_id:
+                        return event
+                return None
+
+            assert await asyncio.wait_for(gone(), 30) is not None
+        finally:
+            await events.aclose()
+    pair.b.start()
