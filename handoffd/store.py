@@ -226,11 +226,21 @@ class Store:
         self._executor.shutdown(wait=True)
 
     async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run a blocking store method on the DB thread and await its result."""
+        """Run a blocking store method on the DB thread and await its result.
+
+        SQLite's own failures come out as StoreError: ``store-full`` when the database cannot
+        grow (``database or disk is full``), ``store-failed`` otherwise. The store stays usable:
+        the failed statement was rolled back, and reads go on working.
+        """
         if self._closed:
             raise StoreError("the store is closed", code="store-closed")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        try:
+            return await loop.run_in_executor(
+                self._executor, functools.partial(fn, *args, **kwargs)
+            )
+        except sqlite3.Error as exc:
+            raise _store_error(exc) from exc
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -239,7 +249,7 @@ class Store:
         try:
             yield self._db
         except BaseException:
-            self._db.execute("ROLLBACK")
+            _rollback(self._db)
             raise
         self._db.execute("COMMIT")
 
@@ -517,9 +527,25 @@ def _migrate(db: sqlite3.Connection) -> None:
                     db.execute(statement)
             db.execute(f"PRAGMA user_version = {number}")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         db.execute("COMMIT")
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if SQLite has not already: after some errors (a full
+    disk: ``SQLITE_FULL``) it rolls back by itself, and a ROLLBACK then would fail and hide
+    the error that matters."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
+
+
+def _store_error(exc: sqlite3.Error) -> StoreError:
+    """SQLite's failure as the daemon's StoreError (``store-full`` or ``store-failed``)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF == sqlite3.SQLITE_FULL:
+        return StoreError(f"the state database cannot be written: {exc}", code="store-full")
+    return StoreError(f"state database error: {exc}", code="store-failed")
 
 
 def _dumps(obj: Any) -> str:

@@ -125,7 +125,7 @@ async def read_json(request: web.Request) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- errors
 
-_STORE_STATUS = {"session-not-found": 404, "handoff-not-found": 404}
+_STORE_STATUS = {"session-not-found": 404, "handoff-not-found": 404, "store-full": 507}
 _HTTP_CODES = {
     404: "not-found",
     405: "method-not-allowed",

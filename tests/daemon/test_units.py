@@ -1,4 +1,5 @@
-"""Pure unit tests: the event bus, settings and their TOML file, the store's schema."""
+"""Pure unit tests: the event bus, settings and their TOML file, the store's schema and its
+failures."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
 from handoffd import identity
 from handoffd.config import Settings, SettingsFile, dumps_toml, load_settings
 from handoffd.control import schema
+from handoffd.control.server import error_middleware
 from handoffd.devicestate import DeviceState, ServerPin
 from handoffd.errors import ApiError, ConfigError, StoreError
 from handoffd.events import EventBus
@@ -113,6 +117,61 @@ def test_store_schema_and_refusals(tmp_path: Path) -> None:
     with pytest.raises(StoreError) as info:
         Store.open(tmp_path / "state.db")
     assert info.value.code == "store-too-new"
+
+
+def _cap(store: Store) -> None:
+    """Let the database grow no more (SQLite's ``max_page_count``): every write that needs a
+    new page fails as on a full disk (``SQLITE_FULL``, "database or disk is full")."""
+    db = store._db
+    pages = int(db.execute("PRAGMA page_count").fetchone()[0])
+    db.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def _blob(size: int) -> ItemRecord:
+    return ItemRecord("data", "d.bin", "application/octet-stream", "data", size, data=b"x" * size)
+
+
+@pytest.mark.asyncio
+async def test_store_full_is_a_store_error_and_reads_go_on(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "state.db")
+    try:
+        kept = await store.run(store.create_session, "org.x", "kept", {}, [_blob(10)])
+        await store.run(_cap, store)
+        with pytest.raises(StoreError) as info:
+            await store.run(store.create_session, "org.x", "t", {}, [_blob(1024 * 1024)])
+        assert info.value.code == "store-full"
+        assert "database or disk is full" in info.value.message
+        with pytest.raises(StoreError) as other:  # any other SQLite failure
+            await store.run(store._db.execute, "SELECT nothing FROM nowhere")
+        assert other.value.code == "store-failed"
+        # Rolled back: nothing half-written; what was there is still read.
+        assert [s.id for s in await store.run(store.list_sessions)] == [kept.id]
+        assert await store.run(store.get_session, kept.id) == kept
+    finally:
+        store.close()
+
+
+@pytest.mark.asyncio
+async def test_control_api_answers_a_full_store_with_507(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "state.db")
+
+    async def publish(request: web.Request) -> web.Response:
+        await store.run(store.create_session, "org.x", "t", {}, [_blob(1024 * 1024)])
+        return web.json_response({})
+
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_post("/v1/sessions", publish)
+    client: TestClient[web.Request, web.Application] = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        await store.run(_cap, store)
+        resp = await client.post("/v1/sessions")
+        assert resp.status == 507
+        body = await resp.json()
+        assert body["error"]["code"] == "store-full", body
+    finally:
+        await client.close()
+        store.close()
 
 
 @given(st.text(max_size=300))
