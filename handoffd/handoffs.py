@@ -97,6 +97,8 @@ PROGRESS_INTERVAL = 0.1
 SWEEP_INTERVAL = 30.0
 NOTICE_TIMEOUT = 10.0
 NOTICE_MAX_DELAY = 300.0
+NOTICE_STORE_RETRY = 30.0
+"""Seconds before resume notices are tried again after the state database failed."""
 SHUTDOWN_LINKS = 6.0
 """Seconds at most to close every link at shutdown."""
 NOTICE_AFTER_LINK = 5.0
@@ -734,22 +736,25 @@ class HandoffService:
             logger.info("device list not refreshed: %s", getattr(exc, "code", "timeout"))
             return
         now = time.time()
-        await self.store.run(
-            self.store.replace_devices,
-            [
-                DeviceRecord(
-                    device_id=r.device_id,
-                    name=r.name,
-                    platform=r.platform,
-                    revoked=r.revoked,
-                    online=r.online,
-                    last_seen=r.last_seen,
-                    created_at=r.created_at,
-                    updated_at=now,
-                )
-                for r in records
-            ],
-        )
+        try:
+            await self.store.run(
+                self.store.replace_devices,
+                [
+                    DeviceRecord(
+                        device_id=r.device_id,
+                        name=r.name,
+                        platform=r.platform,
+                        revoked=r.revoked,
+                        online=r.online,
+                        last_seen=r.last_seen,
+                        created_at=r.created_at,
+                        updated_at=now,
+                    )
+                    for r in records
+                ],
+            )
+        except StoreError as exc:  # a full disk: the cache stays as it was, discovery goes on
+            logger.warning("device list not stored error=%s", exc.code)
 
     async def _stop_discovery(self) -> None:
         disc, self.discovery = self.discovery, None
@@ -1470,33 +1475,28 @@ class HandoffService:
         held = await asyncio.to_thread(self.staging.held_bytes, hid)
         decision = decide(manifest, settings, free_bytes=free, held=held)
         record = await self.store.run(self.store.get_handoff, hid)
-        if record is None:
-            record = await self.store.run(
-                self.store.create_handoff,
-                hid,
-                direction="in",
-                peer=link.peer_id,
-                state="pending",
-                session_id=manifest.session_id,
-                types=sorted({i.type for i in manifest.items}),
-                bytes_total=sum(i.size for i in manifest.items),
-            )
-        elif record.direction != "in" or record.peer != link.peer_id:
+        if record is not None and (record.direction != "in" or record.peer != link.peer_id):
             return Verdict(decline=("handoff-id-conflict", "handoff id already used"))
+        if decision.reason is not None:
+            # A decline is final for the sender: what we held of it can never be used. The
+            # files go first (on a full disk that is the space the state database needs), and
+            # the answer does not wait on recording it: the sender must hear the reason.
+            await asyncio.to_thread(self.staging.discard_partial, hid)
+            try:
+                await self._record_decline(
+                    link, manifest, offer, record, peer_name, decision.reason, decision.message
+                )
+            except StoreError as exc:
+                logger.warning("decline not recorded error=%s", exc.code, extra={"handoff": hid})
+            return Verdict(decline=(decision.reason, decision.message))
+        if record is None:
+            record = await self._new_incoming(link, manifest)
         stored = await self.store.run(self.db.meta, hid)
         if stored.offer is not None and stored.offer != offer.manifest:
             # A different manifest under the same id: start over, trust nothing held.
             await asyncio.to_thread(self.staging.discard_partial, hid)
             await self.store.run(self.db.clear_checkpoints, hid)
         await self.store.run(self.db.set_meta, hid, peer_name=peer_name, offer=offer.manifest)
-        if decision.reason is not None:
-            # A decline is final for the sender: what we held of it can never be used.
-            await asyncio.to_thread(self.staging.discard_partial, hid)
-            await self.store.run(self.db.clear_checkpoints, hid)
-            await self._set(
-                hid, {}, state="declined", error=_error_text(decision.reason, decision.message)
-            )
-            return Verdict(decline=(decision.reason, decision.message))
         if not decision.indexes:
             await self._commit(link, manifest, {})
             return Verdict(delivered=True)
@@ -1518,6 +1518,37 @@ class HandoffService:
             logger.info("resuming a transfer held=%d", sum(resume.values()), extra={"handoff": hid})
         return Verdict(resume=resume, names={i: names[i] for i in resume})
 
+    async def _new_incoming(self, link: Link, manifest: m.Manifest) -> HandoffRecord:
+        """Record an incoming handoff seen for the first time (``pending``)."""
+        return await self.store.run(
+            self.store.create_handoff,
+            manifest.handoff_id,
+            direction="in",
+            peer=link.peer_id,
+            state="pending",
+            session_id=manifest.session_id,
+            types=sorted({i.type for i in manifest.items}),
+            bytes_total=sum(i.size for i in manifest.items),
+        )
+
+    async def _record_decline(
+        self,
+        link: Link,
+        manifest: m.Manifest,
+        offer: m.Offer,
+        record: HandoffRecord | None,
+        peer_name: str,
+        reason: str,
+        message: str,
+    ) -> None:
+        """The incoming record ``declined`` with ``reason``, its checkpoints gone."""
+        hid = manifest.handoff_id
+        if record is None:
+            await self._new_incoming(link, manifest)
+        await self.store.run(self.db.set_meta, hid, peer_name=peer_name, offer=offer.manifest)
+        await self.store.run(self.db.clear_checkpoints, hid)
+        await self._set(hid, {}, state="declined", error=_error_text(reason, message))
+
     async def _device_name(self, device_id: str) -> str:
         for d in await self.store.run(self.store.list_devices):
             if d.device_id == device_id:
@@ -1528,6 +1559,19 @@ class HandoffService:
         await self.store.run(self.db.set_checkpoint, handoff_id, index, offset)
 
     async def _on_receive_failed(self, handoff_id: str, code: str, message: str) -> None:
+        """Record a receiving exchange that ended without delivering; never raises on a state
+        database that cannot be written (a full disk): the exchange still ends cleanly."""
+        try:
+            await self._record_receive_failed(handoff_id, code, message)
+        except StoreError as exc:
+            logger.warning(
+                "receive failure not recorded code=%s error=%s",
+                code,
+                exc.code,
+                extra={"handoff": handoff_id},
+            )
+
+    async def _record_receive_failed(self, handoff_id: str, code: str, message: str) -> None:
         if not handoff_id:
             return
         record = await self.store.run(self.store.get_handoff, handoff_id)
@@ -1727,39 +1771,49 @@ class HandoffService:
         return False
 
     async def _notice_loop(self) -> None:
-        """Send pending resume notices over the sources' signaling ports, with backoff."""
+        """Send pending resume notices over the sources' signaling ports, with backoff. A state
+        database that cannot be written (a full disk) pauses the notices; it does not end this
+        loop (a notice sent but not marked done goes again: the source answers it again)."""
         while True:
-            now = time.time()
-            for handoff_id, device_id, attempts, created in await self.store.run(
-                self.db.due_notices, now
-            ):
-                if now - created > self.ctx.settings.current.inbox_ttl:
-                    await self.store.run(self.db.notice_done, handoff_id)
-                    continue
-                try:
-                    await self._send_notice(handoff_id, device_id)
-                except HandoffError as exc:
-                    refused = getattr(exc, "peer_code", None) == "handoff-not-found"
-                    if refused:
-                        await self.store.run(self.db.notice_done, handoff_id)
-                        continue
-                    delay = min(NOTICE_MAX_DELAY, backoff(attempts + 1, base=2.0))
-                    logger.info(
-                        "resume notice not delivered code=%s retry_in=%.0f",
-                        exc.code,
-                        delay,
-                        extra={"handoff": handoff_id},
-                    )
-                    await self.store.run(self.db.notice_retry, handoff_id, time.time() + delay)
-                    continue
-                await self.store.run(self.db.notice_done, handoff_id)
-                logger.info("source told by notice", extra={"handoff": handoff_id})
-            next_at = await self.store.run(self.db.next_notice_at)
-            wait = 60.0 if next_at is None else max(0.05, min(60.0, next_at - time.time()))
+            try:
+                wait = await self._send_due_notices()
+            except StoreError as exc:
+                logger.warning("resume notices paused error=%s", exc.code)
+                wait = NOTICE_STORE_RETRY
             self._notice_wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._notice_wake.wait()
+
+    async def _send_due_notices(self) -> float:
+        """Send the notices that are due; seconds until the next one."""
+        now = time.time()
+        for handoff_id, device_id, attempts, created in await self.store.run(
+            self.db.due_notices, now
+        ):
+            if now - created > self.ctx.settings.current.inbox_ttl:
+                await self.store.run(self.db.notice_done, handoff_id)
+                continue
+            try:
+                await self._send_notice(handoff_id, device_id)
+            except HandoffError as exc:
+                refused = getattr(exc, "peer_code", None) == "handoff-not-found"
+                if refused:
+                    await self.store.run(self.db.notice_done, handoff_id)
+                    continue
+                delay = min(NOTICE_MAX_DELAY, backoff(attempts + 1, base=2.0))
+                logger.info(
+                    "resume notice not delivered code=%s retry_in=%.0f",
+                    exc.code,
+                    delay,
+                    extra={"handoff": handoff_id},
+                )
+                await self.store.run(self.db.notice_retry, handoff_id, time.time() + delay)
+                continue
+            await self.store.run(self.db.notice_done, handoff_id)
+            logger.info("source told by notice", extra={"handoff": handoff_id})
+        next_at = await self.store.run(self.db.next_notice_at)
+        return 60.0 if next_at is None else max(0.05, min(60.0, next_at - time.time()))
 
     async def _send_notice(self, handoff_id: str, device_id: str) -> None:
         """One signed ``handoff-resumed`` envelope to the source (LAN, else through the server)."""
@@ -1913,7 +1967,9 @@ class HandoffService:
         self._spawn(self._store_progress(handoff_id, done), "progress")
 
     async def _store_progress(self, handoff_id: str, done: int) -> None:
-        await self.store.run(self.db.progress, handoff_id, done)
+        # Progress is advisory (checkpoints are what count): a full disk only delays it.
+        with contextlib.suppress(StoreError):
+            await self.store.run(self.db.progress, handoff_id, done)
 
     async def list_handoffs(self) -> list[dict[str, Any]]:
         """Every handoff as the API shows it."""

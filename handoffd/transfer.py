@@ -43,7 +43,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from handoffd import identity
 from handoffd.config import Settings, is_type_word
 from handoffd.control.schema import APP_ID_RE
-from handoffd.errors import HandoffError, ProtocolError, TransportError, VerificationError
+from handoffd.errors import (
+    HandoffError,
+    ProtocolError,
+    StoreError,
+    TransportError,
+    VerificationError,
+)
 from handoffd.proto import codec
 from handoffd.proto import messages as m
 from handoffd.proto import transfer as core
@@ -990,15 +996,25 @@ async def run_receiver(
         # acknowledged is durable, the next offer resumes from there.
         if c.state not in (core.State.DELIVERED, core.State.DECLINED):
             await hooks.on_failed(ex.handoff_id, "connection-lost", f"connection lost: {exc.code}")
-    except (ProtocolError, OSError, TransferError) as exc:
+    except (ProtocolError, OSError, TransferError, StoreError) as exc:
+        # The peer is told why (it retries; its next offer meets the receiver's policy, e.g.
+        # no-disk-space), and the link is closed whatever recording the failure does.
         if isinstance(exc, OSError):
             logger.warning("receive failed on disk: %s", exc, extra={"peer": link.peer_id})
             exc = ProtocolError(f"receiver storage error: {exc.strerror}", code="receiver-io-error")
+        elif isinstance(exc, StoreError):
+            logger.warning(
+                "receive failed on the state database: %s",
+                exc.message,
+                extra={"peer": link.peer_id},
+            )
         logger.info("receive failed: %s", exc.code, extra={"peer": link.peer_id})
-        with contextlib.suppress(HandoffError):
-            await link.send(m.Error(code=exc.code[:64], message=exc.message[:1024]))
-        await hooks.on_failed(ex.handoff_id, exc.code, exc.message)
-        await link.close()
+        try:
+            with contextlib.suppress(HandoffError):
+                await link.send(m.Error(code=exc.code[:64], message=exc.message[:1024]))
+            await hooks.on_failed(ex.handoff_id, exc.code, exc.message)
+        finally:
+            await link.close()
     finally:
         rx.close()
         link.end(ex)

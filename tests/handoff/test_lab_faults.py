@@ -159,13 +159,15 @@ def _extra(
     world: World, name: str, host: Host, *, prepare: Callable[[Path], None] | None = None
 ) -> Iterator[str]:
     """A daemon ``name`` in ``host``, paired to the account for one case (``prepare`` gets its
-    home before it starts); its device id. Stopped afterwards, also on failure."""
+    home before it starts); its device id. Stopped afterwards, also on failure.
+
+    Its home is ``world.root / name``; it may exist already (a mount point, made by the case)."""
     home = world.root / name
     d = LabDaemon(home, host=host)
     world.extras[name] = d
     device_id = ""
     try:
-        home.mkdir(mode=0o700)
+        home.mkdir(mode=0o700, exist_ok=True)
         if prepare is not None:
             prepare(home)
         d.start()
@@ -585,6 +587,104 @@ async def test_target_disk_full_declined_clearly_and_nothing_lost(
     await _finish(
         world, Sent("laptop", "pocket", sent.session_id, again.id, sent.digests, sent.total)
     )
+
+
+@dataclass
+class Stick:
+    """The "stick" daemon, whose whole home (state.db, config.toml, identity, the control
+    socket's directory, inbox and partial files) is one small tmpfs."""
+
+    daemon: LabDaemon
+    device_id: str
+    disk: Path
+
+
+@pytest.fixture
+def stick(world: World) -> Iterator[Stick]:
+    """Start "stick" in h4 with its home a 320 MiB tmpfs (the receiver keeps ``DISK_MARGIN``,
+    256 MiB, free: a smaller disk would decline every handoff at once); stopped and unmounted
+    afterwards, also on failure."""
+    with (
+        tmpfs(world.root / "stick", f"{TMPFS_SIZE // MiB}m") as disk,
+        _extra(world, "stick", world.lab.hosts[4]) as device_id,
+    ):
+        wait_nearby(world.daemons["laptop"], device_id)
+        yield Stick(world.extras["stick"], device_id, disk)
+
+
+@pytest.mark.asyncio
+async def test_target_home_on_a_full_disk_ends_clearly_stays_up_and_recovers(
+    world: World, stick: Stick
+) -> None:
+    """The disk holding the target's whole home fills mid-transfer: its partial file and its
+    state database (``database or disk is full``) can no longer grow. The handoff ends clearly:
+    the retry is declined for want of space, not retried in a loop; the target keeps answering
+    and logs why; once space is freed the session goes through; a restart afterwards finds the
+    target's identity and state intact.
+
+    Fails now: the receiver's failure handler records ``retrying`` in the full database, which
+    raises (StoreError ``store-full``): the receiving task dies with a traceback ("handoff
+    engine task failed") before it closes the link, and the incoming record stays
+    ``transferring``; the decline of the retry works only while SQLite finds a page to write."""
+    import sqlite3
+
+    size = 16 * MiB
+    assert size + DISK_MARGIN < free_bytes(stick.disk)
+    async with world.client("laptop") as a, world.client("stick") as t:
+        before = await t.request("GET", "/v1/status")
+        with world.lab.hosts[4].fault("rate_limit", RATE):
+            sent = await _send(world, "laptop", "stick", "home-full", {"h.bin": size})
+            await _acked(world, sent, 4 * MiB)
+            filler = stick.disk / "filler"
+            await asyncio.to_thread(fill, filler)
+            assert free_bytes(stick.disk) < MiB
+            done = await wait_state(a, sent.handoff_id, ENDED, 180)
+            # Alive and answering, its disk still full.
+            assert stick.daemon.running()
+            status = await t.request("GET", "/v1/status")
+            assert status["device_id"] == stick.device_id, status
+            theirs = await t.handoff(sent.handoff_id)
+        print(f"home full: source {done['state']}, attempts {done['attempts']}, "
+              f"{done['error']}; target {theirs.state}, {theirs.error}")  # fmt: skip
+        assert done["state"] == "declined", done
+        assert done["error"]["code"] == "no-disk-space", done
+        assert done["attempts"] <= 3, done
+        assert (await a.session(sent.session_id)).state == "active"
+        assert (theirs.direction, theirs.state) == ("in", "declined"), theirs
+        assert theirs.error is not None
+        assert theirs.error["code"] == "no-disk-space", theirs
+        assert not (stick.disk / "partial" / sent.handoff_id).exists()
+        log = stick.daemon.log_text()
+        lines = [x for x in log.splitlines() if "receive failed on" in x or "not recorded" in x]
+        print("home full: target log:", *lines, sep="\n  ")
+        assert any("receive failed on" in x for x in lines), log
+        assert " exc=Traceback" not in log, log
+
+        # Space freed: a new handoff of the same session goes through.
+        filler.unlink()
+        again = await a.send(sent.session_id, "stick")
+    await _finish(
+        world, Sent("laptop", "stick", sent.session_id, again.id, sent.digests, sent.total)
+    )
+
+    # Restarted afterwards: the same identity and state, the database sound.
+    async with world.client("stick") as t:
+        inbox = [(e.id, e.state) for e in await t.inbox()]
+        handoffs = {h.id: h.state for h in await t.handoffs()}
+    await asyncio.to_thread(stick.daemon.stop)
+    db = sqlite3.connect(stick.daemon.paths.state_db)
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        db.close()
+    await asyncio.to_thread(stick.daemon.start)
+    async with world.client("stick") as t:
+        after = await t.request("GET", "/v1/status")
+        for key in ("device_id", "device_name", "paired", "account_id", "server_url"):
+            assert after[key] == before[key], (key, before, after)
+        assert [(e.id, e.state) for e in await t.inbox()] == inbox
+        assert {h.id: h.state for h in await t.handoffs()} == handoffs
+    assert " exc=Traceback" not in stick.daemon.log_text()
 
 
 # ---------------------------------------------------------------- 6. load
