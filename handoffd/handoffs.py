@@ -1412,7 +1412,7 @@ class HandoffService:
     def _on_incoming(self, link: Link, ex: Any, first: bytes) -> None:
         hooks = ReceiverHooks(
             on_peer_hello=self._gossip,
-            on_offer=lambda offer, manifest: self._on_offer(link, offer, manifest),
+            on_offer=lambda offer, manifest: self._on_offer_guarded(link, offer, manifest),
             checkpoint=self._checkpoint,
             on_progress=lambda hid, done, total: self._progress(hid, "in", done, total),
             commit=lambda manifest, names: self._commit(link, manifest, names),
@@ -1430,6 +1430,18 @@ class HandoffService:
                     self._receiving.pop(ex.handoff_id, None)
 
         self._spawn(receive(), "receive")
+
+    async def _on_offer_guarded(self, link: Link, offer: m.Offer, manifest: m.Manifest) -> Verdict:
+        """``_on_offer``; a state database that cannot grow declines (``no-disk-space``)."""
+        try:
+            return await self._on_offer(link, offer, manifest)
+        except StoreError as exc:
+            if exc.code != "store-full":
+                raise
+            logger.warning(
+                "offer declined: the state database is full", extra={"peer": link.peer_id}
+            )
+            return Verdict(decline=("no-disk-space", "the receiving device's disk is full"))
 
     async def _on_offer(self, link: Link, offer: m.Offer, manifest: m.Manifest) -> Verdict:
         """Verify and decide an incoming offer (see transfer.decide)."""

@@ -338,3 +338,30 @@ def test_refusals_final_and_reasons() -> None:
         == "peer-not-found"
     )
     assert _path_error(NoPathError("x", attempts=[("direct", ice), ("relay", no_route)])) is ice
+
+
+@pytest.mark.asyncio
+async def test_a_full_state_database_declines_an_offer_as_no_disk_space() -> None:
+    from typing import Any
+
+    from handoffd.errors import StoreError
+    from handoffd.handoffs import HandoffService
+
+    service = HandoffService.__new__(HandoffService)  # only _on_offer_guarded is exercised
+    raised: list[StoreError] = []
+
+    async def on_offer(link: Any, offer: Any, manifest: Any) -> Any:
+        raise raised[-1]
+
+    service._on_offer = on_offer  # type: ignore[method-assign]
+
+    class _Link:
+        peer_id = "P" * 32
+
+    raised.append(StoreError("disk is full", code="store-full"))
+    verdict = await service._on_offer_guarded(_Link(), None, None)  # type: ignore[arg-type]
+    assert verdict.decline is not None
+    assert verdict.decline[0] == "no-disk-space"
+    raised.append(StoreError("locked", code="store-failed"))
+    with pytest.raises(StoreError):  # anything else is the exchange's failure, retried
+        await service._on_offer_guarded(_Link(), None, None)  # type: ignore[arg-type]
