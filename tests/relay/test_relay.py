@@ -222,13 +222,21 @@ async def test_other_account_and_other_devices_cannot_join(world: World) -> None
             await nb.client.relay_stream(forged, deadline=deadline(10))
         assert wrong.value.code == "relay-token-invalid"
 
-        # The initiator joins and waits; its token is single use.
-        first = asyncio.create_task(na.client.relay_stream(ticket, deadline=deadline(10)))
-        await asyncio.sleep(0.3)
+        # The initiator's token is single use: two joins with it at once, and whichever the
+        # server takes second is refused while the other waits for the peer.
+        joins = [
+            asyncio.create_task(na.client.relay_stream(ticket, deadline=deadline(30)))
+            for _ in range(2)
+        ]
+        done, _ = await asyncio.wait(joins, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        assert len(done) == 1, done
+        (loser,) = done
         with pytest.raises(ServerError) as reused:
-            await na.client.relay_stream(ticket, deadline=deadline(10))
+            loser.result()
         assert reused.value.code == "relay-token-used"
-        second = await nb.client.relay_stream(offer, deadline=deadline(10))
+        (first,) = (j for j in joins if j is not loser)
+        assert not first.done()  # joined, waiting for the peer
+        second = await nb.client.relay_stream(offer, deadline=deadline(30))
         stream = await first
         try:
             # Started: the session takes no more joins at all.
