@@ -534,13 +534,18 @@ class Discovery:
 
     # ------------------------------------------------------------ browsing
 
-    def _refresh_book(self) -> bool:
-        """Re-read the known devices; True if the set changed."""
+    def _refresh_book(self) -> None:
+        """Re-read the known devices; if the set changed, resolve the cached advertisements
+        that now map to a known device. Whoever reads the change first (the liveness tick, a
+        browser callback, a unicast probe) does it: a reader that only updated the book would
+        leave the others nothing to notice, and a newly known device's cached advertisement
+        would stay unresolved."""
         known = frozenset(self._known())
         self._book.update(known, self._clock())
         changed = known != self._known_last
         self._known_last = known
-        return changed
+        if changed:
+            self._rescan()
 
     def _on_state(
         self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
@@ -705,8 +710,7 @@ class Discovery:
     async def _liveness_loop(self) -> None:
         while True:
             try:
-                if self._refresh_book():
-                    self._rescan()
+                self._refresh_book()
                 for device_id in self._live.due(_mono()):
                     self._spawn(self._check(device_id))
             except Exception:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import signal
 import sys
 import time
@@ -19,7 +20,10 @@ from handoffd.discovery import txt
 from handoffd.discovery.liveness import LivenessPolicy
 from handoffd.discovery.mdns import Discovery, DiscoveryEvent, PeerSighting, parse_unicast_peer
 
-KEY = b"\x01" * 32
+KEY = secrets.token_bytes(32)
+"""This run's marker key. Every run uses the same device ids and ports on the machine's one
+loopback: with a key of its own, another run's advertisements are strangers to this one."""
+STRANGER_KEY = secrets.token_bytes(32)
 A, B, C, D = "A" * 32, "B" * 32, "C" * 32, "D" * 32
 LO = ["127.0.0.1"]
 PEER = str(Path(__file__).parent / "peer_proc.py")
@@ -150,7 +154,7 @@ async def test_strangers_spoofs_and_malformed_records_are_dropped(
     a, _b, events = pair
     day = txt.day_of(time.time())
     account = txt.account_marker(KEY, day).encode()
-    stranger = _make(C, 3333, key=b"\x09" * 32, known=lambda: frozenset({C}))
+    stranger = _make(C, 3333, key=STRANGER_KEY, known=lambda: frozenset({C}))
     await stranger.start()
     raw = AsyncZeroconf(interfaces=LO, ip_version=IPVersion.V4Only)
     try:
@@ -231,6 +235,28 @@ async def test_known_devices_are_read_live() -> None:
         await asyncio.sleep(0.5)
         assert a.lookup(B) is None  # B is not (yet) one of ours
         known.add(B)  # paired meanwhile: the cached advertisement is resolved now
+        await _wait(lambda: a.lookup(B) is not None)
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.asyncio
+async def test_known_devices_change_seen_first_by_another_reader_still_resolves_the_cache() -> None:
+    """The known set is read by the liveness tick and by every browser callback (any other
+    advertisement arriving: frequent on a busy LAN). Whichever reads a change first, the cached
+    advertisement of a newly known device is resolved."""
+    known: set[str] = {A}
+    a = _make(A, 1111, known=lambda: frozenset(known))
+    b = _make(B, 2222)
+    await a.start()
+    await b.start()
+    try:
+        await _wait(lambda: b.lookup(A) is not None)  # A's advertisement is out and resolved
+        await asyncio.sleep(0.5)
+        assert a.lookup(B) is None  # B is not (yet) one of ours
+        known.add(B)
+        a._refresh_book()  # what a browser callback for another advertisement does first
         await _wait(lambda: a.lookup(B) is not None)
     finally:
         await a.close()
