@@ -91,6 +91,9 @@ CONNECT_TIMEOUT = 15.0
 RESUMED_WAIT = 30.0
 WARM_IDLE = float(os.environ.get("HANDOFF_WARM_IDLE", "60"))
 """Seconds an idle link to a peer is kept for the next handoff (0: never reuse)."""
+FRESH_LINK_GRACE = 30.0
+"""Seconds a new link that has carried no exchange yet (an incoming one before the peer's hello,
+an outgoing one before its sender begins) is kept whatever WARM_IDLE says."""
 WARM_PROBE_TIMEOUT = 2.0
 """Seconds an idle warm link gets to answer a ping before it is reused (else a new one)."""
 PROGRESS_INTERVAL = 0.1
@@ -978,7 +981,8 @@ class HandoffService:
             now = time.monotonic()
             for peer, links in list(self.links.items()):
                 for link in list(links):
-                    if link.closed or (not link.busy and now - link.last_used > WARM_IDLE):
+                    keep = WARM_IDLE if link.used else max(WARM_IDLE, FRESH_LINK_GRACE)
+                    if link.closed or (not link.busy and now - link.last_used > keep):
                         links.remove(link)
                         await link.close()
                 if not links:

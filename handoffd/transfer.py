@@ -591,6 +591,8 @@ class Link:
         self._send_lock = asyncio.Lock()
         self.reserved = False
         """Taken by a handoff about to ``begin`` a sending exchange on it: no other may take it."""
+        self.used = False
+        """True once an exchange began on it (ours, or the peer's hello): until then it is new."""
         self._heard = asyncio.Event()
 
     @property
@@ -658,6 +660,7 @@ class Link:
         if self.busy:
             raise TransportError("link is busy", code="link-busy")
         self.exchange = Exchange(handoff_id, role)
+        self.used = True
         self.last_used = time.monotonic()
         return self.exchange
 
@@ -721,6 +724,7 @@ class Link:
         if isinstance(msg, m.Hello):
             exchange = Exchange("", "receiver")
             self.exchange = exchange
+            self.used = True
             self._on_incoming(self, exchange, data)
         elif isinstance(msg, m.Ping):
             task = asyncio.ensure_future(self._pong(msg.nonce))
