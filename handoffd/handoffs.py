@@ -37,7 +37,7 @@ from typing import Any
 from aiohttp import web
 
 from handoffd import envelope, identity, peering
-from handoffd.control.server import ControlContext
+from handoffd.control.server import ControlContext, cache_records
 from handoffd.errors import (
     ApiError,
     EnvelopeError,
@@ -730,7 +730,6 @@ class HandoffService:
 
     async def _refresh_devices(self) -> None:
         """Update the device cache from the server (best effort)."""
-        from handoffd.store import DeviceRecord
 
         try:
             async with asyncio.timeout(5.0):
@@ -740,22 +739,7 @@ class HandoffService:
             return
         now = time.time()
         try:
-            await self.store.run(
-                self.store.replace_devices,
-                [
-                    DeviceRecord(
-                        device_id=r.device_id,
-                        name=r.name,
-                        platform=r.platform,
-                        revoked=r.revoked,
-                        online=r.online,
-                        last_seen=r.last_seen,
-                        created_at=r.created_at,
-                        updated_at=now,
-                    )
-                    for r in records
-                ],
-            )
+            await self.store.run(self.store.replace_devices, cache_records(records, now))
         except StoreError as exc:  # a full disk: the cache stays as it was, discovery goes on
             logger.warning("device list not stored error=%s", exc.code)
 

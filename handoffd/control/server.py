@@ -216,6 +216,23 @@ def session_json(
     }
 
 
+def cache_records(records: Any, now: float) -> list[CachedDevice]:
+    """The server's device list as rows of the local device cache, stamped ``now``."""
+    return [
+        CachedDevice(
+            device_id=r.device_id,
+            name=r.name,
+            platform=r.platform,
+            revoked=r.revoked,
+            online=r.online,
+            last_seen=r.last_seen,
+            created_at=r.created_at,
+            updated_at=now,
+        )
+        for r in records
+    ]
+
+
 def status_json(ctx: ControlContext) -> dict[str, Any]:
     """``GET /v1/status``."""
     device = ctx.device
@@ -292,20 +309,7 @@ async def get_devices(request: web.Request) -> web.Response:
             logger.info("device list from cache code=%s", code)
             source = "cache"
         else:
-            now = asyncio.get_running_loop().time()
-            cached = [
-                CachedDevice(
-                    device_id=r.device_id,
-                    name=r.name,
-                    platform=r.platform,
-                    revoked=r.revoked,
-                    online=r.online,
-                    last_seen=r.last_seen,
-                    created_at=r.created_at,
-                    updated_at=now,
-                )
-                for r in records
-            ]
+            cached = cache_records(records, asyncio.get_running_loop().time())
             await ctx.store.run(ctx.store.replace_devices, cached)
             source = "server"
     devices = await ctx.store.run(ctx.store.list_devices)
