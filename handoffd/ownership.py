@@ -36,10 +36,10 @@ PRIVATE_DIR_MODE = 0o700
 _PLATFORM: str = sys.platform
 
 
-def _unsafe(path: Path, why: str, fix: str) -> ConfigError:
+def _unsafe(path: Path, why: str, fix: str, code: str) -> ConfigError:
     return ConfigError(
         f"refusing {path}: {why}; another user could read or replace what is in it ({fix})",
-        code=UNSAFE_DIR,
+        code=code,
     )
 
 
@@ -56,7 +56,7 @@ def make_private_dir(path: Path) -> None:
             os.mkdir(d, PRIVATE_DIR_MODE)
 
 
-def _check_links(path: Path) -> None:
+def _check_links(path: Path, code: str) -> None:
     uid = os.geteuid()
     for p in (*reversed(path.parents), path):
         try:
@@ -64,53 +64,53 @@ def _check_links(path: Path) -> None:
         except FileNotFoundError:
             return
         if stat.S_ISLNK(st.st_mode) and st.st_uid not in (0, uid):
-            raise _unsafe(p, f"it is a symbolic link of uid {st.st_uid}", "use a path of your own")
+            why = f"it is a symbolic link of uid {st.st_uid}"
+            raise _unsafe(p, why, "use a path of your own", code)
 
 
-def check_private_dir(path: Path) -> None:
-    """ConfigError(home-unsafe) unless ``path`` is a directory only we (and root above it) control."""
+def check_private_dir(path: Path, *, above: bool = True, code: str = UNSAFE_DIR) -> None:
+    """ConfigError(``code``) unless ``path`` is a directory only we (and root above it) control.
+
+    ``above=False`` leaves the directories above it to the administrator (the server's data).
+    FileNotFoundError if it does not exist.
+    """
     try:
-        _check_private_dir(path)
+        _check_private_dir(path.absolute(), above, code)
     except PermissionError as exc:
-        raise _unsafe(
-            path, f"it cannot be examined ({exc.strerror})", "use a path of your own"
-        ) from None
+        why = f"it cannot be examined ({exc.strerror})"
+        raise _unsafe(path, why, "use a path of your own", code) from None
 
 
-def _check_private_dir(path: Path) -> None:
+def _check_private_dir(given: Path, above: bool, code: str) -> None:
     uid = os.geteuid()
-    given = path.absolute()
-    _check_links(given)
+    if above:
+        _check_links(given, code)
     real = Path(os.path.realpath(given))
     st = os.stat(real)
     if not stat.S_ISDIR(st.st_mode):
-        raise _unsafe(real, "it is not a directory", "use a directory of your own")
+        raise _unsafe(real, "it is not a directory", "use a directory of your own", code)
     if st.st_uid != uid:
-        raise _unsafe(
-            real, f"it is owned by uid {st.st_uid}, not {uid}", "use a directory of your own"
-        )
+        why = f"it is owned by uid {st.st_uid}, not {uid}"
+        raise _unsafe(real, why, "use a directory of your own", code)
     if st.st_mode & 0o022:
-        mode = stat.S_IMODE(st.st_mode)
-        raise _unsafe(real, f"its mode {mode:04o} lets group or others write", f"chmod 700 {real}")
-    for parent in real.parents:
+        why = f"its mode {stat.S_IMODE(st.st_mode):04o} lets group or others write"
+        raise _unsafe(real, why, f"chmod 700 {real}", code)
+    for parent in real.parents if above else ():
         st = os.stat(parent)
         if st.st_uid not in (0, uid):
-            raise _unsafe(
-                real, f"{parent} above it is owned by uid {st.st_uid}", "use a path of your own"
-            )
+            why = f"{parent} above it is owned by uid {st.st_uid}"
+            raise _unsafe(real, why, "use a path of your own", code)
         if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
-            raise _unsafe(
-                real,
-                f"{parent} above it is writable by group or others and not sticky",
-                "use a path of your own",
-            )
+            why = f"{parent} above it is writable by group or others and not sticky"
+            raise _unsafe(real, why, "use a path of your own", code)
 
 
-def ensure_private_dir(path: Path) -> None:
+def ensure_private_dir(path: Path, *, above: bool = True, code: str = UNSAFE_DIR) -> None:
     """Create ``path`` 0700 if missing, then check_private_dir it (a race loses to the check)."""
-    _check_links(path.absolute())  # nothing is made through another user's link
+    if above:
+        _check_links(path.absolute(), code)  # nothing is made through another user's link
     make_private_dir(path)
-    check_private_dir(path)
+    check_private_dir(path, above=above, code=code)
 
 
 def peer_uid(sock: Any) -> int | None:
