@@ -53,7 +53,7 @@ from handoffd.errors import (
 from handoffd.proto import codec
 from handoffd.proto import messages as m
 from handoffd.proto import transfer as core
-from handoffd.text import file_name_problem, has_non_utf8
+from handoffd.text import file_name_problem, has_non_utf8, name_problem
 from handoffd.transport.base import Channel
 
 logger = logging.getLogger("handoffd.transfer")
@@ -303,7 +303,7 @@ def open_offer(
     check_handoff_id(manifest.handoff_id)
     if not APP_ID_RE.fullmatch(manifest.app_id):
         raise ProtocolError("manifest has a bad app id", code="manifest-bad-app-id")
-    if len(manifest.title) > 256 or not manifest.title.isprintable():
+    if len(manifest.title) > 256 or name_problem(manifest.title) is not None:
         raise ProtocolError("manifest has a bad title", code="manifest-bad-title")
     for item in manifest.items:
         if not is_type_word(item.type):

@@ -174,11 +174,15 @@ def check_app_id(value: Any, where: str = "app_id") -> str:
 
 
 def check_title(value: Any, where: str = "title") -> str:
-    """A title: 0..256 characters, no control characters."""
+    """A title: 0..256 characters, none a control, format or line-separator character."""
     if not isinstance(value, str):
         raise _err("wrong-type", f"{where} must be a string")
-    if len(value) > MAX_TITLE or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise _err("bad-title", f"{where} must be at most {MAX_TITLE} printable characters")
+    if len(value) > MAX_TITLE or name_problem(value) is not None:
+        raise _err(
+            "bad-title",
+            f"{where} must be at most {MAX_TITLE} characters, none a control, format "
+            "or line-separator character",
+        )
     return value
 
 

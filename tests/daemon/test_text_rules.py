@@ -120,3 +120,15 @@ def test_ordinary_unicode_names_pass(daemon: DaemonProcess) -> None:
     assert status == 201
     status, answer = daemon.curl("PATCH", "/v1/settings", {"device_name": "Zoë's laptop"})
     assert (status, answer["device_name"]) == (200, "Zoë's laptop")
+
+
+@pytest.mark.parametrize("title", ["\u202eevil", "a\u200bb", "line\u2028break"])
+def test_titles_refuse_format_and_separator_characters(daemon: DaemonProcess, title: str) -> None:
+    status, answer = daemon.curl("POST", "/v1/sessions", _session(title=title))
+    assert (status, answer["error"]["code"]) == (400, "bad-title")
+
+
+def test_titles_may_hold_other_spaces(daemon: DaemonProcess) -> None:
+    title = "会議\u3000メモ\u00a0draft"
+    status, created = daemon.curl("POST", "/v1/sessions", _session(title=title))
+    assert (status, created["title"]) == (201, title)

@@ -213,6 +213,27 @@ def test_offer_with_a_context_that_is_not_utf8_is_refused() -> None:
     assert err.value.code == "manifest-bad-context"
 
 
+@pytest.mark.parametrize(
+    ("title", "refused"),
+    [("\u202eevil", True), ("a\u2029b", True), ("会議\u3000メモ", False), ("a\u00a0b", False)],
+)
+def test_offer_titles_follow_the_name_rule(title: str, *, refused: bool) -> None:
+    ca = identity.create_account_ca(identity.new_account_id(), now=NOW)
+    trust = identity.TrustAnchor.from_ca(ca.cert)
+    a_key, a_der, a_id = _device(ca)
+    _, _, b_id = _device(ca)
+    manifest = dataclasses.replace(
+        _manifest(("message", 1)), sender=a_id, recipient=b_id, title=title
+    )
+    offer = sign_offer(a_key, a_der, manifest)
+    if not refused:
+        assert open_offer(offer, trust=trust, me=b_id, peer=a_id, now=time.time()) == manifest
+        return
+    with pytest.raises(ProtocolError) as err:
+        open_offer(offer, trust=trust, me=b_id, peer=a_id, now=time.time())
+    assert err.value.code == "manifest-bad-title"
+
+
 # ---------------------------------------------------------------- staging
 
 
