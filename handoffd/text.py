@@ -53,11 +53,14 @@ def has_non_utf8(value: Any) -> bool:
 def name_problem(name: str) -> str | None:
     """Why ``name`` cannot be shown as a name (not UTF-8, or a Cc/Cf/Zl/Zp character); else None."""
     if not is_utf8(name):
-        return "is not valid UTF-8"
+        return "must be valid UTF-8"
     for c in name:
         category = unicodedata.category(c)
         if category in REFUSED_IN_NAMES:
-            return f"contains U+{ord(c):04X}, a control, format or line-separator character"
+            return (
+                "must not contain control characters, format characters or line separators"
+                f" (U+{ord(c):04X})"
+            )
     return None
 
 
@@ -67,9 +70,9 @@ def file_name_problem(name: str) -> str | None:
     if problem is not None:
         return problem
     if not 0 < len(name.encode("utf-8")) <= MAX_FILE_NAME_BYTES:
-        return f"is empty or longer than {MAX_FILE_NAME_BYTES} bytes"
+        return f"must be 1 to {MAX_FILE_NAME_BYTES} bytes"
     if ".." in name or name == ".":
-        return "contains '..' or is '.'"
+        return "must not contain '..' or be '.'"
     if "/" in name or "\\" in name:
-        return "contains a path separator"
+        return "must not contain '/' or '\\'"
     return None

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from handoffd import ownership
 from handoffd.control.client import HandoffClient, NewItem
-from handoffd.errors import HandoffError
+from handoffd.errors import ConfigError, HandoffError
 from handoffd.paths import Paths
 from tests.daemon.helpers import DaemonProcess
 
@@ -209,3 +210,33 @@ def test_a_new_home_is_made_0700(short_dir: Path) -> None:
             assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
     finally:
         d.kill()
+
+
+@as_root
+def test_directories_above_and_links_on_the_way_are_checked(short_dir: Path) -> None:
+    # short_dir is root's and 0700; build each case below it.
+    def refused(path: Path) -> str:
+        with pytest.raises(ConfigError) as caught:
+            ownership.ensure_private_dir(path)
+        assert caught.value.code == "home-unsafe"
+        return caught.value.message
+
+    theirs = short_dir / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    assert "above it is owned by uid 65534" in refused(theirs / "home")
+    assert not (theirs / "home").exists() or (theirs / "home").stat().st_uid == 0
+
+    open_dir = short_dir / "open"
+    open_dir.mkdir()
+    os.chmod(open_dir, 0o777)  # noqa: S103 - the point of the test
+    assert "writable by group or others and not sticky" in refused(open_dir / "home")
+    os.chmod(open_dir, 0o1777)  # noqa: S103 - sticky, as /tmp: accepted
+    ownership.ensure_private_dir(open_dir / "home2")
+    assert stat.S_IMODE((open_dir / "home2").stat().st_mode) == 0o700
+
+    link = short_dir / "link"
+    link.symlink_to(short_dir)
+    os.chown(link, 65534, 65534, follow_symlinks=False)
+    assert "symbolic link of uid 65534" in refused(link / "home3")
+    assert not (short_dir / "home3").exists()  # nothing made through their link
