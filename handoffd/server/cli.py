@@ -28,7 +28,7 @@ from pathlib import Path
 import platformdirs
 from aiohttp import web
 
-from handoffd import identity
+from handoffd import identity, ownership
 from handoffd.errors import ConfigError, HandoffError
 from handoffd.server import pairing, tlscert
 from handoffd.server.app import ServerConfig, make_app
@@ -124,6 +124,8 @@ async def serve(args: argparse.Namespace) -> int:
     host, port = parse_listen(args.listen)
     ice = ice_config(args)  # before anything is created: a bad option changes nothing
     relay = relay_config(args)
+    # 0700, ours, not writable by others (data-dir-unsafe); its parents are the admin's choice.
+    ownership.ensure_private_dir(data_dir, above=False, code="data-dir-unsafe")
     now = time.time()
     tls = (
         None
