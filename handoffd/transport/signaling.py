@@ -55,11 +55,11 @@ READ_TIMEOUT = 5.0  # TLS up to the offer read: a caller has its offer ready bef
 HANDSHAKE_TIMEOUT = 5.0
 ANSWER_TIMEOUT = 20.0
 WRITE_TIMEOUT = 10.0
-MAX_CONNECTIONS = 32  # exchanges at once; more get "busy"
+MAX_CONNECTIONS = 64  # exchanges at once; more get "busy"
 # Accept level (handoffd.netguard), counted from accept, handshakes included: one LAN
 # neighbour holds at most MAX_PER_ADDRESS, and descriptors stay bounded by MAX_OPEN.
 MAX_PER_ADDRESS = 4
-MAX_OPEN = 64
+MAX_OPEN = 128
 _HEADER = struct.Struct("!I")
 _CODE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
