@@ -161,13 +161,8 @@ async def test_one_address_gets_its_share_and_no_more(plain_server: ServerProces
             await asyncio.sleep(0.2)
 
 
-def _limit_nofile(limit: int) -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-
-
-def test_out_of_descriptors_is_logged_a_few_times_not_per_accept(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    log_path = tmp_path / "server.log"
+def _spawn(data: Path, log_path: Path, soft: int, hard: int, *extra: str) -> subprocess.Popen[str]:
+    """``serve`` on 127.0.0.1:0 started with RLIMIT_NOFILE (soft, hard)."""
     argv = [
         sys.executable,
         "-m",
@@ -177,20 +172,55 @@ def test_out_of_descriptors_is_logged_a_few_times_not_per_accept(tmp_path: Path)
         str(data),
         "--listen",
         "127.0.0.1:0",
-        # Caps above the descriptor limit: accept itself runs out of descriptors.
-        "--max-connections",
-        "5000",
-        "--max-connections-per-address",
-        "0",
+        *extra,
     ]
     with log_path.open("w") as log:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             argv,
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
-            preexec_fn=lambda: _limit_nofile(128),
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
         )
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=20)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def test_the_soft_descriptor_limit_is_raised_to_the_hard_one(tmp_path: Path) -> None:
+    proc = _spawn(tmp_path / "data", tmp_path / "server.log", 256, 4096)
+    try:
+        assert proc.stdout is not None
+        line = _read_line(proc.stdout, 30)
+        assert line.startswith(READY_PREFIX), (tmp_path / "server.log").read_text()
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        row = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+        assert row.split()[3:5] == ["4096", "4096"], row
+    finally:
+        _stop(proc)
+
+
+def test_out_of_descriptors_is_logged_a_few_times_not_per_accept(tmp_path: Path) -> None:
+    log_path = tmp_path / "server.log"
+    # Caps above the descriptor limit: accept itself runs out of descriptors.
+    proc = _spawn(
+        tmp_path / "data",
+        log_path,
+        128,
+        128,
+        "--max-connections",
+        "5000",
+        "--max-connections-per-address",
+        "0",
+    )
     socks: list[socket.socket] = []
     try:
         assert proc.stdout is not None
@@ -229,14 +259,7 @@ def test_out_of_descriptors_is_logged_a_few_times_not_per_accept(tmp_path: Path)
     finally:
         for s in socks:
             s.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        _stop(proc)
     assert "Traceback" not in log_path.read_text()
 
 
