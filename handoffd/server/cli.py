@@ -28,9 +28,9 @@ from pathlib import Path
 import platformdirs
 from aiohttp import web
 
-from handoffd import identity, ownership
+from handoffd import identity, netguard, ownership
 from handoffd.errors import ConfigError, HandoffError
-from handoffd.server import pairing, tlscert
+from handoffd.server import listener, pairing, tlscert
 from handoffd.server.app import ServerConfig, make_app
 from handoffd.server.ice import DEFAULT_TTL, IceConfig, read_secret_file
 from handoffd.server.relay import RelayConfig
@@ -124,8 +124,11 @@ async def serve(args: argparse.Namespace) -> int:
     host, port = parse_listen(args.listen)
     ice = ice_config(args)  # before anything is created: a bad option changes nothing
     relay = relay_config(args)
+    listen = listener.from_args(args)
     # 0700, ours, not writable by others (data-dir-unsafe); its parents are the admin's choice.
     ownership.ensure_private_dir(data_dir, above=False, code="data-dir-unsafe")
+    soft, hard = netguard.raise_nofile_limit()
+    logger.info("descriptor limit soft=%d hard=%d", soft, hard)
     now = time.time()
     tls = (
         None
@@ -149,17 +152,17 @@ async def serve(args: argparse.Namespace) -> int:
             relay=relay,
         )
         app = make_app(store, config)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=5.0,
+            **listener.runner_options(listen),
+        )
         await runner.setup()
         try:
-            site = web.TCPSite(
-                runner,
-                host,
-                port,
-                ssl_context=None if tls is None else tls.ssl_context(),
-                reuse_address=True,
-            )
-            await site.start()
+            ssl_context = None if tls is None else tls.ssl_context()
+            await listener.start(runner, host, port, listen, ssl_context)
             bound_port = int(runner.addresses[0][1])
             url = config.public_url or f"{scheme}://{_url_host(host)}:{bound_port}"
             await asyncio.to_thread(store.set_meta, "public_url", url)
@@ -398,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"relay sessions per account, pending and active (default {relay.max_per_account})",
     )
+    listener.add_arguments(p)
     p.add_argument("--invite-ttl", type=float, default=pairing.INVITE_TTL, help=argparse.SUPPRESS)
     p.add_argument("--join-failures-per-minute", type=float, default=10.0, help=argparse.SUPPRESS)
 
