@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from handoffd import identity
 from handoffd.config import Settings, is_type_word
 from handoffd.control.schema import APP_ID_RE
+from handoffd.deadlines import RESUMED_WAIT_IN, STALL_TIMEOUT, StallWatch
 from handoffd.errors import (
     HandoffError,
     ProtocolError,
@@ -171,6 +172,8 @@ def decide(
     """The receiver's policy: enabled?, acceptable types, size, disk space (``held`` already on disk)."""
     if not settings.handoff_enabled:
         return Decision(reason="handoff-disabled", message="handoffs are disabled on this device")
+    if not manifest.items:
+        return Decision(reason="no-items", message="a handoff must carry at least one item")
     wanted = tuple(i.index for i in manifest.items if settings.accepts(i.type))
     if manifest.items and not wanted:
         types = sorted({i.type for i in manifest.items})
@@ -974,12 +977,16 @@ async def run_receiver(
     hello: m.Hello,
     staging: Staging,
     hooks: ReceiverHooks,
+    stall: float = STALL_TIMEOUT,
+    resumed_wait: float = RESUMED_WAIT_IN,
 ) -> None:
-    """One receiving exchange on ``link``, starting with the peer's hello ``first``."""
+    """One receiving exchange on ``link``, starting with the peer's hello ``first``; it ends
+    after ``stall`` seconds without progress (``stalled``), or ``resumed_wait`` after delivery."""
     loop = asyncio.get_running_loop()
     c = core.ReceiverCore(hello, now=loop.time())
     ex.core = c
     rx = _Receiving(c, ex, staging, hooks, loop.time)
+    watch = StallWatch(loop.time())
     try:
         c.start(loop.time())
         c.receive_bytes(first, loop.time())
@@ -991,6 +998,12 @@ async def run_receiver(
                 return
             if events:
                 continue
+            watch.observe((c.state, c.done), loop.time())
+            if c.state == core.State.DELIVERED:
+                if watch.quiet_for(loop.time()) >= resumed_wait:
+                    return  # the app's resumed, if it comes, goes by notice
+            elif watch.quiet_for(loop.time()) >= stall:
+                raise TransferError(f"no progress for {stall:g} s", code="stalled")
             if not await _step(ex, c, loop.time):
                 if c.state not in (core.State.DELIVERED, core.State.DECLINED):
                     await hooks.on_failed(ex.handoff_id, "connection-lost", "connection lost")
