@@ -1003,6 +1003,8 @@ async def run_receiver(
                 if watch.quiet_for(loop.time()) >= resumed_wait:
                     return  # the app's resumed, if it comes, goes by notice
             elif watch.quiet_for(loop.time()) >= stall:
+                for index in list(rx.writers):
+                    await rx.checkpoint(index)  # what arrived is kept for the resume
                 raise TransferError(f"no progress for {stall:g} s", code="stalled")
             if not await _step(ex, c, loop.time):
                 if c.state not in (core.State.DELIVERED, core.State.DECLINED):
