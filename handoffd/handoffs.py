@@ -36,7 +36,7 @@ from typing import Any
 
 from aiohttp import web
 
-from handoffd import envelope, identity, peering
+from handoffd import envelope, identity, inboxcap, peering
 from handoffd.control.server import ControlContext, cache_records
 from handoffd.errors import (
     ApiError,
@@ -55,6 +55,7 @@ from handoffd.refusals import RefusalLog
 from handoffd.reservations import Reservations, capped
 from handoffd.store import HandoffRecord, ItemRecord, Store
 from handoffd.transfer import (
+    Decision,
     ItemSpec,
     Link,
     PathSwitchError,
@@ -1487,6 +1488,8 @@ class HandoffService:
         )
         held = await asyncio.to_thread(self.staging.held_bytes, hid)
         decision = decide(manifest, settings, free_bytes=free, held=held)
+        if decision.reason is None and await self.store.run(inboxcap.inbox_full, self.store):
+            decision = Decision(reason=inboxcap.REASON, message=inboxcap.MESSAGE)
         record = await self.store.run(self.store.get_handoff, hid)
         if record is not None and (record.direction != "in" or record.peer != link.peer_id):
             return Verdict(decline=("handoff-id-conflict", "handoff id already used"))
