@@ -852,6 +852,7 @@ async def run_sender(
     resumed_wait: float,
     cancelled: Callable[[], bool] = lambda: False,
     switch: Callable[[], bool] = lambda: False,
+    stall: float = STALL_TIMEOUT,
 ) -> SendReport:
     """One sending exchange: offer, stream, until delivered (then linger for ``resumed``).
 
@@ -861,7 +862,8 @@ async def run_sender(
     peer is told (``cancel``) before the CancelledError goes on. While streaming,
     ``switch()`` is asked at each chunk boundary; True ends this exchange with
     ``PathSwitchError`` so the caller can carry on over a better channel (the receiver
-    keeps what it acknowledged; the next offer resumes from there).
+    keeps what it acknowledged; the next offer resumes from there). A receiver that lets
+    the stream make no progress for ``stall`` seconds ends it (``stalled``, retried).
     """
     loop = asyncio.get_running_loop()
     ex = link.begin(manifest.handoff_id, "sender")
@@ -871,6 +873,7 @@ async def run_sender(
     start_bytes = link.channel.bytes_sent
     delivered_at: float | None = None
     answer_by = loop.time() + OFFER_TIMEOUT
+    watch = StallWatch(loop.time())
     try:
         c.start(loop.time())
         while True:
@@ -916,6 +919,9 @@ async def run_sender(
             now = loop.time()
             if delivered_at is not None and now - delivered_at >= resumed_wait:
                 return report
+            watch.observe((c.state, c.sent_bytes, c.done), now)
+            if c.state == core.State.STREAMING and watch.quiet_for(now) >= stall:
+                raise TransferError(f"no progress for {stall:g} s", code="stalled")
             if c.state == core.State.AWAIT_ANSWER and now > answer_by:
                 raise TransferError("the peer did not answer the offer", code="offer-timeout")
             if not await _step(ex, c, loop.time):
