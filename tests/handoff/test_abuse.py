@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import itertools
 import os
-import socket
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -37,17 +37,10 @@ FREE_CAP = DISK_MARGIN + 10 * 1024 * 1024
 SIX_MIB = 6 * 1024 * 1024
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def pair() -> Iterator[Pair]:
-    """a sends; b has short deadlines, a small counted disk and a fixed signaling port."""
+    """a sends; b has short deadlines and a small counted disk."""
     env_b = {
-        "HANDOFF_SIGNALING_PORT": str(_free_port()),
         "HANDOFF_STALL_TIMEOUT": str(STALL),
         "HANDOFF_RECEIVER_RESUMED_WAIT": "3",
         "HANDOFF_WARM_IDLE": "2",
@@ -74,7 +67,10 @@ async def _wait_in(client: Any, handoff_id: str, states: set[str], within: float
 
 
 def _b_port(pair: Pair) -> int:
-    return int(pair.b.env["HANDOFF_SIGNALING_PORT"])
+    """b's LAN signaling port (ephemeral), from its log."""
+    found = re.search(r"handoff engine ready signaling_port=(\d+)", pair.b.log.read_text())
+    assert found is not None
+    return int(found.group(1))
 
 
 # ---------------------------------------------------------------- finding 11 (runs first: it
