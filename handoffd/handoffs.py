@@ -48,6 +48,7 @@ from handoffd.errors import (
 )
 from handoffd.launcher import Launcher, LaunchRequest
 from handoffd.peering import DirectDialer, ServerPath
+from handoffd.policy import decide
 from handoffd.proto import codec
 from handoffd.proto import messages as m
 from handoffd.proto import transfer as core
@@ -55,7 +56,6 @@ from handoffd.refusals import RefusalLog
 from handoffd.reservations import Reservations, capped
 from handoffd.store import HandoffRecord, ItemRecord, Store
 from handoffd.transfer import (
-    Decision,
     ItemSpec,
     Link,
     PathSwitchError,
@@ -68,7 +68,6 @@ from handoffd.transfer import (
     Verdict,
     build_manifest,
     check_handoff_id,
-    decide,
     make_hello,
     manifest_context,
     new_handoff_id,
@@ -1444,7 +1443,7 @@ class HandoffService:
             return Verdict(decline=("no-disk-space", "the receiving device's disk is full"))
 
     async def _on_offer(self, link: Link, offer: m.Offer, manifest: m.Manifest) -> Verdict:
-        """Verify and decide an incoming offer (see transfer.decide)."""
+        """Verify and decide an incoming offer (see policy.decide)."""
         trust = self.ctx.device.trust
         if trust is None:
             return Verdict(decline=("not-paired", "this device is not paired"))
@@ -1487,9 +1486,8 @@ class HandoffService:
             capped(await asyncio.to_thread(self.staging.free_bytes)), hid
         )
         held = await asyncio.to_thread(self.staging.held_bytes, hid)
-        decision = decide(manifest, settings, free_bytes=free, held=held)
-        if decision.reason is None and await self.store.run(inboxcap.inbox_full, self.store):
-            decision = Decision(reason=inboxcap.REASON, message=inboxcap.MESSAGE)
+        full = await self.store.run(inboxcap.inbox_full, self.store)
+        decision = decide(manifest, settings, free_bytes=free, held=held, inbox_full=full)
         record = await self.store.run(self.store.get_handoff, hid)
         if record is not None and (record.direction != "in" or record.peer != link.peer_id):
             return Verdict(decline=("handoff-id-conflict", "handoff id already used"))

@@ -2,7 +2,7 @@
 
 Every received session is a row and a directory until its app resumes it or ``inbox_ttl``
 expires it; a device of the account flooding small handoffs would otherwise grow both without
-end. Beyond the bound offers are declined ``inbox-full`` (the sender may try later).
+end. Beyond the bound offers are declined ``inbox-full`` (handoffd.policy.decide).
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from handoffd.store import Store
 
 MAX_WAITING = int(os.environ.get("HANDOFF_INBOX_MAX", "1000"))
 """Received (not yet resumed) inbox entries at most."""
-REASON = "inbox-full"
-MESSAGE = "too many received sessions wait for their app on the receiving device"
 
 
 def inbox_full(store: Store, limit: int = MAX_WAITING) -> bool:

@@ -41,7 +41,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from handoffd import identity
-from handoffd.config import Settings, is_type_word
+from handoffd.config import is_type_word
 from handoffd.control.schema import APP_ID_RE
 from handoffd.deadlines import RESUMED_WAIT_IN, STALL_TIMEOUT, StallWatch
 from handoffd.errors import (
@@ -51,6 +51,12 @@ from handoffd.errors import (
     TransportError,
     VerificationError,
 )
+
+# The receiver's policy lives in handoffd.policy; re-exported for existing importers.
+from handoffd.policy import DISK_MARGIN as DISK_MARGIN
+from handoffd.policy import MAX_HANDOFF_BYTES as MAX_HANDOFF_BYTES
+from handoffd.policy import Decision as Decision
+from handoffd.policy import decide as decide
 from handoffd.proto import codec
 from handoffd.proto import messages as m
 from handoffd.proto import transfer as core
@@ -61,8 +67,6 @@ logger = logging.getLogger("handoffd.transfer")
 PURPOSE_MANIFEST = "manifest"
 MAX_NAME_BYTES = 255
 RESERVED_NAMES = frozenset({"manifest.json"})
-MAX_HANDOFF_BYTES = 64 * 1024**3
-DISK_MARGIN = 256 * 1024 * 1024
 CHECKPOINT_EVERY = 1024 * 1024
 READ_BLOCK = 1024 * 1024
 OFFER_TIMEOUT = 30.0
@@ -146,49 +150,6 @@ def check_handoff_id(value: str) -> str:
 def new_handoff_id() -> str:
     """A random 128-bit handoff id."""
     return secrets.token_hex(16)
-
-
-# ---------------------------------------------------------------- policy (pure)
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What the receiver does with an offer: accept ``indexes``, or decline with ``reason``."""
-
-    indexes: tuple[int, ...] = ()
-    reason: str | None = None
-    message: str = ""
-
-
-def decide(
-    manifest: m.Manifest,
-    settings: Settings,
-    *,
-    free_bytes: int,
-    held: int = 0,
-    max_bytes: int = MAX_HANDOFF_BYTES,
-    margin: int = DISK_MARGIN,
-) -> Decision:
-    """The receiver's policy: enabled?, acceptable types, size, disk space (``held`` already on disk)."""
-    if not settings.handoff_enabled:
-        return Decision(reason="handoff-disabled", message="handoffs are disabled on this device")
-    if not manifest.items:
-        return Decision(reason="no-items", message="a handoff must carry at least one item")
-    wanted = tuple(i.index for i in manifest.items if settings.accepts(i.type))
-    if manifest.items and not wanted:
-        types = sorted({i.type for i in manifest.items})
-        return Decision(
-            reason="type-not-accepted",
-            message=f"this device accepts none of the offered types: {', '.join(types)}"[:1000],
-        )
-    total = sum(i.size for i in manifest.items if i.index in wanted)
-    if total > max_bytes:
-        return Decision(reason="too-large", message=f"{total} bytes exceed the limit {max_bytes}")
-    if total - held + margin > free_bytes:
-        return Decision(
-            reason="no-disk-space", message=f"{total} bytes do not fit ({free_bytes} free)"
-        )
-    return Decision(indexes=wanted)
 
 
 # ---------------------------------------------------------------- manifests

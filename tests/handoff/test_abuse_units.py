@@ -46,6 +46,12 @@ def test_a_zero_item_offer_is_declined() -> None:
     assert decide(_manifest(0), Settings(), free_bytes=1 << 40, margin=0).indexes == (0,)
 
 
+def test_a_full_inbox_declines() -> None:
+    full = decide(_manifest(1), Settings(), free_bytes=1 << 40, inbox_full=True)
+    assert full.reason == "inbox-full"
+    assert decide(_manifest(1), Settings(), free_bytes=1 << 40).reason is None
+
+
 def test_reservations_count_the_others_and_shrink_with_progress() -> None:
     r = Reservations()
     one, two = object(), object()
