@@ -33,6 +33,7 @@ from handoffd.errors import ConfigError, HandoffError
 from handoffd.server import pairing, tlscert
 from handoffd.server.app import ServerConfig, make_app
 from handoffd.server.ice import DEFAULT_TTL, IceConfig, read_secret_file
+from handoffd.server.ratelimit import TrustedProxies
 from handoffd.server.relay import RelayConfig
 from handoffd.server.store import Store
 
@@ -123,6 +124,7 @@ async def serve(args: argparse.Namespace) -> int:
     data_dir: Path = args.data
     host, port = parse_listen(args.listen)
     ice = ice_config(args)  # before anything is created: a bad option changes nothing
+    TrustedProxies.parse(args.trusted_proxy)
     relay = relay_config(args)
     now = time.time()
     tls = (
@@ -143,6 +145,7 @@ async def serve(args: argparse.Namespace) -> int:
             invite_ttl=args.invite_ttl,
             join_failures_per_minute=args.join_failures_per_minute,
             join_failure_burst=max(1, int(args.join_failures_per_minute)),
+            trusted_proxies=tuple(args.trusted_proxy),
             ice=ice,
             relay=relay,
         )
@@ -340,6 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="plain HTTP: only behind a TLS proxy, or in tests",
     )
     p.add_argument("--public-url", default=None, help="URL devices use to reach the server")
+    p.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="reverse proxy (address or network) whose X-Forwarded-For is believed (repeatable)",
+    )
     p.add_argument(
         "--stun",
         action="append",
