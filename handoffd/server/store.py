@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from handoffd import identity
 from handoffd.errors import HandoffError, IdentityError, ServerError, StoreError
-from handoffd.server import pairing, passwords
+from handoffd.server import invite_limits, pairing, passwords
 
 DB_FILE = "server.db"
 MAX_DEVICE_NAME = 64
@@ -463,6 +463,8 @@ class Store:
         with self._tx() as db:
             if db.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone() is None:
                 raise _refuse("no such account", "account-unknown", 404)
+            invite_limits.purge_expired(db, now)
+            invite_limits.check_live(db, account_id, now)
             for _ in range(_LOCATOR_TRIES):
                 invite_secrets = pairing.new_secrets()
                 clash = db.execute(
