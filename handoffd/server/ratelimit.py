@@ -16,6 +16,7 @@ itself a trusted proxy (or ``X-Real-IP``). Limits key an IPv6 client by its
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ class RateLimiter:
     def retry_after(self, key: str, now: float) -> int:
         """Whole seconds until ``key`` has a token again (0 if it has one)."""
         missing = 1.0 - self._tokens(key, now)
-        return 0 if missing <= 0 else int(missing / self._rate) + 1
+        return 0 if missing <= 0 else math.ceil(missing / self._rate)
 
     def take(self, key: str, now: float) -> bool:
         """Take one token for ``key``; False (nothing taken) when its bucket is empty or no room."""
@@ -100,8 +101,11 @@ class InviteLimits:
         per_creator: RateLimiter | None = None,
         per_account: RateLimiter | None = None,
     ) -> None:
-        self.per_creator = per_creator or RateLimiter(per_minute=INVITES_PER_MINUTE, burst=5)
-        self.per_account = per_account or RateLimiter(per_minute=INVITES_PER_MINUTE, burst=10)
+        if per_creator is None:
+            per_creator = RateLimiter(per_minute=INVITES_PER_MINUTE, burst=5)
+        if per_account is None:
+            per_account = RateLimiter(per_minute=INVITES_PER_MINUTE, burst=10)
+        self.per_creator, self.per_account = per_creator, per_account
 
     def take(self, account_id: str, creator: str, now: float) -> int:
         """0 if an invite may be made now (both tokens taken), else seconds to wait (none taken)."""
