@@ -315,7 +315,7 @@ async def ice_servers(request: web.Request) -> web.Response:
 
 def setup_api(app: web.Application) -> None:
     """Add the ``/v1`` routes (the WebSocket route is added by the hub)."""
-    app[ratelimit.INVITE_LIMITS] = ratelimit.InviteLimits()
+    app[ratelimit.INVITE_LIMITS] = ratelimit.InviteLimits(per_minute=app[CONFIG].invites_per_minute)
     app.router.add_get("/v1/info", info)
     app.router.add_post("/v1/join", join)
     app.router.add_post("/v1/invites", create_invite)

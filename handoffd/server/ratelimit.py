@@ -98,13 +98,14 @@ class InviteLimits:
     def __init__(
         self,
         *,
+        per_minute: float = INVITES_PER_MINUTE,
         per_creator: RateLimiter | None = None,
         per_account: RateLimiter | None = None,
     ) -> None:
         if per_creator is None:
-            per_creator = RateLimiter(per_minute=INVITES_PER_MINUTE, burst=5)
+            per_creator = RateLimiter(per_minute=per_minute, burst=5)
         if per_account is None:
-            per_account = RateLimiter(per_minute=INVITES_PER_MINUTE, burst=10)
+            per_account = RateLimiter(per_minute=per_minute, burst=10)
         self.per_creator, self.per_account = per_creator, per_account
 
     def take(self, account_id: str, creator: str, now: float) -> int:
