@@ -288,7 +288,9 @@ def setup_web(app: web.Application, store: Store, config: object) -> None:
             record = await asyncio.to_thread(store.login_record, name)
             try:
                 ok = await state.passwords.check(password, None if record is None else record[1])
-            except ServerError:
+            except ServerError as exc:
+                if exc.code != "login-busy":
+                    raise
                 state.by_name.refund(name_key, now)
                 logger.warning("login busy", extra={"client": _client(request)})
                 page = login_page(
