@@ -27,7 +27,9 @@ class Seed:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     data = tmp_path_factory.mktemp("server") / "data"
-    proc = ServerProcess(data, extra=("--join-failures-per-minute", "1000")).start()
+    proc = ServerProcess(
+        data, extra=("--join-failures-per-minute", "1000", "--invites-per-minute", "1000")
+    ).start()
     try:
         yield proc
     finally:
