@@ -64,30 +64,44 @@ def _identity_of(d: DaemonProcess) -> dict[str, bytes]:
     ca = idn.load_cert(d.paths.account_ca.read_bytes())
     return {
         "certificate": idn.cert_to_der(cert),
-        "device id": idn.cert_device_id(cert).encode(),
+        "device id": str(idn.cert_device_id(cert)).encode(),
         "account id": idn.ca_account_id(ca).encode(),
         "public key": cert.public_key().public_bytes_raw(),  # type: ignore[union-attr]
     }
 
 
-@pytest.mark.asyncio
-async def test_impostor_gets_no_identity_and_cannot_end_the_handoff(root: Path) -> None:
-    server = ServerProcess(root / "srv").start()
-    desk_port = free_port()
-    a = DaemonProcess(root / "a")
-    b = DaemonProcess(root / "b", env={"HANDOFF_SIGNALING_PORT": str(desk_port)})
+@pytest.fixture
+def impostor(root: Path) -> Iterator[tuple[str, Path]]:
+    """The impostor process (tests/transport/impostor.py): its address and its record."""
     record = root / "impostor.bin"
-    impostor = subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "tests.transport.impostor", str(record)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
-        assert impostor.stdout is not None
-        line = impostor.stdout.readline().split()
+        assert proc.stdout is not None
+        line = proc.stdout.readline().split()
         assert line[:1] == ["ready"], line
-        fake = f"127.0.0.1:{line[1]}"
+        yield f"127.0.0.1:{line[1]}", record
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@pytest.mark.asyncio
+async def test_impostor_gets_no_identity_and_cannot_end_the_handoff(
+    root: Path, impostor: tuple[str, Path]
+) -> None:
+    fake, record = impostor
+    server = ServerProcess(root / "srv").start()
+    desk_port = free_port()
+    a = DaemonProcess(root / "a")
+    b = DaemonProcess(root / "b", env={"HANDOFF_SIGNALING_PORT": str(desk_port)})
+    try:
         create_account(server.data, "ana")
         # The laptop never browses; the only address it has for the desk is the impostor's.
         _pair(server, a, "laptop", lan_discovery=False, unicast_peers=[fake])
@@ -122,10 +136,6 @@ async def test_impostor_gets_no_identity_and_cannot_end_the_handoff(root: Path) 
         for name, value in _identity_of(a).items():
             assert value not in wire, name
     finally:
-        impostor.terminate()
-        impostor.wait(timeout=10)
-        if impostor.stdout is not None:
-            impostor.stdout.close()
         a.kill()
         b.kill()
         server.stop()

@@ -18,8 +18,7 @@ from cryptography import x509
 from handoffd import envelope
 from handoffd import identity as idn
 from handoffd.errors import TransportError
-from handoffd.transport import webrtc
-from handoffd.transport import sigauth
+from handoffd.transport import sigauth, webrtc
 from handoffd.transport.base import LocalIdentity, PeerAuthError, PeerRefusedError
 from handoffd.transport.signaling import (
     KIND_ANSWER,
