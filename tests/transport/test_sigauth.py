@@ -78,7 +78,7 @@ def test_a_proof_holds_only_for_its_device_nonce_and_tls_certificate() -> None:
         return sigauth.make_proof(LISTENER.local, nonce, TLS, now=now)
 
     check(proof())
-    cases = {
+    cases: dict[str, dict[str, object]] = {
         "another device": {"expected_device": CALLER.id},
         "another nonce": {"nonce": bytes(32)},
         "another TLS certificate": {"tls_cert_der": server_tls()[1]},
