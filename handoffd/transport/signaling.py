@@ -23,9 +23,8 @@ exchange: hello, proof, offer, then an answer or an error, and the callee
 closes. Anything else gets an error frame and the connection closed; the
 server keeps serving.
 
-The frame codec is local to this module (``handoffd.proto.framing`` did not
-exist yet when it was written); ``handoffd.peering`` reuses it for signals
-relayed through the server.
+The frame codec is ``handoffd.transport.sigframes`` (re-exported here);
+``handoffd.peering`` reuses it for signals relayed through the server.
 """
 
 from __future__ import annotations
@@ -34,13 +33,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import re
 import ssl
-import struct
 import time
 from collections.abc import Awaitable, Callable
 
-import msgpack
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -49,34 +45,29 @@ from cryptography.x509.oid import NameOID
 from handoffd.errors import HandoffError, TransportError
 from handoffd.transport import sigauth, tlskey
 from handoffd.transport.base import LocalIdentity, PeerRefusedError
+from handoffd.transport.sigframes import KIND_ANSWER as KIND_ANSWER
+from handoffd.transport.sigframes import KIND_ERROR as KIND_ERROR
+from handoffd.transport.sigframes import KIND_HELLO as KIND_HELLO
+from handoffd.transport.sigframes import KIND_OFFER as KIND_OFFER
+from handoffd.transport.sigframes import KIND_PROOF as KIND_PROOF
+from handoffd.transport.sigframes import MAX_FRAME as MAX_FRAME
+from handoffd.transport.sigframes import FrameError as FrameError
+from handoffd.transport.sigframes import decode_error as decode_error
+from handoffd.transport.sigframes import encode_error as encode_error
+from handoffd.transport.sigframes import encode_frame as encode_frame
+from handoffd.transport.sigframes import read_frame as read_frame
 
 log = logging.getLogger("handoffd.transport")
 
-MAX_FRAME = 256 * 1024 + 1
-KIND_OFFER = 1
-KIND_ANSWER = 2
-KIND_ERROR = 3
-KIND_HELLO = 4
-KIND_PROOF = 5
-_KINDS = (KIND_OFFER, KIND_ANSWER, KIND_ERROR, KIND_HELLO, KIND_PROOF)
-MAX_ERROR_MESSAGE = 200
 READ_TIMEOUT = 10.0
 ANSWER_TIMEOUT = 20.0
 WRITE_TIMEOUT = 10.0
 MAX_CONNECTIONS = 32
-_HEADER = struct.Struct("!I")
-_CODE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
 OnOffer = Callable[[bytes], Awaitable[bytes]]
 """Given an offer envelope, return the answer envelope or raise HandoffError (its code is sent)."""
 Identity = Callable[[], LocalIdentity]
 """The listener's current device identity; raises HandoffError (e.g. not-paired) if it has none."""
-
-
-class FrameError(TransportError):
-    """A signaling frame broke the wire rules; ``code`` says how."""
-
-    default_code = "signaling-protocol"
 
 
 # ---------------------------------------------------------------- TLS
@@ -122,64 +113,6 @@ def client_context() -> ssl.SSLContext:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # the envelopes authenticate; TLS only hides them
     return ctx
-
-
-# ---------------------------------------------------------------- frames
-
-
-def encode_frame(kind: int, body: bytes) -> bytes:
-    """One frame: length, kind, body."""
-    if len(body) + 1 > MAX_FRAME:
-        raise FrameError("signaling frame is too large", code="frame-too-large")
-    return _HEADER.pack(len(body) + 1) + bytes([kind]) + body
-
-
-def encode_error(code: str, message: str) -> bytes:
-    """An error frame with a kebab-case code and a short printable message."""
-    if not _CODE.fullmatch(code) or len(code) > 64:
-        code = "error"
-    message = "".join(c if c.isprintable() else "?" for c in message[:MAX_ERROR_MESSAGE])
-    body = msgpack.packb({"code": code, "message": message}, use_bin_type=True)
-    return encode_frame(KIND_ERROR, body)
-
-
-def decode_error(body: bytes) -> tuple[str, str]:
-    """Strictly decode an error body into (code, message)."""
-    try:
-        value = msgpack.unpackb(
-            body,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=1024,
-            max_bin_len=0,
-            max_array_len=0,
-            max_map_len=2,
-            max_ext_len=0,
-        )
-    except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException) as exc:
-        raise FrameError("error frame is not valid msgpack") from exc
-    if not isinstance(value, dict) or set(value) != {"code", "message"}:
-        raise FrameError("error frame has the wrong fields")
-    code, message = value["code"], value["message"]
-    if not isinstance(code, str) or not isinstance(message, str) or not _CODE.fullmatch(code):
-        raise FrameError("error frame has a bad code or message")
-    if len(code) > 64 or len(message) > MAX_ERROR_MESSAGE or not message.isprintable():
-        raise FrameError("error frame has a bad code or message")
-    return code, message
-
-
-async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """Read one frame (bounded); raise FrameError, or IncompleteReadError at EOF."""
-    (length,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-    if length == 0:
-        raise FrameError("empty signaling frame", code="frame-malformed")
-    if length > MAX_FRAME:
-        raise FrameError("signaling frame is too large", code="frame-too-large")
-    data = await reader.readexactly(length)
-    kind = data[0]
-    if kind not in _KINDS:
-        raise FrameError("unknown signaling frame kind", code="frame-malformed")
-    return kind, data[1:]
 
 
 async def _finish(writer: asyncio.StreamWriter) -> None:
