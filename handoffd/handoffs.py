@@ -599,17 +599,17 @@ class HandoffService:
 
     async def run(self) -> None:
         """Serve until cancelled (the daemon's TaskGroup owns this)."""
-        from handoffd.transport.signaling import SignalingServer
+        from handoffd.lanlistener import LanListener
 
         await self.store.run(self.db.migrate)
         await asyncio.to_thread(self.staging.clean_tmp)
         port = int(os.environ.get(SIGNALING_PORT_ENV, "0") or 0)
-        self.signaling = SignalingServer("0.0.0.0", port, self._on_signal)  # noqa: S104 - LAN peers
+        # Bound by the discovery loop only while paired with LAN discovery on.
+        self.signaling = LanListener("0.0.0.0", port, self._on_signal, local=self._local_identity)  # noqa: S104
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                await self.signaling.start()
-                logger.info("handoff engine ready signaling_port=%d", self.signaling.port)
+                logger.info("handoff engine ready")
                 self._ready.set()
                 self._spawn(self._discovery_loop(), "discovery")
                 self._spawn(self._server_loop(), "server-link")
@@ -650,11 +650,8 @@ class HandoffService:
 
     @property
     def signaling_port(self) -> int | None:
-        """The LAN signaling port (None before start)."""
-        try:
-            return None if self.signaling is None else int(self.signaling.port)
-        except HandoffError:
-            return None
+        """The LAN signaling port (None while not listening)."""
+        return None if self.signaling is None else self.signaling.port
 
     # ------------------------------------------------------------ identity
 
@@ -705,9 +702,11 @@ class HandoffService:
         try:
             while True:
                 device = self.ctx.device
-                if not self.ctx.settings.current.lan_discovery:
+                paired = device.paired and device.trust is not None and not device.revoked
+                if not (paired and self.ctx.settings.current.lan_discovery):
                     await self._stop_discovery()
-                elif device.paired and device.trust is not None and not device.revoked:
+                    await self.signaling.close()
+                elif await self.signaling.start():
                     if time.monotonic() - last_refresh > DEVICE_REFRESH:
                         await self._refresh_devices()
                         last_refresh = time.monotonic()
@@ -1832,7 +1831,14 @@ class HandoffService:
         for host, port in self._addresses(device_id):
 
             async def lan(sealed: bytes, host: str = host, port: int = port) -> bytes:
-                return await send_offer(host, port, sealed, timeout=NOTICE_TIMEOUT)
+                return await send_offer(
+                    host,
+                    port,
+                    sealed,
+                    local=local,
+                    peer_device_id=device_id,
+                    timeout=NOTICE_TIMEOUT,
+                )
 
             routes.append(lan)
         server = self.server

@@ -21,6 +21,7 @@ import pytest
 from handoffd.control.client import NewItem
 from handoffd.errors import ApiError
 from handoffd.transfer import DISK_MARGIN
+from handoffd.transport.base import LocalIdentity
 from tests.handoff.helpers import (
     Pair,
     checkpoints,
@@ -171,13 +172,24 @@ async def test_a_handoff_flood_launches_the_app_one_at_a_time_and_rate_limited(
 # ---------------------------------------------------------------- finding 10
 
 
+def _identity_of_a(pair: Pair) -> LocalIdentity:
+    """Device a's identity, read from its home (to speak for it from the test process)."""
+    from handoffd import identity
+    from handoffd.paths import Paths
+
+    paths = Paths.resolve(pair.a.home)
+    key = identity.load_private_key(paths.device_key)
+    cert = identity.load_cert(paths.device_cert.read_bytes())
+    trust = identity.TrustAnchor.from_ca(identity.load_cert(paths.account_ca.read_bytes()), None)
+    return LocalIdentity(key=key, cert_der=identity.cert_to_der(cert), trust=trust)
+
+
 async def _stalled_sender(
     pair: Pair, payload: bytes, feed_upto: int, holder: dict[str, Any]
 ) -> str:
     """Offer ``payload`` to b as device a, send its first ``feed_upto`` bytes, then only answer
     pings; the code the exchange ended with."""
     from handoffd import identity
-    from handoffd.paths import Paths
     from handoffd.proto import codec
     from handoffd.proto import transfer as core
     from handoffd.transfer import (
@@ -188,17 +200,16 @@ async def _stalled_sender(
         sign_offer,
     )
     from handoffd.transport import webrtc
-    from handoffd.transport.base import LocalIdentity
     from handoffd.transport.signaling import send_offer
 
-    paths = Paths.resolve(pair.a.home)
-    key = identity.load_private_key(paths.device_key)
-    cert = identity.load_cert(paths.device_cert.read_bytes())
-    trust = identity.TrustAnchor.from_ca(identity.load_cert(paths.account_ca.read_bytes()), None)
-    local = LocalIdentity(key=key, cert_der=identity.cert_to_der(cert), trust=trust)
+    local = _identity_of_a(pair)
+    trust = local.trust
+    assert isinstance(trust, identity.TrustAnchor)
 
     async def signal(offer: bytes) -> bytes:
-        return await send_offer("127.0.0.1", _b_port(pair), offer, timeout=10)
+        return await send_offer(
+            "127.0.0.1", _b_port(pair), offer, local=local, peer_device_id=pair.b_id, timeout=10
+        )
 
     loop = asyncio.get_running_loop()
     channel = await webrtc.connect(
@@ -219,7 +230,7 @@ async def _stalled_sender(
         holder["id"] = manifest.handoff_id
         c = core.SenderCore(
             make_hello(pair.a_id, trust),
-            sign_offer(key, local.cert_der, manifest),
+            sign_offer(local.key, local.cert_der, manifest),
             manifest,
             now=loop.time(),
         )
@@ -304,6 +315,10 @@ async def test_garbage_from_strangers_is_coalesced_in_status_and_throttled_in_ev
     from handoffd.errors import HandoffError
     from handoffd.transport.signaling import send_offer
 
+    # Since signaling v2 a stranger without the account's CA key is refused at the hello and
+    # never reaches the offer handler; garbage offers after a valid hello (a device of the
+    # account) are what can still fill status.refused.
+    local = _identity_of_a(pair)
     flood = 200
     events: list[dict[str, Any]] = []
     async with pair.client(pair.b) as b, pair.client(pair.b) as watcher:
@@ -320,7 +335,14 @@ async def test_garbage_from_strangers_is_coalesced_in_status_and_throttled_in_ev
             await asyncio.wait_for(subscribed.wait(), 30)
             for i in range(flood):
                 with contextlib.suppress(HandoffError, OSError, TimeoutError):
-                    await send_offer("127.0.0.1", _b_port(pair), b"garbage %d" % i, timeout=10)
+                    await send_offer(
+                        "127.0.0.1",
+                        _b_port(pair),
+                        b"garbage %d" % i,
+                        local=local,
+                        peer_device_id=pair.b_id,
+                        timeout=10,
+                    )
             status = await b.request("GET", "/v1/status")
             refused = status["refused"]
             assert len(refused) <= 32
