@@ -69,9 +69,9 @@ async def _wait_in(client: Any, handoff_id: str, states: set[str], within: float
 
 def _b_port(pair: Pair) -> int:
     """b's LAN signaling port (ephemeral), from its log."""
-    found = re.search(r"handoff engine ready signaling_port=(\d+)", pair.b.log.read_text())
-    assert found is not None
-    return int(found.group(1))
+    found = re.findall(r"signaling listener started port=(\d+)", pair.b.log.read_text())
+    assert found, "b logged no signaling port"
+    return int(found[-1])
 
 
 # ---------------------------------------------------------------- finding 11 (runs first: it
