@@ -53,8 +53,10 @@ class Report:
         """A human summary for the benchmark notes."""
         top = sorted(self.counts.items(), key=lambda kv: -kv[1])[:12]
         lines = [
-            f"{self.target}: {self.cases} cases in {self.seconds:.1f} s "
-            f"({self.cases / max(self.seconds, 1e-9):.0f}/s), {len(self.findings)} finding(s)",
+            (
+                f"{self.target}: {self.cases} cases in {self.seconds:.1f} s "
+                f"({self.cases / max(self.seconds, 1e-9):.0f}/s), {len(self.findings)} finding(s)"
+            ),
             "  outcomes: " + ", ".join(f"{k}={v}" for k, v in top),
         ]
         lines += [f"  FINDING {k}: {v}" for k, v in sorted(self.findings.items())]
@@ -87,7 +89,9 @@ def mutate(data: bytes, rng: random.Random, rounds: int = 0) -> bytes:
         elif op == 7 and buf:
             buf[pos:pos] = b"\xff" * rng.randrange(1, 5)
         else:
-            buf[pos:pos] = rng.choice((b"\xc0", b"\xdc", b"\xc1", b"\xd9\xff", b"\x92\x93", b"\xde\xff\xff"))
+            buf[pos:pos] = rng.choice(
+                (b"\xc0", b"\xdc", b"\xc1", b"\xd9\xff", b"\x92\x93", b"\xde\xff\xff")
+            )
     return bytes(buf)
 
 
@@ -146,7 +150,10 @@ def random_json(rng: random.Random, depth: int = 0) -> object:
         return "".join(chr(rng.randrange(0x20, 0x3000)) for _ in range(rng.randrange(12)))
     if kind == 7:
         return [random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
-    return {rng.choice(INTERESTING_STRINGS): random_json(rng, depth + 1) for _ in range(rng.randrange(4))}
+    return {
+        rng.choice(INTERESTING_STRINGS): random_json(rng, depth + 1)
+        for _ in range(rng.randrange(4))
+    }
 
 
 def dumps(value: object) -> bytes:

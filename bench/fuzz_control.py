@@ -40,7 +40,15 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
-from bench.fuzz_common import INTERESTING_STRINGS, Report, dumps, main, mutate, mutate_json, random_bytes
+from bench.fuzz_common import (
+    INTERESTING_STRINGS,
+    Report,
+    dumps,
+    main,
+    mutate,
+    mutate_json,
+    random_bytes,
+)
 from tests.daemon.helpers import DaemonProcess
 
 CODE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
@@ -49,8 +57,14 @@ DOCUMENTED_5XX = {
     503: {"server-unreachable", "server-offline"},
     507: {"store-full"},
 }
+LONE_SURROGATE = re.compile(
+    rb"\\ud[89ab][0-9a-f]{2}(?!\\ud[c-f])|(?<!\\ud[89ab][0-9a-f]{2})\\ud[c-f]"
+)
+"""A JSON escape of a high surrogate without its low one, or a low one alone."""
 CLOSED = "127.0.0.1:9"  # discard port, nothing listens: the daemon never leaves the machine
 SKIP = {("/v1/events", "get")}  # an endless stream
+PRINTABLE = st.characters(categories=("L", "N", "P", "S", "Zs"))
+"""Free text as applications send it; the edge characters come from the mutations."""
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -86,7 +100,11 @@ def _scalar(kind: str, schema: dict[str, Any]) -> st.SearchStrategy[Any]:
     if kind == "string":
         if "pattern" in schema:
             return st.from_regex(schema["pattern"], fullmatch=True)
-        return st.text(min_size=schema.get("minLength", 0), max_size=min(schema.get("maxLength", 40), 300))
+        return st.text(
+            PRINTABLE,
+            min_size=schema.get("minLength", 0),
+            max_size=min(schema.get("maxLength", 40), 300),
+        )
     if kind == "integer":
         return st.integers(min_value=schema.get("minimum"), max_value=schema.get("maximum"))
     if kind == "number":
@@ -97,7 +115,9 @@ def _scalar(kind: str, schema: dict[str, Any]) -> st.SearchStrategy[Any]:
         return st.none()
     if kind == "array":
         items = strategy_for(schema.get("items", {}))
-        return st.lists(items, min_size=schema.get("minItems", 0), max_size=min(schema.get("maxItems", 5), 5))
+        return st.lists(
+            items, min_size=schema.get("minItems", 0), max_size=min(schema.get("maxItems", 5), 5)
+        )
     if kind == "object":
         return _object(schema)
     return st.none()
@@ -111,9 +131,13 @@ def _object(schema: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
 
     def build(branch: set[str]) -> st.SearchStrategy[dict[str, Any]]:
         must = {k: strategy_for(props.get(k, {})) for k in (required | branch)}
-        may = {k: strategy_for(v) for k, v in props.items() if k not in must and k not in alternatives}
+        may = {
+            k: strategy_for(v) for k, v in props.items() if k not in must and k not in alternatives
+        }
         if not props and schema.get("additionalProperties", True) is not False:
-            return st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8), max_size=3)
+            return st.dictionaries(
+                st.text(max_size=8), st.integers() | st.text(max_size=8), max_size=3
+            )
         return st.fixed_dictionaries(must, optional=may)
 
     return st.one_of([build(b) for b in branches])
@@ -127,7 +151,12 @@ def strategy_for(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
     if kind is None:
         kind = "object" if "properties" in schema or "oneOf" in schema else None
     if kind is None:
-        return st.none() | st.integers() | st.text(max_size=10) | st.dictionaries(st.text(max_size=5), st.integers(), max_size=2)
+        return (
+            st.none()
+            | st.integers()
+            | st.text(max_size=10)
+            | st.dictionaries(st.text(max_size=5), st.integers(), max_size=2)
+        )
     kinds = kind if isinstance(kind, list) else [kind]
     return st.one_of([_scalar(k, schema) for k in kinds])
 
@@ -135,11 +164,17 @@ def strategy_for(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
 class Operation:
     """One method on one path of the document, with its schemas."""
 
-    def __init__(self, path: str, method: str, op: dict[str, Any], params: list[Any], doc: dict[str, Any]) -> None:
+    def __init__(
+        self, path: str, method: str, op: dict[str, Any], params: list[Any], doc: dict[str, Any]
+    ) -> None:
         self.path, self.method = path, method.upper()
         content = op.get("requestBody", {}).get("content", {}).get("application/json", {})
         self.body = inline(content["schema"], doc) if "schema" in content else None
-        self.params = {p["name"]: inline(p.get("schema", {"type": "string"}), doc) for p in params if p.get("in") == "path"}
+        self.params = {
+            p["name"]: inline(p.get("schema", {"type": "string"}), doc)
+            for p in params
+            if p.get("in") == "path"
+        }
         responses = op.get("responses", {})
         ok = next((responses[s] for s in ("200", "201") if s in responses), None)
         schema = (ok or {}).get("content", {}).get("application/json", {}).get("schema")
@@ -167,13 +202,33 @@ def defuse(body: Any, op: Operation) -> Any:
         return body
     body = dict(body)
     if op.path == "/v1/pair":
-        if "server" in body or not isinstance(body.get("invite"), str) or "://" in body.get("invite", ""):
+        if (
+            "server" in body
+            or not isinstance(body.get("invite"), str)
+            or "://" in body.get("invite", "")
+        ):
             body["server"] = f"https://{CLOSED}"
         if isinstance(body.get("invite"), str) and ":" in body["invite"]:
-            body["invite"] = f"handoff://pair?server=https%3A%2F%2F{CLOSED}&token=" + urllib.parse.quote(body["invite"][-20:], errors="surrogatepass")
+            body["invite"] = (
+                f"handoff://pair?server=https%3A%2F%2F{CLOSED}&token="
+                + urllib.parse.quote(body["invite"][-20:], errors="surrogatepass")
+            )
     if "unicast_peers" in body:
-        body["unicast_peers"] = ["127.0.0.1", "::1", "", "not an address"][: len(body["unicast_peers"]) if isinstance(body["unicast_peers"], list) else 1]
+        body["unicast_peers"] = ["127.0.0.1", "::1", "", "not an address"][
+            : len(body["unicast_peers"]) if isinstance(body["unicast_peers"], list) else 1
+        ]
     return body
+
+
+def poison_strings(value: Any, rng: random.Random) -> Any:
+    """Every string (keys of free-form objects too) gets an edge string added, half the time."""
+    if isinstance(value, str):
+        return value + rng.choice(INTERESTING_STRINGS) if rng.random() < 0.5 else value
+    if isinstance(value, list):
+        return [poison_strings(v, rng) for v in value]
+    if isinstance(value, dict):
+        return {k: poison_strings(v, rng) for k, v in value.items()}
+    return value
 
 
 class Target:
@@ -213,7 +268,7 @@ class Target:
         if status >= 400:
             try:
                 jsonschema.validate(data, op.error)
-                code = data["error"]["code"]
+                code = str(data["error"]["code"])  # type: ignore[index]
             except (jsonschema.ValidationError, TypeError, KeyError):
                 self.report.finding(f"{op}-error-shape", where)
                 return
@@ -221,14 +276,19 @@ class Target:
             if not CODE.fullmatch(code):
                 self.report.finding(f"{op}-bad-code", where)
             if status >= 500 and code not in DOCUMENTED_5XX.get(status, set()):
-                self.report.finding(f"{op}-{status}-{code}", where)
+                # Audit finding 9 (reported): lone surrogates pass validation, then fail.
+                lone = LONE_SURROGATE.search((body or b"").lower())
+                key = "lone-surrogate-500" if lone else f"{op}-{status}-{code}"
+                self.report.finding(key, where)
             return
         self.report.count(f"{status}")
         if op.response is not None:
             try:
                 jsonschema.validate(data, op.response)
             except jsonschema.ValidationError as exc:
-                self.report.finding(f"{op}-response-not-as-documented", f"{where}: {exc.message[:200]}")
+                self.report.finding(
+                    f"{op}-response-not-as-documented", f"{where}: {exc.message[:200]}"
+                )
 
     def case(self, op: Operation, params: dict[str, str], body: Any, mode: int, seed: int) -> None:
         rng = random.Random(seed)
@@ -236,12 +296,16 @@ class Target:
         for name, value in params.items():
             if mode == 5:
                 value = rng.choice(INTERESTING_STRINGS)
-            path = path.replace("{" + name + "}", urllib.parse.quote(value, safe="", errors="surrogatepass"))
+            path = path.replace(
+                "{" + name + "}", urllib.parse.quote(value, safe="", errors="surrogatepass")
+            )
         raw: bytes | None = None
         if op.body is not None or mode == 4:
             value = defuse(body, op)
             if mode in (1, 2):
                 value = defuse(mutate_json(value, rng), op)
+            elif mode == 6:
+                value = defuse(poison_strings(value, rng), op)
             raw = dumps(value)
             if mode == 3:
                 raw = mutate(raw, rng)
@@ -284,8 +348,14 @@ def run(cases: int, seed: int) -> Report:
             def one(data: st.DataObject) -> None:
                 op = data.draw(st.sampled_from(ops))
                 params_s, body_s = strategies[repr(op)]
-                mode = data.draw(st.sampled_from((0, 0, 0, 1, 2, 3, 4, 5)))
-                target.case(op, data.draw(params_s), data.draw(body_s), mode, data.draw(st.integers(0, 2**32)))
+                mode = data.draw(st.sampled_from((0, 0, 0, 1, 2, 3, 4, 5, 6, 6)))
+                target.case(
+                    op,
+                    data.draw(params_s),
+                    data.draw(body_s),
+                    mode,
+                    data.draw(st.integers(0, 2**32)),
+                )
                 report.cases += 1
 
             one()

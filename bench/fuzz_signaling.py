@@ -109,9 +109,12 @@ class World:
         rtc.check_sdp(offer.sdp, offer.fingerprints)
 
 
-def _expect_handoff_error(report: Report, what: str, fn: Callable[[], Any], sample: bytes) -> Any:
+def _expect_handoff_error(
+    report: Report, what: str, fn: Callable[[bytes], Any], sample: bytes
+) -> Any:
+    """``fn(sample)``: its result, or None after a HandoffError; anything else is a finding."""
     try:
-        result = fn()
+        result = fn(sample)
     except HandoffError as exc:
         if not CODE.fullmatch(exc.code):
             report.finding(f"{what}-bad-code", f"{exc.code!r} for {sample[:120]!r}")
@@ -146,7 +149,7 @@ def check_frame(data: bytes, loop: asyncio.AbstractEventLoop, report: Report) ->
 
 def check_error_body(body: bytes, report: Report) -> None:
     """decode_error: a valid (code, message) or FrameError."""
-    got = _expect_handoff_error(report, "error-body", lambda: signaling.decode_error(body), body)
+    got = _expect_handoff_error(report, "error-body", signaling.decode_error, body)
     if got is not None:
         code, message = got
         if not CODE.fullmatch(code) or len(code) > 64 or not message.isprintable():
@@ -241,18 +244,17 @@ def run(cases: int, seed: int, tls_every: int = 200) -> Report:
                 check_error_body(body, report)
             elif kind == 2:
                 frame = SignalFrame(ref=rng.randbytes(REF_LEN), kind=1, body=world.seal()).encode()
-                _expect_handoff_error(
-                    report, "signal-frame", lambda f=mutate(frame, rng): SignalFrame.decode(f), frame
-                )
+                bad = mutate(frame, rng)
+                _expect_handoff_error(report, "signal-frame", SignalFrame.decode, bad)
             elif kind == 3:
                 data = mutate(world.seal(), rng)
-                _expect_handoff_error(report, "envelope", lambda d=data: world.open_offer(d), data)
+                _expect_handoff_error(report, "envelope", world.open_offer, data)
             elif kind == 4:
                 data = world.resealed_body(rng)
-                _expect_handoff_error(report, "envelope", lambda d=data: world.open_offer(d), data)
+                _expect_handoff_error(report, "envelope", world.open_offer, data)
             else:
                 data = world.seal(payload=mutate(world.payload, rng))
-                _expect_handoff_error(report, "offer", lambda d=data: world.open_offer(d), data)
+                _expect_handoff_error(report, "offer", world.open_offer, data)
             report.cases += 1
         # The server still answers a good offer after all that.
         tls.check(signaling.encode_frame(signaling.KIND_OFFER, world.seal()), report)
