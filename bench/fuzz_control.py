@@ -42,6 +42,7 @@ from hypothesis import strategies as st
 
 from bench.fuzz_common import (
     INTERESTING_STRINGS,
+    LONE_SURROGATE,
     Report,
     dumps,
     main,
@@ -57,10 +58,6 @@ DOCUMENTED_5XX = {
     503: {"server-unreachable", "server-offline"},
     507: {"store-full"},
 }
-LONE_SURROGATE = re.compile(
-    rb"\\ud[89ab][0-9a-f]{2}(?!\\ud[c-f])|(?<!\\ud[89ab][0-9a-f]{2})\\ud[c-f]"
-)
-"""A JSON escape of a high surrogate without its low one, or a low one alone."""
 CLOSED = "127.0.0.1:9"  # discard port, nothing listens: the daemon never leaves the machine
 SKIP = {("/v1/events", "get")}  # an endless stream
 PRINTABLE = st.characters(categories=("L", "N", "P", "S", "Zs"))
