@@ -26,6 +26,9 @@ KNOWN: dict[str, str] = {
     # UTF-16 surrogate in a title, text, context or launch argument passes validation and the
     # request then fails with 500. fuzz_control files such a 500 under this key only.
     "lone-surrogate-500": "-> 500",
+    # Its lasting effect: POST /v1/apps with a lone surrogate in "launch" answers 500 but the
+    # app is stored, and from then on (across restarts) GET /v1/apps answers 500.
+    "GET /v1/apps-500-internal": "GET /v1/apps b''",
     # Reported (handoffd/envelope.py, the signaling helper's area): open_envelope sorts the
     # outer map's keys, so a map with both str and bytes keys raises TypeError instead of
     # EnvelopeError(envelope-malformed). The 10^5 run hits it; this seed's short run may not.
