@@ -64,6 +64,7 @@ class ServerConfig:
     revocation_poll: float = 1.0
     trusted_proxies: tuple[str, ...] = ()  # reverse proxies whose X-Forwarded-For is believed
     login_name_per_minute: float = 5.0  # web logins per account name (burst 5)
+    login_address_per_minute: float = 10.0  # web logins per client address (burst 10)
     invites_per_minute: float = 6.0  # invites made per device/web session and per account
     clock: Callable[[], float] = field(default=time.time)
     relay: RelayConfig = field(default_factory=RelayConfig.from_env)  # relay limits
