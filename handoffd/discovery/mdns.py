@@ -1,4 +1,4 @@
-"""LAN discovery over mDNS (python-zeroconf; the only module importing it).
+"""LAN discovery over mDNS (python-zeroconf, imported only in this package): the ``Discovery`` service.
 
 Advertises ``<device marker>._handoff._tcp.local.`` (host ``<device
 marker>.local.``) with the signaling port, and browses for the account's other
