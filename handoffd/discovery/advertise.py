@@ -49,10 +49,12 @@ class Advertiser:
         on_state: OnState,
         listener: RecordUpdateListener,
         spawn: Callable[[Coroutine[Any, Any, Any]], None],
+        own: Callable[[Awaitable[Any]], Awaitable[Any]],
         closed: Callable[[], bool],
         clock: Callable[[], float],
     ) -> None:
-        """``on_state``: the browser's callback; ``listener`` hears every fresh record."""
+        """``on_state``: the browser's callback; ``listener`` hears every fresh record;
+        ``own`` makes zeroconf's announcement tasks the owner's (cancelled by its close)."""
         self.device_id = device_id
         self.port = port
         self._key = marker_key
@@ -61,6 +63,7 @@ class Advertiser:
         self._on_state_cb = on_state
         self._listener = listener
         self._spawn = spawn
+        self._own = own
         self._closed = closed
         self._clock = clock
         self._zc: AsyncZeroconf | None = None
@@ -119,7 +122,7 @@ class Advertiser:
             announce = await azc.async_register_service(info, cooperating_responders=True)
         self._info = self._registered = info
         self._day = day
-        self._spawn(self._announced(announce))
+        self._spawn(self._announced(self._own(announce)))
         # QM, not zeroconf's default QU first query: a unicast answer to port 5353 reaches
         # only one of the sockets bound there (another daemon, avahi), costing ~1 s.
         self._browser = AsyncServiceBrowser(
@@ -215,7 +218,7 @@ class Advertiser:
         info = self._service_info(self._day)
         announce = await azc.async_update_service(info)
         self._info = self._registered = info
-        self._spawn(_quietly(announce))
+        self._spawn(_quietly(self._own(announce)))
 
     async def _rotate(self, day: int) -> None:
         """Register the new day's name, then say goodbye for the old one (no gap for peers)."""

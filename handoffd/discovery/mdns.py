@@ -119,6 +119,7 @@ class Discovery:
             on_state=self.browser.on_state,
             listener=Heard(self._alive.on_record),
             spawn=self._spawn,
+            own=self._own,
             closed=lambda: self._closed,
             clock=clock,
         )
@@ -157,6 +158,13 @@ class Discovery:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+
+    def _own(self, announce: Awaitable[Any]) -> Awaitable[Any]:
+        """Zeroconf's announcement task, cancelled by ``close`` even if its awaiter never ran."""
+        task = asyncio.ensure_future(announce)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
