@@ -172,6 +172,7 @@ class Discovery:
             logger.error("discovery task failed", exc_info=task.exception())
 
     def _zeroconf(self) -> AsyncZeroconf | None:
+        """The running responder, for the browser and the liveness checks."""
         return self._advertiser.zeroconf
 
     # ------------------------------------------------------------ advertisement

@@ -21,10 +21,12 @@ IDLE_TIMEOUT = 30.0
 
 
 def peer_error(code: str, message: str) -> ProtocolError:
+    """The error for something the peer sent against the rules (blame: peer)."""
     return ProtocolError(message, code=code, blame=Blame.PEER)
 
 
 def misuse(message: str) -> ProtocolError:
+    """The error for a call that breaks the adapter contract (blame: local)."""
     return ProtocolError(message, code="misuse", blame=Blame.LOCAL)
 
 

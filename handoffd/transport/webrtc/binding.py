@@ -89,6 +89,7 @@ def check_sdp(sdp: str, signed: list[Fingerprint]) -> None:
 
 
 def sha256_of(fps: list[Fingerprint]) -> str:
+    """The sha-256 value among checked fingerprints (``Description.unpack`` requires one)."""
     return next(v for a, v in fps if a == "sha-256")
 
 
@@ -228,5 +229,6 @@ def check_confirm(
 
 
 def cert_fp(cert: x509.Certificate) -> str:
+    """A certificate's sha-256 fingerprint as SDP writes it (colon-separated upper hex)."""
     digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest().upper()
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))

@@ -113,6 +113,7 @@ class WebRtcChannel(Channel):
     # -- setup
 
     async def wait_open(self) -> None:
+        """Wait until the data channel opens; raise the failure if it closed instead."""
         await self._opened.wait()
         if self._dc.readyState != "open":
             raise self._error or self._failure()

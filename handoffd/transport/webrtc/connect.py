@@ -38,6 +38,7 @@ from handoffd.transport.webrtc.peer import (
 
 Signal = Callable[[bytes], Awaitable[bytes]]
 """Sends our signed offer envelope to the peer and returns its signed answer envelope."""
+
 # What aiortc raises for an SDP it cannot use (its parser is not strict about types).
 _SDP_ERRORS = (ValueError, LookupError, TypeError, InvalidAccessError, InvalidStateError)
 

@@ -48,6 +48,7 @@ class WebRtcOptions:
 
 
 def configuration(options: WebRtcOptions) -> RTCConfiguration:
+    """aiortc's configuration: exactly our ICE servers (none if none are given)."""
     # An explicit (possibly empty) list: aiortc's default is a public STUN server.
     servers = [
         RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
@@ -57,6 +58,7 @@ def configuration(options: WebRtcOptions) -> RTCConfiguration:
 
 
 def host_addresses(found: list[str], options: WebRtcOptions) -> list[str]:
+    """The addresses to gather host candidates on, given the interface addresses ``found``."""
     if options.host_addresses is not None:
         return list(options.host_addresses)
     addresses = list(found)
@@ -87,6 +89,7 @@ def prepare_gathering(pc: RTCPeerConnection, options: WebRtcOptions) -> None:
 
 
 def local_fingerprints(pc: RTCPeerConnection) -> list[Fingerprint]:
+    """Our DTLS certificate's fingerprints on this connection."""
     sctp = pc.sctp
     if sctp is None:  # pragma: no cover
         raise TransportError("no SCTP transport", code="internal")
@@ -94,6 +97,7 @@ def local_fingerprints(pc: RTCPeerConnection) -> list[Fingerprint]:
 
 
 def local_sdp(pc: RTCPeerConnection) -> str:
+    """Our current local description's SDP."""
     desc = pc.localDescription
     if desc is None:  # pragma: no cover
         raise TransportError("no local description", code="internal")
@@ -101,6 +105,7 @@ def local_sdp(pc: RTCPeerConnection) -> str:
 
 
 async def close_pc(pc: RTCPeerConnection) -> None:
+    """Close the peer connection, giving up (logged) after ``CLOSE_TIMEOUT``."""
     try:
         await asyncio.wait_for(pc.close(), CLOSE_TIMEOUT)
     except TimeoutError:
