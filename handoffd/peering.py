@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from handoffd.errors import HandoffError, ServerError, TransportError
-from handoffd.serverclient import RelayTicket, ServerClient, ServerLink
+from handoffd.serverlink import RelayTicket, ServerClient, ServerLink
 from handoffd.transport import signaling, webrtc
 from handoffd.transport.base import (
     Channel,
@@ -35,7 +35,8 @@ from handoffd.transport.base import (
     PeerRefusedError,
 )
 from handoffd.transport.connector import Connector
-from handoffd.transport.relay import RelayChannel, RelayDialer, RelayListener
+from handoffd.transport.relay import RelayChannel
+from handoffd.transport.relaydial import RelayDialer, RelayListener
 
 logger = logging.getLogger("handoffd.peering")
 

@@ -16,9 +16,10 @@ from aiohttp import web
 
 from handoffd import __version__, identity
 from handoffd.errors import IdentityError, ServerError
-from handoffd.server import auth, pairing, ratelimit
+from handoffd.server import pairing, ratelimit
 from handoffd.server.app import CONFIG, HUB, JOIN_LIMITER, STORE, VERIFIER, error_response
 from handoffd.server.store import Device, Issued
+from handoffd.wire import auth
 
 logger = logging.getLogger("handoffd.server.api")
 

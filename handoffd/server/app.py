@@ -24,13 +24,13 @@ from typing import Any
 from aiohttp import web
 
 from handoffd.errors import HandoffError, ServerError, StoreError
-from handoffd.server.auth import RequestVerifier
 from handoffd.server.hub import Hub
 from handoffd.server.ice import IceConfig
 from handoffd.server.pairing import INVITE_TTL, RateLimiter
 from handoffd.server.ratelimit import TRUSTED_PROXIES, TrustedProxies
 from handoffd.server.relay import RelayConfig, setup_relay
 from handoffd.server.store import Store
+from handoffd.wire.auth import RequestVerifier
 
 logger = logging.getLogger("handoffd.server")
 access_logger = logging.getLogger("handoffd.server.access")

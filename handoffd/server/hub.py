@@ -33,8 +33,8 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from handoffd import identity
 from handoffd.errors import HandoffError, ServerError
-from handoffd.server import auth
 from handoffd.server.store import Device, Store
+from handoffd.wire import auth
 
 if TYPE_CHECKING:
     from handoffd.server.relay import RelayHub

@@ -44,9 +44,10 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from handoffd.errors import ServerError
-from handoffd.server import auth, ratelimit
+from handoffd.server import ratelimit
 from handoffd.server.hub import Hub, _Conn, _FrameError
 from handoffd.server.ratelimit import RateLimiter
+from handoffd.wire import auth
 
 logger = logging.getLogger("handoffd.server.relay")
 
