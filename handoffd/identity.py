@@ -11,7 +11,6 @@ import datetime as dt
 import hashlib
 import os
 import secrets
-import stat
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from handoffd import ownership
 from handoffd.errors import IdentityError, KeyFileError, VerificationError
 
 DEVICE_CERT_LIFETIME = dt.timedelta(days=30)
@@ -139,28 +139,9 @@ def write_private_file(path: Path, data: bytes) -> None:
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     """Load a PKCS#8 PEM Ed25519 key; refuse one that group or others can read."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        raise KeyFileError(f"no device key at {path}", code="key-missing") from None
-    except OSError as exc:
-        raise KeyFileError(f"cannot open {path}: {exc.strerror}", code="key-unreadable") from exc
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(f"{path} is not a regular file", code="key-unreadable")
-        if st.st_mode & 0o077:
-            mode = stat.S_IMODE(st.st_mode)
-            raise KeyFileError(
-                f"{path} has mode {mode:04o}, readable by others; fix with: chmod 600 {path}",
-                code="key-permissions",
-            )
-        if st.st_uid != os.geteuid():
-            raise KeyFileError(
-                f"{path} is owned by uid {st.st_uid}, not by us; fix with: chown {os.geteuid()} {path}",
-                code="key-permissions",
-            )
-        data = f.read(MAX_PEM + 1)
+    data = ownership.read_private_file(
+        path, limit=MAX_PEM + 1, what="device key", code="key", error=KeyFileError
+    )
     if len(data) > MAX_PEM:
         raise KeyFileError(f"{path} is too large to be a key", code="key-malformed")
     try:

@@ -20,14 +20,13 @@ The URL check (``parse_ice_url``) and the answer's check
 from __future__ import annotations
 
 import base64
-import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes, hmac
 
+from handoffd import ownership
 from handoffd.errors import ConfigError
 from handoffd.wire.ice import MAX_TTL, MAX_URLS, bad_url, is_printable, parse_ice_url
 
@@ -46,27 +45,9 @@ MAX_SECRET = 1024
 
 def read_secret_file(path: Path) -> bytes:
     """The TURN shared secret: the file's one line, stripped; refused if group or others can read it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        raise ConfigError(f"no TURN secret file at {path}", code="turn-secret-missing") from None
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot open the TURN secret file {path}: {exc.strerror}",
-            code="turn-secret-unreadable",
-        ) from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{path} is not a regular file", code="turn-secret-unreadable")
-        if st.st_mode & 0o077:
-            mode = stat.S_IMODE(st.st_mode)
-            raise ConfigError(
-                f"the TURN secret file {path} has mode {mode:04o}, readable by others; "
-                f"fix with: chmod 600 {path}",
-                code="turn-secret-permissions",
-            )
-        data = f.read(MAX_SECRET + 2)
+    data = ownership.read_private_file(
+        path, limit=MAX_SECRET + 2, what="TURN secret file", code="turn-secret", error=ConfigError
+    )
     secret = data.strip(b" \t\r\n")
     if not MIN_SECRET <= len(secret) <= MAX_SECRET or not is_printable(secret.decode("latin-1")):
         raise ConfigError(
