@@ -14,6 +14,7 @@ import struct
 import msgpack
 
 from handoffd.errors import TransportError
+from handoffd.proto import strict
 
 MAX_FRAME = 256 * 1024 + 1
 KIND_OFFER = 1
@@ -52,17 +53,8 @@ def encode_error(code: str, message: str) -> bytes:
 def decode_error(body: bytes) -> tuple[str, str]:
     """Strictly decode an error body into (code, message)."""
     try:
-        value = msgpack.unpackb(
-            body,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=1024,
-            max_bin_len=0,
-            max_array_len=0,
-            max_map_len=2,
-            max_ext_len=0,
-        )
-    except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException) as exc:
+        value = strict.unpack(body, max_str=1024, max_bin=0, max_array=0, max_map=2)
+    except strict.MsgpackError as exc:
         raise FrameError("error frame is not valid msgpack") from exc
     if not isinstance(value, dict) or set(value) != {"code", "message"}:
         raise FrameError("error frame has the wrong fields")
