@@ -11,9 +11,17 @@ import handoffd
 ROOT = Path(handoffd.__file__).parent
 SERVER = "handoffd.server"
 # What the server may import besides itself: the pure modules both sides share.
-SHARED = ("handoffd.errors", "handoffd.identity", "handoffd.envelope", "handoffd.text")
-SHARED += ("handoffd.ownership", "handoffd.netguard", "handoffd.wire", "handoffd.proto")
-SHARED += ("handoffd.selfsigned",)
+SHARED: tuple[str, ...] = (
+    "handoffd.errors",
+    "handoffd.identity",
+    "handoffd.envelope",
+    "handoffd.text",
+    "handoffd.ownership",
+    "handoffd.netguard",
+    "handoffd.wire",
+    "handoffd.proto",
+    "handoffd.selfsigned",
+)
 IO_LIBRARIES = ("aiohttp", "asyncio", "socket", "zeroconf", "aiortc", "ssl", "sqlite3")
 
 
