@@ -29,7 +29,7 @@ from aiohttp import web
 from handoffd import identity
 from handoffd.errors import HandoffError, ServerError
 from handoffd.server import pairing, ratelimit
-from handoffd.server.app import HUB
+from handoffd.server.keys import HUB
 from handoffd.server.passwords import BUSY_RETRY_AFTER, PasswordChecker
 from handoffd.server.ratelimit import RateLimiter
 from handoffd.server.store import Device, Store, check_account_name

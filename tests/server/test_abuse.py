@@ -20,7 +20,7 @@ import pytest
 
 from handoffd.errors import ServerError
 from handoffd.server import pairing
-from handoffd.serverclient import RelayTicket
+from handoffd.serverlink import RelayTicket
 from tests.relay.helpers import environment
 from tests.server.helpers import ServerProcess, cli, cli_invite, create_account, pair
 
