@@ -337,7 +337,9 @@ async def test_malformed_and_mismatched_csr(server: ServerProcess, alice: Seed) 
 
 
 @pytest.mark.asyncio
-async def test_lone_surrogates_in_json_bodies_are_refused(server: ServerProcess, alice: Seed) -> None:
+async def test_lone_surrogates_in_json_bodies_are_refused(
+    server: ServerProcess, alice: Seed
+) -> None:
     """Fuzz finding: a "\\ud800" escape in a csr (join, renew) answered 500 with a traceback."""
     url = await _api_invite(server, alice)
     key, result, client = await _new_device(server, alice, "surrogates")
