@@ -348,20 +348,23 @@ async def test_lone_surrogates_in_json_bodies_are_refused(
     before = server.counts()
     good_csr = identity.csr_to_pem(identity.make_csr(identity.generate_device_key())).decode()
     lone = "\ud800"
-    for body in (
-        {"token": parse_invite(url).token, "csr": good_csr + lone, "name": "x", "platform": "p"},
-        {"token": parse_invite(url).token, "csr": good_csr, "name": "x", "platform": "p" + lone},
-        {"token": parse_invite(url).token, "csr": good_csr, "name": "x", "platform": "p", lone: 1},
-    ):
+    token = parse_invite(url).token
+    join_bodies: list[dict[str, Any]] = [
+        {"token": token, "csr": good_csr + lone, "name": "x", "platform": "p"},
+        {"token": token, "csr": good_csr, "name": "x", "platform": "p" + lone},
+        {"token": token, "csr": good_csr, "name": "x", "platform": "p", lone: 1},
+    ]
+    for body in join_bodies:
         status, answer = await _raw(server, "POST", "/v1/join", body=json.dumps(body).encode())
         assert (status, answer["error"]["code"]) == (400, "not-utf8"), body
     # Signed device requests: the signature covers the escaped text, so they pass auth first.
-    for method, path, body in (
+    signed: list[tuple[str, str, dict[str, Any]]] = [
         ("POST", "/v1/renew", {"csr": lone}),
         ("PATCH", f"/v1/devices/{result.device_id}", {"name": "box" + lone}),
         ("POST", "/v1/invites", {"note": lone}),
-    ):
-        raw = json.dumps(body).encode()
+    ]
+    for method, path, fields in signed:
+        raw = json.dumps(fields).encode()
         headers = auth.sign_request(key, method, path, raw, now=time.time())
         status, answer = await _raw(server, method, path, body=raw, headers=headers)
         assert (status, answer["error"]["code"]) == (400, "not-utf8"), path
