@@ -10,17 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import struct
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-LONE_SURROGATE = re.compile(
-    rb"\\ud[89ab][0-9a-f]{2}(?!\\ud[c-f])|(?<!\\ud[89ab][0-9a-f]{2})\\ud[c-f]"
-)
-"""In JSON text: the escape of a high surrogate without its low one, or of a low one alone."""
 
 INTERESTING_INTS = (0, 1, 2, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0xFFFF, 2**31 - 1, 2**32 - 1)
 INTERESTING_STRINGS = (

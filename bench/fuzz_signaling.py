@@ -1,17 +1,26 @@
-"""Fuzz LAN signaling: frames, error bodies, forwarded signals, signed envelopes, offer payloads.
+"""Fuzz LAN signaling v2: frames, hellos, proofs, error bodies, forwarded signals, envelopes, offers.
 
 Run: .venv/bin/python -m bench.fuzz_signaling [--cases 100000] [--seed 1]
 
-Structure-aware: valid frames, error bodies and offers (a signed envelope
-around a real offer payload with an SDP) are mutated at the byte level, and
-envelope bodies are also changed field by field and re-signed with the
-sender's real key (so the checks after the signature are reached). Every
-``--tls-every``-th case goes to a real ``SignalingServer`` over TLS on loopback,
-whose ``on_offer`` does what the daemon's does first (open the envelope, decode
-the payload, check the SDP). Properties: each decoder raises only the
-project's errors (``HandoffError``) with a kebab-case code; an accepted error
-body has a valid code and a printable message; the server answers every
-connection with a well-formed frame (or closes) and keeps serving.
+Structure-aware: valid frames (all five kinds), hellos, proofs, error bodies
+and offers (a signed envelope around a real offer payload with an SDP) are
+mutated at the byte level; hellos are also rebuilt field by field (wrong
+types, extra or missing keys, text and binary keys mixed), and envelope and
+proof bodies are changed field by field and re-signed with the sender's real
+key (so the checks after the signature are reached). Every
+``--tls-every``-th case goes to a real ``SignalingServer`` over TLS on
+loopback that speaks v2 as the daemon's does: either a valid hello, the
+listener's proof checked as a caller checks it, then a (mutated) offer, whose
+``on_offer`` does what the daemon's does first (open the envelope, decode the
+payload, check the SDP); or a mutated hello.
+
+Properties: each decoder raises only the project's errors (``HandoffError``)
+with a kebab-case code; a proof is only ever refused as
+``signaling-unauthenticated``; no hello or proof that is not the genuine one is
+accepted; an accepted error body has a valid code and a printable message;
+the server answers a hello exactly as ``check_hello`` judges it (the error's
+code, or a proof that verifies for that hello's nonce), answers every offer
+with one well-formed frame, and keeps serving.
 """
 
 from __future__ import annotations
@@ -34,8 +43,9 @@ from handoffd import envelope as env
 from handoffd import identity as idn
 from handoffd.errors import HandoffError
 from handoffd.peering import REF_LEN, SignalFrame
-from handoffd.transport import signaling
+from handoffd.transport import sigauth, signaling
 from handoffd.transport import webrtc as rtc
+from handoffd.transport.base import LocalIdentity
 
 CODE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 FP = ":".join(["AB"] * 32)
@@ -44,34 +54,41 @@ SDP = (
     "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n"
     f"a=fingerprint:sha-256 {FP}\r\na=setup:actpass\r\n"
 )
+ODD_VALUES: tuple[Any, ...] = (None, -1, 0, 1, 3, 2**63, True, "2", b"", [2], {"v": 2})
 
 
 class World:
-    """One account with two devices; the callee's trust anchor and replay cache."""
+    """One account with a caller and a callee (the listener); the callee's offer replay cache."""
 
     def __init__(self) -> None:
         now = dt.datetime.now(dt.UTC)
-        ca = idn.create_account_ca(idn.new_account_id(), now=now)
-        self.key = Ed25519PrivateKey.generate()
-        self.der = idn.cert_to_der(idn.issue_device_cert(ca, idn.make_csr(self.key), now=now))
-        callee = Ed25519PrivateKey.generate()
-        self.callee = idn.device_id_for(callee.public_key())
-        self.trust = idn.TrustAnchor.from_ca(ca.cert)
+        self.ca = idn.create_account_ca(idn.new_account_id(), now=now)
+        self.trust = idn.TrustAnchor.from_ca(self.ca.cert)
+        self.caller = self.device(now)
+        self.callee = self.device(now)
         self.replay = env.ReplayCache()
         self.payload = rtc.Description(
             cid=b"c" * 16, sdp=SDP, fingerprints=[("sha-256", FP)]
         ).pack()
+        # A listener TLS certificate for the pure hello and proof targets.
+        self.tls_der = signaling.server_tls()[1]
+
+    def device(self, now: dt.datetime) -> LocalIdentity:
+        """A device of the account, with its own replay cache."""
+        key = Ed25519PrivateKey.generate()
+        der = idn.cert_to_der(idn.issue_device_cert(self.ca, idn.make_csr(key), now=now))
+        return LocalIdentity(key=key, cert_der=der, trust=self.trust)
 
     def seal(self, payload: bytes | None = None, **kw: Any) -> bytes:
-        """A valid offer envelope (``kw`` overrides seal's arguments)."""
+        """A valid offer envelope from the caller to the callee (``kw`` overrides seal's arguments)."""
         args: dict[str, Any] = {
             "purpose": rtc.PURPOSE_OFFER,
-            "recipient": self.callee,
+            "recipient": self.callee.device_id,
             "payload": self.payload if payload is None else payload,
             "now": time.time(),
         }
         args.update(kw)
-        return env.seal(self.key, self.der, **args)
+        return env.seal(self.caller.key, self.caller.cert_der, **args)
 
     def resealed_body(self, rng: random.Random) -> bytes:
         """An envelope whose body has one field changed, correctly signed by the sender."""
@@ -92,21 +109,92 @@ class World:
         if rng.random() < 0.3:
             fields.append(1)
         body = msgpack.packb(fields, use_bin_type=True, unicode_errors="surrogatepass")
-        sig = idn.sign(self.key, "envelope", body)
-        return msgpack.packb({"body": body, "cert": self.der, "sig": sig}, use_bin_type=True)
+        sig = idn.sign(self.caller.key, "envelope", body)
+        return msgpack.packb(
+            _outer_map(rng, {"body": body, "cert": self.caller.cert_der, "sig": sig}),
+            use_bin_type=True,
+        )
 
     def open_offer(self, data: bytes) -> None:
         """What the callee does with an offer before any WebRTC work."""
         opened = env.open_envelope(
             data,
             purpose=rtc.PURPOSE_OFFER,
-            recipient=self.callee,
+            recipient=self.callee.device_id,
             trust=self.trust,
             now=time.time(),
             replay=self.replay,
         )
         offer = rtc.Description.unpack(opened.payload, answer=False)
         rtc.check_sdp(offer.sdp, offer.fingerprints)
+
+    # ------------------------------------------------------------ v2: hello and proof
+
+    def hello_mutant(self, rng: random.Random, tls_der: bytes) -> tuple[bytes, bytes]:
+        """(a hello for ``tls_der`` changed at the byte or field level, the genuine nonce)."""
+        body, nonce = sigauth.make_hello(self.trust, tls_der)
+        if rng.random() < 0.5:
+            return mutate(body, rng), nonce
+        fields: dict[Any, Any] = msgpack.unpackb(body)
+        op = rng.randrange(5)
+        key = rng.choice(list(fields))
+        if op == 0:
+            del fields[key]
+        elif op == 1:
+            fields[key] = rng.choice((*ODD_VALUES, rng.randbytes(rng.choice((0, 31, 32, 33)))))
+        elif op == 2:  # the same key as text and binary, or binary only
+            fields[key.encode()] = fields[key]
+            if rng.random() < 0.5:
+                del fields[key]
+        elif op == 3:
+            fields[rng.choice(("extra", "V", b"v", "nonce\x00"))] = 1
+        else:  # a genuine MAC for another nonce, or the genuine one for another certificate
+            other, _ = sigauth.make_hello(
+                self.trust, tls_der if rng.random() < 0.5 else self.tls_der
+            )
+            fields["mac" if rng.random() < 0.5 else "nonce"] = msgpack.unpackb(other)["mac"]
+        return msgpack.packb(fields, use_bin_type=True), nonce
+
+    def proof_mutant(self, rng: random.Random, nonce: bytes) -> tuple[bytes, bool]:
+        """(a proof for ``nonce`` on ``self.tls_der``, mutated; whether it may still verify)."""
+        now = time.time()
+        if rng.random() < 0.5:
+            # A byte mutant may still verify (msgpack re-encodes the same signed body).
+            return mutate(sigauth.make_proof(self.callee, nonce, self.tls_der, now=now), rng), True
+        payload: list[Any] = [sigauth.VERSION, nonce, sigauth.tls_fingerprint(self.tls_der)]
+        args: dict[str, Any] = {
+            "purpose": sigauth.PROOF_PURPOSE,
+            "recipient": sigauth.ANY_CALLER,
+            "now": now,
+        }
+        signer = self.callee
+        op = rng.randrange(6)
+        if op == 0:
+            i = rng.randrange(3)
+            payload[i] = rng.choice((*ODD_VALUES, rng.randbytes(32), nonce[::-1]))
+        elif op == 1:
+            payload.append(rng.choice(ODD_VALUES))
+        elif op == 2:
+            args["purpose"] = rng.choice((rtc.PURPOSE_OFFER, rtc.PURPOSE_ANSWER, "signaling-hello"))
+        elif op == 3:
+            args["recipient"] = rng.choice((self.caller.device_id, self.callee.device_id, ""))
+        elif op == 4:
+            signer = self.caller  # a device of the account, not the one the caller meant
+        else:
+            args["now"] = now + rng.choice((-120.0, -61.0, 61.0, 3600.0))
+        packed = msgpack.packb(payload, use_bin_type=True)
+        proof = env.seal(signer.key, signer.cert_der, payload=packed, **args)
+        return proof, False
+
+
+def _outer_map(rng: random.Random, fields: dict[str, bytes]) -> dict[Any, bytes]:
+    """Sometimes give one key of an envelope map as binary instead of text (a fuzz finding)."""
+    if rng.random() < 0.1:
+        key = rng.choice(list(fields))
+        out: dict[Any, bytes] = dict(fields)
+        out[key.encode()] = out.pop(key)
+        return out
+    return dict(fields)
 
 
 def _expect_handoff_error(
@@ -156,64 +244,262 @@ def check_error_body(body: bytes, report: Report) -> None:
             report.finding("error-body-accepted-bad-fields", repr(body[:120]))
 
 
+def check_hello(world: World, rng: random.Random, report: Report) -> None:
+    """check_hello: a hello-* SignalingAuthError, or the genuine nonce (nothing forged passes)."""
+    body, nonce = world.hello_mutant(rng, world.tls_der)
+    got = _expect_handoff_error(
+        report, "hello", lambda b: sigauth.check_hello(b, world.trust, world.tls_der), body
+    )
+    if got is not None and got != nonce:
+        report.finding("hello-accepted-forged", repr(body[:120]))
+
+
+def check_proof(world: World, rng: random.Random, report: Report) -> None:
+    """check_proof: only signaling-unauthenticated; a changed proof never verifies."""
+    nonce = rng.randbytes(sigauth.NONCE_LEN)
+    proof, may_verify = world.proof_mutant(rng, nonce)
+
+    def verify(data: bytes) -> bool:
+        sigauth.check_proof(
+            data,
+            local=world.caller,
+            expected_device=world.callee.device_id,
+            nonce=nonce,
+            tls_cert_der=world.tls_der,
+            now=time.time(),
+        )
+        return True
+
+    try:
+        verify(proof)
+    except sigauth.SignalingAuthError as exc:
+        report.count(f"proof:{exc.code}")
+        if exc.code != "signaling-unauthenticated":
+            report.finding("proof-refused-with-another-code", f"{exc.code}: {proof[:120]!r}")
+        return
+    except Exception as exc:
+        report.finding(f"proof-raised-{type(exc).__name__}", f"{proof[:120]!r}: {exc!r}")
+        return
+    report.count("proof:ok")
+    if not may_verify:  # a re-signed change must never pass
+        report.finding("proof-accepted-changed", repr(proof[:120]))
+
+
+def _frames(data: bytes) -> list[tuple[int, bytes]]:
+    """Split a reply into frames; ValueError if it is not a whole number of valid frames."""
+    out = []
+    while data:
+        if len(data) < 5:
+            raise ValueError("a partial frame")
+        length = int.from_bytes(data[:4], "big")
+        if not 1 <= length <= signaling.MAX_FRAME or len(data) < 4 + length:
+            raise ValueError("a bad or partial frame")
+        out.append((data[4], data[5 : 4 + length]))
+        data = data[4 + length :]
+    return out
+
+
 class TlsTarget:
-    """A real SignalingServer on loopback, and a client that sends raw bytes over TLS."""
+    """A real v2 SignalingServer on loopback, and a client that speaks v2 or sends raw bytes."""
 
     def __init__(self, world: World, loop: asyncio.AbstractEventLoop) -> None:
         self.world = world
         self.loop = loop
         self.server = signaling.SignalingServer(
-            "127.0.0.1", 0, self.on_offer, read_timeout=0.3, answer_timeout=5.0
+            "127.0.0.1",
+            0,
+            self.on_offer,
+            local=lambda: world.callee,
+            # Short: TLS has no half-close, so a frame cut short waits for this timeout.
+            read_timeout=0.5,
+            answer_timeout=5.0,
         )
         loop.run_until_complete(self.server.start())
         self.client_tls = signaling.client_context()
+        self.tls_der = loop.run_until_complete(self._certificate())
 
     async def on_offer(self, offer: bytes) -> bytes:
         self.world.open_offer(offer)
         return b"answer"
 
-    async def exchange(self, data: bytes) -> bytes:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection("127.0.0.1", self.server.port, ssl=self.client_tls), 10
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.wait_for(
+            asyncio.open_connection(
+                "127.0.0.1", self.server.port, ssl=self.client_tls, server_hostname=""
+            ),
+            10,
         )
-        try:
-            writer.write(data)
-            with contextlib.suppress(ConnectionError):
-                await asyncio.wait_for(writer.drain(), 10)
-            if writer.can_write_eof():
-                writer.write_eof()
-            return await asyncio.wait_for(reader.read(), 10)
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
-                await asyncio.wait_for(writer.wait_closed(), 10)
 
-    def check(self, data: bytes, report: Report) -> None:
-        """One connection: the reply is one well-formed frame (or nothing), the server lives on."""
+    async def _certificate(self) -> bytes:
+        """The listener's (ephemeral) TLS certificate: hellos are bound to it."""
+        _, writer = await self._connect()
         try:
-            reply = self.loop.run_until_complete(self.exchange(data))
-        except (ConnectionError, ssl.SSLError) as exc:
+            ssl_object = writer.get_extra_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            if not der:
+                raise RuntimeError("no TLS certificate from the signaling server")
+            return bytes(der)
+        finally:
+            await self._close(writer)
+
+    @staticmethod
+    async def _close(writer: asyncio.StreamWriter) -> None:
+        writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), 10)
+
+    async def _send_rest(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes
+    ) -> bytes:
+        writer.write(data)
+        with contextlib.suppress(ConnectionError):
+            await asyncio.wait_for(writer.drain(), 10)
+        if writer.can_write_eof():
+            writer.write_eof()
+        return await asyncio.wait_for(reader.read(), 10)
+
+    async def raw(self, data: bytes) -> bytes:
+        """Send ``data`` as the first bytes of a connection; everything the server answered."""
+        reader, writer = await self._connect()
+        try:
+            return await self._send_rest(reader, writer, data)
+        finally:
+            await self._close(writer)
+
+    async def flow(self, offer_frame: bytes) -> tuple[str, bytes]:
+        """A caller's v2 exchange up to the offer: ("ok", reply), or (what failed, detail)."""
+        world = self.world
+        reader, writer = await self._connect()
+        try:
+            hello, nonce = sigauth.make_hello(world.caller.current_trust(), self.tls_der)
+            writer.write(signaling.encode_frame(signaling.KIND_HELLO, hello))
+            await asyncio.wait_for(writer.drain(), 10)
+            kind, body = await asyncio.wait_for(signaling.read_frame(reader), 10)
+            if kind != signaling.KIND_PROOF:
+                return "no-proof", bytes([kind]) + body[:100]
+            try:
+                sigauth.check_proof(
+                    body,
+                    local=world.caller,
+                    expected_device=world.callee.device_id,
+                    nonce=nonce,
+                    tls_cert_der=self.tls_der,
+                    now=time.time(),
+                )
+            except HandoffError as exc:
+                return "proof-refused", exc.message.encode()
+            return "ok", await self._send_rest(reader, writer, offer_frame)
+        finally:
+            await self._close(writer)
+
+    def _run(self, report: Report, coro: Any, sample: bytes) -> Any:
+        try:
+            return self.loop.run_until_complete(coro)
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
             report.count(f"tls:{type(exc).__name__}")
-            return
         except Exception as exc:
-            report.finding(f"tls-client-{type(exc).__name__}", f"{data[:120]!r}: {exc!r}")
+            report.finding(f"tls-client-{type(exc).__name__}", f"{sample[:120]!r}: {exc!r}")
+        return None
+
+    def check_offer(self, offer_frame: bytes, report: Report, *, valid: bool) -> None:
+        """Hello, proof (checked), then the offer: one answer or error frame; valid ones answered."""
+        got = self._run(report, self.flow(offer_frame), offer_frame)
+        if got is None:
             return
-        if not reply:
+        what, reply = got
+        if what != "ok":
+            report.finding(f"tls-{what}", repr(reply[:200]))
+            return
+        report.count("tls:proof-verified")
+        try:
+            frames = _frames(reply)
+        except ValueError:
+            report.finding("tls-reply-malformed", repr(reply[:120]))
+            return
+        if not frames:
             report.count("tls:closed")
+            if valid:
+                report.finding("tls-valid-offer-unanswered", "the server closed")
+            return
+        if len(frames) > 1:
+            report.finding("tls-reply-has-extra-frames", repr(reply[:120]))
+        kind, body = frames[0]
+        if kind == signaling.KIND_ANSWER:
+            report.count("tls:answer")
+        elif kind == signaling.KIND_ERROR:
+            try:
+                code, _ = signaling.decode_error(body)
+            except HandoffError:
+                report.finding("tls-error-body-malformed", repr(reply[:120]))
+                return
+            report.count(f"tls:error:{code}")
+            if valid and code != "timeout":  # timeout: this client was slower than 0.5 s
+                report.finding("tls-valid-offer-refused", code)
+        else:
+            report.finding("tls-reply-unexpected-kind", repr(reply[:120]))
+
+    def check_hello(self, rng: random.Random, report: Report) -> None:
+        """A mutated hello: the server answers as check_hello judges it (body-level mutants)."""
+        if rng.random() < 0.15:
+            body = sigauth.make_hello(self.world.trust, self.tls_der)[0]
+        else:
+            body, _ = self.world.hello_mutant(rng, self.tls_der)
+        framed = rng.random() < 0.8
+        data = signaling.encode_frame(signaling.KIND_HELLO, body)
+        if not framed:
+            data = mutate(data, rng)
+        reply = self._run(report, self.raw(data), data)
+        if reply is None:
             return
         try:
-            kind, body = self.loop.run_until_complete(_read_frame(reply))
-            if kind == signaling.KIND_ERROR:
-                code, _ = signaling.decode_error(body)
-                report.count(f"tls:error:{code}")
-            elif kind == signaling.KIND_ANSWER:
-                report.count("tls:answer")
-            else:
-                report.finding("tls-reply-unexpected-kind", repr(reply[:120]))
-        except (HandoffError, asyncio.IncompleteReadError) as exc:
-            report.finding("tls-reply-malformed", f"{reply[:120]!r}: {exc!r}")
-        if len(reply) != 4 + int.from_bytes(reply[:4], "big"):
-            report.finding("tls-reply-has-extra-bytes", repr(reply[:120]))
+            frames = _frames(reply)
+        except ValueError:
+            report.finding("tls-hello-reply-malformed", repr(reply[:120]))
+            return
+        if not frames:
+            report.count("tls:hello:closed")
+            if framed:
+                report.finding("tls-hello-unanswered", repr(body[:120]))
+            return
+        kind, reply_body = frames[0]
+        if not framed:  # the framing itself was mutated: only well-formed replies are checked
+            report.count(f"tls:hello-raw:{kind}")
+            return
+        try:
+            nonce: bytes | None = sigauth.check_hello(body, self.world.trust, self.tls_der)
+            expected = "proof"
+        except HandoffError as exc:
+            nonce, expected = None, exc.code
+        if kind == signaling.KIND_PROOF and nonce is not None:
+            try:
+                sigauth.check_proof(
+                    reply_body,
+                    local=self.world.caller,
+                    expected_device=self.world.callee.device_id,
+                    nonce=nonce,
+                    tls_cert_der=self.tls_der,
+                    now=time.time(),
+                )
+            except HandoffError as exc:
+                report.finding("tls-hello-proof-invalid", exc.message)
+                return
+            report.count("tls:hello:proof")
+        elif kind == signaling.KIND_ERROR:
+            try:
+                code, _ = signaling.decode_error(reply_body)
+            except HandoffError:
+                report.finding("tls-error-body-malformed", repr(reply[:120]))
+                return
+            report.count(f"tls:hello:{code}")
+            if code != expected:
+                report.finding("tls-hello-judged-otherwise", f"{code} != {expected}: {body!r}")
+        else:
+            report.finding("tls-hello-judged-otherwise", f"kind {kind} != {expected}: {body!r}")
+        # After a proof the server waits for an offer: at most an error (timeout) follows.
+        if len(frames) > 2 or (len(frames) == 2 and frames[1][0] != signaling.KIND_ERROR):
+            report.finding("tls-hello-reply-has-extra-frames", repr(reply[:120]))
+        if len(frames) == 2 and kind != signaling.KIND_PROOF:
+            report.finding("tls-hello-reply-has-extra-frames", repr(reply[:120]))
 
     def close(self) -> None:
         self.loop.run_until_complete(self.server.close())
@@ -227,18 +513,25 @@ def run(cases: int, seed: int, tls_every: int = 200) -> Report:
     loop = asyncio.new_event_loop()
     tls = TlsTarget(world, loop)
     error_body = signaling.encode_error("cert-revoked", "this device is revoked")[5:]
+    hello = sigauth.make_hello(world.trust, world.tls_der)[0]
+    proof = sigauth.make_proof(world.callee, bytes(32), world.tls_der, now=time.time())
     started = time.monotonic()
     try:
         for i in range(cases):
-            kind = i % 6
+            kind = i % 8
             if tls_every and i % tls_every == tls_every - 1:
                 pick = rng.random()
-                offer = world.seal() if pick < 0.4 else world.resealed_body(rng)
-                frame = signaling.encode_frame(signaling.KIND_OFFER, offer)
-                tls.check(mutate(frame, rng) if pick > 0.2 else frame, report)
+                if pick < 0.35:
+                    tls.check_hello(rng, report)
+                else:
+                    valid = pick < 0.5
+                    offer = world.seal() if pick < 0.7 else world.resealed_body(rng)
+                    frame = signaling.encode_frame(signaling.KIND_OFFER, offer)
+                    tls.check_offer(frame if valid else mutate(frame, rng), report, valid=valid)
             elif kind == 0:
-                offer = signaling.encode_frame(rng.choice((1, 2, 3)), world.seal())
-                check_frame(mutate(offer, rng) if rng.random() < 0.8 else offer, loop, report)
+                body = rng.choice((world.seal(), hello, proof, error_body, b"x"))
+                frame = signaling.encode_frame(rng.choice((1, 2, 3, 4, 5)), body)
+                check_frame(mutate(frame, rng) if rng.random() < 0.8 else frame, loop, report)
             elif kind == 1:
                 body = mutate(error_body, rng) if rng.random() < 0.9 else random_bytes(rng)
                 check_error_body(body, report)
@@ -252,12 +545,18 @@ def run(cases: int, seed: int, tls_every: int = 200) -> Report:
             elif kind == 4:
                 data = world.resealed_body(rng)
                 _expect_handoff_error(report, "envelope", world.open_offer, data)
-            else:
+            elif kind == 5:
                 data = world.seal(payload=mutate(world.payload, rng))
                 _expect_handoff_error(report, "offer", world.open_offer, data)
+            elif kind == 6:
+                check_hello(world, rng, report)
+            else:
+                check_proof(world, rng, report)
             report.cases += 1
         # The server still answers a good offer after all that.
-        tls.check(signaling.encode_frame(signaling.KIND_OFFER, world.seal()), report)
+        tls.check_offer(
+            signaling.encode_frame(signaling.KIND_OFFER, world.seal()), report, valid=True
+        )
         if report.counts.get("tls:answer", 0) == 0:
             report.finding("tls-never-answered", "no valid offer was answered")
     finally:

@@ -113,7 +113,8 @@ def open_envelope(
     if len(data) > MAX_ENVELOPE:
         raise EnvelopeError("envelope is too large", code="envelope-oversize")
     outer = _unpack(data, "envelope")
-    if not isinstance(outer, dict) or sorted(outer) != list(_KEYS):
+    # A set, not sorted(): keys may mix str and bytes (strict_map_key allows both).
+    if not isinstance(outer, dict) or set(outer) != set(_KEYS):
         raise _bad("envelope must be a map of body, cert, sig")
     body, cert_der, sig = outer["body"], outer["cert"], outer["sig"]
     if not all(isinstance(x, bytes) for x in (body, cert_der, sig)):

@@ -131,6 +131,27 @@ def test_each_rejection_has_its_own_code(
     }
 
 
+@pytest.mark.parametrize(
+    "keys",
+    [
+        ("body", b"cert", "sig"),  # the fuzz finding: sorted() of str and bytes raised TypeError
+        (b"body", "cert", b"sig"),
+        (b"body", b"cert", b"sig"),
+        ("body", "cert", "sig", b"sig"),
+    ],
+)
+def test_map_keys_of_the_wrong_type_are_malformed(
+    world: tuple[idn.AccountCA, Device, Device, idn.TrustAnchor], keys: tuple[str | bytes, ...]
+) -> None:
+    _, a, b, trust = world
+    good = msgpack.unpackb(
+        env.seal(a.key, a.der, purpose="webrtc-offer", recipient=b.id, payload=b"x", now=T0)
+    )
+    values = [good["body"], good["cert"], good["sig"], good["sig"]]
+    mixed = msgpack.packb(dict(zip(keys, values, strict=False)), use_bin_type=True)
+    assert _code(mixed, b, trust) == "envelope-malformed"
+
+
 def test_seal_refuses_long_lifetime(
     world: tuple[idn.AccountCA, Device, Device, idn.TrustAnchor],
 ) -> None:

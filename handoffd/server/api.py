@@ -20,6 +20,7 @@ from handoffd.server import pairing, ratelimit
 from handoffd.server.keys import CONFIG, HUB, JOIN_LIMITER, STORE, VERIFIER, error_response
 from handoffd.server.relay import RELAY
 from handoffd.server.store import Device, Issued
+from handoffd.text import has_non_utf8
 from handoffd.wire import auth
 
 logger = logging.getLogger("handoffd.server.api")
@@ -41,7 +42,7 @@ def _bad(message: str, code: str = "bad-request", status: int = 400) -> ServerEr
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
-    """The body as a JSON object (size bounded by ``client_max_size``); ServerError otherwise."""
+    """The body as a JSON object of UTF-8 text (size bounded by ``client_max_size``); else ServerError."""
     body = await request.read()
     if not body:
         return {}
@@ -51,6 +52,9 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         raise _bad("body is not JSON", "body-malformed") from None
     if not isinstance(data, dict):
         raise _bad("body must be a JSON object", "body-malformed")
+    # A "\ud800" escape is valid JSON but no UTF-8 text: refused here, for every field.
+    if has_non_utf8(data):
+        raise _bad("body holds a string that is not UTF-8 (a lone surrogate)", "not-utf8")
     return data
 
 

@@ -139,7 +139,8 @@ class RelayConfig:
 
 
 def _hash(token: str) -> bytes:
-    return hashlib.sha256(token.encode("ascii")).digest()
+    # Ours are ASCII; any other text from a client must just not match (never raise).
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 @dataclass(eq=False)

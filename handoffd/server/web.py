@@ -125,9 +125,17 @@ class WebState:
 
     def check_login_token(self, nonce: str | None, token: str) -> bool:
         """True if ``token`` was made for ``nonce`` by this server (constant time)."""
-        if not nonce or len(nonce) > 128:
+        if not nonce or len(nonce) > 128 or not nonce.isascii():  # ours are token_urlsafe
             return False
-        return hmac.compare_digest(self.login_token(nonce), token)
+        return _same_text(token, self.login_token(nonce))
+
+
+def _same_text(given: str, expected: str) -> bool:
+    """Constant-time equality of any two strings (compare_digest takes only ASCII ``str``)."""
+    # surrogatepass: a lone surrogate from the client is just unequal, never an exception.
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
 
 
 WEB: web.AppKey[WebState] = web.AppKey("handoff_web", WebState)
@@ -209,14 +217,17 @@ async def _form(request: web.Request) -> dict[str, str]:
     """The POSTed form's text fields (bounded)."""
     if request.content_length is not None and request.content_length > MAX_FORM:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_FORM, actual_size=request.content_length)
-    data = await request.post()
+    try:
+        data = await request.post()
+    except UnicodeDecodeError:  # aiohttp decodes the whole urlencoded body strictly
+        raise web.HTTPBadRequest(text="The form is not valid UTF-8.") from None
     return {k: v for k, v in data.items() if isinstance(v, str)}
 
 
 async def _checked_form(request: web.Request, session: _Session) -> dict[str, str]:
     """The POSTed form; 403 unless its CSRF token matches the session's."""
     form = await _form(request)
-    if not hmac.compare_digest(form.get("csrf", "").encode(), session.csrf.encode()):
+    if not _same_text(form.get("csrf", ""), session.csrf):
         raise _forbidden()
     return form
 

@@ -85,7 +85,8 @@ def check_hello(body: bytes, trust: TrustAnchor, tls_cert_der: bytes) -> bytes:
     if len(body) > 128:
         raise SignalingAuthError("hello is too large", code="hello-malformed")
     value = _unpack(body, "hello", "hello-malformed")
-    if not isinstance(value, dict) or sorted(value) != list(_HELLO_KEYS):
+    # A set, not sorted(): keys may mix str and bytes (strict_map_key allows both).
+    if not isinstance(value, dict) or set(value) != set(_HELLO_KEYS):
         raise SignalingAuthError("hello must be a map of v, nonce, mac", code="hello-malformed")
     version, nonce, tag = value["v"], value["nonce"], value["mac"]
     if type(version) is not int:

@@ -8,6 +8,7 @@ line-separator characters (``\\u202etxt.exe`` shows as ``exe.txt``).
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -132,3 +133,12 @@ def test_titles_may_hold_other_spaces(daemon: DaemonProcess) -> None:
     title = "会議\u3000メモ\u00a0draft"
     status, created = daemon.curl("POST", "/v1/sessions", _session(title=title))
     assert (status, created["title"]) == (201, title)
+
+
+def test_a_refused_launch_is_not_stored(daemon: DaemonProcess) -> None:
+    """Fuzz finding: the app was stored although the POST failed, then GET /v1/apps answered 500."""
+    status, answer = daemon.curl("POST", "/v1/apps", {"app_id": "org.x", "launch": [LONE]})
+    assert (status, answer["error"]["code"]) == (400, "not-utf8")
+    status, apps = daemon.curl("GET", "/v1/apps")
+    assert status == 200
+    assert "org.x" not in json.dumps(apps)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import secrets
 import sqlite3
@@ -221,6 +222,13 @@ async def test_other_account_and_other_devices_cannot_join(world: World) -> None
         with pytest.raises(ServerError) as wrong:
             await nb.client.relay_stream(forged, deadline=deadline(10))
         assert wrong.value.code == "relay-token-invalid"
+        # A non-ASCII token: wrong too (it raised UnicodeEncodeError in the server before).
+        for token in ("é" * 43, "\ud800"):
+            with pytest.raises(ServerError) as wrong:
+                await nb.client.relay_stream(
+                    dataclasses.replace(forged, token=token), deadline=deadline(10)
+                )
+            assert wrong.value.code == "relay-token-invalid"
 
         # The initiator's token is single use: two joins with it at once, and whichever the
         # server takes second is refused while the other waits for the peer.

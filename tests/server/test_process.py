@@ -338,6 +338,46 @@ async def test_malformed_and_mismatched_csr(server: ServerProcess, alice: Seed) 
 
 
 @pytest.mark.asyncio
+async def test_lone_surrogates_in_json_bodies_are_refused(
+    server: ServerProcess, alice: Seed
+) -> None:
+    """Fuzz finding: a "\\ud800" escape in a csr (join, renew) answered 500 with a traceback."""
+    url = await _api_invite(server, alice)
+    key, result, client = await _new_device(server, alice, "surrogates")
+    await client.close()
+    log_before = server.log.read_text()
+    before = server.counts()
+    good_csr = identity.csr_to_pem(identity.make_csr(identity.generate_device_key())).decode()
+    lone = "\ud800"
+    token = parse_invite(url).token
+    join_bodies: list[dict[str, Any]] = [
+        {"token": token, "csr": good_csr + lone, "name": "x", "platform": "p"},
+        {"token": token, "csr": good_csr, "name": "x", "platform": "p" + lone},
+        {"token": token, "csr": good_csr, "name": "x", "platform": "p", lone: 1},
+    ]
+    for body in join_bodies:
+        status, answer = await _raw(server, "POST", "/v1/join", body=json.dumps(body).encode())
+        assert (status, answer["error"]["code"]) == (400, "not-utf8"), body
+    # Signed device requests: the signature covers the escaped text, so they pass auth first.
+    signed: list[tuple[str, str, dict[str, Any]]] = [
+        ("POST", "/v1/renew", {"csr": lone}),
+        ("PATCH", f"/v1/devices/{result.device_id}", {"name": "box" + lone}),
+        ("POST", "/v1/invites", {"note": lone}),
+    ]
+    for method, path, fields in signed:
+        raw = json.dumps(fields).encode()
+        headers = auth.sign_request(key, method, path, raw, now=time.time())
+        status, answer = await _raw(server, method, path, body=raw, headers=headers)
+        assert (status, answer["error"]["code"]) == (400, "not-utf8"), path
+    assert server.counts() == before
+    assert "Traceback" not in server.log.read_text()[len(log_before) :]
+    # The invite is still good.
+    _, joined, client = await pair(server, url, name="fine")
+    await client.close()
+    assert joined.account_id == alice.account_id
+
+
+@pytest.mark.asyncio
 async def test_oversized_and_non_json_bodies(server: ServerProcess, alice: Seed) -> None:
     before = server.counts()
     status, body = await _raw(server, "POST", "/v1/join", body=b"{" + b" " * (300 * 1024) + b"}")

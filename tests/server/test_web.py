@@ -228,3 +228,36 @@ async def test_add_device_shows_qr_code_and_command(site: tuple[Client, Store]) 
     assert code is not None
     assert f"handoff pair {code.group(1)} --server http://" in page
     assert "in 5 minutes" in page
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "bad", ["é", "\u00ff" * 64, "🙂", "%ED%A0%80"], ids=["e-acute", "latin1", "emoji", "surrogate"]
+)
+async def test_non_ascii_csrf_tokens_are_refused_not_a_500(
+    site: tuple[Client, Store], caplog: pytest.LogCaptureFixture, bad: str
+) -> None:
+    """Fuzz finding: compare_digest on a non-ASCII str raised TypeError (500, a traceback)."""
+    client, store = site
+    caplog.set_level(logging.ERROR)
+    await client.get("/login")  # the pre-login cookie the token is checked against
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    raw = f"account=alice&password={PASSWORD}&csrf={bad}".encode()
+    resp = await client.post("/login", data=raw, allow_redirects=False, headers=form)
+    assert resp.status == 403, await resp.text()
+    # Bytes that are not UTF-8 at all: a 400 before any check.
+    resp = await client.post("/login", data=raw + b"\xff\xfe", headers=form)
+    assert resp.status == 400, await resp.text()
+    # A pre-login cookie that is not ASCII (ours are token_urlsafe) is refused the same way.
+    client.session.cookie_jar.update_cookies({"handoff_login": "é\udcff"})
+    resp = await client.post("/login", data={"account": "alice", "csrf": bad})
+    assert resp.status == 403
+    # And the logged-in forms.
+    csrf = await _login(client)
+    device = store.list_devices(store.resolve_account("alice").account_id)[0]
+    resp = await client.post(
+        f"/devices/{device.device_id}/rename", data={"name": "x", "csrf": csrf + bad},
+        allow_redirects=False,
+    )  # fmt: skip
+    assert resp.status == 403
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []

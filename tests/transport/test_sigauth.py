@@ -51,6 +51,9 @@ def test_a_hello_round_trips_only_for_its_account_and_tls_certificate() -> None:
         (_hello(nonce="x" * 32), "hello-malformed"),
         (_hello(mac=bytes(33)), "hello-malformed"),
         (_hello(), "hello-refused"),
+        # Fuzz finding: text and binary keys together made sorted() raise TypeError.
+        (msgpack.packb({"v": 2, b"nonce": bytes(32), "mac": bytes(32)}), "hello-malformed"),
+        (msgpack.packb({b"v": 2, b"nonce": bytes(32), b"mac": bytes(32)}), "hello-malformed"),
     ],
 )
 def test_bad_hellos(body: bytes, code: str) -> None:
@@ -96,3 +99,23 @@ def test_a_proof_holds_only_for_its_device_nonce_and_tls_certificate() -> None:
     assert "envelope-replayed" in e.value.message
     with pytest.raises(sigauth.SignalingAuthError):
         check(b"\xc1" * 10)
+
+
+def test_a_proof_with_text_and_binary_keys_is_unauthenticated() -> None:
+    """Fuzz finding: such a proof escaped check_proof as TypeError instead of a transient failure."""
+    now = time.time()
+    proof = msgpack.unpackb(sigauth.make_proof(LISTENER.local, bytes(32), TLS, now=now))
+    mixed = msgpack.packb(
+        {"body": proof["body"], b"cert": proof["cert"], "sig": proof["sig"]}, use_bin_type=True
+    )
+    with pytest.raises(sigauth.SignalingAuthError) as e:
+        sigauth.check_proof(
+            mixed,
+            local=CALLER.local,
+            expected_device=LISTENER.id,
+            nonce=bytes(32),
+            tls_cert_der=TLS,
+            now=now,
+        )
+    assert e.value.code == "signaling-unauthenticated"
+    assert "envelope-malformed" in e.value.message

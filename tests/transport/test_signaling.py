@@ -178,6 +178,15 @@ async def test_slow_handler_answer_timeout(served: tuple[SignalingServer, Handle
         # A v1 caller's offer first: refused before it could be read.
         (encode_frame(KIND_OFFER, b"an offer"), "signaling-version"),
         (encode_frame(KIND_HELLO, b"\xc1"), "hello-malformed"),
+        # Fuzz finding: a map with both text and binary keys escaped check_hello as TypeError
+        # (no reply, a traceback in the log) from any stranger, before any authentication.
+        (
+            encode_frame(
+                KIND_HELLO,
+                msgpack.packb({"v": 2, b"nonce": bytes(32), "mac": bytes(32)}, use_bin_type=True),
+            ),
+            "hello-malformed",
+        ),
     ],
 )
 async def test_garbage_gets_an_error_frame(
