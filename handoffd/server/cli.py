@@ -133,8 +133,8 @@ async def serve(args: argparse.Namespace) -> int:
         )
     )
     scheme = "http" if tls is None else "https"
-    fingerprint = None if tls is None else tls.fingerprint
-    store = Store.open(data_dir)
+    fingerprint = tls.fingerprint if tls is not None else public_fingerprint(args)
+    store = Store.open(data_dir, database=args.database)
     try:
         config = ServerConfig(
             data_dir=data_dir,
@@ -162,6 +162,7 @@ async def serve(args: argparse.Namespace) -> int:
             url = config.public_url or f"{scheme}://{_url_host(host)}:{bound_port}"
             await asyncio.to_thread(store.set_meta, "public_url", url)
             await asyncio.to_thread(store.set_meta, "scheme", scheme)
+            await asyncio.to_thread(store.set_meta, "public_fingerprint", fingerprint or "")
             listen_url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{bound_port}"
             logger.info(
                 "server listening url=%s fingerprint=%s data=%s",
@@ -212,10 +213,32 @@ def _read_password(args: argparse.Namespace) -> str | None:
     return password
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """``migrate``: bring the schema up to date (safe while other instances start)."""
+    store = Store.open(args.data, database=args.database)
+    try:
+        print(f"schema version {store.schema_version()} ({store.kind})")
+    finally:
+        store.close()
+    return 0
+
+
+def public_fingerprint(args: argparse.Namespace) -> str | None:
+    """``--public-fingerprint``: the TLS proxy's pin, only with ``--insecure-http``."""
+    if args.public_fingerprint is None:
+        return None
+    if not args.insecure_http:
+        raise ConfigError(
+            "--public-fingerprint is for --insecure-http behind a TLS proxy",
+            code="public-fingerprint-unused",
+        )
+    return pairing.check_fingerprint(args.public_fingerprint)
+
+
 def cmd_account_create(args: argparse.Namespace) -> int:
     """``account create NAME``: prints the account id."""
     password = _read_password(args)
-    store = Store.open(args.data)
+    store = Store.open(args.data, database=args.database)
     try:
         account = store.create_account(args.name, password)
     finally:
@@ -226,7 +249,7 @@ def cmd_account_create(args: argparse.Namespace) -> int:
 
 def cmd_invite(args: argparse.Namespace) -> int:
     """``invite ACCOUNT``: QR in the terminal, code, URL, expiry."""
-    store = Store.open(args.data)
+    store = Store.open(args.data, database=args.database)
     try:
         server_url = args.server_url or store.get_meta("public_url")
         if not server_url:
@@ -236,7 +259,9 @@ def cmd_invite(args: argparse.Namespace) -> int:
             )
         server_url = pairing.check_server_url(server_url)
         fingerprint = (
-            tlscert.read_fingerprint(args.data) if server_url.startswith("https:") else None
+            (store.get_meta("public_fingerprint") or tlscert.read_fingerprint(args.data))
+            if server_url.startswith("https:")
+            else None
         )
         account = store.resolve_account(args.account)
         invite = store.create_invite(account.account_id, created_by="cli", ttl=args.ttl)
@@ -254,7 +279,7 @@ def cmd_invite(args: argparse.Namespace) -> int:
 
 def cmd_devices(args: argparse.Namespace) -> int:
     """``devices ACCOUNT [--json]``."""
-    store = Store.open(args.data)
+    store = Store.open(args.data, database=args.database)
     try:
         account = store.resolve_account(args.account)
         devices = store.list_devices(account.account_id)
@@ -294,7 +319,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     """``revoke ACCOUNT DEVICE`` (a device id, or a unique device name)."""
-    store = Store.open(args.data)
+    store = Store.open(args.data, database=args.database)
     try:
         account = store.resolve_account(args.account)
         devices = store.list_devices(account.account_id)
@@ -327,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="data directory (default: $STATE_DIRECTORY or platformdirs)",
     )
+    common.add_argument(
+        "--database",
+        default=None,
+        metavar="URL",
+        help="postgresql://... for several instances (default: $HANDOFF_DATABASE, else SQLite)",
+    )
     parser = argparse.ArgumentParser(
         prog="handoff-server", description="handoff authorization server"
     )
@@ -340,6 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="plain HTTP: only behind a TLS proxy, or in tests",
     )
     p.add_argument("--public-url", default=None, help="URL devices use to reach the server")
+    p.add_argument(
+        "--public-fingerprint",
+        default=None,
+        metavar="sha256:HEX",
+        help="with --insecure-http behind a TLS proxy: the proxy certificate's pin for invites",
+    )
     p.add_argument(
         "--stun",
         action="append",
@@ -399,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--invite-ttl", type=float, default=pairing.INVITE_TTL, help=argparse.SUPPRESS)
     p.add_argument("--join-failures-per-minute", type=float, default=10.0, help=argparse.SUPPRESS)
 
+    p = sub.add_parser(
+        "migrate", parents=[common], help="create or upgrade the database schema, then exit"
+    )
+
     p = sub.add_parser("account", help="manage accounts")
     account_sub = p.add_subparsers(dest="account_command", required=True)
     p = account_sub.add_parser("create", parents=[common], help="create an account; prints its id")
@@ -433,7 +474,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(serve(args))
         if args.command == "account":
             return cmd_account_create(args)
-        commands = {"invite": cmd_invite, "devices": cmd_devices, "revoke": cmd_revoke}
+        commands = {
+            "invite": cmd_invite,
+            "devices": cmd_devices,
+            "revoke": cmd_revoke,
+            "migrate": cmd_migrate,
+        }
         return commands[args.command](args)
     except HandoffError as exc:
         print(f"handoff-server: error: {exc.message} [{exc.code}]", file=sys.stderr)
