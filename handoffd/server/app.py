@@ -64,6 +64,7 @@ class ServerConfig:
     clock: Callable[[], float] = field(default=time.time)
     relay: RelayConfig = field(default_factory=RelayConfig.from_env)  # relay limits
     ice: IceConfig = field(default_factory=IceConfig)  # STUN/TURN servers for /v1/ice
+    bus: str | None = None  # redis:// URL: several instances (handoffd.server.bus)
 
 
 STORE: web.AppKey[Store] = web.AppKey("handoff_store", Store)
@@ -169,6 +170,10 @@ def make_app(
     api.setup_api(app)
     app.router.add_get("/v1/ws", hub.handle)
     setup_relay(app, hub, config.relay)  # relay: /v1/relay, /v1/relays (handoffd.server.relay)
+    if config.bus is not None:  # bus: imported only then (redis is an optional dependency)
+        from handoffd.server.bus import setup_bus
+
+        setup_bus(app, hub, config.bus)
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         watcher = asyncio.create_task(hub.watch(config.revocation_poll), name="revocation-watch")

@@ -32,6 +32,7 @@ from handoffd import identity
 from handoffd.errors import ConfigError, HandoffError
 from handoffd.server import pairing, tlscert
 from handoffd.server.app import ServerConfig, make_app
+from handoffd.server.busurl import bus_url
 from handoffd.server.ice import DEFAULT_TTL, IceConfig, read_secret_file
 from handoffd.server.relay import RelayConfig
 from handoffd.server.store import Store
@@ -124,6 +125,7 @@ async def serve(args: argparse.Namespace) -> int:
     host, port = parse_listen(args.listen)
     ice = ice_config(args)  # before anything is created: a bad option changes nothing
     relay = relay_config(args)
+    bus = bus_url(args.bus)
     now = time.time()
     tls = (
         None
@@ -145,6 +147,7 @@ async def serve(args: argparse.Namespace) -> int:
             join_failure_burst=max(1, int(args.join_failures_per_minute)),
             ice=ice,
             relay=relay,
+            bus=bus,
         )
         app = make_app(store, config)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
@@ -371,6 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="plain HTTP: only behind a TLS proxy, or in tests",
     )
     p.add_argument("--public-url", default=None, help="URL devices use to reach the server")
+    p.add_argument(
+        "--bus",
+        default=None,
+        metavar="URL",
+        help="redis://... joining several instances (default: $HANDOFF_BUS, else in-process)",
+    )
     p.add_argument(
         "--public-fingerprint",
         default=None,

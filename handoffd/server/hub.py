@@ -37,6 +37,7 @@ from handoffd.server import auth
 from handoffd.server.store import Device, Store
 
 if TYPE_CHECKING:
+    from handoffd.server.bus import RedisBus
     from handoffd.server.relay import RelayHub
 
 logger = logging.getLogger("handoffd.server.hub")
@@ -80,10 +81,46 @@ class Hub:
         self._handlers: set[asyncio.Task[Any]] = set()
         self._closing = False
         self.relay: RelayHub | None = None  # relay: set by make_app (handoffd.server.relay)
+        self.bus: RedisBus | None = None  # bus: several instances (handoffd.server.bus)
 
     def online(self, account_id: str) -> frozenset[str]:
-        """The account's online device ids."""
+        """The account's online device ids (on every instance, with a bus)."""
+        local = self.local_online(account_id)
+        return local if self.bus is None else local | self.bus.online(account_id)
+
+    async def online_now(self, account_id: str) -> frozenset[str]:
+        """Like ``online``, read afresh from the bus when there is one."""
+        if self.bus is not None:
+            await self.bus.fetch(account_id)
+        return self.online(account_id)
+
+    # bus: the surface handoffd.server.bus uses
+    def local_online(self, account_id: str) -> frozenset[str]:
+        """The account's devices connected to this instance."""
         return frozenset(self._accounts.get(account_id, ()))
+
+    def local_connections(self) -> list[_Conn]:
+        """Every connection this instance holds."""
+        return list(self._conns.values())
+
+    async def push_presence(self, account_id: str) -> None:
+        """Tell this instance's devices of the account who is online."""
+        await self._presence(account_id)
+
+    async def deliver_signal(self, account_id: str, sender: str, to: str, data: object) -> None:
+        """A signal forwarded by another instance, for a device held here (same account only)."""
+        target = self._conns.get(to)
+        if target is not None and target.account_id == account_id and isinstance(data, str):
+            await self._send(target, {"type": "signal", "from": sender, "data": data})
+
+    async def moved_elsewhere(self, device_id: str) -> None:
+        """The device connected to another instance: this (older) connection is replaced."""
+        old = self._conns.get(device_id)
+        if old is not None:
+            await self._send(
+                old, self._error("replaced", "a newer connection took over", fatal=True)
+            )
+            await self._close(old.ws, CLOSE_REPLACED, b"replaced")
 
     # relay: the small surface handoffd.server.relay uses
     @property
@@ -182,6 +219,8 @@ class Hub:
         # caused by other devices meanwhile queues behind the welcome (asyncio.Lock is FIFO),
         # so the welcome is always the first message after auth.
         conn = _Conn(device.device_id, device.account_id, ws)
+        if self.bus is not None:  # bus: before registering (nothing may await after that)
+            await self.bus.device_online(conn)
         old = self._conns.get(conn.device_id)
         self._conns[conn.device_id] = conn
         self._accounts.setdefault(conn.account_id, set()).add(conn.device_id)
@@ -201,6 +240,8 @@ class Hub:
             )
             await self._close(old.ws, CLOSE_REPLACED, b"replaced")
         await self._presence(conn.account_id, skip=conn)  # its welcome said it already
+        if self.bus is not None:
+            await self.bus.announce(conn, online=True)
         return conn
 
     async def verify_device(
@@ -310,6 +351,13 @@ class Hub:
         except ValueError:
             raise _FrameError("signal data must be base64 of at most 256 KiB") from None
         target = self._conns.get(to)
+        if (
+            target is None
+            and self.bus is not None  # bus: the target may be held by another instance
+            and to != conn.device_id
+            and await self.bus.forward_signal(conn.account_id, conn.device_id, to, payload)
+        ):
+            return
         if target is None or target.account_id != conn.account_id or to == conn.device_id:
             await self._send(
                 conn,
@@ -340,13 +388,24 @@ class Hub:
         logger.info("device offline account=%s device=%s", conn.account_id, conn.device_id)
         with contextlib.suppress(HandoffError):
             await asyncio.to_thread(self._store.touch_device, conn.device_id)
+        if self.bus is not None:
+            await self.bus.device_offline(conn)
         await self._presence(conn.account_id)
+        if self.bus is not None:
+            await self.bus.announce(conn, online=False)
 
     # ------------------------------------------------------------ revocation and shutdown
 
-    async def disconnect_revoked(self, device_ids: Iterable[str]) -> None:
-        """Tell revoked devices and close their connections (and relay streams) at once."""
+    async def disconnect_revoked(
+        self, device_ids: Iterable[str], *, local_only: bool = False
+    ) -> None:
+        """Tell revoked devices and close their connections (and relay streams) at once.
+
+        With a bus, every other instance is told too, unless ``local_only``.
+        """
         device_ids = list(device_ids)
+        if self.bus is not None and not local_only and device_ids:
+            await self.bus.publish_revoked(device_ids)
         if self.relay is not None:  # relay
             await self.relay.disconnect_devices(device_ids, "device-revoked")
         for device_id in device_ids:
@@ -367,7 +426,7 @@ class Hub:
         if not devices:
             return
         revoked = await asyncio.to_thread(self._store.revoked_among, sorted(devices))
-        await self.disconnect_revoked(revoked)
+        await self.disconnect_revoked(revoked, local_only=True)  # each instance polls itself
 
     async def watch(self, interval: float) -> None:
         """Poll the database for other writers' commits; check revocations when it changes."""
