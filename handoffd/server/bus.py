@@ -252,6 +252,8 @@ class RedisBus:
                 self.subscribed.set()
                 logger.info("bus subscribed instance=%s", self.instance)
                 await self.refresh()  # after a Redis restart: presence rebuilt at once
+                for account_id in {c.account_id for c in self._hub.local_connections()}:
+                    await self._publish(CH_ALL, {"t": "presence", "account": account_id})
                 while True:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if msg is not None and msg.get("type") == "message":

@@ -59,13 +59,14 @@ async def _link(client: ServerClient) -> tuple[ServerLink, Recorder]:
     return link, rec
 
 
-_accounts: dict[str, str] = {}
+_accounts: dict[tuple[str, str], str] = {}
 
 
 def _account(cluster: Cluster, name: str) -> str:
-    if name not in _accounts:
-        _accounts[name] = create_account(cluster.instances[0].data, name)
-    return _accounts[name]
+    """The id of account ``name`` in this cluster's database (created on first use)."""
+    if (cluster.database, name) not in _accounts:
+        _accounts[cluster.database, name] = create_account(cluster.instances[0].data, name)
+    return _accounts[cluster.database, name]
 
 
 async def _pair(cluster: Cluster, account: str, name: str) -> tuple[Any, JoinResult]:
