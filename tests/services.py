@@ -12,6 +12,7 @@ import contextlib
 import glob
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -199,7 +200,7 @@ class RedisServer:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-NGINX_CONF = """\
+NGINX_MAIN = """\
 worker_processes 1;
 daemon off;
 pid {root}/nginx.pid;
@@ -212,31 +213,29 @@ http {{
     fastcgi_temp_path {root}/fastcgi;
     uwsgi_temp_path {root}/uwsgi;
     scgi_temp_path {root}/scgi;
-    client_max_body_size 1m;
-    map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
-    upstream handoff {{
-{servers}
-    }}
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        ssl_protocols TLSv1.2 TLSv1.3;
-        location / {{
-            proxy_pass http://handoff;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $connection_upgrade;
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_read_timeout 3600s;
-            proxy_send_timeout 3600s;
-            proxy_next_upstream error timeout;
-            proxy_connect_timeout 2s;
-        }}
-    }}
+    include {site};
 }}
 """
+DEPLOY_NGINX = Path(__file__).resolve().parents[1] / "deploy" / "nginx.conf"
+
+
+def render_site(upstreams: list[str], port: int, cert: Path, key: Path) -> str:
+    """deploy/nginx.conf (the file users copy) with this test's addresses, ports and files."""
+    text = DEPLOY_NGINX.read_text()
+    servers = "".join(f"    server {u} max_fails=1 fail_timeout=5s;\n" for u in upstreams)
+    text, n = re.subn(r"(?m)^    server 127\.0\.0\.1:800\d .*\n", "", text)
+    assert n == 2, "deploy/nginx.conf: expected two example upstream servers"
+    text = text.replace("upstream handoff {\n", "upstream handoff {\n" + servers, 1)
+    replacements = {
+        "    listen 443 ssl;\n": f"    listen 127.0.0.1:{port} ssl;\n",
+        "    listen [::]:443 ssl;\n": "",
+        "/etc/handoff-server/tls/server.crt": str(cert),
+        "/etc/handoff-server/tls/server.key": str(key),
+    }
+    for old, new in replacements.items():
+        assert old in text, f"deploy/nginx.conf: {old!r} not found"
+        text = text.replace(old, new)
+    return text
 
 
 @dataclass
@@ -252,15 +251,10 @@ class NginxServer:
 
     def start(self) -> NginxServer:
         """Write the configuration and start nginx in the foreground (as a child)."""
-        servers = "\n".join(
-            f"        server {u} max_fails=1 fail_timeout=2s;" for u in self.upstreams
-        )
+        site = self.root / "site.conf"
+        site.write_text(render_site(self.upstreams, self.port, self.cert, self.key))
         conf = self.root / "nginx.conf"
-        conf.write_text(
-            NGINX_CONF.format(
-                root=self.root, servers=servers, port=self.port, cert=self.cert, key=self.key
-            )
-        )
+        conf.write_text(NGINX_MAIN.format(root=self.root, site=site))
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         self.proc = subprocess.Popen(
             [nginx, "-c", str(conf), "-p", str(self.root), "-e", str(self.root / "error.log")],
