@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 from handoffd.errors import ServerError
 
 if TYPE_CHECKING:
-    from handoffd.server.hub import Hub, _Conn
+    from handoffd.server.hub import Hub, RemoteDevice, _Conn
 
 logger = logging.getLogger("handoffd.server.bus")
 
@@ -49,6 +49,7 @@ REFRESH = 2.0
 REDIS_TIMEOUT = 5.0
 RETRY = 1.0
 CH_ALL = "hp:all"
+CLAIM_TTL = 30.0
 MAX_BUS_MESSAGE = 512 * 1024
 
 # Delete a device's keys only if this instance still holds it (it may have moved on).
@@ -91,6 +92,7 @@ class RedisBus:
         self._pushed: dict[str, frozenset[str]] = {}  # account → what local devices were told
         self._tasks: set[asyncio.Task[None]] = set()
         self.subscribed = asyncio.Event()
+        self.internal_url: str | None = None  # where other instances reach this one (relay pipes)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -181,6 +183,12 @@ class RedisBus:
         conns = self._hub.local_connections()
         if conns:
             await self._write_devices(conns)
+        if self.internal_url is not None:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(REDIS_TIMEOUT):
+                    await self._redis.set(
+                        f"hp:url:{self.instance}", self.internal_url, px=int(DEVICE_TTL * 1000)
+                    )
         accounts = {c.account_id for c in conns}
         for gone in set(self._online) - accounts:  # only accounts served here stay cached
             self._online.pop(gone, None)
@@ -200,19 +208,88 @@ class RedisBus:
 
     # ------------------------------------------------------------ signals, revocation, nonces
 
-    async def forward_signal(self, account_id: str, sender: str, to: str, data: str) -> bool:
-        """Send a signal to the instance holding ``to`` if it is online in ``account_id``."""
+    async def _holder(self, account_id: str, device_id: str) -> str | None:
+        """The instance holding the device if it is online in ``account_id``."""
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
-                score = await self._redis.zscore(_acct_key(account_id), to)
-                instance = await self._redis.get(_dev_key(to))
+                score = await self._redis.zscore(_acct_key(account_id), device_id)
+                instance = await self._redis.get(_dev_key(device_id))
         except (RedisError, OSError, TimeoutError) as exc:
             logger.warning("bus read failed error=%s", type(exc).__name__)
-            return False
+            return None
         if score is None or float(score) < time.time() or instance is None:
+            return None
+        return str(instance)
+
+    async def is_online(self, account_id: str, device_id: str) -> bool:
+        """True if another instance (or this one) holds the device, online in ``account_id``."""
+        return await self._holder(account_id, device_id) is not None
+
+    async def forward_signal(self, account_id: str, sender: str, to: str, data: str) -> bool:
+        """Send a signal to the instance holding ``to`` if it is online in ``account_id``."""
+        instance = await self._holder(account_id, to)
+        if instance is None:
             return False
         message = {"t": "signal", "account": account_id, "from": sender, "to": to, "data": data}
-        return await self._publish(_inst_channel(str(instance)), message) > 0
+        return await self._publish(_inst_channel(instance), message) > 0
+
+    async def deliver(self, target: RemoteDevice, message: dict[str, Any]) -> bool:
+        """Send a hub message (e.g. a relay offer) to a device another instance holds."""
+        instance = await self._holder(target.account_id, target.device_id)
+        if instance is None:
+            return False
+        wrapped = {
+            "t": "deliver",
+            "account": target.account_id,
+            "to": target.device_id,
+            "message": message,
+        }
+        return await self._publish(_inst_channel(instance), wrapped) > 0
+
+    # ------------------------------------------------------------ relay sessions (relaybus.py)
+
+    async def hold_relay(self, session_id: str, ttl: float) -> None:
+        """Name this instance as the session's holder for ``ttl`` s (until both sides joined)."""
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                await self._redis.set(f"hp:relay:{session_id}", self.instance, px=int(ttl * 1000))
+
+    async def relay_holder_url(self, session_id: str) -> str | None:
+        """The URL of the other instance holding the session, if any."""
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                instance = await self._redis.get(f"hp:relay:{session_id}")
+                if instance is None or instance == self.instance:
+                    return None
+                url = await self._redis.get("hp:url:" + str(instance))
+        except (RedisError, OSError, TimeoutError) as exc:
+            logger.warning("bus read failed error=%s", type(exc).__name__)
+            return None
+        return None if url is None else str(url)
+
+    async def put_relay_claim(self, key: str, claim: dict[str, str]) -> None:
+        """Store a one-time claim for a piped join (``key`` is 256 random bits)."""
+        async with asyncio.timeout(REDIS_TIMEOUT):
+            await self._redis.set(f"hp:via:{key}", json.dumps(claim), px=int(CLAIM_TTL * 1000))
+
+    async def take_relay_claim(self, key: str) -> dict[str, str] | None:
+        """The claim stored under ``key``, removed (so it works once); None if absent."""
+        if len(key) > 64:
+            return None
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                raw = await self._redis.getdel(f"hp:via:{key}")
+        except (RedisError, OSError, TimeoutError):
+            return None
+        try:
+            claim = json.loads(raw) if isinstance(raw, str) else None
+        except ValueError:
+            return None
+        if not isinstance(claim, dict) or not all(
+            isinstance(claim.get(k), str) for k in ("device", "session", "token")
+        ):
+            return None
+        return {k: str(claim[k]) for k in ("device", "session", "token")}
 
     async def publish_revoked(self, device_ids: list[str]) -> None:
         """Ask every instance to disconnect these revoked devices."""
@@ -277,10 +354,11 @@ class RedisBus:
         if not isinstance(msg, dict):
             return
         kind = msg.get("t")
-        if kind == "signal":
-            await self._hub.deliver_signal(
-                str(msg.get("account")), str(msg.get("from")), str(msg.get("to")), msg.get("data")
-            )
+        if kind == "signal" and isinstance(msg.get("data"), str):
+            signal = {"type": "signal", "from": str(msg.get("from")), "data": msg["data"]}
+            await self._hub.deliver(str(msg.get("account")), str(msg.get("to")), signal)
+        elif kind == "deliver" and isinstance(msg.get("message"), dict):
+            await self._hub.deliver(str(msg.get("account")), str(msg.get("to")), msg["message"])
         elif kind == "presence":
             account_id, device_id = str(msg.get("account")), str(msg.get("device"))
             if msg.get("online") and msg.get("instance") != self.instance:

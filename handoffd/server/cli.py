@@ -31,7 +31,7 @@ from aiohttp import web
 from handoffd import identity
 from handoffd.errors import ConfigError, HandoffError
 from handoffd.server import pairing, tlscert
-from handoffd.server.app import ServerConfig, make_app
+from handoffd.server.app import HUB, ServerConfig, make_app
 from handoffd.server.busurl import bus_url
 from handoffd.server.ice import DEFAULT_TTL, IceConfig, read_secret_file
 from handoffd.server.relay import RelayConfig
@@ -167,6 +167,8 @@ async def serve(args: argparse.Namespace) -> int:
             await asyncio.to_thread(store.set_meta, "scheme", scheme)
             await asyncio.to_thread(store.set_meta, "public_fingerprint", fingerprint or "")
             listen_url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{bound_port}"
+            if (joined := app[HUB].bus) is not None:  # bus: other instances pipe relay joins here
+                joined.internal_url = listen_url
             logger.info(
                 "server listening url=%s fingerprint=%s data=%s",
                 listen_url,

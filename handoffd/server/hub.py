@@ -62,6 +62,14 @@ class _FrameError(Exception):
         self.code = code
 
 
+@dataclass(frozen=True)
+class RemoteDevice:
+    """A device of ``account_id`` whose socket another instance holds (bus)."""
+
+    device_id: str
+    account_id: str
+
+
 @dataclass(eq=False)
 class _Conn:
     device_id: str
@@ -107,11 +115,11 @@ class Hub:
         """Tell this instance's devices of the account who is online."""
         await self._presence(account_id)
 
-    async def deliver_signal(self, account_id: str, sender: str, to: str, data: object) -> None:
-        """A signal forwarded by another instance, for a device held here (same account only)."""
+    async def deliver(self, account_id: str, to: str, message: dict[str, Any]) -> None:
+        """A message from another instance for a device held here (same account only)."""
         target = self._conns.get(to)
-        if target is not None and target.account_id == account_id and isinstance(data, str):
-            await self._send(target, {"type": "signal", "from": sender, "data": data})
+        if target is not None and target.account_id == account_id:
+            await self._send(target, message)
 
     async def moved_elsewhere(self, device_id: str) -> None:
         """The device connected to another instance: this (older) connection is replaced."""
@@ -132,9 +140,34 @@ class Hub:
         """The online connection of ``device_id``, if any."""
         return self._conns.get(device_id)
 
-    async def send(self, conn: _Conn, message: dict[str, Any]) -> bool:
+    async def send(self, conn: _Conn | RemoteDevice, message: dict[str, Any]) -> bool:
         """Send one message to an online device (False if it could not take it)."""
+        if isinstance(conn, RemoteDevice):
+            return self.bus is not None and await self.bus.deliver(conn, message)
         return await self._send(conn, message)
+
+    async def reachable(self, account_id: str, device_id: str) -> _Conn | RemoteDevice | None:
+        """The device's connection here, or on another instance (bus), if online in the account."""
+        conn = self._conns.get(device_id)
+        if conn is not None:
+            return conn if conn.account_id == account_id else None
+        if self.bus is not None and await self.bus.is_online(account_id, device_id):
+            return RemoteDevice(device_id, account_id)
+        return None
+
+    async def hold_relay(self, session_id: str, ttl: float) -> None:
+        """Record that this instance holds a relay session (joins elsewhere are piped here)."""
+        if self.bus is not None:
+            await self.bus.hold_relay(session_id, ttl)
+
+    @property
+    def store(self) -> Store:
+        """The store."""
+        return self._store
+
+    async def refuse(self, ws: web.WebSocketResponse, code: str, message: str) -> None:
+        """A fatal error, then close (auth refusals)."""
+        await self._fatal(ws, code, message, CLOSE_AUTH)
 
     # ------------------------------------------------------------ sending
 

@@ -15,7 +15,7 @@ import redis
 from handoffd import identity
 from handoffd.errors import ServerError
 from handoffd.server import auth
-from handoffd.serverclient import JoinResult, ServerClient, ServerLink, parse_invite
+from handoffd.serverclient import JoinResult, RelayTicket, ServerClient, ServerLink, parse_invite
 from tests.scaleout.conftest import Cluster
 from tests.server.helpers import cli_invite, create_account
 
@@ -251,3 +251,83 @@ async def test_instance_killed_devices_move_to_the_other(cluster: Cluster) -> No
         await c2.close()
         cluster.instances[victim].stop()
         cluster.start_instance(victim)
+
+
+async def test_relay_session_across_instances(cluster: Cluster) -> None:
+    k1, r1 = await _pair(cluster, "gina", "opener")
+    k2, r2 = await _pair(cluster, "gina", "target")
+    c1, c2 = cluster.direct(0, k1, r1), cluster.direct(1, k2, r2)
+    offers: list[RelayTicket] = []
+    offered = asyncio.Event()
+
+    def on_relay(ticket: RelayTicket) -> None:
+        offers.append(ticket)
+        offered.set()
+
+    rec1, rec2 = Recorder(), Recorder()
+    link1 = c1.connect(rec1.on_presence, rec1.on_signal, on_error=rec1.on_error)
+    link2 = c2.connect(rec2.on_presence, rec2.on_signal, on_error=rec2.on_error, on_relay=on_relay)
+    await link1.start()
+    await link2.start()
+    joiners: list[ServerClient] = []
+    try:
+        async with asyncio.timeout(20):
+            await link1.wait_connected()
+            await link2.wait_connected()
+        await rec1.until(lambda: r2.device_id in link1.online)
+        for route in ("both piped through instance B", "both through nginx"):
+            # The session is held by instance A (the opener's socket is there); the offer
+            # reaches the target on B through the bus.
+            offered.clear()
+            offers.clear()
+            ticket = await link1.open_relay(r2.device_id)
+            async with asyncio.timeout(20):
+                await offered.wait()
+            if route.startswith("both piped"):
+                j1, j2 = cluster.direct(1, k1, r1), cluster.direct(1, k2, r2)
+            else:
+                j1, j2 = cluster.client(k1, r1), cluster.client(k2, r2)
+            joiners += [j1, j2]
+            s1, s2 = await asyncio.gather(j1.relay_stream(ticket), j2.relay_stream(offers[0]))
+            try:
+                await s1.send(b"from the opener " + route.encode())
+                await s2.send(b"from the target " + route.encode())
+                async with asyncio.timeout(20):
+                    assert await s2.recv() == b"from the opener " + route.encode()
+                    assert await s1.recv() == b"from the target " + route.encode()
+                big = bytes(range(256)) * 400
+                await s1.send(big)
+                async with asyncio.timeout(20):
+                    assert await s2.recv() == big
+            finally:
+                await s1.close()
+                await s2.close()
+            if route.startswith("both piped"):
+                piped = (
+                    cluster.instances[1]
+                    .log.read_text()
+                    .count(f'relay join piped" session={ticket.session}')
+                )
+                assert piped == 2
+    finally:
+        await link1.close()
+        await link2.close()
+        for c in (c1, c2, *joiners):
+            await c.close()
+
+
+async def test_forged_relay_via_claim_is_refused(cluster: Cluster) -> None:
+    """A join claiming to be piped from another instance needs a claim stored in Redis."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(
+            cluster.instances[0].url + "/v1/relay",
+            headers={"X-Handoff-Relay-Via": "A" * 43},
+        ) as ws,
+    ):
+        first = await ws.receive_json(timeout=10)
+        assert first["type"] == "error"
+        assert first["error"]["code"] == "auth-invalid"
+        assert first.get("fatal") is True
+        closing = await ws.receive(timeout=10)
+        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
