@@ -21,6 +21,7 @@ from typing import Any
 
 from handoffd.errors import ConfigError
 from handoffd.identity import write_private_file
+from handoffd.text import name_problem
 
 ALL_TYPES = "*"
 KNOWN_TYPES = ("message", "document", "clipboard", "url")
@@ -107,8 +108,9 @@ def _clean_name(value: Any, name: str) -> str:
     text: str = value.strip()
     if not text or len(text) > MAX_DEVICE_NAME:
         raise _bad(name, f"must be 1 to {MAX_DEVICE_NAME} characters")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
-        raise _bad(name, "must not contain control characters")
+    problem = name_problem(text)
+    if problem is not None:
+        raise _bad(name, problem)
     return text
 
 

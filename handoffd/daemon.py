@@ -88,7 +88,8 @@ def setup_logging(level: str = "info") -> None:
 
 def acquire_lock(paths: Paths) -> IO[str]:
     """Hold ``paths.lock_file`` (flock) for the daemon's life; ConfigError if another holds it."""
-    paths.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Before a file is made: a home, run/ or data dir of another user is refused (home-unsafe).
+    paths.ensure_private()
     os.chmod(paths.runtime_dir, 0o700)
     fd = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     f = os.fdopen(fd, "r+")

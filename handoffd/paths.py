@@ -9,6 +9,7 @@ from pathlib import Path
 import platformdirs
 
 from handoffd.errors import ConfigError
+from handoffd.ownership import ensure_private_dir
 
 APP = "handoffd"
 HOME_ENV = "HANDOFF_HOME"
@@ -96,6 +97,15 @@ class Paths:
     def lock_file(self) -> Path:
         """Held (flock) by the running daemon; a second daemon on this home refuses to start."""
         return self.runtime_dir / "handoffd.lock"
+
+    def private_dirs(self) -> tuple[Path, ...]:
+        """The distinct top directories: data, config, then runtime (``run/``, the socket's)."""
+        return tuple(dict.fromkeys((self.data_dir, self.config_dir, self.runtime_dir)))
+
+    def ensure_private(self) -> None:
+        """Create missing private directories 0700; ConfigError(home-unsafe) unless each is ours."""
+        for d in self.private_dirs():
+            ensure_private_dir(d)
 
     def check_socket_path(self) -> None:
         """Raise ConfigError if the socket path is too long for AF_UNIX."""

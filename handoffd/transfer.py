@@ -53,6 +53,7 @@ from handoffd.errors import (
 from handoffd.proto import codec
 from handoffd.proto import messages as m
 from handoffd.proto import transfer as core
+from handoffd.text import file_name_problem, has_non_utf8, name_problem
 from handoffd.transport.base import Channel
 
 logger = logging.getLogger("handoffd.transfer")
@@ -95,23 +96,14 @@ class PathSwitchError(TransferError):
 def check_name(name: object) -> str:
     """A peer-supplied file name, or ProtocolError(bad-item-name) (blame peer).
 
-    One path component: 1..255 UTF-8 bytes, not ``.``/``..``, no ``/``, ``\\``,
-    ``..``, NUL, C0/C1 control characters or DEL.
+    One path component by handoffd.text.file_name_problem: 1..255 UTF-8 bytes, not
+    ``.``/``..``, no ``/``, ``\\``, ``..``, nor a control, format or line-separator character.
     """
     if not isinstance(name, str):
         raise ProtocolError("item name is not a string", code="bad-item-name")
-    try:
-        size = len(name.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise ProtocolError("item name is not valid UTF-8", code="bad-item-name") from None
-    if not 0 < size <= MAX_NAME_BYTES:
-        raise ProtocolError("item name is empty or longer than 255 bytes", code="bad-item-name")
-    if name in (".", "..") or ".." in name:
-        raise ProtocolError("item name contains '..'", code="bad-item-name")
-    if any(c in "/\\" or ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name):
-        raise ProtocolError(
-            "item name contains a separator or control character", code="bad-item-name"
-        )
+    problem = file_name_problem(name)
+    if problem is not None:
+        raise ProtocolError(f"item name {problem}", code="bad-item-name")
     return name
 
 
@@ -311,7 +303,7 @@ def open_offer(
     check_handoff_id(manifest.handoff_id)
     if not APP_ID_RE.fullmatch(manifest.app_id):
         raise ProtocolError("manifest has a bad app id", code="manifest-bad-app-id")
-    if len(manifest.title) > 256 or not manifest.title.isprintable():
+    if len(manifest.title) > 256 or name_problem(manifest.title) is not None:
         raise ProtocolError("manifest has a bad title", code="manifest-bad-title")
     for item in manifest.items:
         if not is_type_word(item.type):
@@ -330,9 +322,12 @@ def open_offer(
 def manifest_context(manifest: m.Manifest) -> Any:
     """The manifest's context decoded from JSON; ProtocolError if it is not JSON."""
     try:
-        return json.loads(manifest.context.decode("utf-8"))
+        context = json.loads(manifest.context.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ProtocolError("manifest context is not JSON", code="manifest-bad-context") from None
+    if has_non_utf8(context):  # a "\ud800" escape: valid JSON, not storable text
+        raise ProtocolError("manifest context is not UTF-8", code="manifest-bad-context")
+    return context
 
 
 # ---------------------------------------------------------------- staging (blocking)

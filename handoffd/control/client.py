@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 
 from handoffd.config import Settings
+from handoffd.control.connector import OwnSocketConnector
 from handoffd.errors import ApiError, HandoffError
 from handoffd.paths import Paths
 
@@ -290,7 +291,7 @@ class HandoffClient:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 base_url=BASE_URL,
-                connector=aiohttp.UnixConnector(path=os.fspath(self.socket_path)),
+                connector=OwnSocketConnector(path=os.fspath(self.socket_path)),
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
             )
         return self._session

@@ -1,12 +1,13 @@
 """Control API request validation (strict, bounded) and the OpenAPI 3.1 document.
 
 Every check raises ``ApiError`` with a stable ``code`` (see docs/control-api.md):
-``malformed-json``, ``body-too-large``, ``not-an-object``, ``unknown-field``,
+``malformed-json``, ``not-utf8``, ``body-too-large``, ``not-an-object``, ``unknown-field``,
 ``missing-field``, ``wrong-type``, ``value-invalid``, ``bad-app-id``,
 ``bad-title``, ``context-too-large``, ``bad-item-type``, ``bad-item-name``,
 ``duplicate-item-name``, ``bad-mime``, ``item-content``, ``item-too-large``,
 ``too-many-items``, ``bad-base64``, ``item-file-missing``,
-``item-file-not-regular``, ``item-file-unreadable``, ``bad-launch``.
+``item-file-not-regular``, ``item-file-unreadable``, ``bad-launch``,
+``bad-device-name``.
 
 Pure except ``check_item_path``, which looks at the file system (call it off
 the event loop).
@@ -26,6 +27,7 @@ from typing import Any
 
 from handoffd.config import KNOWN_TYPES, is_type_word
 from handoffd.errors import ApiError
+from handoffd.text import file_name_problem, has_non_utf8, name_problem
 
 MAX_BODY = 16 * 1024 * 1024
 MAX_CONTEXT = 64 * 1024
@@ -86,6 +88,8 @@ def parse_body(raw: bytes, *, max_size: int = MAX_BODY) -> dict[str, Any]:
         raise _err("not-an-object", "request body must be a JSON object")
     if _depth(value) > MAX_JSON_DEPTH:
         raise _err("malformed-json", "request body is nested too deeply")
+    if has_non_utf8(value):
+        raise _err("not-utf8", "request body holds a string that is not UTF-8 (a lone surrogate)")
     return value
 
 
@@ -170,11 +174,15 @@ def check_app_id(value: Any, where: str = "app_id") -> str:
 
 
 def check_title(value: Any, where: str = "title") -> str:
-    """A title: 0..256 characters, no control characters."""
+    """A title: 0..256 characters, none a control, format or line-separator character."""
     if not isinstance(value, str):
         raise _err("wrong-type", f"{where} must be a string")
-    if len(value) > MAX_TITLE or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise _err("bad-title", f"{where} must be at most {MAX_TITLE} printable characters")
+    if len(value) > MAX_TITLE or name_problem(value) is not None:
+        raise _err(
+            "bad-title",
+            f"{where} must be at most {MAX_TITLE} characters, none a control, format "
+            "or line-separator character",
+        )
     return value
 
 
@@ -200,30 +208,18 @@ def check_item_type(value: Any, where: str = "type") -> str:
 
 
 def check_item_name(value: Any, where: str = "name") -> str:
-    """A safe file name: no ``/``, ``\\``, ``..``, NUL or control characters; 1..255 UTF-8 bytes."""
+    """A safe file name (handoffd.text.file_name_problem): 1..255 UTF-8 bytes, one component."""
     if not isinstance(value, str):
         raise _err("wrong-type", f"{where} must be a string")
-    if not is_safe_name(value):
-        raise _err(
-            "bad-item-name",
-            f"{where} must be 1 to {MAX_NAME_BYTES} bytes without '/', '\\\\', '..' "
-            "or control characters",
-        )
+    problem = file_name_problem(value)
+    if problem is not None:
+        raise _err("bad-item-name", f"{where} {problem}")
     return value
 
 
 def is_safe_name(name: str) -> bool:
     """True if ``name`` can be used as a single file name in a directory we own."""
-    try:
-        size = len(name.encode("utf-8"))
-    except UnicodeEncodeError:  # lone surrogates
-        return False
-    return (
-        0 < size <= MAX_NAME_BYTES
-        and name not in (".", "..")
-        and ".." not in name
-        and not any(c in "/\\" or ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name)
-    )
+    return file_name_problem(name) is None
 
 
 def check_mime(value: Any, where: str = "mime") -> str:
@@ -382,9 +378,18 @@ def pair_request(body: Any) -> PairRequest:
         body,
         "pair",
         {"invite": string(MAX_INVITE)},
-        {"server": string(2048), "fingerprint": string(80), "name": string(64)},
+        {"server": string(2048), "fingerprint": string(80), "name": check_device_name},
     )
     return PairRequest(f["invite"], f.get("server"), f.get("fingerprint"), f.get("name"))
+
+
+def check_device_name(value: Any, where: str = "name") -> str:
+    """A device name: 1..64 characters, none a control, format or line-separator character."""
+    text: str = string(64)(value, where)
+    problem = name_problem(text)
+    if problem is not None:
+        raise _err("bad-device-name", f"{where} {problem}")
+    return text
 
 
 def _launch(value: Any, where: str) -> tuple[str, ...]:

@@ -21,8 +21,6 @@ import json
 import logging
 import os
 import socket
-import struct
-import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ from handoffd.control import schema
 from handoffd.devicestate import DeviceState, platform_name
 from handoffd.errors import ApiError, ConfigError, HandoffError, ServerError, StoreError
 from handoffd.events import EventBus
+from handoffd.ownership import peer_uid
 from handoffd.paths import Paths
 from handoffd.server.pairing import qr_svg
 from handoffd.serverclient import parse_invite
@@ -585,28 +584,6 @@ def make_app(ctx: ControlContext, route_setups: Sequence[RouteSetup] = ()) -> we
 
 
 # ---------------------------------------------------------------- the socket
-
-
-# A plain str, so type checkers keep both branches of peer_uid.
-_PLATFORM: str = sys.platform
-
-
-def peer_uid(sock: Any) -> int | None:
-    """The uid of a Unix socket's peer (SO_PEERCRED / LOCAL_PEERCRED); None if unknown."""
-    try:
-        if _PLATFORM.startswith("linux"):
-            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            _pid, uid, _gid = struct.unpack("3i", creds)
-            return int(uid)
-        if _PLATFORM == "darwin":
-            # struct xucred {u_int cr_version; uid_t cr_uid; short cr_ngroups; gid_t cr_groups[16]}
-            sol_local, local_peercred = 0, 0x001
-            creds = sock.getsockopt(sol_local, local_peercred, 76)
-            _version, uid = struct.unpack_from("=II", creds)
-            return int(uid)
-    except OSError:
-        return None
-    return None
 
 
 class _PeerGate(asyncio.Protocol):

@@ -251,8 +251,11 @@ class RedisBus:
     async def hold_relay(self, session_id: str, ttl: float) -> None:
         """Name this instance as the session's holder for ``ttl`` s (until both sides joined)."""
         with contextlib.suppress(RedisError, OSError, TimeoutError):
-            async with asyncio.timeout(REDIS_TIMEOUT):
-                await self._redis.set(f"hp:relay:{session_id}", self.instance, px=int(ttl * 1000))
+            async with asyncio.timeout(REDIS_TIMEOUT), self._redis.pipeline() as pipe:
+                pipe.set(f"hp:relay:{session_id}", self.instance, px=int(ttl * 1000))
+                if self.internal_url is not None:  # so a just-started instance is reachable
+                    pipe.set(f"hp:url:{self.instance}", self.internal_url, px=int(ttl * 1000))
+                await pipe.execute()
 
     async def relay_holder_url(self, session_id: str) -> str | None:
         """The URL of the other instance holding the session, if any."""
@@ -361,7 +364,12 @@ class RedisBus:
             await self._hub.deliver(str(msg.get("account")), str(msg.get("to")), msg["message"])
         elif kind == "presence":
             account_id, device_id = str(msg.get("account")), str(msg.get("device"))
-            if msg.get("online") and msg.get("instance") != self.instance:
+            if (
+                msg.get("online")
+                and msg.get("instance") != self.instance
+                and self._hub.connection(device_id) is not None
+                and await self._holder(account_id, device_id) not in (None, self.instance)
+            ):  # the device's newer socket is elsewhere (not: it came back here meanwhile)
                 await self._hub.moved_elsewhere(device_id)
             if self._hub.local_online(account_id):
                 await self._push(account_id)

@@ -28,11 +28,10 @@ from pathlib import Path
 import platformdirs
 from aiohttp import web
 
-from handoffd import identity
+from handoffd import identity, netguard, ownership
 from handoffd.errors import ConfigError, HandoffError
-from handoffd.server import pairing, tlscert
+from handoffd.server import listener, pairing, scaleopts, tlscert
 from handoffd.server.app import HUB, ServerConfig, make_app
-from handoffd.server.busurl import bus_url
 from handoffd.server.ice import DEFAULT_TTL, IceConfig, read_secret_file
 from handoffd.server.relay import RelayConfig
 from handoffd.server.store import Store
@@ -125,7 +124,12 @@ async def serve(args: argparse.Namespace) -> int:
     host, port = parse_listen(args.listen)
     ice = ice_config(args)  # before anything is created: a bad option changes nothing
     relay = relay_config(args)
-    bus = bus_url(args.bus)
+    bus = scaleopts.bus_url(args.bus)
+    listen = listener.from_args(args)
+    # 0700, ours, not writable by others (data-dir-unsafe); its parents are the admin's choice.
+    ownership.ensure_private_dir(data_dir, above=False, code="data-dir-unsafe")
+    soft, hard = netguard.raise_nofile_limit()
+    logger.info("descriptor limit soft=%d hard=%d", soft, hard)
     now = time.time()
     tls = (
         None
@@ -135,7 +139,7 @@ async def serve(args: argparse.Namespace) -> int:
         )
     )
     scheme = "http" if tls is None else "https"
-    fingerprint = tls.fingerprint if tls is not None else public_fingerprint(args)
+    fingerprint = tls.fingerprint if tls is not None else scaleopts.public_fingerprint(args)
     store = Store.open(data_dir, database=args.database)
     try:
         config = ServerConfig(
@@ -150,17 +154,17 @@ async def serve(args: argparse.Namespace) -> int:
             bus=bus,
         )
         app = make_app(store, config)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=5.0,
+            **listener.runner_options(listen),
+        )
         await runner.setup()
         try:
-            site = web.TCPSite(
-                runner,
-                host,
-                port,
-                ssl_context=None if tls is None else tls.ssl_context(),
-                reuse_address=True,
-            )
-            await site.start()
+            ssl_context = None if tls is None else tls.ssl_context()
+            await listener.start(runner, host, port, listen, ssl_context)
             bound_port = int(runner.addresses[0][1])
             url = config.public_url or f"{scheme}://{_url_host(host)}:{bound_port}"
             await asyncio.to_thread(store.set_meta, "public_url", url)
@@ -216,28 +220,6 @@ def _read_password(args: argparse.Namespace) -> str | None:
     if not password:
         raise HandoffError("the password is empty", code="password-empty")
     return password
-
-
-def cmd_migrate(args: argparse.Namespace) -> int:
-    """``migrate``: bring the schema up to date (safe while other instances start)."""
-    store = Store.open(args.data, database=args.database)
-    try:
-        print(f"schema version {store.schema_version()} ({store.kind})")
-    finally:
-        store.close()
-    return 0
-
-
-def public_fingerprint(args: argparse.Namespace) -> str | None:
-    """``--public-fingerprint``: the TLS proxy's pin, only with ``--insecure-http``."""
-    if args.public_fingerprint is None:
-        return None
-    if not args.insecure_http:
-        raise ConfigError(
-            "--public-fingerprint is for --insecure-http behind a TLS proxy",
-            code="public-fingerprint-unused",
-        )
-    return pairing.check_fingerprint(args.public_fingerprint)
 
 
 def cmd_account_create(args: argparse.Namespace) -> int:
@@ -357,12 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="data directory (default: $STATE_DIRECTORY or platformdirs)",
     )
-    common.add_argument(
-        "--database",
-        default=None,
-        metavar="URL",
-        help="postgresql://... for several instances (default: $HANDOFF_DATABASE, else SQLite)",
-    )
+    scaleopts.add_common_options(common)
     parser = argparse.ArgumentParser(
         prog="handoff-server", description="handoff authorization server"
     )
@@ -376,18 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="plain HTTP: only behind a TLS proxy, or in tests",
     )
     p.add_argument("--public-url", default=None, help="URL devices use to reach the server")
-    p.add_argument(
-        "--bus",
-        default=None,
-        metavar="URL",
-        help="redis://... joining several instances (default: $HANDOFF_BUS, else in-process)",
-    )
-    p.add_argument(
-        "--public-fingerprint",
-        default=None,
-        metavar="sha256:HEX",
-        help="with --insecure-http behind a TLS proxy: the proxy certificate's pin for invites",
-    )
+    scaleopts.add_serve_options(p)
     p.add_argument(
         "--stun",
         action="append",
@@ -444,12 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"relay sessions per account, pending and active (default {relay.max_per_account})",
     )
+    listener.add_arguments(p)
     p.add_argument("--invite-ttl", type=float, default=pairing.INVITE_TTL, help=argparse.SUPPRESS)
     p.add_argument("--join-failures-per-minute", type=float, default=10.0, help=argparse.SUPPRESS)
 
-    p = sub.add_parser(
-        "migrate", parents=[common], help="create or upgrade the database schema, then exit"
-    )
+    sub.add_parser("migrate", parents=[common], help="create or upgrade the schema, then exit")
 
     p = sub.add_parser("account", help="manage accounts")
     account_sub = p.add_subparsers(dest="account_command", required=True)
@@ -489,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "invite": cmd_invite,
             "devices": cmd_devices,
             "revoke": cmd_revoke,
-            "migrate": cmd_migrate,
+            "migrate": scaleopts.cmd_migrate,
         }
         return commands[args.command](args)
     except HandoffError as exc:

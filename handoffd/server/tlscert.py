@@ -23,6 +23,8 @@ from handoffd import identity
 from handoffd.errors import ConfigError, HandoffError
 
 LIFETIME = dt.timedelta(days=3650)
+# TLS 1.2: forward-secret AEAD suites only (no CBC, no RSA key exchange); TLS 1.3's are all AEAD.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
 CERT_FILE = "tls/server.crt"
 KEY_FILE = "tls/server.key"
 
@@ -36,9 +38,11 @@ class ServerTLS:
     fingerprint: str
 
     def ssl_context(self) -> ssl.SSLContext:
-        """A server-side TLS context (TLS 1.2+) with this certificate."""
+        """A server-side TLS context (TLS 1.3, or 1.2 with ECDHE+AEAD only) with this certificate."""
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers(TLS12_CIPHERS)
+        ctx.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
         ctx.load_cert_chain(self.cert_path, self.key_path)
         return ctx
 

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
+from handoffd import netguard
 from handoffd.errors import HandoffError, TransportError
 from handoffd.transport import tlskey
 from handoffd.transport.base import PeerRefusedError
@@ -50,10 +51,15 @@ KIND_OFFER = 1
 KIND_ANSWER = 2
 KIND_ERROR = 3
 MAX_ERROR_MESSAGE = 200
-READ_TIMEOUT = 10.0
+READ_TIMEOUT = 5.0  # TLS up to the offer read: a caller has its offer ready before connecting
+HANDSHAKE_TIMEOUT = 5.0
 ANSWER_TIMEOUT = 20.0
 WRITE_TIMEOUT = 10.0
-MAX_CONNECTIONS = 32
+MAX_CONNECTIONS = 64  # exchanges at once; more get "busy"
+# Accept level (handoffd.netguard), counted from accept, handshakes included: one LAN
+# neighbour holds at most MAX_PER_ADDRESS, and descriptors stay bounded by MAX_OPEN.
+MAX_PER_ADDRESS = 4
+MAX_OPEN = 128
 _HEADER = struct.Struct("!I")
 _CODE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
@@ -183,6 +189,9 @@ class SignalingServer:
         read_timeout: float = READ_TIMEOUT,
         answer_timeout: float = ANSWER_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        max_per_address: int = MAX_PER_ADDRESS,
+        max_open: int = MAX_OPEN,
     ) -> None:
         self._host = host
         self._port = port
@@ -190,6 +199,11 @@ class SignalingServer:
         self._read_timeout = read_timeout
         self._answer_timeout = answer_timeout
         self._max_connections = max_connections
+        self.guard = netguard.ConnectionGuard(
+            netguard.AcceptLimits(max_open, max_per_address, handshake_timeout),
+            name="signaling",
+            logger=log,
+        )
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -209,15 +223,22 @@ class SignalingServer:
         if self._tls is None:
             self._tls = server_context()  # ephemeral: a new certificate every start
         try:
-            # A peer that does not complete the handshake within read_timeout is dropped by
-            # asyncio (logged at debug level only); _handle runs once TLS is up.
-            self._server = await asyncio.start_server(
-                self._handle,
-                self._host,
-                self._port,
-                ssl=self._tls,
-                ssl_handshake_timeout=self._read_timeout,
-            )
+            # Connections past the guard's caps are reset at accept; a peer that does not
+            # complete the handshake in time is dropped by asyncio (logged at debug level
+            # only); _handle runs once TLS is up.
+            sock, *others = netguard.bind(self._host, self._port, self.guard)
+            for other in others:  # one listening address, as before (hosts are IP literals)
+                other.close()
+            try:
+                self._server = await asyncio.start_server(
+                    self._handle,
+                    sock=sock,
+                    ssl=self._tls,
+                    ssl_handshake_timeout=self.guard.limits.handshake_timeout,
+                )
+            except BaseException:
+                sock.close()
+                raise
         except OSError as exc:
             raise TransportError(
                 f"cannot listen on {self._host}:{self._port}: {exc.strerror}",

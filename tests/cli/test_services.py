@@ -100,7 +100,7 @@ def test_user_unit_settings(tmp_path: Path) -> None:
         "RuntimeDirectory=handoffd", "RuntimeDirectoryMode=0700",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
         "SystemCallArchitectures=native", "LockPersonality=yes", "KillMode=process",
-        "WantedBy=default.target",
+        "WantedBy=default.target", "LimitNOFILE=8192",
     ):  # fmt: skip
         assert line in lines, line
     exec_start = next(x for x in lines if x.startswith("ExecStart="))
@@ -116,6 +116,7 @@ def test_server_unit_settings(tmp_path: Path) -> None:
         "ProtectHome=yes", "PrivateTmp=yes", "PrivateDevices=yes", "NoNewPrivileges=yes",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "SystemCallArchitectures=native",
         "LockPersonality=yes", "MemoryDenyWriteExecute=yes", "CapabilityBoundingSet=",
+        "LimitNOFILE=65536",
     ):  # fmt: skip
         assert line in lines, line
     exec_start = next(x for x in lines if x.startswith("ExecStart="))
@@ -135,6 +136,7 @@ def test_plists_parse_with_required_keys(label: str, tmp_path: Path) -> None:
     assert Path(program).is_absolute()
     assert os.access(program, os.X_OK)
     assert Path(data["StandardErrorPath"]).is_absolute()
+    assert data["SoftResourceLimits"]["NumberOfFiles"] >= 8192
     if label == service.LABEL:
         assert data["ProgramArguments"] == [service.program("handoffd")]
         assert data["StandardErrorPath"] == f"{tmp_path}/Library/Logs/handoffd/handoffd.log"

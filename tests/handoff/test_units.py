@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -56,6 +57,14 @@ NOW = dt.datetime.now(dt.UTC)
         "c1\x9b",
         "é" * 128,  # 256 bytes
         "\udc80",
+        # Shown as something else: bidi overrides and isolates, zero-width, BOM, line breaks.
+        "\u202etxt.exe",
+        "a\u2066b",
+        "a\u200bb",
+        "a\u200db",
+        "\ufeffx",
+        "a\u2028b",
+        "a\u2029b",
     ],
 )
 def test_hostile_names_are_refused(name: str) -> None:
@@ -188,6 +197,41 @@ def test_offer_sign_and_verify(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="changed"):
         read_chunks(sources[1], [NeedData(1, 0, 10)])
     assert isinstance(codec.decode(codec.encode(offer)), m.Offer)
+
+
+def test_offer_with_a_context_that_is_not_utf8_is_refused() -> None:
+    ca = identity.create_account_ca(identity.new_account_id(), now=NOW)
+    trust = identity.TrustAnchor.from_ca(ca.cert)
+    a_key, a_der, a_id = _device(ca)
+    _, _, b_id = _device(ca)
+    manifest = dataclasses.replace(
+        _manifest(("message", 1)), sender=a_id, recipient=b_id, context=b'{"k": "\\ud800"}'
+    )
+    offer = sign_offer(a_key, a_der, manifest)  # a hostile sender signs whatever it likes
+    with pytest.raises(ProtocolError) as err:
+        open_offer(offer, trust=trust, me=b_id, peer=a_id, now=time.time())
+    assert err.value.code == "manifest-bad-context"
+
+
+@pytest.mark.parametrize(
+    ("title", "refused"),
+    [("\u202eevil", True), ("a\u2029b", True), ("会議\u3000メモ", False), ("a\u00a0b", False)],
+)
+def test_offer_titles_follow_the_name_rule(title: str, *, refused: bool) -> None:
+    ca = identity.create_account_ca(identity.new_account_id(), now=NOW)
+    trust = identity.TrustAnchor.from_ca(ca.cert)
+    a_key, a_der, a_id = _device(ca)
+    _, _, b_id = _device(ca)
+    manifest = dataclasses.replace(
+        _manifest(("message", 1)), sender=a_id, recipient=b_id, title=title
+    )
+    offer = sign_offer(a_key, a_der, manifest)
+    if not refused:
+        assert open_offer(offer, trust=trust, me=b_id, peer=a_id, now=time.time()) == manifest
+        return
+    with pytest.raises(ProtocolError) as err:
+        open_offer(offer, trust=trust, me=b_id, peer=a_id, now=time.time())
+    assert err.value.code == "manifest-bad-title"
 
 
 # ---------------------------------------------------------------- staging

@@ -66,6 +66,8 @@ class Cluster:
             self.root / f"i{index}",
             extra=(
                 "--insecure-http",
+                "--max-connections-per-address",
+                "0",  # behind nginx every client is nginx (docs/server.md)
                 "--listen",
                 f"127.0.0.1:{port}",
                 "--public-url",
