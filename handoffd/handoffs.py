@@ -36,7 +36,7 @@ from typing import Any
 
 from aiohttp import web
 
-from handoffd import envelope, identity, peering
+from handoffd import envelope, identity, inboxcap, peering
 from handoffd.control.server import ControlContext, cache_records
 from handoffd.errors import (
     ApiError,
@@ -46,10 +46,14 @@ from handoffd.errors import (
     StoreError,
     TransportError,
 )
+from handoffd.launcher import Launcher, LaunchRequest
 from handoffd.peering import DirectDialer, ServerPath
+from handoffd.policy import decide
 from handoffd.proto import codec
 from handoffd.proto import messages as m
 from handoffd.proto import transfer as core
+from handoffd.refusals import RefusalLog
+from handoffd.reservations import Reservations, capped
 from handoffd.store import HandoffRecord, ItemRecord, Store
 from handoffd.transfer import (
     ItemSpec,
@@ -64,7 +68,6 @@ from handoffd.transfer import (
     Verdict,
     build_manifest,
     check_handoff_id,
-    decide,
     make_hello,
     manifest_context,
     new_handoff_id,
@@ -567,7 +570,11 @@ class HandoffService:
         self._cancelled: set[str] = set()
         self._receiving: dict[str, asyncio.Task[None]] = {}
         self._progress_at: dict[str, float] = {}
-        self._children: set[asyncio.subprocess.Process] = set()
+        self.refusals = RefusalLog(ctx.refusals, ctx.events.publish)
+        self.reservations = Reservations()
+        self.launcher = Launcher(
+            self._spawn, still_wanted=self._launch_wanted, on_failed=self._launch_failed
+        )
         self._notice_wake = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
         self._local: Any = None
@@ -592,17 +599,17 @@ class HandoffService:
 
     async def run(self) -> None:
         """Serve until cancelled (the daemon's TaskGroup owns this)."""
-        from handoffd.transport.signaling import SignalingServer
+        from handoffd.lanlistener import LanListener
 
         await self.store.run(self.db.migrate)
         await asyncio.to_thread(self.staging.clean_tmp)
         port = int(os.environ.get(SIGNALING_PORT_ENV, "0") or 0)
-        self.signaling = SignalingServer("0.0.0.0", port, self._on_signal)  # noqa: S104 - LAN peers
+        # Bound by the discovery loop only while paired with LAN discovery on.
+        self.signaling = LanListener("0.0.0.0", port, self._on_signal, local=self._local_identity)  # noqa: S104
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                await self.signaling.start()
-                logger.info("handoff engine ready signaling_port=%d", self.signaling.port)
+                logger.info("handoff engine ready")
                 self._ready.set()
                 self._spawn(self._discovery_loop(), "discovery")
                 self._spawn(self._server_loop(), "server-link")
@@ -643,11 +650,8 @@ class HandoffService:
 
     @property
     def signaling_port(self) -> int | None:
-        """The LAN signaling port (None before start)."""
-        try:
-            return None if self.signaling is None else int(self.signaling.port)
-        except HandoffError:
-            return None
+        """The LAN signaling port (None while not listening)."""
+        return None if self.signaling is None else self.signaling.port
 
     # ------------------------------------------------------------ identity
 
@@ -698,9 +702,11 @@ class HandoffService:
         try:
             while True:
                 device = self.ctx.device
-                if not self.ctx.settings.current.lan_discovery:
+                paired = device.paired and device.trust is not None and not device.revoked
+                if not (paired and self.ctx.settings.current.lan_discovery):
                     await self._stop_discovery()
-                elif device.paired and device.trust is not None and not device.revoked:
+                    await self.signaling.close()
+                elif await self.signaling.start():
                     if time.monotonic() - last_refresh > DEVICE_REFRESH:
                         await self._refresh_devices()
                         last_refresh = time.monotonic()
@@ -905,10 +911,8 @@ class HandoffService:
         return self._connector_cached
 
     def _refused(self, code: str, path: str) -> None:
-        """Remember and announce a connection this device refused."""
-        entry = {"at": time.time(), "code": code, "path": path}
-        self.ctx.refusals.append(entry)
-        self.ctx.events.publish({"type": "handoff.refused", "code": code, "path": path})
+        """Remember and announce a connection this device refused (coalesced, rate-limited)."""
+        self.refusals.add(code, path)
 
     # ------------------------------------------------------------ links
 
@@ -967,6 +971,7 @@ class HandoffService:
                 for link in list(links):
                     keep = WARM_IDLE if link.used else max(WARM_IDLE, FRESH_LINK_GRACE)
                     if link.closed or (not link.busy and now - link.last_used > keep):
+                        logger.info("idle link closed", extra={"peer": peer})
                         links.remove(link)
                         await link.close()
                 if not links:
@@ -1402,7 +1407,7 @@ class HandoffService:
             on_peer_hello=self._gossip,
             on_offer=lambda offer, manifest: self._on_offer_guarded(link, offer, manifest),
             checkpoint=self._checkpoint,
-            on_progress=lambda hid, done, total: self._progress(hid, "in", done, total),
+            on_progress=self._receive_progress,
             commit=lambda manifest, names: self._commit(link, manifest, names),
             on_failed=self._on_receive_failed,
         )
@@ -1414,10 +1419,15 @@ class HandoffService:
                     link, ex, first, hello=self._hello(), staging=self.staging, hooks=hooks
                 )
             finally:
+                self.reservations.release(ex.handoff_id, task)
                 if ex.handoff_id and self._receiving.get(ex.handoff_id) is task:
                     self._receiving.pop(ex.handoff_id, None)
 
         self._spawn(receive(), "receive")
+
+    def _receive_progress(self, handoff_id: str, done: int, total: int) -> None:
+        self.reservations.progress(handoff_id, total - done)
+        self._progress(handoff_id, "in", done, total)
 
     async def _on_offer_guarded(self, link: Link, offer: m.Offer, manifest: m.Manifest) -> Verdict:
         """``_on_offer``; a state database that cannot grow declines (``no-disk-space``)."""
@@ -1432,7 +1442,7 @@ class HandoffService:
             return Verdict(decline=("no-disk-space", "the receiving device's disk is full"))
 
     async def _on_offer(self, link: Link, offer: m.Offer, manifest: m.Manifest) -> Verdict:
-        """Verify and decide an incoming offer (see transfer.decide)."""
+        """Verify and decide an incoming offer (see policy.decide)."""
         trust = self.ctx.device.trust
         if trust is None:
             return Verdict(decline=("not-paired", "this device is not paired"))
@@ -1471,9 +1481,12 @@ class HandoffService:
             await self._record_inbox(manifest, committed, link.peer_id, peer_name)
             return Verdict(delivered=True)
         settings = self.ctx.settings.current
-        free = await asyncio.to_thread(self.staging.free_bytes)
+        free = self.reservations.available(
+            capped(await asyncio.to_thread(self.staging.free_bytes)), hid
+        )
         held = await asyncio.to_thread(self.staging.held_bytes, hid)
-        decision = decide(manifest, settings, free_bytes=free, held=held)
+        full = await self.store.run(inboxcap.inbox_full, self.store)
+        decision = decide(manifest, settings, free_bytes=free, held=held, inbox_full=full)
         record = await self.store.run(self.store.get_handoff, hid)
         if record is not None and (record.direction != "in" or record.peer != link.peer_id):
             return Verdict(decline=("handoff-id-conflict", "handoff id already used"))
@@ -1503,6 +1516,7 @@ class HandoffService:
         checkpoints = await self.store.run(self.db.checkpoints, hid)
         resume = {i: checkpoints.get(i, 0) for i in decision.indexes}
         accepted_total = sum(i.size for i in manifest.items if i.index in resume)
+        self.reservations.reserve(hid, accepted_total - sum(resume.values()), current)
         await self._set(
             hid,
             {},
@@ -1679,28 +1693,19 @@ class HandoffService:
             "HANDOFF_ID": entry.id,
             "HANDOFF_HOME": os.fspath(paths.data_dir) if has_home else "",
         }
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *app.launch, env=env, stdin=asyncio.subprocess.DEVNULL
-            )
-        except OSError as exc:
-            logger.warning("app launch failed app=%s error=%s", entry.app_id, exc.strerror)
-            self.ctx.events.publish(
-                {"type": "handoff.launch_failed", "handoff_id": entry.id, "app_id": entry.app_id}
-            )
-            return
-        logger.info(
-            "app launched app=%s pid=%d", entry.app_id, proc.pid, extra={"handoff": entry.id}
-        )
-        self._children.add(proc)
-        self._spawn(self._reap(proc, entry.app_id), "reap")
+        await self.launcher.launch(entry.app_id, entry.id, app.launch, env)
 
-    async def _reap(self, proc: asyncio.subprocess.Process, app_id: str) -> None:
-        try:
-            code = await proc.wait()
-            logger.info("app exited app=%s pid=%d status=%d", app_id, proc.pid, code)
-        finally:
-            self._children.discard(proc)
+    async def _launch_wanted(self, req: LaunchRequest) -> bool:
+        """A deferred launch still makes sense: auto_accept, no client, the entry unresumed."""
+        if not self.ctx.settings.current.auto_accept or self.app_clients[req.app_id] > 0:
+            return False
+        entries = await self.store.run(self.db.inbox, req.handoff_id, states=("received",))
+        return bool(entries)
+
+    def _launch_failed(self, req: LaunchRequest) -> None:
+        self.ctx.events.publish(
+            {"type": "handoff.launch_failed", "handoff_id": req.handoff_id, "app_id": req.app_id}
+        )
 
     # ------------------------------------------------------------ inbox and resumed
 
@@ -1826,7 +1831,14 @@ class HandoffService:
         for host, port in self._addresses(device_id):
 
             async def lan(sealed: bytes, host: str = host, port: int = port) -> bytes:
-                return await send_offer(host, port, sealed, timeout=NOTICE_TIMEOUT)
+                return await send_offer(
+                    host,
+                    port,
+                    sealed,
+                    local=local,
+                    peer_device_id=device_id,
+                    timeout=NOTICE_TIMEOUT,
+                )
 
             routes.append(lan)
         server = self.server

@@ -126,7 +126,7 @@ class ServerPath:
             on_error=self._error,
             on_relay=self.listener.on_relay,
         )
-        self._pending: dict[bytes, asyncio.Future[SignalFrame]] = {}
+        self._pending: dict[bytes, tuple[str, asyncio.Future[SignalFrame]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._ice: tuple[webrtc.IceServer, ...] = ()
         self._ice_until = 0.0
@@ -157,7 +157,7 @@ class ServerPath:
         if self._closed:
             return
         self._closed = True
-        for future in self._pending.values():
+        for _peer, future in self._pending.values():
             if not future.done():
                 future.set_exception(TransportError("server path closed", code="server-offline"))
         tasks = list(self._tasks)
@@ -214,7 +214,7 @@ class ServerPath:
             raise TransportError("too many requests through the server", code="busy")
         ref = secrets.token_bytes(REF_LEN)
         future: asyncio.Future[SignalFrame] = asyncio.get_running_loop().create_future()
-        self._pending[ref] = future
+        self._pending[ref] = (peer, future)
         try:
             async with asyncio.timeout_at(deadline):
                 try:
@@ -247,7 +247,9 @@ class ServerPath:
                 return
             self._spawn(self._answer(sender, frame))
             return
-        future = self._pending.get(frame.ref)
+        pending = self._pending.get(frame.ref)
+        # Only the addressed device may answer (the server names the sender it authenticated).
+        future = pending[1] if pending is not None and pending[0] == sender else None
         if future is None or future.done():
             logger.info("unexpected answer through the server", extra={"peer": sender})
             return
@@ -335,7 +337,9 @@ class DirectDialer(Dialer):
 
             async def lan(offer: bytes, host: str = host, port: int = port) -> bytes:
                 left = max(0.1, deadline - loop.time())
-                return await signaling.send_offer(host, port, offer, timeout=left)
+                return await signaling.send_offer(
+                    host, port, offer, local=local, peer_device_id=peer_device_id, timeout=left
+                )
 
             try:
                 return await webrtc.connect(

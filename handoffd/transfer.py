@@ -41,8 +41,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from handoffd import identity
-from handoffd.config import Settings, is_type_word
+from handoffd.config import is_type_word
 from handoffd.control.schema import APP_ID_RE
+from handoffd.deadlines import RESUMED_WAIT_IN, STALL_TIMEOUT, StallWatch
 from handoffd.errors import (
     HandoffError,
     ProtocolError,
@@ -50,6 +51,12 @@ from handoffd.errors import (
     TransportError,
     VerificationError,
 )
+
+# The receiver's policy lives in handoffd.policy; re-exported for existing importers.
+from handoffd.policy import DISK_MARGIN as DISK_MARGIN
+from handoffd.policy import MAX_HANDOFF_BYTES as MAX_HANDOFF_BYTES
+from handoffd.policy import Decision as Decision
+from handoffd.policy import decide as decide
 from handoffd.proto import codec
 from handoffd.proto import messages as m
 from handoffd.proto import transfer as core
@@ -61,8 +68,6 @@ logger = logging.getLogger("handoffd.transfer")
 PURPOSE_MANIFEST = "manifest"
 MAX_NAME_BYTES = 255
 RESERVED_NAMES = frozenset({"manifest.json"})
-MAX_HANDOFF_BYTES = 64 * 1024**3
-DISK_MARGIN = 256 * 1024 * 1024
 CHECKPOINT_EVERY = 1024 * 1024
 READ_BLOCK = 1024 * 1024
 OFFER_TIMEOUT = 30.0
@@ -137,47 +142,6 @@ def check_handoff_id(value: str) -> str:
 def new_handoff_id() -> str:
     """A random 128-bit handoff id."""
     return secrets.token_hex(16)
-
-
-# ---------------------------------------------------------------- policy (pure)
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What the receiver does with an offer: accept ``indexes``, or decline with ``reason``."""
-
-    indexes: tuple[int, ...] = ()
-    reason: str | None = None
-    message: str = ""
-
-
-def decide(
-    manifest: m.Manifest,
-    settings: Settings,
-    *,
-    free_bytes: int,
-    held: int = 0,
-    max_bytes: int = MAX_HANDOFF_BYTES,
-    margin: int = DISK_MARGIN,
-) -> Decision:
-    """The receiver's policy: enabled?, acceptable types, size, disk space (``held`` already on disk)."""
-    if not settings.handoff_enabled:
-        return Decision(reason="handoff-disabled", message="handoffs are disabled on this device")
-    wanted = tuple(i.index for i in manifest.items if settings.accepts(i.type))
-    if manifest.items and not wanted:
-        types = sorted({i.type for i in manifest.items})
-        return Decision(
-            reason="type-not-accepted",
-            message=f"this device accepts none of the offered types: {', '.join(types)}"[:1000],
-        )
-    total = sum(i.size for i in manifest.items if i.index in wanted)
-    if total > max_bytes:
-        return Decision(reason="too-large", message=f"{total} bytes exceed the limit {max_bytes}")
-    if total - held + margin > free_bytes:
-        return Decision(
-            reason="no-disk-space", message=f"{total} bytes do not fit ({free_bytes} free)"
-        )
-    return Decision(indexes=wanted)
 
 
 # ---------------------------------------------------------------- manifests
@@ -844,6 +808,7 @@ async def run_sender(
     resumed_wait: float,
     cancelled: Callable[[], bool] = lambda: False,
     switch: Callable[[], bool] = lambda: False,
+    stall: float = STALL_TIMEOUT,
 ) -> SendReport:
     """One sending exchange: offer, stream, until delivered (then linger for ``resumed``).
 
@@ -853,7 +818,8 @@ async def run_sender(
     peer is told (``cancel``) before the CancelledError goes on. While streaming,
     ``switch()`` is asked at each chunk boundary; True ends this exchange with
     ``PathSwitchError`` so the caller can carry on over a better channel (the receiver
-    keeps what it acknowledged; the next offer resumes from there).
+    keeps what it acknowledged; the next offer resumes from there). A receiver that lets
+    the stream make no progress for ``stall`` seconds ends it (``stalled``, retried).
     """
     loop = asyncio.get_running_loop()
     ex = link.begin(manifest.handoff_id, "sender")
@@ -863,6 +829,7 @@ async def run_sender(
     start_bytes = link.channel.bytes_sent
     delivered_at: float | None = None
     answer_by = loop.time() + OFFER_TIMEOUT
+    watch = StallWatch(loop.time())
     try:
         c.start(loop.time())
         while True:
@@ -908,6 +875,9 @@ async def run_sender(
             now = loop.time()
             if delivered_at is not None and now - delivered_at >= resumed_wait:
                 return report
+            watch.observe((c.state, c.sent_bytes, c.done), now)
+            if c.state == core.State.STREAMING and watch.quiet_for(now) >= stall:
+                raise TransferError(f"no progress for {stall:g} s", code="stalled")
             if c.state == core.State.AWAIT_ANSWER and now > answer_by:
                 raise TransferError("the peer did not answer the offer", code="offer-timeout")
             if not await _step(ex, c, loop.time):
@@ -969,12 +939,16 @@ async def run_receiver(
     hello: m.Hello,
     staging: Staging,
     hooks: ReceiverHooks,
+    stall: float = STALL_TIMEOUT,
+    resumed_wait: float = RESUMED_WAIT_IN,
 ) -> None:
-    """One receiving exchange on ``link``, starting with the peer's hello ``first``."""
+    """One receiving exchange on ``link``, starting with the peer's hello ``first``; it ends
+    after ``stall`` seconds without progress (``stalled``), or ``resumed_wait`` after delivery."""
     loop = asyncio.get_running_loop()
     c = core.ReceiverCore(hello, now=loop.time())
     ex.core = c
     rx = _Receiving(c, ex, staging, hooks, loop.time)
+    watch = StallWatch(loop.time())
     try:
         c.start(loop.time())
         c.receive_bytes(first, loop.time())
@@ -986,6 +960,14 @@ async def run_receiver(
                 return
             if events:
                 continue
+            watch.observe((c.state, c.done), loop.time())
+            if c.state == core.State.DELIVERED:
+                if watch.quiet_for(loop.time()) >= resumed_wait:
+                    return  # the app's resumed, if it comes, goes by notice
+            elif watch.quiet_for(loop.time()) >= stall:
+                for index in list(rx.writers):
+                    await rx.checkpoint(index)  # what arrived is kept for the resume
+                raise TransferError(f"no progress for {stall:g} s", code="stalled")
             if not await _step(ex, c, loop.time):
                 if c.state not in (core.State.DELIVERED, core.State.DECLINED):
                     await hooks.on_failed(ex.handoff_id, "connection-lost", "connection lost")

@@ -479,8 +479,12 @@ SCHEMAS: dict[str, Any] = {
             "server_connected": _BOOL,
             "refused": {
                 "type": "array",
-                "description": "the last connections this device refused, newest last",
-                "items": _obj({"at": _NUM, "code": _STR, "path": _STR}, ["at", "code", "path"]),
+                "description": "the last connections this device refused, newest last "
+                "(coalesced per path and code: count, the newest at)",
+                "items": _obj(
+                    {"at": _NUM, "code": _STR, "path": _STR, "count": {"type": "integer"}},
+                    ["at", "code", "path"],
+                ),
             },
             "version": _STR,
             "pid": {"type": "integer"},

@@ -16,8 +16,8 @@ from aiohttp import web
 
 from handoffd import __version__, identity
 from handoffd.errors import IdentityError, ServerError
-from handoffd.server import auth, pairing
-from handoffd.server.app import CONFIG, HUB, JOIN_LIMITER, STORE, VERIFIER
+from handoffd.server import auth, pairing, ratelimit
+from handoffd.server.app import CONFIG, HUB, JOIN_LIMITER, STORE, VERIFIER, error_response
 from handoffd.server.store import Device, Issued
 
 logger = logging.getLogger("handoffd.server.api")
@@ -149,12 +149,32 @@ async def info(request: web.Request) -> web.Response:
 
 async def join(request: web.Request) -> web.Response:
     """``POST /v1/join``: ``{token | code, csr, name, platform}`` → certificates."""
-    client = request.remote or "unknown"
+    client = ratelimit.client_address(request)
+    key = ratelimit.limit_key(client)
     limiter = request.app[JOIN_LIMITER]
-    if not limiter.peek(client, _now(request)):
+    # The token is taken before the work and given back on success: concurrent guesses
+    # cannot all pass a check made before any of them is counted (issue #16).
+    if not limiter.take(key, _now(request)):
         raise ServerError(
             "too many failed join attempts; wait a minute", code="rate-limited", status=429
         )
+    counted = False
+    try:
+        issued = await _join(request)
+    except ServerError as exc:
+        counted = exc.code in _INVITE_FAILURES
+        logger.info("join refused code=%s client=%s", exc.code, client)
+        raise
+    finally:
+        if not counted:
+            limiter.refund(key, _now(request))
+    logger.info(
+        "device joined account=%s device=%s client=%s", issued.account_id, issued.device_id, client
+    )
+    return json_response(_issued_json(issued), status=201)
+
+
+async def _join(request: web.Request) -> Issued:
     data = await read_json(request)
     token = _str_field(data, "token", max_len=256, required=False)
     code = _str_field(data, "code", max_len=64, required=False)
@@ -163,24 +183,14 @@ async def join(request: web.Request) -> web.Response:
     platform = data.get("platform")
     if not isinstance(name, str) or not isinstance(platform, str):
         raise _bad("fields 'name' and 'platform' must be strings")
-    try:
-        issued = await asyncio.to_thread(
-            request.app[STORE].join,
-            token=token,
-            code=code,
-            csr_pem=(csr or "").encode("utf-8"),
-            name=name,
-            platform=platform,
-        )
-    except ServerError as exc:
-        if exc.code in _INVITE_FAILURES:
-            limiter.allow(client, _now(request))
-        logger.info("join refused code=%s client=%s", exc.code, client)
-        raise
-    logger.info(
-        "device joined account=%s device=%s client=%s", issued.account_id, issued.device_id, client
+    return await asyncio.to_thread(
+        request.app[STORE].join,
+        token=token,
+        code=code,
+        csr_pem=(csr or "").encode("utf-8"),
+        name=name,
+        platform=platform,
     )
-    return json_response(_issued_json(issued), status=201)
 
 
 async def create_invite(request: web.Request) -> web.Response:
@@ -192,6 +202,16 @@ async def create_invite(request: web.Request) -> web.Response:
         raise ServerError(
             "a device can only invite to its own account", code="account-mismatch", status=403
         )
+    retry = request.app[ratelimit.INVITE_LIMITS].take(
+        device.account_id, device.device_id, _now(request)
+    )
+    if retry:
+        logger.info("invite rate-limited account=%s by=%s", device.account_id, device.device_id)
+        response = error_response(
+            429, "invite-rate-limited", "too many invites made; wait, then try again"
+        )
+        response.headers["Retry-After"] = str(retry)
+        return response
     config = request.app[CONFIG]
     invite = await asyncio.to_thread(
         request.app[STORE].create_invite,
@@ -297,6 +317,7 @@ async def ice_servers(request: web.Request) -> web.Response:
 
 def setup_api(app: web.Application) -> None:
     """Add the ``/v1`` routes (the WebSocket route is added by the hub)."""
+    app[ratelimit.INVITE_LIMITS] = ratelimit.InviteLimits(per_minute=app[CONFIG].invites_per_minute)
     app.router.add_get("/v1/info", info)
     app.router.add_post("/v1/join", join)
     app.router.add_post("/v1/invites", create_invite)

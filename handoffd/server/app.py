@@ -28,6 +28,7 @@ from handoffd.server.auth import RequestVerifier
 from handoffd.server.hub import Hub
 from handoffd.server.ice import IceConfig
 from handoffd.server.pairing import INVITE_TTL, RateLimiter
+from handoffd.server.ratelimit import TRUSTED_PROXIES, TrustedProxies
 from handoffd.server.relay import RelayConfig, setup_relay
 from handoffd.server.store import Store
 
@@ -61,6 +62,9 @@ class ServerConfig:
     join_failure_burst: int = 10
     max_body: int = MAX_BODY
     revocation_poll: float = 1.0
+    trusted_proxies: tuple[str, ...] = ()  # reverse proxies whose X-Forwarded-For is believed
+    login_name_per_minute: float = 5.0  # web logins per account name (burst 5)
+    invites_per_minute: float = 6.0  # invites made per device/web session and per account
     clock: Callable[[], float] = field(default=time.time)
     relay: RelayConfig = field(default_factory=RelayConfig.from_env)  # relay limits
     ice: IceConfig = field(default_factory=IceConfig)  # STUN/TURN servers for /v1/ice
@@ -164,6 +168,7 @@ def make_app(
     app[CONFIG] = config
     app[HUB] = hub
     app[VERIFIER] = RequestVerifier()
+    app[TRUSTED_PROXIES] = TrustedProxies.parse(config.trusted_proxies)
     app[JOIN_LIMITER] = RateLimiter(
         per_minute=config.join_failures_per_minute, burst=config.join_failure_burst
     )

@@ -1,4 +1,6 @@
-"""Device request signatures, WebSocket challenge signatures, replay protection, passwords.
+"""Device request signatures, WebSocket challenge signatures, replay protection.
+
+Account passwords are in ``passwords.py``.
 
 Pure (no I/O, no clock reads: callers pass ``now``); the daemon's client imports
 the signing half, the server the verifying half.
@@ -23,13 +25,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import hmac
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from handoffd import identity
 from handoffd.envelope import ReplayCache
@@ -44,7 +44,6 @@ H_SIGNATURE = "X-Handoff-Signature"
 REQUEST_WINDOW = 60.0
 NONCE_LEN = 16
 WS_NONCE_LEN = 32
-MAX_PASSWORD = 1024
 
 
 def b64e(data: bytes) -> str:
@@ -194,60 +193,3 @@ def verify_ws_answer(
         identity.verify_signature(public_key, WS_PURPOSE, ws_auth_bytes(challenge, device_id), sig)
     except (ValueError, HandoffError):
         raise _auth_error("challenge signature does not verify", "auth-invalid") from None
-
-
-# ---------------------------------------------------------------- passwords (Argon2id)
-
-# RFC 9106's second recommended option: t=3, p=4, m=64 MiB.
-ARGON2_ITERATIONS = 3
-ARGON2_LANES = 4
-ARGON2_MEMORY_KIB = 64 * 1024
-_ARGON2_LEN = 32
-_SALT_LEN = 16
-
-
-def _argon2(salt: bytes, iterations: int, lanes: int, memory: int) -> Argon2id:
-    return Argon2id(
-        salt=salt, length=_ARGON2_LEN, iterations=iterations, lanes=lanes, memory_cost=memory
-    )
-
-
-def hash_password(password: str) -> str:
-    """Argon2id hash in PHC string form (``$argon2id$v=19$m=..,t=..,p=..$salt$hash``)."""
-    if not password or len(password) > MAX_PASSWORD:
-        raise ValueError("password must be 1..1024 characters")
-    salt = secrets.token_bytes(_SALT_LEN)
-    digest = _argon2(salt, ARGON2_ITERATIONS, ARGON2_LANES, ARGON2_MEMORY_KIB).derive(
-        password.encode("utf-8")
-    )
-    params = f"m={ARGON2_MEMORY_KIB},t={ARGON2_ITERATIONS},p={ARGON2_LANES}"
-    return f"$argon2id$v=19${params}${_phc_b64(salt)}${_phc_b64(digest)}"
-
-
-def _phc_b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii").rstrip("=")
-
-
-def _phc_unb64(text: str) -> bytes:
-    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-
-
-def check_password(password: str, encoded: str) -> bool:
-    """True if ``password`` matches the PHC-encoded Argon2id hash (constant-time compare)."""
-    if not password or len(password) > MAX_PASSWORD:
-        return False
-    parts = encoded.split("$")
-    if len(parts) != 6 or parts[1] != "argon2id" or parts[2] != "v=19":
-        return False
-    try:
-        params = dict(p.split("=", 1) for p in parts[3].split(","))
-        memory, iterations, lanes = int(params["m"]), int(params["t"]), int(params["p"])
-        salt, digest = _phc_unb64(parts[4]), _phc_unb64(parts[5])
-    except (ValueError, KeyError, binascii.Error):
-        return False
-    if not (8 <= memory <= 4 * 1024 * 1024 and 1 <= iterations <= 64 and 1 <= lanes <= 64):
-        return False
-    candidate = Argon2id(
-        salt=salt, length=len(digest), iterations=iterations, lanes=lanes, memory_cost=memory
-    ).derive(password.encode("utf-8"))
-    return hmac.compare_digest(candidate, digest)

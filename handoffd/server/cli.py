@@ -33,6 +33,7 @@ from handoffd.errors import ConfigError, HandoffError
 from handoffd.server import listener, pairing, scaleopts, tlscert
 from handoffd.server.app import HUB, ServerConfig, make_app
 from handoffd.server.ice import DEFAULT_TTL, IceConfig, read_secret_file
+from handoffd.server.ratelimit import TrustedProxies
 from handoffd.server.relay import RelayConfig
 from handoffd.server.store import Store
 
@@ -123,6 +124,7 @@ async def serve(args: argparse.Namespace) -> int:
     data_dir: Path = args.data
     host, port = parse_listen(args.listen)
     ice = ice_config(args)  # before anything is created: a bad option changes nothing
+    TrustedProxies.parse(args.trusted_proxy)
     relay = relay_config(args)
     bus = scaleopts.bus_url(args.bus)
     listen = listener.from_args(args)
@@ -149,6 +151,9 @@ async def serve(args: argparse.Namespace) -> int:
             invite_ttl=args.invite_ttl,
             join_failures_per_minute=args.join_failures_per_minute,
             join_failure_burst=max(1, int(args.join_failures_per_minute)),
+            trusted_proxies=tuple(args.trusted_proxy),
+            login_name_per_minute=args.login_name_per_minute,
+            invites_per_minute=args.invites_per_minute,
             ice=ice,
             relay=relay,
             bus=bus,
@@ -355,6 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--public-url", default=None, help="URL devices use to reach the server")
     scaleopts.add_serve_options(p)
     p.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="reverse proxy (address or network) whose X-Forwarded-For is believed (repeatable)",
+    )
+    p.add_argument(
         "--stun",
         action="append",
         default=[],
@@ -413,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     listener.add_arguments(p)
     p.add_argument("--invite-ttl", type=float, default=pairing.INVITE_TTL, help=argparse.SUPPRESS)
     p.add_argument("--join-failures-per-minute", type=float, default=10.0, help=argparse.SUPPRESS)
+    p.add_argument("--login-name-per-minute", type=float, default=5.0, help=argparse.SUPPRESS)
+    p.add_argument("--invites-per-minute", type=float, default=6.0, help=argparse.SUPPRESS)
 
     sub.add_parser("migrate", parents=[common], help="create or upgrade the schema, then exit")
 

@@ -1,4 +1,4 @@
-"""Pairing invites: tokens, short codes, the invite URL and its parser, QR codes, rate limits.
+"""Pairing invites: tokens, short codes, the invite URL and its parser, QR codes.
 
 Pure except for randomness; no clock reads (callers pass ``now``).
 
@@ -20,13 +20,13 @@ import io
 import re
 import secrets
 import urllib.parse
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TextIO
 
 import segno
 
 from handoffd.errors import HandoffError
+from handoffd.server.ratelimit import RateLimiter as RateLimiter  # re-export: it lived here
 
 INVITE_TTL = 600.0
 MAX_FAILURES = 5
@@ -216,34 +216,3 @@ def present(
     return InviteView(
         url=url, code=format_code(invite_secrets.code), expires_at=expires_at, qr_svg=qr_svg(url)
     )
-
-
-class RateLimiter:
-    """Token buckets per key (a client address): ``burst`` at once, ``per_minute`` sustained.
-
-    Bounded: the least recently used keys are forgotten past ``max_keys``.
-    """
-
-    def __init__(self, *, per_minute: float, burst: int, max_keys: int = 10_000) -> None:
-        self._rate = per_minute / 60.0
-        self._burst = float(burst)
-        self._max_keys = max_keys
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def _tokens(self, key: str, now: float) -> float:
-        tokens, stamp = self._buckets.get(key, (self._burst, now))
-        return min(self._burst, tokens + max(0.0, now - stamp) * self._rate)
-
-    def peek(self, key: str, now: float) -> bool:
-        """True if ``key`` has a token left (nothing is taken)."""
-        return self._tokens(key, now) >= 1.0
-
-    def allow(self, key: str, now: float) -> bool:
-        """Take one token for ``key``; False when the bucket is empty."""
-        tokens = self._tokens(key, now)
-        self._buckets.pop(key, None)
-        allowed = tokens >= 1.0
-        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
-        while len(self._buckets) > self._max_keys:
-            self._buckets.popitem(last=False)
-        return allowed

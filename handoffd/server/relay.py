@@ -44,9 +44,9 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from handoffd.errors import ServerError
-from handoffd.server import auth
+from handoffd.server import auth, ratelimit
 from handoffd.server.hub import Hub, _Conn, _FrameError
-from handoffd.server.pairing import RateLimiter
+from handoffd.server.ratelimit import RateLimiter
 from handoffd.server.relaybus import pipe_elsewhere, verify_side
 
 logger = logging.getLogger("handoffd.server.relay")
@@ -334,9 +334,11 @@ class RelayHub:
         hub = self._hub
         if hub.closing:
             raise ServerError("server is shutting down", code="shutting-down", status=503)
-        client = request.remote or "unknown"
+        client = ratelimit.client_address(request)
+        key = ratelimit.limit_key(client)
         loop = asyncio.get_running_loop()
-        if not self._join_failures.peek(client, loop.time()):
+        # Taken before the work (a failed device auth counts too), given back once joined.
+        if not self._join_failures.take(key, loop.time()):
             raise ServerError("too many failed relay joins; wait", code="rate-limited", status=429)
         ws = web.WebSocketResponse(
             heartbeat=None,
@@ -356,7 +358,6 @@ class RelayHub:
             try:
                 session, role = self._join(device.device_id, device.account_id, data)
             except ServerError as exc:
-                self._join_failures.allow(client, loop.time())
                 logger.info(
                     "relay join refused code=%s device=%s client=%s",
                     exc.code,
@@ -366,6 +367,7 @@ class RelayHub:
                 await self._send_end(ws, exc.code, exc.message)
                 await self._close(ws, CLOSE_REFUSED, exc.code)
                 return ws
+            self._join_failures.refund(key, loop.time())
             await self._serve(session, role, ws)
         finally:
             if task is not None:

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from handoffd import identity
 from handoffd.errors import HandoffError, IdentityError, ServerError, StoreError
-from handoffd.server import auth, pairing, storedb
+from handoffd.server import invite_limits, pairing, passwords, storedb
 from handoffd.server.storedb import DB_FILE as DB_FILE
 from handoffd.server.storedb import Conn
 
@@ -191,10 +191,6 @@ class _CodeMismatchError(Exception):
         self.invite_id = invite_id
 
 
-# A fixed hash so unknown accounts cost a login as much as known ones.
-_DUMMY_HASH: str | None = None
-
-
 class Store:
     """The server's database (see the module docstring)."""
 
@@ -271,7 +267,7 @@ class Store:
     def create_account(self, name: str, password: str | None = None) -> Account:
         """A new account with its CA and first CRL (number 1); password hashed with Argon2id."""
         name = check_account_name(name)
-        password_hash = auth.hash_password(password) if password is not None else None
+        password_hash = passwords.hash_password(password) if password is not None else None
         now = self._clock()
         account_id = identity.new_account_id()
         ca = identity.create_account_ca(account_id, now=_utc(now))
@@ -331,7 +327,7 @@ class Store:
 
     def set_password(self, account_id: str, password: str) -> None:
         """Replace the account's password (Argon2id)."""
-        password_hash = auth.hash_password(password)
+        password_hash = passwords.hash_password(password)
         with self._tx() as db:
             cur = db.execute(
                 "UPDATE accounts SET password_hash = ? WHERE id = ?", (password_hash, account_id)
@@ -339,21 +335,23 @@ class Store:
             if cur.rowcount != 1:
                 raise _refuse("no such account", "account-unknown", 404)
 
-    def check_login(self, name: str, password: str) -> Account | None:
-        """The account if ``password`` is right for ``name``; None otherwise (same cost either way)."""
-        global _DUMMY_HASH
+    def login_record(self, name: str) -> tuple[str, str | None] | None:
+        """(account id, password hash or None) for the account ``name``, if any (no hashing here)."""
         with self._read() as db:
             row = db.execute(
                 "SELECT id, password_hash FROM accounts WHERE name = ?", (name,)
             ).fetchone()
-        if row is None or row[1] is None:
-            if _DUMMY_HASH is None:
-                _DUMMY_HASH = auth.hash_password("handoff-dummy-password")
-            auth.check_password(password, _DUMMY_HASH)
+        return None if row is None else (str(row[0]), None if row[1] is None else str(row[1]))
+
+    def check_login(self, name: str, password: str) -> Account | None:
+        """The account if ``password`` is right for ``name``; None otherwise (same cost either way).
+
+        Hashes in the calling thread: the server checks through ``passwords.PasswordChecker``.
+        """
+        record = self.login_record(name)
+        if not passwords.check_or_dummy(password, None if record is None else record[1]):
             return None
-        if not auth.check_password(password, row[1]):
-            return None
-        return self.get_account(row[0])
+        return None if record is None else self.get_account(record[0])
 
     def _load_ca(self, db: Conn, account_id: str) -> identity.AccountCA:
         row = db.execute(
@@ -418,6 +416,8 @@ class Store:
         with self._tx() as db:
             if db.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone() is None:
                 raise _refuse("no such account", "account-unknown", 404)
+            invite_limits.purge_expired(db, now)
+            invite_limits.check_live(db, account_id, now)
             for _ in range(_LOCATOR_TRIES):
                 invite_secrets = pairing.new_secrets()
                 clash = db.execute(

@@ -4,7 +4,9 @@ No JavaScript. Sessions are random 256-bit ids held server-side (a restart logs
 everyone out); the cookie is HttpOnly, SameSite=Strict, Secure under HTTPS.
 Every form carries a CSRF token: the session's synchronizer token, or for the
 login form a token bound by HMAC to a pre-login cookie. Logins are rate-limited
-per client address and per account name. Every value shown is HTML-escaped.
+per client address (IPv6 by /64) and per account name; passwords are checked on
+a small executor of their own (``passwords.PasswordChecker``), 503 when it is
+full. Every value shown is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ import segno
 from aiohttp import web
 
 from handoffd import identity
-from handoffd.errors import HandoffError
-from handoffd.server import pairing
+from handoffd.errors import HandoffError, ServerError
+from handoffd.server import pairing, ratelimit
 from handoffd.server.app import HUB
-from handoffd.server.store import Device, Store
+from handoffd.server.passwords import BUSY_RETRY_AFTER, PasswordChecker
+from handoffd.server.ratelimit import RateLimiter
+from handoffd.server.store import Device, Store, check_account_name
 
 logger = logging.getLogger("handoffd.server.web")
 
@@ -76,11 +80,14 @@ class _Session:
 class WebState:
     """Login sessions, the login-form secret and login rate limits (in memory, bounded)."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.time, *, name_per_minute: float = 5.0
+    ) -> None:
         self.clock = clock
         self.sessions: OrderedDict[str, _Session] = OrderedDict()
-        self.by_ip = pairing.RateLimiter(per_minute=10, burst=10)
-        self.by_name = pairing.RateLimiter(per_minute=5, burst=5)
+        self.by_ip = RateLimiter(per_minute=10, burst=10)
+        self.by_name = RateLimiter(per_minute=name_per_minute, burst=5)
+        self.passwords = PasswordChecker()
         self._login_key = secrets.token_bytes(32)
 
     def new(self, account_id: str) -> tuple[str, _Session]:
@@ -166,7 +173,15 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 
 def _client(request: web.Request) -> str:
-    return request.remote or "?"
+    return ratelimit.client_address(request)
+
+
+def _name_key(name: str) -> str | None:
+    """The per-account limit's key, or None for a name no account can have (no bucket then)."""
+    try:
+        return check_account_name(name).lower()
+    except ServerError:
+        return None
 
 
 def _session(request: web.Request) -> _Session | None:
@@ -206,7 +221,14 @@ def setup_web(app: web.Application, store: Store, config: object) -> None:
     """Add the web pages (``/``, ``/login``, ``/logout``, ``/devices``, ``/add-device``) to ``app``."""
     clock: Callable[[], float] = getattr(config, "clock", time.time)
     invite_ttl = float(getattr(config, "invite_ttl", pairing.INVITE_TTL))
-    app[WEB] = WebState(clock)
+    app[WEB] = WebState(clock, name_per_minute=float(getattr(config, "login_name_per_minute", 5.0)))
+    if ratelimit.INVITE_LIMITS not in app:
+        app[ratelimit.INVITE_LIMITS] = ratelimit.InviteLimits()
+
+    async def close_checker(app: web.Application) -> None:
+        app[WEB].passwords.close()
+
+    app.on_cleanup.append(close_checker)
     app.on_response_prepare.append(_security_headers)
 
     def public_url(request: web.Request) -> str:
@@ -251,14 +273,33 @@ def setup_web(app: web.Application, store: Store, config: object) -> None:
         if not state.check_login_token(request.cookies.get(LOGIN_COOKIE), form.get("csrf", "")):
             raise _forbidden()
         name, password = form.get("account", "")[:MAX_NAME], form.get("password", "")[:MAX_PASSWORD]
-        # Both buckets are charged on every attempt, so one cannot be drained through the other.
-        by_ip, by_name = state.by_ip.allow(_client(request), now), state.by_name.allow(name, now)
-        if not (by_ip and by_name):
+        # The address pays first: a refused address creates no per-account bucket, so junk
+        # names cannot push a victim's bucket out (and buckets below full are never evicted).
+        name_key = _name_key(name)
+        if not state.by_ip.take(ratelimit.client_key(request), now) or (
+            name_key is not None and not state.by_name.take(name_key, now)
+        ):
             logger.warning("login rate-limited", extra={"client": _client(request)})
             return login_page(
                 request, "Too many login attempts. Wait a minute, then try again.", 429, name
             )
-        account = await asyncio.to_thread(store.check_login, name, password)
+        account = None
+        if name_key is not None:
+            record = await asyncio.to_thread(store.login_record, name)
+            try:
+                ok = await state.passwords.check(password, None if record is None else record[1])
+            except ServerError as exc:
+                if exc.code != "login-busy":
+                    raise
+                state.by_name.refund(name_key, now)
+                logger.warning("login busy", extra={"client": _client(request)})
+                page = login_page(
+                    request, "The server is busy. Wait a few seconds, then try again.", 503, name
+                )
+                page.headers["Retry-After"] = str(BUSY_RETRY_AFTER)
+                return page
+            if ok and record is not None:
+                account = await asyncio.to_thread(store.get_account, record[0])
         if account is None:
             logger.info("login failed", extra={"client": _client(request)})
             return login_page(request, "Wrong account name or password.", 401, name)
@@ -362,6 +403,15 @@ def setup_web(app: web.Application, store: Store, config: object) -> None:
 
     async def add_device(request: web.Request) -> web.StreamResponse:
         session = _require(request)
+        limits = request.app[ratelimit.INVITE_LIMITS]
+        retry = limits.take(session.account_id, f"web:{session.csrf}", clock())
+        if retry:
+            logger.info("invite rate-limited from the web", extra={"account": session.account_id})
+            page = _error_page(
+                session, "Too many invites made. Wait a minute, then try again.", 429
+            )
+            page.headers["Retry-After"] = str(retry)
+            return page
         invite = await asyncio.to_thread(
             lambda: store.create_invite(session.account_id, created_by="web", ttl=invite_ttl)
         )

@@ -1,25 +1,30 @@
-"""LAN signaling over TLS 1.3 on TCP: one offer envelope in, one answer envelope (or an error) out.
+"""LAN signaling over TLS 1.3 on TCP (v2): hello, proof, then one offer in and one answer out.
 
 The TCP connection is wrapped in TLS 1.3 (``ssl`` only) before any frame: the
 server uses an ephemeral self-signed Ed25519 certificate made when it starts
 (nothing in it names the device or the account), and the client does not
-verify it. Authentication stays in the signed envelopes, end to end; TLS here
-only keeps passive LAN observers from reading them (they carry both device
-certificates, hence who talks to whom). An active attacker in the middle gains
-nothing it could not get by asking: it can read the offer, but cannot forge,
-alter or replay an envelope, and the DTLS fingerprints are signed.
+verify it as such. Instead the listener proves, before the caller sends
+anything that names it, that it is the device the caller means to reach
+(``handoffd.transport.sigauth``): the caller's hello shows account membership
+(an HMAC keyed by the account CA's public key, bound to the TLS certificate),
+the listener answers with a proof envelope signed by its device key and bound
+to the same TLS certificate. A copied mDNS advertisement or any other impostor
+gets no offer, hence neither the caller's certificate nor its ids, and its
+error frames are not believed: an error before a valid proof is a transient
+``signaling-refused``; only after it is a refusal the peer's own
+(``PeerRefusedError``).
 
 Wire (inside TLS): each frame is a 4-byte big-endian length N (1 <= N <=
-MAX_FRAME), then N bytes: a kind byte (1 offer, 2 answer, 3 error) and the
-body. An offer/answer body is a signed envelope (``handoffd.envelope``),
-verified by the WebRTC layer, not here; an error body is msgpack ``{"code":
-str, "message": str}``. A connection carries exactly one exchange: the caller
-sends an offer, the callee answers or sends an error, and closes. Anything
-else gets an error frame and the connection closed; the server keeps serving.
+MAX_FRAME), then N bytes: a kind byte (1 offer, 2 answer, 3 error, 4 hello,
+5 proof) and the body. An offer/answer body is a signed envelope
+(``handoffd.envelope``), verified by the WebRTC layer, not here; an error body
+is msgpack ``{"code": str, "message": str}``. A connection carries exactly one
+exchange: hello, proof, offer, then an answer or an error, and the callee
+closes. Anything else gets an error frame and the connection closed; the
+server keeps serving.
 
-The frame codec is local to this module (``handoffd.proto.framing`` did not
-exist yet when it was written); ``handoffd.peering`` reuses it for signals
-relayed through the server.
+The frame codec is ``handoffd.transport.sigframes`` (re-exported here);
+``handoffd.peering`` reuses it for signals relayed through the server.
 """
 
 from __future__ import annotations
@@ -28,12 +33,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import re
 import ssl
-import struct
+import time
 from collections.abc import Awaitable, Callable
 
-import msgpack
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -41,17 +44,23 @@ from cryptography.x509.oid import NameOID
 
 from handoffd import netguard
 from handoffd.errors import HandoffError, TransportError
-from handoffd.transport import tlskey
-from handoffd.transport.base import PeerRefusedError
+from handoffd.transport import sigauth, tlskey
+from handoffd.transport.base import LocalIdentity, PeerRefusedError
+from handoffd.transport.sigframes import KIND_ANSWER as KIND_ANSWER
+from handoffd.transport.sigframes import KIND_ERROR as KIND_ERROR
+from handoffd.transport.sigframes import KIND_HELLO as KIND_HELLO
+from handoffd.transport.sigframes import KIND_OFFER as KIND_OFFER
+from handoffd.transport.sigframes import KIND_PROOF as KIND_PROOF
+from handoffd.transport.sigframes import MAX_FRAME as MAX_FRAME
+from handoffd.transport.sigframes import FrameError as FrameError
+from handoffd.transport.sigframes import decode_error as decode_error
+from handoffd.transport.sigframes import encode_error as encode_error
+from handoffd.transport.sigframes import encode_frame as encode_frame
+from handoffd.transport.sigframes import read_frame as read_frame
 
 log = logging.getLogger("handoffd.transport")
 
-MAX_FRAME = 256 * 1024 + 1
-KIND_OFFER = 1
-KIND_ANSWER = 2
-KIND_ERROR = 3
-MAX_ERROR_MESSAGE = 200
-READ_TIMEOUT = 5.0  # TLS up to the offer read: a caller has its offer ready before connecting
+READ_TIMEOUT = 5.0  # TLS up to each read before the offer: a caller has its frames ready
 HANDSHAKE_TIMEOUT = 5.0
 ANSWER_TIMEOUT = 20.0
 WRITE_TIMEOUT = 10.0
@@ -60,27 +69,26 @@ MAX_CONNECTIONS = 64  # exchanges at once; more get "busy"
 # neighbour holds at most MAX_PER_ADDRESS, and descriptors stay bounded by MAX_OPEN.
 MAX_PER_ADDRESS = 4
 MAX_OPEN = 128
-_HEADER = struct.Struct("!I")
-_CODE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
 OnOffer = Callable[[bytes], Awaitable[bytes]]
 """Given an offer envelope, return the answer envelope or raise HandoffError (its code is sent)."""
-
-
-class FrameError(TransportError):
-    """A signaling frame broke the wire rules; ``code`` says how."""
-
-    default_code = "signaling-protocol"
+Identity = Callable[[], LocalIdentity]
+"""The listener's current device identity; raises HandoffError (e.g. not-paired) if it has none."""
 
 
 # ---------------------------------------------------------------- TLS
 
 
 def server_context() -> ssl.SSLContext:
-    """A TLS 1.3 server context with a fresh ephemeral self-signed Ed25519 certificate.
+    """A TLS 1.3 server context with a fresh ephemeral self-signed Ed25519 certificate."""
+    return server_tls()[0]
 
-    The certificate names nothing (``CN=handoff-signaling``, random serial) and is
-    never verified by clients: it exists because TLS needs one.
+
+def server_tls() -> tuple[ssl.SSLContext, bytes]:
+    """``server_context()`` and its certificate (DER), which the listener's proofs name.
+
+    The certificate names nothing (``CN=handoff-signaling``, random serial); clients
+    do not verify it, they check that the device's signed proof names it.
     """
     key = Ed25519PrivateKey.generate()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "handoff-signaling")])
@@ -101,74 +109,16 @@ def server_context() -> ssl.SSLContext:
     tlskey.load_chain(
         ctx, cert.public_bytes(serialization.Encoding.PEM), key, label="handoff-signaling-tls"
     )
-    return ctx
+    return ctx, cert.public_bytes(serialization.Encoding.DER)
 
 
 def client_context() -> ssl.SSLContext:
-    """A TLS 1.3 client context that does not verify the server (see the module docstring)."""
+    """A TLS 1.3 client context that does not verify the server (the proof does: module docstring)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # the envelopes authenticate; TLS only hides them
     return ctx
-
-
-# ---------------------------------------------------------------- frames
-
-
-def encode_frame(kind: int, body: bytes) -> bytes:
-    """One frame: length, kind, body."""
-    if len(body) + 1 > MAX_FRAME:
-        raise FrameError("signaling frame is too large", code="frame-too-large")
-    return _HEADER.pack(len(body) + 1) + bytes([kind]) + body
-
-
-def encode_error(code: str, message: str) -> bytes:
-    """An error frame with a kebab-case code and a short printable message."""
-    if not _CODE.fullmatch(code) or len(code) > 64:
-        code = "error"
-    message = "".join(c if c.isprintable() else "?" for c in message[:MAX_ERROR_MESSAGE])
-    body = msgpack.packb({"code": code, "message": message}, use_bin_type=True)
-    return encode_frame(KIND_ERROR, body)
-
-
-def decode_error(body: bytes) -> tuple[str, str]:
-    """Strictly decode an error body into (code, message)."""
-    try:
-        value = msgpack.unpackb(
-            body,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=1024,
-            max_bin_len=0,
-            max_array_len=0,
-            max_map_len=2,
-            max_ext_len=0,
-        )
-    except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException) as exc:
-        raise FrameError("error frame is not valid msgpack") from exc
-    if not isinstance(value, dict) or set(value) != {"code", "message"}:
-        raise FrameError("error frame has the wrong fields")
-    code, message = value["code"], value["message"]
-    if not isinstance(code, str) or not isinstance(message, str) or not _CODE.fullmatch(code):
-        raise FrameError("error frame has a bad code or message")
-    if len(code) > 64 or len(message) > MAX_ERROR_MESSAGE or not message.isprintable():
-        raise FrameError("error frame has a bad code or message")
-    return code, message
-
-
-async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """Read one frame (bounded); raise FrameError, or IncompleteReadError at EOF."""
-    (length,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-    if length == 0:
-        raise FrameError("empty signaling frame", code="frame-malformed")
-    if length > MAX_FRAME:
-        raise FrameError("signaling frame is too large", code="frame-too-large")
-    data = await reader.readexactly(length)
-    kind = data[0]
-    if kind not in (KIND_OFFER, KIND_ANSWER, KIND_ERROR):
-        raise FrameError("unknown signaling frame kind", code="frame-malformed")
-    return kind, data[1:]
 
 
 async def _finish(writer: asyncio.StreamWriter) -> None:
@@ -178,7 +128,7 @@ async def _finish(writer: asyncio.StreamWriter) -> None:
 
 
 class SignalingServer:
-    """Answers WebRTC offers on a TCP port; one exchange per connection."""
+    """Answers WebRTC offers on a TCP port; one exchange per connection, after proving ``local``."""
 
     def __init__(
         self,
@@ -186,6 +136,7 @@ class SignalingServer:
         port: int,
         on_offer: OnOffer,
         *,
+        local: Identity,
         read_timeout: float = READ_TIMEOUT,
         answer_timeout: float = ANSWER_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
@@ -196,6 +147,7 @@ class SignalingServer:
         self._host = host
         self._port = port
         self._on_offer = on_offer
+        self._local = local
         self._read_timeout = read_timeout
         self._answer_timeout = answer_timeout
         self._max_connections = max_connections
@@ -208,6 +160,7 @@ class SignalingServer:
         self._handlers: set[asyncio.Task[None]] = set()
         self._closed = False
         self._tls: ssl.SSLContext | None = None
+        self._tls_der = b""
 
     @property
     def port(self) -> int:
@@ -221,7 +174,7 @@ class SignalingServer:
         if self._server is not None or self._closed:
             raise TransportError("signaling server already started", code="already-started")
         if self._tls is None:
-            self._tls = server_context()  # ephemeral: a new certificate every start
+            self._tls, self._tls_der = server_tls()  # ephemeral: a new certificate every start
         try:
             # Connections past the guard's caps are reset at accept; a peer that does not
             # complete the handshake in time is dropped by asyncio (logged at debug level
@@ -270,7 +223,7 @@ class SignalingServer:
             if len(self._handlers) > self._max_connections:
                 await self._send(writer, encode_error("busy", "too many signaling connections"))
                 return
-            frame = await self._exchange(reader)
+            frame = await self._exchange(reader, writer)
             await self._send(writer, frame)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -278,8 +231,27 @@ class SignalingServer:
             self._handlers.discard(task)
             await _finish(writer)
 
-    async def _exchange(self, reader: asyncio.StreamReader) -> bytes:
-        """Read the offer and produce the reply frame (an answer or an error)."""
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        """Hello, proof, offer; produce the reply frame (an answer or an error)."""
+        try:
+            kind, body = await asyncio.wait_for(read_frame(reader), self._read_timeout)
+        except TimeoutError:
+            return encode_error("timeout", "no hello received in time")
+        except FrameError as exc:
+            log.info("bad signaling frame: %s", exc.code)
+            return encode_error(exc.code, exc.message)
+        if kind == KIND_OFFER:  # a v1 caller: it would send its certificate to anyone
+            return encode_error("signaling-version", "signaling v2: send a hello first")
+        if kind != KIND_HELLO:
+            return encode_error("unexpected-frame", "expected a hello")
+        try:
+            local = self._local()
+            nonce = sigauth.check_hello(body, local.current_trust(), self._tls_der)
+            proof = sigauth.make_proof(local, nonce, self._tls_der, now=time.time())
+        except HandoffError as exc:
+            log.info("signaling hello refused code=%s", exc.code)
+            return encode_error(exc.code, exc.message)
+        await self._send(writer, encode_frame(KIND_PROOF, proof))
         try:
             kind, body = await asyncio.wait_for(read_frame(reader), self._read_timeout)
         except TimeoutError:
@@ -319,20 +291,41 @@ async def send_offer(
     port: int,
     envelope: bytes,
     *,
+    local: LocalIdentity,
+    peer_device_id: str,
     timeout: float,  # noqa: ASYNC109 - one budget for the whole exchange
 ) -> bytes:
-    """Send an offer envelope over TLS; return the answer envelope.
+    """Send an offer envelope to ``peer_device_id`` over TLS once it proved itself; the answer.
 
-    Raises PeerRefusedError (the callee sent an error frame, ``peer_code``) or
-    TransportError (signaling-unreachable, signaling-tls, signaling-timeout,
-    signaling-closed, signaling-protocol). ``timeout`` bounds everything: connect,
-    TLS handshake, offer and answer.
+    Raises PeerRefusedError (the proven callee sent an error frame, ``peer_code``:
+    authenticated) or TransportError: signaling-unreachable, signaling-tls,
+    signaling-timeout, signaling-closed, signaling-protocol,
+    signaling-unauthenticated (no valid proof from that device: the offer was not
+    sent), signaling-refused (an error frame before the proof: unauthenticated,
+    so transient, and its text is not kept). ``timeout`` bounds everything.
     """
     try:
         async with asyncio.timeout(timeout):
             # asyncio's own handshake timeout a little later than ours: ours decides.
             reader, writer = await _connect(host, port, max(timeout, 0.0) + 1.0)
             try:
+                tls_der = _peer_certificate(writer)
+                hello, nonce = sigauth.make_hello(local.current_trust(), tls_der)
+                writer.write(encode_frame(KIND_HELLO, hello))
+                await writer.drain()
+                kind, body = await read_frame(reader)
+                if kind == KIND_ERROR:
+                    raise _unauthenticated_refusal(body)
+                if kind != KIND_PROOF:
+                    raise FrameError("expected a proof", code="signaling-protocol")
+                sigauth.check_proof(
+                    body,
+                    local=local,
+                    expected_device=peer_device_id,
+                    nonce=nonce,
+                    tls_cert_der=tls_der,
+                    now=time.time(),
+                )
                 writer.write(encode_frame(KIND_OFFER, envelope))
                 await writer.drain()
                 kind, body = await read_frame(reader)
@@ -353,12 +346,30 @@ async def send_offer(
             f"lost the peer's signaling connection: {exc.strerror or exc}",
             code="signaling-closed",
         ) from exc
-    if kind == KIND_ERROR:
+    if kind == KIND_ERROR:  # after the proof: this TLS session is the device's own
         code, message = decode_error(body)
         raise PeerRefusedError(f"peer refused: {message}", peer_code=code)
     if kind != KIND_ANSWER:
         raise FrameError("expected an answer", code="signaling-protocol")
     return body
+
+
+def _peer_certificate(writer: asyncio.StreamWriter) -> bytes:
+    """The listener's TLS certificate (DER), which its proof must name."""
+    ssl_object = writer.get_extra_info("ssl_object")
+    der = None if ssl_object is None else ssl_object.getpeercert(binary_form=True)
+    if not der:
+        raise sigauth.SignalingAuthError("the listener presented no TLS certificate")
+    return bytes(der)
+
+
+def _unauthenticated_refusal(body: bytes) -> TransportError:
+    """An error frame before the proof: anyone could have sent it, so it decides nothing."""
+    code, _message = decode_error(body)
+    log.info("unauthenticated signaling refusal peer_code=%s", code)
+    return TransportError(
+        "the listener refused before proving it is the device", code="signaling-refused"
+    )
 
 
 async def _connect(
@@ -392,6 +403,7 @@ async def _connect(
 
 def lan_signal(
     resolve: Callable[[str], Awaitable[tuple[str, int]]],
+    local: LocalIdentity,
 ) -> Callable[[str, bytes, float], Awaitable[bytes]]:
     """A ``WebRtcDialer`` signal function: ``resolve`` maps a device id to its signaling address."""
 
@@ -404,6 +416,13 @@ def lan_signal(
             raise TransportError(
                 "peer address not found in time", code="signaling-timeout"
             ) from None
-        return await send_offer(host, port, offer, timeout=max(0.0, deadline - loop.time()))
+        return await send_offer(
+            host,
+            port,
+            offer,
+            local=local,
+            peer_device_id=peer_device_id,
+            timeout=max(0.0, deadline - loop.time()),
+        )
 
     return signal

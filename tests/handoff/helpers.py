@@ -61,12 +61,15 @@ def wait_nearby(d: DaemonProcess, other: str, timeout: float = 60.0) -> None:
 
 
 @contextmanager
-def paired_daemons() -> Iterator[Pair]:
-    """Start a server and two daemons, pair both, wait until each sees the other nearby."""
+def paired_daemons(
+    env_a: dict[str, str] | None = None, env_b: dict[str, str] | None = None
+) -> Iterator[Pair]:
+    """Start a server and two daemons (extra environment each), pair both, wait until each
+    sees the other nearby."""
     root = Path(tempfile.mkdtemp(prefix="hh", dir="/tmp"))
     server = ServerProcess(root / "srv").start()
-    a = DaemonProcess(root / "a")
-    b = DaemonProcess(root / "b")
+    a = DaemonProcess(root / "a", env=dict(env_a or {}))
+    b = DaemonProcess(root / "b", env=dict(env_b or {}))
     try:
         create_account(server.data, "ana")
         for d in (a, b):

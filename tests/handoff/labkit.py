@@ -362,7 +362,7 @@ async def rogue(home: Path, to: str, host: str, port: int) -> dict[str, str]:
         async def signal(offer: bytes) -> bytes:
             wire = tamper(offer) if tamper is not None else offer
             sent.append(wire)
-            return await send_offer(host, port, wire, timeout=10)
+            return await send_offer(host, port, wire, local=local, peer_device_id=to, timeout=10)
 
         loop = asyncio.get_running_loop()
         try:
@@ -384,7 +384,7 @@ async def rogue(home: Path, to: str, host: str, port: int) -> dict[str, str]:
     # ... sent again byte for byte: a replay.
     if captured is not None:
         try:
-            await send_offer(host, port, captured, timeout=10)
+            await send_offer(host, port, captured, local=local, peer_device_id=to, timeout=10)
             results["replayed"] = "answered"
         except PeerRefusedError as exc:
             results["replayed"] = exc.peer_code

@@ -378,10 +378,38 @@ async def _refused(
 
 @pytest.mark.asyncio
 async def test_refused_device_of_another_account(world: World) -> None:
+    """Mallory (another account) dials the desk's signaling port by device id. Its hello is
+    not the desk's account's: the desk proves nothing and never reads an offer, so mallory
+    learns nothing of the desk and the desk nothing of mallory. Mallory cannot authenticate
+    that refusal, so for it the attempt failed transiently (retrying); no session byte moves."""
     create_account(world.server.data, "other")
-    async with _rogue_device(world, "mallory", "other") as (mallory, _):
-        # The desk is not in mallory's account: by device id, reached by unicast signaling.
-        await _refused(world, mallory, world.b_id, "cert-wrong-account", "another account")
+    async with (
+        _rogue_device(world, "mallory", "other") as (mallory, _),
+        world.client(mallory) as s,
+        world.client(world.b) as b,
+    ):
+        before = {h.id for h in await b.handoffs()}
+        log_before = len(world.b.log_text())
+        session = await s.publish("org.example.x", "refused", items=_messages(3))
+        h = await s.send(session.id, world.b_id)
+
+        async def failed_once() -> dict[str, Any] | None:
+            x = await _get(s, h.id)
+            return x if x["error"] is not None else None
+
+        seen = await poll(failed_once, within=60, what="the failed attempt on mallory")
+        assert seen["state"] == "retrying", seen
+        assert seen["bytes_done"] == 0
+        assert "reason" not in seen["error"], seen  # nothing the desk said is believed
+
+        async def logged() -> bool | None:
+            text = world.b.log_text()[log_before:]
+            return True if "signaling hello refused code=hello-refused" in text else None
+
+        await poll(logged, within=30, what="the desk's log of the refused hello")
+        assert "offer refused" not in world.b.log_text()[log_before:]
+        assert {x.id for x in await b.handoffs()} == before
+        await s.cancel(h.id)
 
 
 @pytest.mark.asyncio

@@ -42,7 +42,7 @@ def pair() -> Iterator[Pair]:
 
 
 def _signaling_port(log: Path) -> int:
-    ports = re.findall(r"signaling_port=(\d+)", log.read_text(errors="replace"))
+    ports = re.findall(r"signaling listener started port=(\d+)", log.read_text(errors="replace"))
     assert ports, "the daemon logged no signaling port"
     return int(ports[-1])
 

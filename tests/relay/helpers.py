@@ -39,7 +39,10 @@ def start_server(base: Path, relay_env: dict[str, str] | None = None) -> ServerP
     """A handoff-server over HTTPS on 127.0.0.1 with ``HANDOFF_RELAY_*`` settings."""
     env = {f"HANDOFF_RELAY_{k.upper()}": v for k, v in (relay_env or {}).items()}
     with environment(env):
-        return ServerProcess(base / "data", extra=("--join-failures-per-minute", "1000")).start()
+        return ServerProcess(
+            base / "data",
+            extra=("--join-failures-per-minute", "1000", "--invites-per-minute", "1000"),
+        ).start()
 
 
 @dataclass(frozen=True)

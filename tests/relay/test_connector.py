@@ -108,7 +108,14 @@ async def callee(world: World) -> AsyncIterator[Callee]:
 def webrtc_to(callee: Callee, local: Node) -> webrtc.WebRtcDialer:
     async def signal(peer: str, offer: bytes, deadline: float) -> bytes:
         left = max(0.1, deadline - asyncio.get_running_loop().time())
-        return await send_offer("127.0.0.1", callee.server.port, offer, timeout=left)
+        return await send_offer(
+            "127.0.0.1",
+            callee.server.port,
+            offer,
+            local=local.local,
+            peer_device_id=callee.device.id,
+            timeout=left,
+        )
 
     return webrtc.WebRtcDialer(local.local, signal, LOOPBACK)
 

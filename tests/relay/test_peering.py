@@ -163,6 +163,38 @@ async def test_requests_answers_and_refusals_through_the_server(
 
 
 @pytest.mark.asyncio
+async def test_only_the_addressed_device_answers_a_request(
+    world: tuple[ServerProcess, list[Paired]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another device of the account that learns a request's reference cannot answer it
+    (a forged refusal from it would otherwise end the request): only the peer's answer counts."""
+    server, (pa, pb, pc) = world
+    async with Dev(server, pa) as a, Dev(server, pb) as b, Dev(server, pc) as c:
+        await a.wait_online(b.id, c.id)
+        await c.wait_online(a.id)
+        entered, release = asyncio.Event(), asyncio.Event()
+
+        async def slow(data: bytes) -> bytes:
+            entered.set()
+            await release.wait()
+            return b"answer:" + data
+
+        b.answer = slow
+        loop = asyncio.get_running_loop()
+        request = asyncio.create_task(a.path.request(b.id, b"offer", deadline=loop.time() + 30))
+        await asyncio.wait_for(entered.wait(), 10)
+        (ref,) = list(a.path._pending)  # the test peeks at the reference c would have to guess
+        forged = SignalFrame.error(ref, "cert-revoked", "forged by another device")
+        await c.path.link.send_signal(a.id, forged.encode())
+        for _ in range(200):  # until a has handled c's frame: dropped (now) or taken (before)
+            if request.done() or "unexpected answer through the server" in caplog.text:
+                break
+            await asyncio.sleep(0.05)
+        release.set()
+        assert await request == b"answer:offer"
+
+
+@pytest.mark.asyncio
 async def test_webrtc_signaled_through_the_server(
     world: tuple[ServerProcess, list[Paired]],
 ) -> None:

@@ -68,6 +68,8 @@ class Cluster:
                 "--insecure-http",
                 "--max-connections-per-address",
                 "0",  # behind nginx every client is nginx (docs/server.md)
+                "--trusted-proxy",
+                "127.0.0.1",
                 "--listen",
                 f"127.0.0.1:{port}",
                 "--public-url",

@@ -34,7 +34,9 @@ def server(
         database = request.getfixturevalue("postgres").create_database()
     data = tmp_path_factory.mktemp("server") / "data"
     proc = ServerProcess(
-        data, extra=("--join-failures-per-minute", "1000"), database=database
+        data,
+        extra=("--join-failures-per-minute", "1000", "--invites-per-minute", "1000"),
+        database=database,
     ).start()
     try:
         yield proc

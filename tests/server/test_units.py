@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from handoffd import identity
 from handoffd.errors import HandoffError, ServerError, StoreError
-from handoffd.server import auth, pairing
+from handoffd.server import auth, pairing, passwords
 from handoffd.server.app import STORE, ServerConfig, make_app
 from handoffd.server.cli import KeyValueFormatter, default_data_dir, parse_listen
 from handoffd.server.store import SCHEMA_VERSION, Store
@@ -153,13 +153,22 @@ def test_request_signature_checks() -> None:
 
 
 def test_password_hash_is_argon2id() -> None:
-    encoded = auth.hash_password("hunter2 is not great")
+    encoded = passwords.hash_password("hunter2 is not great")
     assert encoded.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
-    assert auth.check_password("hunter2 is not great", encoded)
-    assert not auth.check_password("hunter3 is not great", encoded)
-    assert not auth.check_password("x", "$argon2id$v=19$garbage")
-    assert not auth.check_password("x", "")
-    assert encoded != auth.hash_password("hunter2 is not great")  # salted
+    assert passwords.check_password("hunter2 is not great", encoded)
+    assert not passwords.check_password("hunter3 is not great", encoded)
+    assert not passwords.check_password("x", "$argon2id$v=19$garbage")
+    assert not passwords.check_password("x", "")
+    assert encoded != passwords.hash_password("hunter2 is not great")  # salted
+
+
+def test_hashes_made_with_cryptography_still_verify() -> None:
+    # Written by the earlier implementation (cryptography's Argon2id) for "hunter2".
+    old = "$argon2id$v=19$m=65536,t=3,p=4$lVKrDdzN9eiMmuA8mAEHrg$/uFzSvDAy9EYsLcHgj5B9V6PTxSyisLryg+Vuyu0CIw"
+    assert passwords.check_password("hunter2", old)
+    assert not passwords.check_password("hunter3", old)
+    # Parameters outside the accepted bounds are refused without hashing.
+    assert not passwords.check_password("hunter2", old.replace("m=65536", "m=999999999"))
 
 
 # ---------------------------------------------------------------- store

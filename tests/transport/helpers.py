@@ -83,7 +83,9 @@ class Callee:
     tamper_binding: bool = False
 
     def __post_init__(self) -> None:
-        self.server = SignalingServer("127.0.0.1", 0, self.on_offer)
+        self.server = SignalingServer(
+            "127.0.0.1", 0, self.on_offer, local=lambda: self.device.local
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._open: list[Channel] = []
         self.done = asyncio.Event()
@@ -117,11 +119,24 @@ class Callee:
         finally:
             self.done.set()
 
-    def signal(self, tamper: Callable[[bytes], bytes] | None = None) -> webrtc.Signal:
+    def signal(
+        self,
+        tamper: Callable[[bytes], bytes] | None = None,
+        caller: LocalIdentity | None = None,
+    ) -> webrtc.Signal:
+        """Send offers here; ``caller`` checks the listener's proof (default: this device's trust)."""
+
         async def signal(offer: bytes) -> bytes:
             if tamper is not None:
                 offer = tamper(offer)
-            return await send_offer("127.0.0.1", self.server.port, offer, timeout=20)
+            return await send_offer(
+                "127.0.0.1",
+                self.server.port,
+                offer,
+                local=caller or self.device.local,
+                peer_device_id=self.device.id,
+                timeout=20,
+            )
 
         return signal
 

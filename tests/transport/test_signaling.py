@@ -18,12 +18,14 @@ from cryptography import x509
 from handoffd import envelope
 from handoffd import identity as idn
 from handoffd.errors import TransportError
-from handoffd.transport import webrtc
-from handoffd.transport.base import PeerAuthError, PeerRefusedError
+from handoffd.transport import sigauth, webrtc
+from handoffd.transport.base import LocalIdentity, PeerAuthError, PeerRefusedError
 from handoffd.transport.signaling import (
     KIND_ANSWER,
     KIND_ERROR,
+    KIND_HELLO,
     KIND_OFFER,
+    KIND_PROOF,
     MAX_FRAME,
     FrameError,
     SignalingServer,
@@ -38,6 +40,21 @@ from handoffd.transport.signaling import (
 from tests.transport.helpers import Account, Device
 
 pytestmark = pytest.mark.timeout(60)
+
+ACCOUNT = Account()
+CALLEE, CALLER = ACCOUNT.device(), ACCOUNT.device()
+
+
+def _me() -> LocalIdentity:
+    """The listener's identity in these tests."""
+    return CALLEE.local
+
+
+async def _offer(port: int, data: bytes, *, timeout: float) -> bytes:  # noqa: ASYNC109
+    """``send_offer`` from CALLER to CALLEE on ``port``."""
+    return await send_offer(
+        "127.0.0.1", port, data, local=CALLER.local, peer_device_id=CALLEE.id, timeout=timeout
+    )
 
 
 class Handler:
@@ -67,7 +84,9 @@ class Handler:
 @pytest_asyncio.fixture
 async def served() -> AsyncIterator[tuple[SignalingServer, Handler]]:
     handler = Handler()
-    server = SignalingServer("127.0.0.1", 0, handler, read_timeout=1.0, answer_timeout=1.0)
+    server = SignalingServer(
+        "127.0.0.1", 0, handler, local=_me, read_timeout=1.0, answer_timeout=1.0
+    )
     await server.start()
     try:
         yield server, handler
@@ -99,17 +118,17 @@ async def _raw(port: int, data: bytes) -> tuple[int, bytes] | None:
 
 
 async def _still_serving(port: int) -> None:
-    assert await send_offer("127.0.0.1", port, b"ping", timeout=10) == b"answer:ping"
+    assert await _offer(port, b"ping", timeout=10) == b"answer:ping"
 
 
 @pytest.mark.asyncio
 async def test_offer_answer(served: tuple[SignalingServer, Handler]) -> None:
     server, handler = served
-    assert await send_offer("127.0.0.1", server.port, b"env", timeout=10) == b"answer:env"
+    assert await _offer(server.port, b"env", timeout=10) == b"answer:env"
     big = b"x" * (MAX_FRAME - 1)
-    assert await send_offer("127.0.0.1", server.port, big, timeout=10) == b"big:%d" % len(big)
+    assert await _offer(server.port, big, timeout=10) == b"big:%d" % len(big)
     with pytest.raises(PeerRefusedError) as e:
-        await send_offer("127.0.0.1", server.port, b"huge", timeout=10)
+        await _offer(server.port, b"huge", timeout=10)
     assert e.value.peer_code == "answer-too-large"
     assert handler.calls == 3
 
@@ -118,7 +137,7 @@ async def test_offer_answer(served: tuple[SignalingServer, Handler]) -> None:
 async def test_refusal_carries_the_code(served: tuple[SignalingServer, Handler]) -> None:
     server, _ = served
     with pytest.raises(PeerRefusedError) as e:
-        await send_offer("127.0.0.1", server.port, b"refuse", timeout=10)
+        await _offer(server.port, b"refuse", timeout=10)
     assert e.value.code == "peer-refused"
     assert e.value.peer_code == "cert-revoked"
     await _still_serving(server.port)
@@ -130,7 +149,7 @@ async def test_handler_bug_is_internal_and_server_survives(
 ) -> None:
     server, _ = served
     with pytest.raises(PeerRefusedError) as e:
-        await send_offer("127.0.0.1", server.port, b"crash", timeout=10)
+        await _offer(server.port, b"crash", timeout=10)
     assert e.value.peer_code == "internal"
     assert "offer handler failed" in caplog.text
     await _still_serving(server.port)
@@ -140,7 +159,7 @@ async def test_handler_bug_is_internal_and_server_survives(
 async def test_slow_handler_answer_timeout(served: tuple[SignalingServer, Handler]) -> None:
     server, _ = served
     with pytest.raises(PeerRefusedError) as e:
-        await send_offer("127.0.0.1", server.port, b"hang", timeout=10)
+        await _offer(server.port, b"hang", timeout=10)
     assert e.value.peer_code == "answer-timeout"
     await _still_serving(server.port)
 
@@ -155,6 +174,10 @@ async def test_slow_handler_answer_timeout(served: tuple[SignalingServer, Handle
         (struct.pack("!I", 3) + b"\x09ab", "frame-malformed"),
         (encode_frame(KIND_ANSWER, b"not an offer"), "unexpected-frame"),
         (encode_frame(KIND_ERROR, b"x"), "unexpected-frame"),
+        (encode_frame(KIND_PROOF, b"x"), "unexpected-frame"),
+        # A v1 caller's offer first: refused before it could be read.
+        (encode_frame(KIND_OFFER, b"an offer"), "signaling-version"),
+        (encode_frame(KIND_HELLO, b"\xc1"), "hello-malformed"),
     ],
 )
 async def test_garbage_gets_an_error_frame(
@@ -223,20 +246,24 @@ async def test_plaintext_clients_get_nothing(
 @pytest.mark.asyncio
 async def test_busy_and_close_with_exchanges_in_flight() -> None:
     handler = Handler()
-    server = SignalingServer("127.0.0.1", 0, handler, answer_timeout=60, max_connections=1)
+    server = SignalingServer(
+        "127.0.0.1", 0, handler, local=_me, answer_timeout=60, max_connections=1
+    )
     await server.start()
     port = server.port
-    hanging = asyncio.create_task(send_offer("127.0.0.1", port, b"hang", timeout=30))
+    hanging = asyncio.create_task(_offer(port, b"hang", timeout=30))
     await asyncio.wait_for(handler.entered.wait(), 10)
-    with pytest.raises(PeerRefusedError) as e:
-        await send_offer("127.0.0.1", port, b"second", timeout=10)
-    assert e.value.peer_code == "busy"
+    with pytest.raises(TransportError) as e:
+        await _offer(port, b"second", timeout=10)
+    # Sent before any proof: a refusal anyone could have sent, hence transient and generic.
+    assert not isinstance(e.value, PeerRefusedError)
+    assert e.value.code == "signaling-refused"
     await server.close()
     with pytest.raises(TransportError) as e2:
         await hanging
     assert e2.value.code == "signaling-closed"
     with pytest.raises(TransportError) as e2:
-        await send_offer("127.0.0.1", port, b"after", timeout=10)
+        await _offer(port, b"after", timeout=10)
     assert e2.value.code == "signaling-unreachable"
     with pytest.raises(TransportError) as e2:
         await server.start()
@@ -251,7 +278,7 @@ async def test_client_errors() -> None:
     probe.close()
     await probe.wait_closed()
     with pytest.raises(TransportError) as e:
-        await send_offer("127.0.0.1", port, b"x", timeout=10)
+        await _offer(port, b"x", timeout=10)
     assert e.value.code == "signaling-unreachable"
 
     # Over TLS: a server that never answers; one that answers garbage; one with a bad error frame.
@@ -284,7 +311,7 @@ async def test_client_errors() -> None:
         srv = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_context())
         try:
             with pytest.raises(TransportError) as e:
-                await send_offer("127.0.0.1", srv.sockets[0].getsockname()[1], b"o", timeout=1)
+                await _offer(srv.sockets[0].getsockname()[1], b"o", timeout=1)
             assert e.value.code == expected[name], name
         finally:
             for w in held:
@@ -326,7 +353,7 @@ async def test_failed_or_slow_handshake(behaviour: str, code: str) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         with pytest.raises(TransportError) as e:
-            await send_offer("127.0.0.1", port, b"o", timeout=2)
+            await _offer(port, b"o", timeout=2)
         assert e.value.code == code
         assert loop.time() - started < 30  # bounded by the timeout, never a hang
     finally:
@@ -338,17 +365,17 @@ async def test_failed_or_slow_handshake(behaviour: str, code: str) -> None:
 
 @pytest.mark.asyncio
 async def test_bind_failure() -> None:
-    first = SignalingServer("127.0.0.1", 0, Handler())
+    first = SignalingServer("127.0.0.1", 0, Handler(), local=_me)
     await first.start()
     try:
-        second = SignalingServer("127.0.0.1", first.port, Handler())
+        second = SignalingServer("127.0.0.1", first.port, Handler(), local=_me)
         with pytest.raises(TransportError) as e:
             await second.start()
         assert e.value.code == "signaling-bind-failed"
     finally:
         await first.close()
     with pytest.raises(TransportError) as e:
-        _ = SignalingServer("127.0.0.1", 0, Handler()).port
+        _ = SignalingServer("127.0.0.1", 0, Handler(), local=_me).port
     assert e.value.code == "not-started"
 
 
@@ -441,12 +468,15 @@ async def test_a_passive_observer_learns_no_identity() -> None:
     for name, value in secrets_on_the_wire.items():
         assert value in offer + answer, name
 
-    server = SignalingServer("127.0.0.1", 0, on_offer)
+    server = SignalingServer("127.0.0.1", 0, on_offer, local=lambda: callee.local)
     await server.start()
     try:
         tap = Tap(server.port)
         async with tap as port:
-            assert await send_offer("127.0.0.1", port, offer, timeout=10) == answer
+            got = await send_offer(
+                "127.0.0.1", port, offer, local=caller.local, peer_device_id=callee.id, timeout=10
+            )
+            assert got == answer
         assert offers == [offer]
     finally:
         await server.close()
@@ -462,7 +492,7 @@ async def test_a_passive_observer_learns_no_identity() -> None:
 async def test_tls13_with_an_ephemeral_certificate_per_start() -> None:
     seen: list[bytes] = []
     for _ in range(2):
-        server = SignalingServer("127.0.0.1", 0, Handler())
+        server = SignalingServer("127.0.0.1", 0, Handler(), local=_me)
         await server.start()
         try:
             reader, writer = await _tls(server.port)
@@ -471,6 +501,10 @@ async def test_tls13_with_an_ephemeral_certificate_per_start() -> None:
             der = tls.getpeercert(binary_form=True)
             assert der is not None
             seen.append(der)
+            hello, _ = sigauth.make_hello(ACCOUNT.trust, der)
+            writer.write(encode_frame(KIND_HELLO, hello))
+            kind, _proof = await asyncio.wait_for(read_frame(reader), 10)
+            assert kind == KIND_PROOF
             writer.write(encode_frame(KIND_OFFER, b"x"))
             assert await asyncio.wait_for(read_frame(reader), 10) == (KIND_ANSWER, b"answer:x")
             writer.close()

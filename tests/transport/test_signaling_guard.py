@@ -13,8 +13,19 @@ import pytest
 
 from handoffd.transport import signaling
 from handoffd.transport.signaling import SignalingServer, client_context, send_offer
+from tests.transport.helpers import Account
 
 pytestmark = pytest.mark.timeout(120)
+
+ACCOUNT = Account()
+CALLEE, CALLER = ACCOUNT.device(), ACCOUNT.device()
+
+
+async def _offer(port: int, data: bytes) -> bytes:
+    """A real caller's offer (hello, proof, offer) from CALLER to CALLEE on ``port``."""
+    return await send_offer(
+        "127.0.0.1", port, data, local=CALLER.local, peer_device_id=CALLEE.id, timeout=20
+    )
 
 
 async def _answer(offer: bytes) -> bytes:
@@ -48,7 +59,7 @@ def _half_open(port: int, source: str, n: int) -> list[socket.socket]:
 
 @pytest.mark.asyncio
 async def test_a_neighbour_holding_many_connections_does_not_starve_real_offers() -> None:
-    server = SignalingServer("127.0.0.1", 0, _answer)
+    server = SignalingServer("127.0.0.1", 0, _answer, local=lambda: CALLEE.local)
     await server.start()
     port = server.port
     idle: list[asyncio.StreamWriter] = []
@@ -72,7 +83,7 @@ async def test_a_neighbour_holding_many_connections_does_not_starve_real_offers(
         # A real caller from its own address is answered, not "busy".
         for i in range(5):
             offer = b"offer-%d" % i
-            assert await send_offer("127.0.0.1", port, offer, timeout=20) == b"answer:" + offer
+            assert await _offer(port, offer) == b"answer:" + offer
     finally:
         for s in half:
             s.close()
@@ -84,7 +95,13 @@ async def test_a_neighbour_holding_many_connections_does_not_starve_real_offers(
 @pytest.mark.asyncio
 async def test_the_handshake_and_the_offer_are_timed_out() -> None:
     server = SignalingServer(
-        "127.0.0.1", 0, _answer, read_timeout=0.5, handshake_timeout=0.5, max_per_address=2
+        "127.0.0.1",
+        0,
+        _answer,
+        local=lambda: CALLEE.local,
+        read_timeout=0.5,
+        handshake_timeout=0.5,
+        max_per_address=2,
     )
     await server.start()
     try:
@@ -99,6 +116,6 @@ async def test_the_handshake_and_the_offer_are_timed_out() -> None:
                 await asyncio.sleep(0.02)
         writer.close()
         tls.close()
-        assert await send_offer("127.0.0.1", server.port, b"x", timeout=20) == b"answer:x"
+        assert await _offer(server.port, b"x") == b"answer:x"
     finally:
         await server.close()

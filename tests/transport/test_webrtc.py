@@ -155,7 +155,7 @@ async def test_dialer_with_lan_signal() -> None:
             assert device_id == bob.id
             return "127.0.0.1", callee.server.port
 
-        dialer = webrtc.WebRtcDialer(alice.local, lan_signal(resolve))
+        dialer = webrtc.WebRtcDialer(alice.local, lan_signal(resolve, alice.local))
         loop = asyncio.get_running_loop()
         a = await dialer.dial(bob.id, deadline=loop.time() + 20)
         b = await asyncio.wait_for(callee.channels.get(), 30)
@@ -408,7 +408,9 @@ async def test_peer_that_never_answers_times_out() -> None:
     loop = asyncio.get_running_loop()
 
     async def signal(offer: bytes) -> bytes:
-        return await send_offer("127.0.0.1", port, offer, timeout=120)
+        return await send_offer(
+            "127.0.0.1", port, offer, local=alice.local, peer_device_id=bob.id, timeout=120
+        )
 
     started = loop.time()
     try:

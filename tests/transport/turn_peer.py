@@ -77,7 +77,7 @@ async def accept(spec: dict[str, Any]) -> dict[str, Any]:
         await accepted.put(acc)
         return acc.answer
 
-    server = SignalingServer(spec["address"], 0, on_offer)
+    server = SignalingServer(spec["address"], 0, on_offer, local=lambda: local)
     await server.start()
     try:
         sys.stdout.write(f"ready {server.port}\n")
@@ -110,7 +110,9 @@ async def connect(spec: dict[str, Any]) -> dict[str, Any]:
     host, port = spec["signal"]
 
     async def signal(offer: bytes) -> bytes:
-        return await send_offer(host, int(port), offer, timeout=20)
+        return await send_offer(
+            host, int(port), offer, local=local, peer_device_id=spec["peer"], timeout=20
+        )
 
     try:
         channel = await webrtc.connect(
