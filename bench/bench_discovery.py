@@ -31,8 +31,9 @@ from zeroconf import DNSQuestionType, IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from handoffd.discovery import txt
+from handoffd.discovery.browse import DiscoveryEvent
 from handoffd.discovery.liveness import LivenessPolicy
-from handoffd.discovery.mdns import Discovery, DiscoveryEvent
+from handoffd.discovery.mdns import Discovery
 
 LO = ["127.0.0.1"]
 KEY = os.urandom(32)

@@ -36,10 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from handoffd import selfsigned
 from handoffd.control.client import HandoffClient, NewItem
 from tests.handoff.helpers import write_random
 from tests.handoff.labkit import LabDaemon, LabServer, MiB, pair_daemon
@@ -101,11 +102,9 @@ def self_signed(root: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
     now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256())
-    )  # fmt: skip
+    cert = selfsigned.self_signed(
+        key, name, not_before=now - dt.timedelta(hours=1), not_after=now + dt.timedelta(days=1)
+    )
     cp, kp = root / "tls.crt", root / "tls.key"
     cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     kp.write_bytes(

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from handoffd import identity
 from handoffd.server.store import Store
-from handoffd.serverclient import ServerClient, ServerLink
+from handoffd.serverlink import ServerClient, ServerLink
 
 
 def rss_kib(pid: int) -> int:

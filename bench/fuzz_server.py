@@ -48,11 +48,11 @@ from bench.fuzz_common import (
     random_json,
 )
 from handoffd import identity
-from handoffd.server import auth
 from handoffd.server.app import ServerConfig, make_app
 from handoffd.server.relay import RelayConfig
 from handoffd.server.store import Store
 from handoffd.server.web import COOKIE, LOGIN_COOKIE
+from handoffd.wire import auth
 
 CODE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 PASSWORD = "fuzz-password-1"  # noqa: S105 - a throwaway account in a temporary store

@@ -21,45 +21,19 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 
 from handoffd import __version__, identity
+from handoffd.console import clean, follow, human_size, state_text, table
 from handoffd.control.client import HandoffClient
 from handoffd.errors import HandoffError
+from handoffd.subcommands import Command, LocalCommand
 
-Command = Callable[[HandoffClient, argparse.Namespace], Awaitable[int]]
-LocalCommand = Callable[[argparse.Namespace], int]
-FINAL_STATES = frozenset({"resumed", "failed", "cancelled", "declined"})
 # Modules that add subcommands: each defines ``register(add: AddCommand) -> None``.
+# ``demo`` registers itself this way so that nothing imports it (it uses ``console``).
+BUILTIN_COMMAND_MODULES: tuple[str, ...] = ("handoffd.demo",)
 COMMAND_MODULES: tuple[str, ...] = ()
-
-
-class AddCommand(Protocol):
-    """Adds one subcommand and returns its parser (for its own arguments)."""
-
-    def __call__(
-        self,
-        name: str,
-        func: Command | LocalCommand,
-        help_text: str,
-        *,
-        listing: bool = False,
-        daemon: bool = True,
-    ) -> argparse.ArgumentParser: ...
-
-
-def clean(value: object) -> str:
-    """Printable text: control characters (ANSI escapes included) become '?'."""
-    return "".join(ch if ch.isprintable() else "?" for ch in str(value))
-
-
-def table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
-    """An aligned text table."""
-    cells = [[clean(h) for h in headers], *[[clean(c) for c in row] for row in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    return "\n".join(lines)
 
 
 def _print_json(value: Any) -> None:
@@ -249,9 +223,9 @@ async def cmd_handoffs(client: HandoffClient, args: argparse.Namespace) -> int:
             h.id,
             "to" if h.direction == "out" else "from",
             h.peer.name or h.peer.device_id[:8],
-            _state_text(h.state, h.attempts, h.next_retry_at, h.error),
+            state_text(h.state, h.attempts, h.next_retry_at, h.error),
             h.path or "-",
-            f"{_size(h.bytes_done)}/{_size(h.bytes_total)}",
+            f"{human_size(h.bytes_done)}/{human_size(h.bytes_total)}",
             _ago(h.updated_at),
         )
         for h in handoffs
@@ -265,23 +239,6 @@ async def cmd_cancel(client: HandoffClient, args: argparse.Namespace) -> int:
     h = await client.cancel(args.handoff)
     print(f"handoff {clean(h.id)} {clean(h.state)}")
     return 0
-
-
-def _state_text(
-    state: str, attempts: int, next_retry_at: float | None, error: Mapping[str, str] | None
-) -> str:
-    """``retrying (attempt 3, next in 8s: connect-timeout)``, ``failed: cert-revoked``, ..."""
-    reason = "" if not error else str(error.get("reason") or error.get("code") or "")
-    if state == "retrying":
-        wait = (
-            ""
-            if next_retry_at is None
-            else f", next in {max(0, int(next_retry_at - time.time()))}s"
-        )
-        return f"retrying (attempt {attempts}{wait}{': ' + reason if reason else ''})"
-    if state in ("failed", "declined") and reason:
-        return f"{state}: {reason}"
-    return state
 
 
 def _parse_setting(key: str, value: str, current: object) -> object:
@@ -326,19 +283,6 @@ async def cmd_settings(client: HandoffClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def _bar(done: int, total: int, width: int = 28) -> str:
-    filled = width if total <= 0 else min(width, done * width // total)
-    return "[" + "#" * filled + "." * (width - filled) + "]"
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
 async def cmd_send(client: HandoffClient, args: argparse.Namespace) -> int:
     """Hand a session to another device, with a progress bar until it is resumed or fails."""
     types = [t for t in args.types.split(",") if t] if args.types else None
@@ -358,44 +302,6 @@ async def cmd_send(client: HandoffClient, args: argparse.Namespace) -> int:
     return 0
 
 
-async def follow(client: HandoffClient, handoff_id: str, *, prefix: str = "") -> dict[str, Any]:
-    """Draw the handoff's progress (bytes, rate, time left, state, path) until it ends; its record.
-
-    On a terminal the bar is redrawn in place; otherwise one line per state.
-    """
-    tty = sys.stdout.isatty()
-    start = time.monotonic()
-    last_state: tuple[str, str] | None = None
-    last_line = ""
-    while True:
-        h: dict[str, Any] = await client.request("GET", f"/v1/handoffs/{handoff_id}")
-        state = str(h.get("state"))
-        done, total = int(h.get("bytes_done") or 0), int(h.get("bytes_total") or 0)
-        elapsed = max(time.monotonic() - start, 1e-6)
-        rate = done / elapsed
-        left = (total - done) / rate if rate > 0 and total > done else 0
-        shown = _state_text(
-            state, int(h.get("attempts") or 0), h.get("next_retry_at"), h.get("error")
-        )
-        path = str(h.get("path") or "-")
-        line = clean(
-            f"{prefix}{_bar(done, total)} {_size(done)}/{_size(total)} {_size(rate)}/s "
-            f"{int(left)}s left  {shown} via {path}"
-        )
-        if tty:
-            if (state, path) != last_state and last_state:
-                print()
-            print("\r" + line.ljust(len(last_line)), end="", flush=True)
-        elif (state, path) != last_state:
-            print(line, flush=True)
-        last_line, last_state = line, (state, path)
-        if state in FINAL_STATES:
-            if tty:
-                print()
-            return h
-        await asyncio.sleep(0.2)
-
-
 def cmd_service(args: argparse.Namespace) -> int:
     """Install, uninstall, show or render the user service."""
     from handoffd import service
@@ -407,13 +313,6 @@ def cmd_service(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         server=args.server,
     )
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """A server and two daemons on this machine; one session handed over."""
-    from handoffd import demo
-
-    return demo.run(keep=args.keep)
 
 
 # ---------------------------------------------------------------- parser
@@ -479,11 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-enable", action="store_true", help="write the file; do not enable it")
     p.add_argument("--dry-run", action="store_true", help="print what install would do; no change")
     p.add_argument("--server", action="store_true", help="render: the server's unit/plist")
-    p = add(
-        "demo", cmd_demo, "run the demo: a server and two daemons on this machine", daemon=False
-    )
-    p.add_argument("--keep", action="store_true", help="leave everything running afterwards")
-    for module in COMMAND_MODULES:
+    for module in (*BUILTIN_COMMAND_MODULES, *COMMAND_MODULES):
         importlib.import_module(module).register(add)
     return parser
 

@@ -10,6 +10,7 @@ sees "resumed". Without ``--keep`` everything is stopped and removed at the end.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -26,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from handoffd import cli
+from handoffd import console
 from handoffd.control.client import HandoffClient
 from handoffd.errors import HandoffError
+from handoffd.subcommands import AddCommand
 
 ACCOUNT = "demo"
 START_TIMEOUT = 30.0
@@ -189,7 +191,7 @@ async def _progress(client: HandoffClient, handoff_id: str) -> dict[str, Any]:
     """Draw the progress bar of ``handoff send`` until the handoff ends (or time runs out)."""
     try:
         async with asyncio.timeout(HANDOFF_TIMEOUT):
-            return await cli.follow(client, handoff_id, prefix="demo: ")
+            return await console.follow(client, handoff_id, prefix="demo: ")
     except TimeoutError:
         raise DemoError("the handoff did not finish in time") from None
 
@@ -303,3 +305,16 @@ def run(*, keep: bool = False) -> int:
     if not keep_files:
         shutil.rmtree(root, ignore_errors=True)
     return code
+
+
+def register(add: AddCommand) -> None:
+    """Add ``handoff demo`` (the CLI loads this module through its command-module list)."""
+    p = add(
+        "demo", cmd_demo, "run the demo: a server and two daemons on this machine", daemon=False
+    )
+    p.add_argument("--keep", action="store_true", help="leave everything running afterwards")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """A server and two daemons on this machine; one session handed over."""
+    return run(keep=args.keep)

@@ -6,7 +6,7 @@ writes ``account-ca.crt``, ``crl.pem``, ``server.json`` (0600) and, last,
 a crash mid-pairing leaves an unpaired device, never a half-paired one.
 
 The async methods (pair, invite, devices, revoke, renew, CRL refresh) talk to
-the server through ``handoffd.serverclient`` and keep the files current; every
+the server through ``handoffd.serverlink`` and keep the files current; every
 blocking file write runs in a thread. Call them from the event loop only.
 """
 
@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from handoffd import identity
 from handoffd.errors import ApiError, ConfigError, HandoffError, ServerError
 from handoffd.paths import Paths
-from handoffd.serverclient import CreatedInvite, DeviceRecord, ServerClient, parse_invite
+from handoffd.serverlink import CreatedInvite, DeviceRecord, ServerClient, parse_invite
 
 logger = logging.getLogger("handoffd.device")
 

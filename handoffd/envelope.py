@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from handoffd import identity
 from handoffd.errors import EnvelopeError, HandoffError
 from handoffd.identity import PeerIdentity, TrustAnchor
+from handoffd.proto import strict
 
 MAX_LIFETIME = 60.0
 DEFAULT_LIFETIME = 30.0
@@ -86,17 +87,8 @@ def seal(
 
 def _unpack(data: bytes, what: str) -> Any:
     try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            max_bin_len=MAX_ENVELOPE,
-            max_str_len=4096,
-            max_array_len=16,
-            max_map_len=8,
-            max_ext_len=0,
-        )
-    except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException) as exc:
+        return strict.unpack(data, max_str=4096, max_bin=MAX_ENVELOPE, max_array=16, max_map=8)
+    except strict.MsgpackError as exc:
         raise EnvelopeError(f"{what} is not valid msgpack", code="envelope-malformed") from exc
 
 

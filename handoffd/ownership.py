@@ -7,6 +7,9 @@ by root or by us and not writable by group or others unless it is sticky
 (``/tmp``); a symbolic link on the way must be root's or ours. Otherwise
 another local user could have made it, or could swap what is inside.
 
+A file holding a secret (a device key, the TURN secret) must be a regular
+file of ours that group and others cannot read (``read_private_file``).
+
 A control socket's server must run as the effective uid (``SO_PEERCRED``):
 another user serving ``run/control.sock`` must not see what we send. Root is
 not accepted either: the daemon runs as its user, never as root for them.
@@ -111,6 +114,40 @@ def ensure_private_dir(path: Path, *, above: bool = True, code: str = UNSAFE_DIR
         _check_links(path.absolute(), code)  # nothing is made through another user's link
     make_private_dir(path)
     check_private_dir(path, above=above, code=code)
+
+
+def read_private_file(
+    path: Path, *, limit: int, what: str, code: str, error: type[HandoffError]
+) -> bytes:
+    """Up to ``limit`` bytes of ``path``, a regular file of ours that group and others cannot read.
+
+    Otherwise ``error`` with code ``<code>-missing``, ``<code>-unreadable`` or
+    ``<code>-permissions`` (the message says how to fix it). A symbolic link
+    is not followed.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise error(f"no {what} at {path}", code=f"{code}-missing") from None
+    except OSError as exc:
+        raise error(f"cannot open {path}: {exc.strerror}", code=f"{code}-unreadable") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{path} is not a regular file", code=f"{code}-unreadable")
+        if st.st_mode & 0o077:
+            mode = stat.S_IMODE(st.st_mode)
+            raise error(
+                f"{path} has mode {mode:04o}, readable by others; fix with: chmod 600 {path}",
+                code=f"{code}-permissions",
+            )
+        if st.st_uid != os.geteuid():
+            raise error(
+                f"{path} is owned by uid {st.st_uid}, not by us; "
+                f"fix with: chown {os.geteuid()} {path}",
+                code=f"{code}-permissions",
+            )
+        return f.read(limit)
 
 
 def peer_uid(sock: Any) -> int | None:

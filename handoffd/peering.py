@@ -18,15 +18,14 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from handoffd.errors import HandoffError, ServerError, TransportError
-from handoffd.serverclient import RelayTicket, ServerClient, ServerLink
-from handoffd.transport import signaling, webrtc
+from handoffd.serverlink import RelayTicket, ServerClient, ServerLink
+from handoffd.transport import sigframes, signaling, webrtc
 from handoffd.transport.base import (
     Channel,
     Dialer,
@@ -35,7 +34,8 @@ from handoffd.transport.base import (
     PeerRefusedError,
 )
 from handoffd.transport.connector import Connector
-from handoffd.transport.relay import RelayChannel, RelayDialer, RelayListener
+from handoffd.transport.relay import RelayChannel
+from handoffd.transport.relaydial import RelayDialer, RelayListener
 
 logger = logging.getLogger("handoffd.peering")
 
@@ -46,7 +46,6 @@ MAX_INCOMING = 64
 """Requests from peers through the server being answered at once (more: refused)."""
 ANSWER_TIMEOUT = 20.0
 ICE_RETRY = 60.0
-_LEN = struct.Struct("!I")
 
 OnRequest = Callable[[bytes], Awaitable[bytes]]
 """Given a request envelope from a peer, the answer envelope, or raise HandoffError (code sent back)."""
@@ -74,22 +73,20 @@ class SignalFrame:
     @classmethod
     def error(cls, ref: bytes, code: str, message: str) -> SignalFrame:
         """An error answer (code kebab-case, message short and printable)."""
-        frame = signaling.encode_error(code, message)
-        return cls(ref=ref, kind=signaling.KIND_ERROR, body=frame[_LEN.size + 1 :])
+        return cls(ref=ref, kind=signaling.KIND_ERROR, body=sigframes.error_body(code, message))
 
     @classmethod
     def decode(cls, data: bytes) -> SignalFrame:
         """Strictly parse; TransportError(signal-malformed) on anything else."""
-        head = REF_LEN + _LEN.size + 1
-        if len(data) < head:
-            raise TransportError("forwarded signal is too short", code="signal-malformed")
-        (length,) = _LEN.unpack_from(data, REF_LEN)
-        if length != len(data) - REF_LEN - _LEN.size or length > signaling.MAX_FRAME:
-            raise TransportError("forwarded signal has a bad length", code="signal-malformed")
-        kind = data[REF_LEN + _LEN.size]
+        try:
+            kind, body = sigframes.decode_frame(data[REF_LEN:])
+        except sigframes.FrameError as exc:
+            raise TransportError(
+                f"forwarded signal: {exc.message}", code="signal-malformed"
+            ) from None
         if kind not in (signaling.KIND_OFFER, signaling.KIND_ANSWER, signaling.KIND_ERROR):
             raise TransportError("forwarded signal has an unknown kind", code="signal-malformed")
-        return cls(ref=data[:REF_LEN], kind=kind, body=data[head:])
+        return cls(ref=data[:REF_LEN], kind=kind, body=body)
 
 
 # ---------------------------------------------------------------- the server path

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from handoffd.errors import Blame, ProtocolError
-from handoffd.proto import codec
+from handoffd.proto import codec, schema
 from handoffd.proto import messages as m
-from handoffd.proto.codec import Max, Min, Range
+from handoffd.proto.schema import Max, Min, Range
 
 # ---------------------------------------------------------------- strategies from the type hints
 
@@ -42,19 +42,19 @@ def strategy(hint: Any, meta: list[Any] | None = None) -> st.SearchStrategy[Any]
         return st.booleans()
     if hint is int:
         r = [x for x in meta if isinstance(x, Range)]
-        lo, hi = (r[-1].lo, r[-1].hi) if r else (codec.INT_MIN, codec.INT_MAX)
+        lo, hi = (r[-1].lo, r[-1].hi) if r else (schema.INT_MIN, schema.INT_MAX)
         return st.integers(lo, hi) | st.sampled_from([lo, hi])
     if hint is str:
-        lo, hi = _bounds(meta, codec.DEFAULT_MAX_STR)
+        lo, hi = _bounds(meta, schema.DEFAULT_MAX_STR)
         return st.text(min_size=lo, max_size=min(hi, lo + 12))
     if hint is bytes:
-        lo, hi = _bounds(meta, codec.DEFAULT_MAX_BYTES)
+        lo, hi = _bounds(meta, schema.DEFAULT_MAX_BYTES)
         return st.binary(min_size=lo, max_size=min(hi, lo + 40))
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
         return st.none() | strategy(inner, meta)
     if typing.get_origin(hint) is tuple:
-        lo, hi = _bounds(meta, codec.DEFAULT_MAX_ITEMS)
+        lo, hi = _bounds(meta, schema.DEFAULT_MAX_ITEMS)
         inner = strategy(typing.get_args(hint)[0])
         return st.lists(inner, min_size=lo, max_size=min(hi, lo + 3)).map(tuple)
     assert dataclasses.is_dataclass(hint), hint
@@ -71,17 +71,17 @@ def maximal(hint: Any, meta: list[Any] | None = None) -> Any:
         return True
     if hint is int:
         r = [x for x in meta if isinstance(x, Range)]
-        lo, hi = (r[-1].lo, r[-1].hi) if r else (codec.INT_MIN, codec.INT_MAX)
+        lo, hi = (r[-1].lo, r[-1].hi) if r else (schema.INT_MIN, schema.INT_MAX)
         return lo if -lo > hi else hi
     if hint is str:
-        return "\U0010ffff" * _bounds(meta, codec.DEFAULT_MAX_STR)[1]  # 4 UTF-8 bytes each
+        return "\U0010ffff" * _bounds(meta, schema.DEFAULT_MAX_STR)[1]  # 4 UTF-8 bytes each
     if hint is bytes:
-        return b"\xff" * _bounds(meta, codec.DEFAULT_MAX_BYTES)[1]
+        return b"\xff" * _bounds(meta, schema.DEFAULT_MAX_BYTES)[1]
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
         return maximal(inner, meta)
     if typing.get_origin(hint) is tuple:
-        n = _bounds(meta, codec.DEFAULT_MAX_ITEMS)[1]
+        n = _bounds(meta, schema.DEFAULT_MAX_ITEMS)[1]
         return (maximal(typing.get_args(hint)[0]),) * n
     hints = typing.get_type_hints(hint, include_extras=True)
     return hint(**{f.name: maximal(hints[f.name]) for f in dataclasses.fields(hint)})
@@ -273,9 +273,9 @@ def test_schema_mistakes_fail_at_registration() -> None:
 
     for cls in (NotFrozen, Floaty, Tagged, Misbounded, Union2):
         with pytest.raises(TypeError):
-            codec.message("test-never-registered")(cls)
+            schema.message("test-never-registered")(cls)
     with pytest.raises(TypeError):
-        codec.message("ping")(m.Pong)
+        schema.message("ping")(m.Pong)
     assert "test-never-registered" not in codec.MESSAGES
 
 

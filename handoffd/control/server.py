@@ -37,10 +37,10 @@ from handoffd.errors import ApiError, ConfigError, HandoffError, ServerError, St
 from handoffd.events import EventBus
 from handoffd.ownership import peer_uid
 from handoffd.paths import Paths
-from handoffd.server.pairing import qr_svg
-from handoffd.serverclient import parse_invite
+from handoffd.serverlink import parse_invite
 from handoffd.store import DeviceRecord as CachedDevice
 from handoffd.store import ItemRecord, SessionRecord, Store
+from handoffd.wire.qr import qr_svg
 
 logger = logging.getLogger("handoffd.control")
 

@@ -24,229 +24,42 @@ message or raises ``ProtocolError`` (blame: peer) with one of these codes:
 ``decode-too-short``      a string, byte string or array under its minimum
 ``decode-non-canonical``  valid, but not in canonical form
 
-Field types: ``int`` (default range: signed 64-bit), ``bool``, ``str``,
-``bytes``, ``X | None``, ``tuple[X, ...]`` and registered records, refined by
-``Annotated[X, Max(n), Min(n), Range(lo, hi)]``. String bounds count code
-points (at most 4 UTF-8 bytes each). Floats, maps with free keys and extension
-types are not supported.
+Field types are those of ``schema.py`` (where messages are registered). Floats,
+maps with free keys and extension types are not supported.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgpack
 
 from handoffd.errors import Blame, ProtocolError
+from handoffd.proto.schema import (
+    MESSAGES as MESSAGES,
+)
+from handoffd.proto.schema import (
+    SCHEMAS,
+    TAG_KEY,
+    BoolField,
+    BytesField,
+    Field,
+    IntField,
+    OptionalField,
+    RecordField,
+    Schema,
+    StrField,
+    TupleField,
+    limits,
+)
+from handoffd.proto.schema import tag_of as tag_of
 
 MAX_MESSAGE = 1024 * 1024
 """Default bound on one encoded message."""
 MAX_DEPTH = 8
 """Deepest array/map nesting a decoder accepts (the schemas need 3)."""
-DEFAULT_MAX_STR = 4096
-DEFAULT_MAX_BYTES = 64 * 1024
-DEFAULT_MAX_ITEMS = 1024
-INT_MIN, INT_MAX = -(2**63), 2**63 - 1
-UINT_MAX = 2**64 - 1
-TAG_KEY = "t"
 
 T = TypeVar("T")
-
-
-# ---------------------------------------------------------------- annotations
-
-
-@dataclass(frozen=True, slots=True)
-class Max:
-    """Annotated bound: at most ``n`` characters, bytes or elements."""
-
-    n: int
-
-
-@dataclass(frozen=True, slots=True)
-class Min:
-    """Annotated bound: at least ``n`` characters, bytes or elements."""
-
-    n: int
-
-
-@dataclass(frozen=True, slots=True)
-class Range:
-    """Annotated bound on an int: ``lo <= value <= hi`` (within -2**63 .. 2**64-1)."""
-
-    lo: int
-    hi: int
-
-
-# ---------------------------------------------------------------- compiled schema
-
-
-@dataclass(frozen=True, slots=True)
-class IntField:
-    """An integer in ``lo..hi``."""
-
-    lo: int
-    hi: int
-
-
-@dataclass(frozen=True, slots=True)
-class BoolField:
-    """A bool (never an int)."""
-
-
-@dataclass(frozen=True, slots=True)
-class StrField:
-    """Text of ``lo..hi`` characters."""
-
-    lo: int
-    hi: int
-
-
-@dataclass(frozen=True, slots=True)
-class BytesField:
-    """A byte string of ``lo..hi`` bytes."""
-
-    lo: int
-    hi: int
-
-
-@dataclass(frozen=True, slots=True)
-class OptionalField:
-    """``inner`` or None."""
-
-    inner: Field
-
-
-@dataclass(frozen=True, slots=True)
-class TupleField:
-    """A tuple of ``lo..hi`` elements of ``inner`` (an array on the wire)."""
-
-    inner: Field
-    lo: int
-    hi: int
-
-
-@dataclass(frozen=True, slots=True)
-class RecordField:
-    """A registered record (a map of its fields on the wire)."""
-
-    cls: type[Any]
-
-
-Field = IntField | BoolField | StrField | BytesField | OptionalField | TupleField | RecordField
-
-
-@dataclass(frozen=True, slots=True)
-class Schema:
-    """A registered dataclass: its fields in canonical (wire) order."""
-
-    cls: type[Any]
-    fields: tuple[tuple[str, Field], ...]
-    tag: str | None
-
-
-_SCHEMAS: dict[type[Any], Schema] = {}
-_LIMITS: dict[str, int] = {}
-MESSAGES: dict[str, type[Any]] = {}
-"""The one registry of messages: wire tag -> dataclass."""
-
-
-def _bounds(meta: list[Any], lo: int, hi: int) -> tuple[int, int]:
-    for m in meta:
-        if isinstance(m, Max):
-            hi = m.n
-        elif isinstance(m, Min):
-            lo = m.n
-    if not 0 <= lo <= hi:
-        raise TypeError(f"bad length bounds {lo}..{hi}")
-    return lo, hi
-
-
-def _compile(hint: Any, meta: list[Any] | None = None) -> Field:
-    meta = list(meta or [])
-    if typing.get_origin(hint) is typing.Annotated:
-        base, *extra = typing.get_args(hint)
-        return _compile(base, meta + extra)
-    lengths = [m for m in meta if isinstance(m, Max | Min)]
-    ranges = [m for m in meta if isinstance(m, Range)]
-    if (lengths and hint in (int, bool)) or (ranges and hint is not int) or (meta and hint is bool):
-        raise TypeError(f"{meta} does not apply to {hint!r}")
-    if hint is bool:
-        return BoolField()
-    if hint is int:
-        lo, hi = (ranges[-1].lo, ranges[-1].hi) if ranges else (INT_MIN, INT_MAX)
-        if not INT_MIN <= lo <= hi <= UINT_MAX:
-            raise TypeError(f"bad int range {lo}..{hi}")
-        return IntField(lo, hi)
-    if hint is str:
-        return StrField(*_bounds(meta, 0, DEFAULT_MAX_STR))
-    if hint is bytes:
-        return BytesField(*_bounds(meta, 0, DEFAULT_MAX_BYTES))
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        rest = [a for a in args if a is not type(None)]
-        if len(args) != 2 or len(rest) != 1:
-            raise TypeError(f"only X | None unions are supported, not {hint}")
-        return OptionalField(_compile(rest[0], meta))
-    if typing.get_origin(hint) is tuple:
-        targs = typing.get_args(hint)
-        if len(targs) != 2 or targs[1] is not Ellipsis:
-            raise TypeError(f"only tuple[X, ...] is supported, not {hint}")
-        return TupleField(_compile(targs[0]), *_bounds(meta, 0, DEFAULT_MAX_ITEMS))
-    if isinstance(hint, type) and hint in _SCHEMAS and not meta:
-        return RecordField(hint)
-    raise TypeError(f"unsupported field type {hint!r}")
-
-
-def _register(cls: type[Any], tag: str | None) -> Schema:
-    params = getattr(cls, "__dataclass_params__", None)
-    if not dataclasses.is_dataclass(cls) or params is None or not params.frozen:
-        raise TypeError(f"{cls.__name__} must be a frozen dataclass")
-    hints = typing.get_type_hints(cls, include_extras=True)
-    fields = [(f.name, _compile(hints[f.name])) for f in dataclasses.fields(cls)]
-    if any(name == TAG_KEY for name, _ in fields):
-        raise TypeError(f"field name {TAG_KEY!r} is reserved")
-    schema = Schema(cls, tuple(sorted(fields, key=lambda f: f[0].encode())), tag)
-    _SCHEMAS[cls] = schema
-    _LIMITS.clear()
-    return schema
-
-
-def record(cls: type[T]) -> type[T]:
-    """Register a nested record type (a map of its fields on the wire)."""
-    _register(cls, None)
-    return cls
-
-
-def message(tag: str) -> Callable[[type[T]], type[T]]:
-    """Register a message type under the wire tag ``tag`` (stable, never reused)."""
-
-    def register(cls: type[T]) -> type[T]:
-        if tag in MESSAGES:
-            raise TypeError(f"message tag {tag!r} registered twice")
-        _register(cls, tag)
-        MESSAGES[tag] = cls
-        return cls
-
-    return register
-
-
-def schema_of(cls: type[Any]) -> Schema:
-    """The compiled schema of a registered message or record class."""
-    return _SCHEMAS[cls]
-
-
-def tag_of(msg: object) -> str:
-    """The wire tag of a registered message instance (KeyError if it is none)."""
-    tag = _SCHEMAS[type(msg)].tag
-    if tag is None:
-        raise KeyError(type(msg).__name__)
-    return tag
 
 
 def _err(code: str, message: str) -> ProtocolError:
@@ -298,7 +111,7 @@ def _value(v: Any, f: Field, name: str) -> Any:
             raise _err("decode-wrong-type", f"{name} must be an array")
         _check_len(len(v), f.lo, f.hi, name, "elements")
         return tuple(_value(x, f.inner, name) for x in v)
-    return _build(v, _SCHEMAS[f.cls], expect_tag=None)
+    return _build(v, SCHEMAS[f.cls], expect_tag=None)
 
 
 def _build(value: Any, schema: Schema, *, expect_tag: str | None) -> Any:
@@ -329,7 +142,7 @@ def _to_wire(v: Any, f: Field) -> Any:
     if isinstance(f, TupleField):
         return [_to_wire(x, f.inner) for x in v]
     if isinstance(f, RecordField):
-        return _record_to_wire(v, _SCHEMAS[f.cls], None)
+        return _record_to_wire(v, SCHEMAS[f.cls], None)
     return v
 
 
@@ -347,7 +160,7 @@ def _pack(msg: object, schema: Schema) -> bytes:
 
 def encode(msg: object) -> bytes:
     """Canonical msgpack of a registered message; ProtocolError(encode-invalid, local) if invalid."""
-    schema = _SCHEMAS.get(type(msg))
+    schema = SCHEMAS.get(type(msg))
     if schema is None or schema.tag is None:
         raise TypeError(f"{type(msg).__name__} is not a registered message")
     wire = _record_to_wire(msg, schema, schema.tag)
@@ -405,34 +218,8 @@ def _ext_hook(code: int, data: bytes) -> Any:
     raise _err("decode-ext-type", "msgpack extension types are not allowed")
 
 
-def _limits() -> dict[str, int]:
-    """The largest string, byte string, array and map any registered schema allows."""
-    if _LIMITS:
-        return _LIMITS
-    out = {"str": 1, "bin": 0, "array": 0, "map": 1}
-
-    def walk(f: Field) -> None:
-        if isinstance(f, StrField):
-            out["str"] = max(out["str"], 4 * f.hi)
-        elif isinstance(f, BytesField):
-            out["bin"] = max(out["bin"], f.hi)
-        elif isinstance(f, TupleField):
-            out["array"] = max(out["array"], f.hi)
-            walk(f.inner)
-        elif isinstance(f, OptionalField):
-            walk(f.inner)
-
-    for schema in _SCHEMAS.values():
-        out["map"] = max(out["map"], len(schema.fields) + 1)
-        for name, f in schema.fields:
-            out["str"] = max(out["str"], len(name.encode()))
-            walk(f)
-    _LIMITS.update(out)
-    return out
-
-
 def _unpack(data: bytes, max_size: int) -> Any:
-    limits = _limits()
+    bounds = limits()
     unpacker = msgpack.Unpacker(
         raw=False,
         use_list=True,
@@ -442,10 +229,10 @@ def _unpack(data: bytes, max_size: int) -> Any:
         ext_hook=_ext_hook,
         max_buffer_size=max(len(data), 1),
         # msgpack checks these before it allocates: nothing oversize is built.
-        max_str_len=min(max_size, limits["str"]),
-        max_bin_len=min(max_size, limits["bin"]),
-        max_array_len=min(max_size, limits["array"]),
-        max_map_len=min(max_size, limits["map"]),
+        max_str_len=min(max_size, bounds["str"]),
+        max_bin_len=min(max_size, bounds["bin"]),
+        max_array_len=min(max_size, bounds["array"]),
+        max_map_len=min(max_size, bounds["map"]),
         max_ext_len=0,
     )
     unpacker.feed(data)
@@ -487,7 +274,7 @@ def decode(data: bytes, *, max_size: int = MAX_MESSAGE) -> Any:
     cls = MESSAGES.get(tag)
     if cls is None:
         raise _err("decode-unknown-type", f"unknown message type {tag[:40]!r}")
-    schema = _SCHEMAS[cls]
+    schema = SCHEMAS[cls]
     msg = _build(value, schema, expect_tag=tag)
     # Canonical iff it re-encodes to the very same bytes (key order, widths, types).
     if _pack(msg, schema) != data:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from handoffd.proto import codec
-from handoffd.proto.codec import INT_MAX, UINT_MAX, Max, Min, Range, message, record
+from handoffd.proto.schema import INT_MAX, UINT_MAX, Max, Min, Range, message, record
 
 PROTOCOL_VERSION = 1
 WIRE_MAX = 64 * 1024

@@ -1,6 +1,6 @@
 """handoff-server: accounts, pairing invites, device certificates, revocation, presence, signaling.
 
-Kept import-free so the daemon side (``handoffd.serverclient``) can use the pure
-helpers in ``handoffd.server.auth`` and ``handoffd.server.pairing`` without
-loading the server.
+What the server and the devices both speak (request signatures, the WebSocket
+challenge, invites, ICE answers, relay messages) lives in ``handoffd.wire``;
+the device side never imports this package.
 """

@@ -16,9 +16,11 @@ from aiohttp import web
 
 from handoffd import __version__, identity
 from handoffd.errors import IdentityError, ServerError
-from handoffd.server import auth, pairing, ratelimit
-from handoffd.server.app import CONFIG, HUB, JOIN_LIMITER, STORE, VERIFIER, error_response
+from handoffd.server import pairing, ratelimit
+from handoffd.server.keys import CONFIG, HUB, JOIN_LIMITER, STORE, VERIFIER, error_response
+from handoffd.server.relay import RELAY
 from handoffd.server.store import Device, Issued
+from handoffd.wire import auth
 
 logger = logging.getLogger("handoffd.server.api")
 
@@ -315,6 +317,12 @@ async def ice_servers(request: web.Request) -> web.Response:
     return json_response({"ice_servers": servers, "ttl": ice.ttl})
 
 
+async def relay_stats(request: web.Request) -> web.Response:
+    """``GET /v1/relays`` (device): the caller's account's relay sessions."""
+    device = await authenticate(request)
+    return json_response(request.app[RELAY].stats(device.account_id))
+
+
 def setup_api(app: web.Application) -> None:
     """Add the ``/v1`` routes (the WebSocket route is added by the hub)."""
     app[ratelimit.INVITE_LIMITS] = ratelimit.InviteLimits(per_minute=app[CONFIG].invites_per_minute)
@@ -327,3 +335,4 @@ def setup_api(app: web.Application) -> None:
     app.router.add_get("/v1/crl", get_crl)
     app.router.add_post("/v1/renew", renew)
     app.router.add_get("/v1/ice", ice_servers)
+    app.router.add_get("/v1/relays", relay_stats)

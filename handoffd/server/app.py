@@ -17,25 +17,31 @@ import importlib.util
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from handoffd.errors import HandoffError, ServerError, StoreError
-from handoffd.server.auth import RequestVerifier
+from handoffd.server import api
 from handoffd.server.hub import Hub
-from handoffd.server.ice import IceConfig
-from handoffd.server.pairing import INVITE_TTL, RateLimiter
+from handoffd.server.keys import (
+    CONFIG,
+    HUB,
+    JOIN_LIMITER,
+    MAX_BODY,
+    STORE,
+    VERIFIER,
+    ServerConfig,
+    error_response,
+)
+from handoffd.server.pairing import RateLimiter
 from handoffd.server.ratelimit import TRUSTED_PROXIES, TrustedProxies
-from handoffd.server.relay import RelayConfig, setup_relay
+from handoffd.server.relay import setup_relay
 from handoffd.server.store import Store
+from handoffd.wire.auth import RequestVerifier
 
 logger = logging.getLogger("handoffd.server")
 access_logger = logging.getLogger("handoffd.server.access")
-
-MAX_BODY = 256 * 1024
 
 __all__ = [
     "CONFIG",
@@ -49,35 +55,8 @@ __all__ = [
     "make_app",
 ]
 
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """Server settings (``serve``'s options); ``clock`` is injectable for tests."""
-
-    data_dir: Path
-    public_url: str | None = None
-    fingerprint: str | None = None
-    invite_ttl: float = INVITE_TTL
-    join_failures_per_minute: float = 10.0
-    join_failure_burst: int = 10
-    max_body: int = MAX_BODY
-    revocation_poll: float = 1.0
-    trusted_proxies: tuple[str, ...] = ()  # reverse proxies whose X-Forwarded-For is believed
-    login_name_per_minute: float = 5.0  # web logins per account name (burst 5)
-    invites_per_minute: float = 6.0  # invites made per device/web session and per account
-    clock: Callable[[], float] = field(default=time.time)
-    relay: RelayConfig = field(default_factory=RelayConfig.from_env)  # relay limits
-    ice: IceConfig = field(default_factory=IceConfig)  # STUN/TURN servers for /v1/ice
-    bus: str | None = None  # redis:// URL: several instances (handoffd.server.bus)
-
-
-STORE: web.AppKey[Store] = web.AppKey("handoff_store", Store)
-CONFIG: web.AppKey[ServerConfig] = web.AppKey("handoff_config", ServerConfig)
-HUB: web.AppKey[Hub] = web.AppKey("handoff_hub", Hub)
-VERIFIER: web.AppKey[RequestVerifier] = web.AppKey("handoff_verifier", RequestVerifier)
-JOIN_LIMITER: web.AppKey[RateLimiter] = web.AppKey("handoff_join_limiter", RateLimiter)
-
 WebSetup = Callable[[web.Application, Store, ServerConfig], None]
+
 
 _STATUS_CODES = {
     400: "bad-request",
@@ -89,11 +68,6 @@ _STATUS_CODES = {
     415: "unsupported-media-type",
     429: "rate-limited",
 }
-
-
-def error_response(status: int, code: str, message: str) -> web.Response:
-    """The JSON error body every ``/v1`` failure uses."""
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -160,8 +134,6 @@ def make_app(
     ``web_setup``: True (default) uses ``handoffd.server.web.setup_web`` if it
     exists; a callable is used instead; None/False leaves the pages out.
     """
-    from handoffd.server import api  # imported here: api imports this module's keys
-
     app = web.Application(client_max_size=config.max_body, middlewares=[_errors])
     hub = Hub(store, config.clock)
     app[STORE] = store
@@ -174,7 +146,7 @@ def make_app(
     )
     api.setup_api(app)
     app.router.add_get("/v1/ws", hub.handle)
-    setup_relay(app, hub, config.relay)  # relay: /v1/relay, /v1/relays (handoffd.server.relay)
+    setup_relay(app, hub, config.relay)  # relay: /v1/relay (handoffd.server.relay)
     if config.bus is not None:  # bus: imported only then (redis is an optional dependency)
         from handoffd.server.bus import setup_bus
 

@@ -153,6 +153,7 @@ async def serve(args: argparse.Namespace) -> int:
             join_failure_burst=max(1, int(args.join_failures_per_minute)),
             trusted_proxies=tuple(args.trusted_proxy),
             login_name_per_minute=args.login_name_per_minute,
+            login_address_per_minute=args.login_address_per_minute,
             invites_per_minute=args.invites_per_minute,
             ice=ice,
             relay=relay,
@@ -426,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--invite-ttl", type=float, default=pairing.INVITE_TTL, help=argparse.SUPPRESS)
     p.add_argument("--join-failures-per-minute", type=float, default=10.0, help=argparse.SUPPRESS)
     p.add_argument("--login-name-per-minute", type=float, default=5.0, help=argparse.SUPPRESS)
+    p.add_argument("--login-address-per-minute", type=float, default=10.0, help=argparse.SUPPRESS)
     p.add_argument("--invites-per-minute", type=float, default=6.0, help=argparse.SUPPRESS)
 
     sub.add_parser("migrate", parents=[common], help="create or upgrade the schema, then exit")

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,8 +32,8 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from handoffd import identity
 from handoffd.errors import HandoffError, ServerError
-from handoffd.server import auth
 from handoffd.server.store import Device, Store
+from handoffd.wire import auth
 
 if TYPE_CHECKING:
     from handoffd.server.bus import RedisBus
@@ -285,23 +284,17 @@ class Hub:
         Returns the device and the whole auth message (callers may read more
         fields from it), or None after a refusal was sent and ``ws`` closed.
         """
-        challenge = secrets.token_bytes(auth.WS_NONCE_LEN)
-        await self._send_ws(
-            ws,
-            {"type": "challenge", "nonce": auth.b64e(challenge), "server_time": self._clock()},
-        )
+        challenge = auth.new_challenge()
+        await self._send_ws(ws, auth.challenge_message(challenge, self._clock()))
         try:
             async with asyncio.timeout(AUTH_TIMEOUT):
                 data = await self._receive(ws)
             if data is None:
                 return None
-            if data.get("type") != "auth":
-                raise _FrameError("the first message must be auth")
-            device_id, signature = data.get("device_id"), data.get("signature")
-            if not isinstance(device_id, str) or not identity.is_device_id(device_id):
-                raise _FrameError("auth needs a device_id")
-            if not isinstance(signature, str):
-                raise _FrameError("auth needs a signature")
+            try:
+                device_id, signature = auth.parse_auth(data)
+            except ValueError as exc:
+                raise _FrameError(str(exc)) from None
             device = await asyncio.to_thread(self._store.get_device, device_id)
             if device is None:
                 raise ServerError("unknown device", code="auth-invalid", status=401)

@@ -44,10 +44,11 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from handoffd.errors import ServerError
-from handoffd.server import auth, ratelimit
+from handoffd.server import ratelimit
 from handoffd.server.hub import Hub, _Conn, _FrameError
 from handoffd.server.ratelimit import RateLimiter
 from handoffd.server.relaybus import pipe_elsewhere, verify_side
+from handoffd.wire import auth
 
 logger = logging.getLogger("handoffd.server.relay")
 
@@ -594,25 +595,15 @@ class RelayHub:
                 transport.abort()
 
 
-async def stats(request: web.Request) -> web.Response:
-    """``GET /v1/relays`` (device): the caller's account's relay sessions."""
-    from handoffd.server.api import authenticate, json_response  # api imports app
-
-    device = await authenticate(request)
-    relay = request.app[RELAY]
-    return json_response(relay.stats(device.account_id))
-
-
 RELAY: web.AppKey[RelayHub] = web.AppKey("handoff_relay", RelayHub)
 
 
 def setup_relay(app: web.Application, hub: Hub, config: RelayConfig) -> RelayHub:
-    """Create the relay, wire it into the hub and add ``/v1/relay`` and ``/v1/relays``."""
+    """Create the relay, wire it into the hub and add ``/v1/relay`` (``/v1/relays`` is in api.py)."""
     relay = RelayHub(hub, config)
     hub.relay = relay
     app[RELAY] = relay
     app.router.add_get("/v1/relay", relay.handle)
-    app.router.add_get("/v1/relays", stats)
     return relay
 
 
@@ -623,5 +614,4 @@ __all__ = [
     "RelayConfig",
     "RelayHub",
     "setup_relay",
-    "stats",
 ]

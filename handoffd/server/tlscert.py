@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from handoffd import identity
 from handoffd.errors import ConfigError, HandoffError
+from handoffd.selfsigned import self_signed
 
 LIFETIME = dt.timedelta(days=3650)
 # TLS 1.2: forward-secret AEAD suites only (no CBC, no RSA key exchange); TLS 1.3's are all AEAD.
@@ -81,18 +82,16 @@ def make_certificate(
             x509.NameAttribute(NameOID.COMMON_NAME, "handoff-server"),
         ]
     )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - identity.BACKDATE)
-        .not_valid_after(now + LIFETIME)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName(_names(extra_hosts or [])), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(key, hashes.SHA256())
+    cert = self_signed(
+        key,
+        name,
+        not_before=now - identity.BACKDATE,
+        not_after=now + LIFETIME,
+        extensions=[
+            (x509.BasicConstraints(ca=False, path_length=None), True),
+            (x509.SubjectAlternativeName(_names(extra_hosts or [])), False),
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+        ],
     )
     return key, cert
 

@@ -29,7 +29,7 @@ from aiohttp import web
 from handoffd import identity
 from handoffd.errors import HandoffError, ServerError
 from handoffd.server import pairing, ratelimit
-from handoffd.server.app import HUB
+from handoffd.server.keys import HUB
 from handoffd.server.passwords import BUSY_RETRY_AFTER, PasswordChecker
 from handoffd.server.ratelimit import RateLimiter
 from handoffd.server.store import Device, Store, check_account_name
@@ -81,11 +81,15 @@ class WebState:
     """Login sessions, the login-form secret and login rate limits (in memory, bounded)."""
 
     def __init__(
-        self, clock: Callable[[], float] = time.time, *, name_per_minute: float = 5.0
+        self,
+        clock: Callable[[], float] = time.time,
+        *,
+        name_per_minute: float = 5.0,
+        address_per_minute: float = 10.0,
     ) -> None:
         self.clock = clock
         self.sessions: OrderedDict[str, _Session] = OrderedDict()
-        self.by_ip = RateLimiter(per_minute=10, burst=10)
+        self.by_ip = RateLimiter(per_minute=address_per_minute, burst=10)
         self.by_name = RateLimiter(per_minute=name_per_minute, burst=5)
         self.passwords = PasswordChecker()
         self._login_key = secrets.token_bytes(32)
@@ -221,7 +225,11 @@ def setup_web(app: web.Application, store: Store, config: object) -> None:
     """Add the web pages (``/``, ``/login``, ``/logout``, ``/devices``, ``/add-device``) to ``app``."""
     clock: Callable[[], float] = getattr(config, "clock", time.time)
     invite_ttl = float(getattr(config, "invite_ttl", pairing.INVITE_TTL))
-    app[WEB] = WebState(clock, name_per_minute=float(getattr(config, "login_name_per_minute", 5.0)))
+    app[WEB] = WebState(
+        clock,
+        name_per_minute=float(getattr(config, "login_name_per_minute", 5.0)),
+        address_per_minute=float(getattr(config, "login_address_per_minute", 10.0)),
+    )
     if ratelimit.INVITE_LIMITS not in app:
         app[ratelimit.INVITE_LIMITS] = ratelimit.InviteLimits()
 

@@ -7,10 +7,9 @@ their device certificates, via ``ssl.SSLContext.wrap_bio`` over two
 then our own ``identity.verify_device_cert`` (account, device id ↔ key, CRL,
 the expected peer). The initiator is the TLS client, the target the server.
 
-After the handshake each side sends one framed hello (``{"relay": 1, "ok":
-true}`` or ``{"relay": 1, "ok": false, "code": <why>}``) so a side that
-refuses its peer says why, and neither side hands out a channel before the
-other accepted it. Then application messages travel as frames (4-byte length,
+After the handshake each side sends one framed hello
+(``handoffd.wire.relayhello``) so a side that refuses its peer says why, and
+neither side hands out a channel before the other accepted it. Then application messages travel as frames (4-byte length,
 ≤ 64 KiB payload, ``handoffd.proto.framing``) inside TLS.
 """
 
@@ -20,29 +19,26 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
-import json
 import logging
 import re
 import ssl
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from handoffd import identity
 from handoffd.errors import HandoffError, ProtocolError, ServerError, TransportError
 from handoffd.proto.framing import FrameDecoder, encode_frame
-from handoffd.serverclient import RelayTicket, ServerClient, ServerLink
 from handoffd.transport import tlskey
 from handoffd.transport.base import (
     MAX_MESSAGE,
     PATH_RELAY,
     Channel,
-    Dialer,
     LocalIdentity,
     PeerAuthError,
     PeerRefusedError,
     check_message,
 )
+from handoffd.wire import relayhello
 
 logger = logging.getLogger("handoffd.transport.relay")
 
@@ -51,15 +47,13 @@ MAX_CHUNK = 96 * 1024
 READ_CHUNK = 256 * 1024
 RECV_HIGH = 4 * 1024 * 1024
 """Decoded messages held unread before we stop reading the relay (back-pressure)."""
-MAX_HELLO = 256
 CLOSE_TIMEOUT = 2.0
 # X509_V_FLAG_NO_CHECK_TIME: validity is checked by verify_device_cert, with clock skew.
 _NO_CHECK_TIME = 0x200000
-_CODE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 
 
 class ByteStream(Protocol):
-    """An ordered, reliable pipe of binary messages (``serverclient.RelayStream``)."""
+    """An ordered, reliable pipe of binary messages (``handoffd.serverlink.RelayStream``)."""
 
     @property
     def error(self) -> HandoffError | None:
@@ -112,36 +106,6 @@ def _tls_error(exc: ssl.SSLError) -> TransportError:
     if "ALERT" in reason:
         return PeerRefusedError("the peer refused the TLS handshake", peer_code=_kebab(reason))
     return TransportError(f"TLS failed: {reason or type(exc).__name__}", code="tls-failed")
-
-
-def _hello(code: str | None) -> bytes:
-    body: dict[str, object] = {"relay": 1, "ok": code is None}
-    if code is not None:
-        body["code"] = code
-    return json.dumps(body, separators=(",", ":")).encode("ascii")
-
-
-def _parse_hello(data: bytes) -> str | None:
-    """None if the peer accepted us, else its (unverified) code; ProtocolError if malformed."""
-    try:
-        if len(data) > MAX_HELLO:
-            raise ValueError("too long")
-        hello = json.loads(data)
-        if not isinstance(hello, dict) or hello.get("relay") != 1:
-            raise ValueError("not a hello")
-        if hello.get("ok") is True and set(hello) == {"relay", "ok"}:
-            return None
-        code = hello.get("code")
-        if (
-            hello.get("ok") is False
-            and set(hello) == {"relay", "ok", "code"}
-            and isinstance(code, str)
-            and _CODE_RE.fullmatch(code)
-        ):
-            return code
-        raise ValueError("bad fields")
-    except (ValueError, RecursionError):
-        raise ProtocolError("malformed relay hello", code="hello-malformed") from None
 
 
 # ---------------------------------------------------------------- the channel
@@ -214,14 +178,14 @@ class RelayChannel(Channel):
                 channel._reader = asyncio.create_task(channel._read_loop(), name="relay-reader")
                 sent: TransportError | None = None
                 try:
-                    await channel._send_raw(_hello(None))
+                    await channel._send_raw(relayhello.encode_hello(None))
                 except TransportError as exc:
                     sent = exc  # the peer may have refused us and gone: read why first
                 try:
                     hello = await channel._recv_raw()
                 except TransportError as exc:
                     raise sent or exc from None
-                refused = _parse_hello(hello)
+                refused = relayhello.parse_hello(hello)
                 if refused is not None:
                     raise PeerRefusedError("the peer refused us", peer_code=refused)
         except TimeoutError:
@@ -285,7 +249,7 @@ class RelayChannel(Channel):
                 raise PeerAuthError(exc.message, code=exc.code) from None
         except PeerAuthError as exc:
             with contextlib.suppress(HandoffError, ssl.SSLError):
-                await self._send_raw(_hello(exc.code))
+                await self._send_raw(relayhello.encode_hello(exc.code))
             raise
 
     # -- plumbing
@@ -459,172 +423,9 @@ class RelayChannel(Channel):
                 await self._stream.close()
 
 
-# ---------------------------------------------------------------- dial / accept
-
-
-def _transport_error(exc: ServerError) -> TransportError:
-    return TransportError(exc.message, code=exc.code)
-
-
-class RelayDialer(Dialer):
-    """Dials a device through the server relay (initiator = TLS client)."""
-
-    name = "relay"
-
-    def __init__(
-        self,
-        local: LocalIdentity,
-        client: ServerClient,
-        link: ServerLink,
-        options: RelayOptions | None = None,
-    ) -> None:
-        self._local = local
-        self._client = client
-        self._link = link
-        self._options = options or RelayOptions()
-
-    def plausible(self, peer_device_id: str) -> bool:
-        """True while we are connected to the server and it lists the peer online."""
-        return self._link.connected and peer_device_id in self._link.online
-
-    async def dial(self, peer_device_id: str, *, deadline: float) -> Channel:
-        """Open a relay session to ``peer_device_id`` and authenticate it by ``deadline``.
-
-        TransportError codes: the server's (``target-unavailable``,
-        ``relay-too-many``, ``rate-limited``, ``relay-peer-absent``, ...),
-        ``server-offline``, ``connect-timeout``; PeerAuthError / PeerRefusedError.
-        """
-        local = self._local
-        if not identity.is_device_id(peer_device_id) or peer_device_id == local.device_id:
-            raise TransportError("not a peer device id", code="bad-peer")
-        try:
-            async with asyncio.timeout_at(deadline):
-                ticket = await self._link.open_relay(peer_device_id, deadline=deadline)
-                try:
-                    stream = await self._client.relay_stream(ticket, deadline=deadline)
-                except BaseException:
-                    await _give_up(self._link, ticket)
-                    raise
-                stream.stall_timeout = self._options.send_stall_timeout
-                return await RelayChannel.establish(
-                    stream,
-                    local,
-                    server_side=False,
-                    expected_peer=peer_device_id,
-                    deadline=deadline,
-                    options=self._options,
-                )
-        except TimeoutError:
-            raise TransportError(
-                "relay connection took longer than the deadline", code="connect-timeout"
-            ) from None
-        except ServerError as exc:
-            raise _transport_error(exc) from None
-
-
-async def _give_up(link: ServerLink, ticket: RelayTicket) -> None:
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(CLOSE_TIMEOUT):
-            await link.close_relay(ticket.session)
-
-
-async def accept(
-    ticket: RelayTicket,
-    *,
-    local: LocalIdentity,
-    client: ServerClient,
-    deadline: float | None = None,
-    options: RelayOptions | None = None,
-) -> RelayChannel:
-    """Join a relay session offered to us (target = TLS server) and authenticate the initiator."""
-    options = options or RelayOptions()
-    if ticket.initiator or not identity.is_device_id(ticket.peer) or ticket.peer == local.device_id:
-        raise TransportError("not a relay offer from a peer", code="bad-peer")
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + options.connect_timeout if deadline is None else deadline
-    try:
-        stream = await client.relay_stream(ticket, deadline=deadline)
-    except ServerError as exc:
-        raise _transport_error(exc) from None
-    stream.stall_timeout = options.send_stall_timeout
-    return await RelayChannel.establish(
-        stream,
-        local,
-        server_side=True,
-        expected_peer=ticket.peer,
-        deadline=deadline,
-        options=options,
-    )
-
-
-class RelayListener:
-    """Answers relay offers: pass ``on_relay`` to ``ServerClient.connect``.
-
-    Each offer is accepted in a task this object owns; an authenticated
-    channel goes to ``on_channel`` (which then owns it); failures go to
-    ``on_error`` (and the log). ``close()`` cancels what is in flight.
-    """
-
-    def __init__(
-        self,
-        local: LocalIdentity,
-        client: ServerClient,
-        on_channel: Callable[[RelayChannel], Awaitable[None]],
-        *,
-        on_error: Callable[[RelayTicket, HandoffError], None] | None = None,
-        options: RelayOptions | None = None,
-        max_pending: int = 8,
-    ) -> None:
-        self._local = local
-        self._client = client
-        self._on_channel = on_channel
-        self._on_error = on_error
-        self._options = options or RelayOptions()
-        self._max_pending = max_pending
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._closed = False
-
-    def on_relay(self, ticket: RelayTicket) -> None:
-        """A relay offer from the server (synchronous: the link's callback)."""
-        if self._closed or len(self._tasks) >= self._max_pending:
-            logger.info("relay offer ignored peer=%s", ticket.peer)
-            return
-        task = asyncio.create_task(self._accept(ticket), name="relay-accept")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _accept(self, ticket: RelayTicket) -> None:
-        try:
-            channel = await accept(
-                ticket, local=self._local, client=self._client, options=self._options
-            )
-        except HandoffError as exc:
-            logger.info("incoming relay failed peer=%s code=%s", ticket.peer, exc.code)
-            if self._on_error is not None:
-                self._on_error(ticket, exc)
-            return
-        try:
-            await self._on_channel(channel)
-        except Exception:
-            logger.exception("relay channel handler failed")
-            await channel.close()
-
-    async def close(self) -> None:
-        """Stop accepting and cancel accepts in flight (idempotent)."""
-        self._closed = True
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
-
-
 __all__ = [
     "ByteStream",
     "RelayChannel",
-    "RelayDialer",
-    "RelayListener",
     "RelayOptions",
-    "accept",
     "tls_context",
 ]

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, hmac
 from handoffd import envelope, identity
 from handoffd.errors import HandoffError, TransportError
 from handoffd.identity import TrustAnchor
+from handoffd.proto import strict
 from handoffd.transport.base import LocalIdentity
 
 VERSION = 2
@@ -70,17 +71,8 @@ def make_hello(trust: TrustAnchor, tls_cert_der: bytes) -> tuple[bytes, bytes]:
 
 def _unpack(data: bytes, what: str, code: str) -> object:
     try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=16,
-            max_bin_len=64,
-            max_array_len=3,
-            max_map_len=3,
-            max_ext_len=0,
-        )
-    except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException) as exc:
+        return strict.unpack(data, max_str=16, max_bin=64, max_array=3, max_map=3)
+    except strict.MsgpackError as exc:
         raise SignalingAuthError(f"{what} is not valid msgpack", code=code) from exc
 
 

@@ -1,7 +1,7 @@
 """LAN signaling frames (shared with signals relayed through the server): strict and bounded.
 
-A frame is a 4-byte big-endian length N (1 <= N <= MAX_FRAME), then N bytes: a
-kind byte (1 offer, 2 answer, 3 error, 4 hello, 5 proof) and the body. An
+A frame is a ``handoffd.proto.framing`` frame (a 4-byte big-endian length N,
+1 <= N <= MAX_FRAME, then N bytes) whose payload is a kind byte (1 offer, 2 answer, 3 error, 4 hello, 5 proof) and the body. An
 error body is msgpack ``{"code": <kebab-case <= 64>, "message": <printable <= 200>}``.
 """
 
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-import struct
 
 import msgpack
 
 from handoffd.errors import TransportError
+from handoffd.proto import framing, strict
 
 MAX_FRAME = 256 * 1024 + 1
 KIND_OFFER = 1
@@ -23,7 +23,6 @@ KIND_HELLO = 4
 KIND_PROOF = 5
 _KINDS = (KIND_OFFER, KIND_ANSWER, KIND_ERROR, KIND_HELLO, KIND_PROOF)
 MAX_ERROR_MESSAGE = 200
-_HEADER = struct.Struct("!I")
 _CODE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
 
@@ -37,32 +36,40 @@ def encode_frame(kind: int, body: bytes) -> bytes:
     """One frame: length, kind, body."""
     if len(body) + 1 > MAX_FRAME:
         raise FrameError("signaling frame is too large", code="frame-too-large")
-    return _HEADER.pack(len(body) + 1) + bytes([kind]) + body
+    return framing.encode_frame(bytes([kind]) + body, max_frame=MAX_FRAME)
+
+
+def decode_frame(data: bytes) -> tuple[int, bytes]:
+    """One whole buffered frame as (kind, body); FrameError if its length or kind is wrong."""
+    size = framing.HEADER.size
+    if len(data) < size + 1:
+        raise FrameError("signaling frame is too short", code="frame-malformed")
+    (length,) = framing.HEADER.unpack_from(data)
+    if length != len(data) - size or length > MAX_FRAME:
+        raise FrameError("signaling frame has a bad length", code="frame-malformed")
+    if data[size] not in _KINDS:
+        raise FrameError("unknown signaling frame kind", code="frame-malformed")
+    return data[size], data[size + 1 :]
+
+
+def error_body(code: str, message: str) -> bytes:
+    """The body of an error frame (``encode_error`` without the frame around it)."""
+    if not _CODE.fullmatch(code) or len(code) > 64:
+        code = "error"
+    message = "".join(c if c.isprintable() else "?" for c in message[:MAX_ERROR_MESSAGE])
+    return msgpack.packb({"code": code, "message": message}, use_bin_type=True)
 
 
 def encode_error(code: str, message: str) -> bytes:
     """An error frame with a kebab-case code and a short printable message."""
-    if not _CODE.fullmatch(code) or len(code) > 64:
-        code = "error"
-    message = "".join(c if c.isprintable() else "?" for c in message[:MAX_ERROR_MESSAGE])
-    body = msgpack.packb({"code": code, "message": message}, use_bin_type=True)
-    return encode_frame(KIND_ERROR, body)
+    return encode_frame(KIND_ERROR, error_body(code, message))
 
 
 def decode_error(body: bytes) -> tuple[str, str]:
     """Strictly decode an error body into (code, message)."""
     try:
-        value = msgpack.unpackb(
-            body,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=1024,
-            max_bin_len=0,
-            max_array_len=0,
-            max_map_len=2,
-            max_ext_len=0,
-        )
-    except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException) as exc:
+        value = strict.unpack(body, max_str=1024, max_bin=0, max_array=0, max_map=2)
+    except strict.MsgpackError as exc:
         raise FrameError("error frame is not valid msgpack") from exc
     if not isinstance(value, dict) or set(value) != {"code", "message"}:
         raise FrameError("error frame has the wrong fields")
@@ -76,7 +83,7 @@ def decode_error(body: bytes) -> tuple[str, str]:
 
 async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     """Read one frame (bounded); raise FrameError, or IncompleteReadError at EOF."""
-    (length,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+    (length,) = framing.HEADER.unpack(await reader.readexactly(framing.HEADER.size))
     if length == 0:
         raise FrameError("empty signaling frame", code="frame-malformed")
     if length > MAX_FRAME:

@@ -44,6 +44,7 @@ from cryptography.x509.oid import NameOID
 
 from handoffd import netguard
 from handoffd.errors import HandoffError, TransportError
+from handoffd.selfsigned import self_signed
 from handoffd.transport import sigauth, tlskey
 from handoffd.transport.base import LocalIdentity, PeerRefusedError
 from handoffd.transport.sigframes import KIND_ANSWER as KIND_ANSWER
@@ -93,15 +94,11 @@ def server_tls() -> tuple[ssl.SSLContext, bytes]:
     key = Ed25519PrivateKey.generate()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "handoff-signaling")])
     now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=3650))
-        .sign(key, None)
+    cert = self_signed(
+        key,
+        name,
+        not_before=now - dt.timedelta(days=1),
+        not_after=now + dt.timedelta(days=3650),
     )
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3

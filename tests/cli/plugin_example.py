@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from handoffd.cli import AddCommand
+from handoffd.subcommands import AddCommand
 
 
 def hello(args: argparse.Namespace) -> int:

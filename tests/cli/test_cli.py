@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from handoffd import cli
-from handoffd.cli import clean, table
+from handoffd.console import clean, table
 from tests.daemon.helpers import DaemonProcess
 from tests.server.helpers import ServerProcess, cli_invite, create_account
 
@@ -169,14 +169,14 @@ def test_subcommand_modules_register_commands(
 
 
 def test_state_text_says_attempt_next_try_and_reason() -> None:
-    from handoffd.cli import _state_text
+    from handoffd.console import state_text
 
     soon = time.time() + 8.4
-    text = _state_text("retrying", 3, soon, {"code": "no-path", "message": "x"})
+    text = state_text("retrying", 3, soon, {"code": "no-path", "message": "x"})
     assert text in (
         "retrying (attempt 3, next in 8s: no-path)",
         "retrying (attempt 3, next in 7s: no-path)",
     )
     refused = {"code": "peer-refused", "message": "x", "reason": "cert-revoked"}
-    assert _state_text("failed", 1, None, refused) == "failed: cert-revoked"
-    assert _state_text("transferring", 1, None, None) == "transferring"
+    assert state_text("failed", 1, None, refused) == "failed: cert-revoked"
+    assert state_text("transferring", 1, None, None) == "transferring"

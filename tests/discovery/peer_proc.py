@@ -6,8 +6,9 @@ import argparse
 import asyncio
 import json
 
+from handoffd.discovery.browse import DiscoveryEvent
 from handoffd.discovery.liveness import LivenessPolicy
-from handoffd.discovery.mdns import Discovery, DiscoveryEvent
+from handoffd.discovery.mdns import Discovery
 
 # Fast liveness for tests: a dead peer is gone within about 3 s.
 FAST = LivenessPolicy(

@@ -17,8 +17,10 @@ from zeroconf import IPVersion
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from handoffd.discovery import txt
+from handoffd.discovery.browse import DiscoveryEvent, PeerSighting
 from handoffd.discovery.liveness import LivenessPolicy
-from handoffd.discovery.mdns import Discovery, DiscoveryEvent, PeerSighting, parse_unicast_peer
+from handoffd.discovery.mdns import Discovery
+from handoffd.discovery.unicast import parse_unicast_peer
 
 KEY = secrets.token_bytes(32)
 """This run's marker key. Every run uses the same device ids and ports on the machine's one
@@ -256,7 +258,7 @@ async def test_known_devices_change_seen_first_by_another_reader_still_resolves_
         await asyncio.sleep(0.5)
         assert a.lookup(B) is None  # B is not (yet) one of ours
         known.add(B)
-        a._refresh_book()  # what a browser callback for another advertisement does first
+        a.browser.refresh_book()  # what a browser callback for another advertisement does first
         await _wait(lambda: a.lookup(B) is not None)
     finally:
         await a.close()

@@ -442,7 +442,7 @@ async def relay_rogue(
 
     from handoffd import identity
     from handoffd.errors import ServerError
-    from handoffd.serverclient import RelayTicket, ServerClient, ServerLink, parse_invite
+    from handoffd.serverlink import RelayTicket, ServerClient, ServerLink, parse_invite
 
     loop = asyncio.get_running_loop()
     results: dict[str, str] = {}

@@ -14,9 +14,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from handoffd import identity
 from handoffd.errors import HandoffError, TransportError
-from handoffd.serverclient import JoinResult, RelayTicket, ServerClient, ServerLink
+from handoffd.serverlink import JoinResult, RelayTicket, ServerClient, ServerLink
 from handoffd.transport.base import Channel, LocalIdentity
-from handoffd.transport.relay import RelayChannel, RelayDialer, RelayListener, RelayOptions
+from handoffd.transport.relay import RelayChannel, RelayOptions
+from handoffd.transport.relaydial import RelayDialer, RelayListener
 from tests.server.helpers import ServerProcess, cli_invite, create_account, pair
 
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from handoffd import identity
 from handoffd.errors import ServerError, TransportError
-from handoffd.serverclient import RelayTicket
+from handoffd.serverlink import RelayTicket
 from handoffd.transport.base import PeerAuthError, PeerRefusedError
 from handoffd.transport.relay import RelayChannel
 from tests.relay.helpers import (

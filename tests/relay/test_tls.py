@@ -14,6 +14,7 @@ from handoffd.proto.framing import HEADER
 from handoffd.transport import relay, tlskey
 from handoffd.transport.base import LocalIdentity, PeerAuthError, PeerRefusedError
 from handoffd.transport.relay import RelayChannel
+from handoffd.wire import relayhello
 from tests.transport.helpers import Account, Device, utcnow
 
 pytestmark = pytest.mark.timeout(60)
@@ -172,9 +173,9 @@ async def test_malformed_hello_and_oversize_frame(account: Account) -> None:
     c, s = account.device(), account.device()
     a, b = pipe()
     deadline = asyncio.get_running_loop().time() + 10
-    orig = relay._hello
+    orig = relayhello.encode_hello
     try:
-        relay._hello = lambda code: b"{not json"
+        relayhello.encode_hello = lambda code: b"{not json"
         results = await asyncio.gather(
             RelayChannel.establish(
                 a, c.local, server_side=False, expected_peer=s.id, deadline=deadline
@@ -185,7 +186,7 @@ async def test_malformed_hello_and_oversize_frame(account: Account) -> None:
             return_exceptions=True,
         )
     finally:
-        relay._hello = orig
+        relayhello.encode_hello = orig
     assert {getattr(r, "code", None) for r in results} == {"hello-malformed"}
 
     a, b = pipe()

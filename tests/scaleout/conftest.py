@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from handoffd.server import tlscert
-from handoffd.serverclient import ServerClient
+from handoffd.serverlink import ServerClient
 from tests.server.helpers import ServerProcess
 from tests.services import NginxServer, PostgresServer, RedisServer, free_port
 

@@ -14,8 +14,8 @@ import redis
 
 from handoffd import identity
 from handoffd.errors import ServerError
-from handoffd.server import auth
-from handoffd.serverclient import JoinResult, RelayTicket, ServerClient, ServerLink, parse_invite
+from handoffd.serverlink import JoinResult, RelayTicket, ServerClient, ServerLink, parse_invite
+from handoffd.wire import auth
 from tests.scaleout.conftest import Cluster
 from tests.server.helpers import cli_invite, create_account
 

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from handoffd.errors import ServerError
-from handoffd.serverclient import ServerClient, ServerLink
+from handoffd.serverlink import ServerClient, ServerLink
 from tests.scaleout.conftest import Cluster, make_cluster, stop_cluster
 from tests.scaleout.test_cluster import Recorder, _account, _link, _pair
 from tests.services import PostgresServer, RedisServer

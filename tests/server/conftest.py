@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from handoffd.serverclient import JoinResult
+from handoffd.serverlink import JoinResult
 from tests.server.helpers import ServerProcess, cli_invite, create_account, pair
 
 

@@ -16,7 +16,7 @@ from typing import IO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from handoffd import identity
-from handoffd.serverclient import JoinResult, ServerClient, parse_invite
+from handoffd.serverlink import JoinResult, ServerClient, parse_invite
 
 READY_PREFIX = "handoff-server listening "
 # The PostgreSQL database of a data directory whose server uses one (`cli` passes it on).

@@ -20,7 +20,7 @@ import pytest
 
 from handoffd.errors import ServerError
 from handoffd.server import pairing
-from handoffd.serverclient import RelayTicket
+from handoffd.serverlink import RelayTicket
 from tests.relay.helpers import environment
 from tests.server.helpers import ServerProcess, cli, cli_invite, create_account, pair
 
@@ -48,7 +48,9 @@ def started() -> Iterator[list[ServerProcess]]:
 
 
 def _session(source: str = "127.0.0.1", *, cookies: bool = True) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(local_addr=(source, 0), limit=0, force_close=True)
+    # 48 connections at once: many more than any limiter's burst, fewer than the listener's
+    # per-address cap (64), which would reset the rest before they reach the limiter.
+    connector = aiohttp.TCPConnector(local_addr=(source, 0), limit=48, force_close=True)
     jar = aiohttp.CookieJar(unsafe=True) if cookies else aiohttp.DummyCookieJar()
     return aiohttp.ClientSession(
         connector=connector, timeout=aiohttp.ClientTimeout(total=DEADLINE), cookie_jar=jar
@@ -241,7 +243,9 @@ async def test_trusted_proxy_forwarded_clients_and_ipv6_by_64(
 ) -> None:
     """Behind --trusted-proxy, each forwarded client has its own address bucket (an IPv6 /64
     shares one); a peer that is not the proxy cannot choose its address by header."""
-    server = _server(tmp_path, "--trusted-proxy", "127.0.0.1")
+    # No refill during the test (each login costs a hash; on a loaded machine 11 of them took
+    # longer than the 6 s in which the default rate gives a token back).
+    server = _server(tmp_path, "--trusted-proxy", "127.0.0.1", "--login-address-per-minute", "0.01")
     started.append(server)
 
     names = (f"nobody{i}" for i in range(1000))  # a new name each time: only addresses limit

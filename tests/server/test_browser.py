@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from playwright.sync_api import sync_playwright
 
 from handoffd import identity
-from handoffd.serverclient import JoinResult, ServerClient, parse_invite
+from handoffd.serverlink import JoinResult, ServerClient, parse_invite
 from tests.server.helpers import ServerProcess, cli
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

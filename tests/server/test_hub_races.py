@@ -17,8 +17,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from handoffd import identity
-from handoffd.server import auth
-from handoffd.serverclient import ServerClient, ServerLink
+from handoffd.serverlink import ServerClient, ServerLink
+from handoffd.wire import auth
 from tests.server.helpers import ServerProcess, cli_invite, create_account, pair
 
 pytestmark = pytest.mark.timeout(180)
@@ -97,7 +97,7 @@ def _lost(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "handoffd.serverclient" and r.getMessage().startswith("server link lost")
+        if r.name == "handoffd.serverlink" and r.getMessage().startswith("server link lost")
     ]
 
 
@@ -142,7 +142,7 @@ async def test_concurrent_connects_hear_welcome_first(server: ServerProcess, acc
 async def test_links_connect_once_and_agree_on_presence(
     server: ServerProcess, account: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="handoffd.serverclient")
+    caplog.set_level(logging.INFO, logger="handoffd.serverlink")
     devices = await _devices(server, account, DEVICES)
     spare = devices[-1]
     everyone = [Watch(d) for d in devices]  # the spare's link is the last one

@@ -25,9 +25,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from handoffd import identity
 from handoffd.errors import ConfigError, ServerError
-from handoffd.server import auth
-from handoffd.server.ice import IceConfig, check_ice_response, parse_ice_url, turn_credential
-from handoffd.serverclient import IceServerInfo, ServerClient
+from handoffd.server.ice import IceConfig, turn_credential
+from handoffd.serverlink import IceServerInfo, ServerClient
+from handoffd.wire import auth
+from handoffd.wire.ice import check_ice_response, parse_ice_url
 from tests.server.conftest import Seed
 from tests.server.helpers import ServerProcess, cli, cli_invite, create_account, pair
 

@@ -21,8 +21,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from handoffd import identity
 from handoffd.errors import ServerError
-from handoffd.server import auth, pairing, tlscert
-from handoffd.serverclient import JoinResult, ServerClient, ServerLink, parse_invite
+from handoffd.server import pairing, tlscert
+from handoffd.serverlink import JoinResult, ServerClient, ServerLink, parse_invite
+from handoffd.wire import auth
 from tests.server.conftest import Seed
 from tests.server.helpers import ServerProcess, cli, cli_invite, create_account, pair
 

@@ -19,11 +19,12 @@ from hypothesis import strategies as st
 
 from handoffd import identity
 from handoffd.errors import HandoffError, ServerError, StoreError
-from handoffd.server import auth, pairing, passwords
+from handoffd.server import pairing, passwords
 from handoffd.server.app import STORE, ServerConfig, make_app
 from handoffd.server.cli import KeyValueFormatter, default_data_dir, parse_listen
 from handoffd.server.store import SCHEMA_VERSION, Store
-from handoffd.serverclient import ServerClient
+from handoffd.serverlink import ServerClient
+from handoffd.wire import auth
 
 FP = "sha256:" + "ab" * 32
 

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from handoffd import identity as idn
 from handoffd.errors import TransportError
-from handoffd.transport import webrtc
 from handoffd.transport.base import MAX_MESSAGE, LocalIdentity, PeerAuthError, check_message
+from handoffd.transport.webrtc import binding as wb
 from tests.transport.helpers import Account
 
 FP256 = "FB:6A:90:41:C2:57:95:73:AF:70:03:AA:91:3F:54:D3:D9:4E:38:F9:FF:D5:9E:27:A8:CD:DD:28:71:09:B9:9D"
@@ -34,16 +34,16 @@ SDP = (
 )
 
 
-def _code(sdp: str, signed: list[webrtc.Fingerprint] = SIGNED) -> str:
+def _code(sdp: str, signed: list[wb.Fingerprint] = SIGNED) -> str:
     with pytest.raises(PeerAuthError) as e:
-        webrtc.check_sdp(sdp, signed)
+        wb.check_sdp(sdp, signed)
     return e.value.code
 
 
 def test_sdp_matching_signed_list() -> None:
-    assert webrtc.sdp_fingerprints(SDP) == SIGNED
-    webrtc.check_sdp(SDP, SIGNED)
-    webrtc.check_sdp(SDP, list(reversed(SIGNED)))
+    assert wb.sdp_fingerprints(SDP) == SIGNED
+    wb.check_sdp(SDP, SIGNED)
+    wb.check_sdp(SDP, list(reversed(SIGNED)))
 
 
 def test_sdp_fingerprint_mismatches() -> None:
@@ -77,7 +77,7 @@ def test_sdp_fingerprint_mismatches() -> None:
         SDP.replace("UDP/DTLS/SCTP webrtc-datachannel", "UDP/TLS/RTP/SAVPF 0"),
         SDP.replace("m=application 37295 UDP/DTLS/SCTP webrtc-datachannel\r\n", ""),
         SDP.replace("a=mid:0\r\n", "\r\n"),
-        SDP + "a=x:" + "y" * webrtc.MAX_SDP + "\r\n",
+        SDP + "a=x:" + "y" * wb.MAX_SDP + "\r\n",
     ],
 )
 def test_sdp_strictness(sdp: str) -> None:
@@ -89,7 +89,7 @@ def test_sdp_strictness(sdp: str) -> None:
 def test_sdp_parser_never_crashes(text: str) -> None:
     code = "accepted"
     try:
-        webrtc.check_sdp(text, SIGNED)
+        wb.check_sdp(text, SIGNED)
     except PeerAuthError as exc:
         code = exc.code
     # Random text never matches the signed fingerprints; only the two codes ever come out.
@@ -98,23 +98,23 @@ def test_sdp_parser_never_crashes(text: str) -> None:
 
 def test_description_roundtrip_and_strictness() -> None:
     cid, nonce = secrets.token_bytes(16), secrets.token_bytes(16)
-    offer = webrtc.Description(cid=cid, sdp=SDP, fingerprints=SIGNED)
-    assert webrtc.Description.unpack(offer.pack(), answer=False) == offer
+    offer = wb.Description(cid=cid, sdp=SDP, fingerprints=SIGNED)
+    assert wb.Description.unpack(offer.pack(), answer=False) == offer
     answer = dataclasses.replace(offer, offer_nonce=nonce)
-    assert webrtc.Description.unpack(answer.pack(), answer=True) == answer
+    assert wb.Description.unpack(answer.pack(), answer=True) == answer
     # An offer is not an answer and vice versa.
     with pytest.raises(PeerAuthError) as e:
-        webrtc.Description.unpack(offer.pack(), answer=True)
+        wb.Description.unpack(offer.pack(), answer=True)
     assert e.value.code == "answer-malformed"
     with pytest.raises(PeerAuthError) as e:
-        webrtc.Description.unpack(answer.pack(), answer=False)
+        wb.Description.unpack(answer.pack(), answer=False)
     assert e.value.code == "offer-malformed"
 
     def bad(**changes: object) -> str:
         body: dict[str, object] = {"v": 1, "cid": cid, "sdp": SDP, "fp": [list(f) for f in SIGNED]}
         body.update(changes)
         with pytest.raises(PeerAuthError) as e:
-            webrtc.Description.unpack(msgpack.packb(body, use_bin_type=True), answer=False)
+            wb.Description.unpack(msgpack.packb(body, use_bin_type=True), answer=False)
         return e.value.code
 
     assert bad(v=2) == "offer-malformed"
@@ -128,12 +128,12 @@ def test_description_roundtrip_and_strictness() -> None:
     assert bad(extra=1) == "offer-malformed"
     assert bad(fp=[list(SIGNED[0])] * 9) == "offer-malformed"
     with pytest.raises(PeerAuthError) as e:
-        webrtc.Description.unpack(b"\xc1", answer=False)
+        wb.Description.unpack(b"\xc1", answer=False)
     assert e.value.code == "offer-malformed"
 
 
-def _binding() -> webrtc.Binding:
-    return webrtc.Binding(
+def _binding() -> wb.Binding:
+    return wb.Binding(
         cid=secrets.token_bytes(16),
         offer_nonce=secrets.token_bytes(16),
         answer_nonce=secrets.token_bytes(16),
@@ -149,21 +149,21 @@ def test_confirmation_checks() -> None:
     pub = key.public_key()
     binding = _binding()
     exporter = secrets.token_bytes(32)
-    msg = webrtc.make_confirm(binding, webrtc.ROLE_ANSWERER, key, exporter)
-    webrtc.check_confirm(msg, binding, webrtc.ROLE_ANSWERER, pub, exporter)
+    msg = wb.make_confirm(binding, wb.ROLE_ANSWERER, key, exporter)
+    wb.check_confirm(msg, binding, wb.ROLE_ANSWERER, pub, exporter)
 
     def code(
         data: bytes,
-        b: webrtc.Binding = binding,
-        role: str = webrtc.ROLE_ANSWERER,
+        b: wb.Binding = binding,
+        role: str = wb.ROLE_ANSWERER,
         x: bytes = exporter,
     ) -> str:
         with pytest.raises(PeerAuthError) as e:
-            webrtc.check_confirm(data, b, role, pub, x)
+            wb.check_confirm(data, b, role, pub, x)
         return e.value.code
 
     # Reflection: our own confirmation sent back to us claims the wrong role.
-    assert code(msg, role=webrtc.ROLE_OFFERER) == "confirm-wrong-role"
+    assert code(msg, role=wb.ROLE_OFFERER) == "confirm-wrong-role"
     # Another DTLS session (a relaying man in the middle): other exporter value.
     assert code(msg, x=secrets.token_bytes(32)) == "confirm-bad-signature"
     # Other nonces, other connection, other device.
@@ -179,7 +179,7 @@ def test_confirmation_checks() -> None:
         code(msg, b=dataclasses.replace(binding, answerer_fp=FP256)) == "dtls-fingerprint-mismatch"
     )
     # Signed by another key.
-    other = webrtc.make_confirm(binding, webrtc.ROLE_ANSWERER, idn.generate_device_key(), exporter)
+    other = wb.make_confirm(binding, wb.ROLE_ANSWERER, idn.generate_device_key(), exporter)
     assert code(other) == "confirm-bad-signature"
     assert code(b"\xc1") == "confirm-malformed"
     assert code(b"x" * 2000) == "confirm-malformed"

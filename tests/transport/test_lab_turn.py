@@ -29,7 +29,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from handoffd import identity
-from handoffd.serverclient import IceServerInfo, JoinResult
+from handoffd.serverlink import IceServerInfo, JoinResult
 from tests.lab import Host, Lab
 from tests.lab.coturn import Coturn, start_coturn
 from tests.lab.fixtures import LabFactory

@@ -229,7 +229,7 @@ async def test_plaintext_clients_get_nothing(
     assert not reply.startswith(b"\x00")  # no frame; at most a TLS alert record
     writer.close()
     await writer.wait_closed()
-    # A liveness probe (handoffd.discovery.mdns.tcp_probe): connect, close at once.
+    # A liveness probe (handoffd.discovery.alive.tcp_probe): connect, close at once.
     _, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.close()
     await writer.wait_closed()

@@ -23,6 +23,7 @@ from handoffd.transport.base import (
     PeerRefusedError,
 )
 from handoffd.transport.signaling import lan_signal, send_offer
+from handoffd.transport.webrtc.peer import configuration, host_addresses
 from tests.transport.helpers import Account, Callee, Device
 
 pytestmark = pytest.mark.timeout(120)
@@ -188,18 +189,16 @@ async def test_loopback_only_candidates_connect() -> None:
 
 def test_host_address_policy() -> None:
     found = ["192.0.2.2"]
-    assert webrtc._host_addresses(found, webrtc.WebRtcOptions()) == ["192.0.2.2"]
-    assert webrtc._host_addresses([], webrtc.WebRtcOptions()) == ["127.0.0.1"]
-    assert webrtc._host_addresses([], webrtc.WebRtcOptions(loopback=False)) == []
-    assert webrtc._host_addresses(found, webrtc.WebRtcOptions(loopback=True)) == [
+    assert host_addresses(found, webrtc.WebRtcOptions()) == ["192.0.2.2"]
+    assert host_addresses([], webrtc.WebRtcOptions()) == ["127.0.0.1"]
+    assert host_addresses([], webrtc.WebRtcOptions(loopback=False)) == []
+    assert host_addresses(found, webrtc.WebRtcOptions(loopback=True)) == [
         "192.0.2.2",
         "127.0.0.1",
     ]
-    assert webrtc._host_addresses(found, webrtc.WebRtcOptions(host_addresses=("10.1.2.3",))) == [
-        "10.1.2.3"
-    ]
+    assert host_addresses(found, webrtc.WebRtcOptions(host_addresses=("10.1.2.3",))) == ["10.1.2.3"]
     # Never aiortc's default public STUN server.
-    assert webrtc._configuration(webrtc.WebRtcOptions()).iceServers == []
+    assert configuration(webrtc.WebRtcOptions()).iceServers == []
 
 
 # ---------------------------------------------------------------- refusals by the callee

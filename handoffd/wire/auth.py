@@ -1,9 +1,7 @@
-"""Device request signatures, WebSocket challenge signatures, replay protection.
+"""Device request signatures, the WebSocket challenge, replay protection: both halves.
 
-Account passwords are in ``passwords.py``.
-
-Pure (no I/O, no clock reads: callers pass ``now``); the daemon's client imports
-the signing half, the server the verifying half.
+Pure (no I/O, no clock reads: callers pass ``now``); the device imports the
+signing half, the server the verifying half, so both agree by construction.
 
 HTTP request signature (purpose ``server-request``), sent in four headers::
 
@@ -16,8 +14,13 @@ over ``METHOD \\n PATH?QUERY \\n hex(SHA-256(body)) \\n timestamp \\n nonce \\n 
 under the domain ``handoff/v1/server-request``. The server accepts a timestamp
 within ±60 s of its clock and each (device, nonce) once.
 
-WebSocket challenge (purpose ``server-ws-auth``): the device signs
-``nonce \\n device`` where ``nonce`` is the server's 32-byte challenge.
+WebSocket challenge (purpose ``server-ws-auth``), on ``/v1/ws`` and ``/v1/relay``::
+
+    server → device: {"type": "challenge", "nonce": <32 bytes, base64url>, "server_time": <s>}
+    device → server: {"type": "auth", "device_id": <id>, "signature": <base64url>, ...}
+
+the device signs ``nonce \\n device``; ``/v1/relay``'s answer also carries
+``session`` and ``token``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import hashlib
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -193,3 +197,49 @@ def verify_ws_answer(
         identity.verify_signature(public_key, WS_PURPOSE, ws_auth_bytes(challenge, device_id), sig)
     except (ValueError, HandoffError):
         raise _auth_error("challenge signature does not verify", "auth-invalid") from None
+
+
+# ---------------------------------------------------------------- the challenge messages
+
+
+def new_challenge() -> bytes:
+    """A fresh 32-byte WebSocket challenge (the server's)."""
+    return secrets.token_bytes(WS_NONCE_LEN)
+
+
+def challenge_message(challenge: bytes, server_time: float) -> dict[str, Any]:
+    """The server's first WebSocket message."""
+    return {"type": "challenge", "nonce": b64e(challenge), "server_time": server_time}
+
+
+def parse_challenge(message: Mapping[str, Any]) -> bytes:
+    """The nonce of the server's challenge message; ValueError if it is not one."""
+    nonce = message.get("nonce")
+    if message.get("type") != "challenge" or not isinstance(nonce, str):
+        raise ValueError("not a challenge")
+    challenge = b64d(nonce, max_len=64)
+    if not challenge:
+        raise ValueError("empty challenge")
+    return challenge
+
+
+def auth_message(key: Ed25519PrivateKey, challenge: bytes, **extra: str) -> dict[str, str]:
+    """The device's answer to ``challenge`` (``extra``: the relay's session and token)."""
+    return {
+        "type": "auth",
+        "device_id": identity.device_id_for(key.public_key()),
+        "signature": sign_ws_challenge(key, challenge),
+        **extra,
+    }
+
+
+def parse_auth(message: Mapping[str, Any]) -> tuple[str, str]:
+    """The device id and signature of an ``auth`` answer; ValueError saying what is wrong."""
+    if message.get("type") != "auth":
+        raise ValueError("the first message must be auth")
+    device_id, signature = message.get("device_id"), message.get("signature")
+    if not isinstance(device_id, str) or not identity.is_device_id(device_id):
+        raise ValueError("auth needs a device_id")
+    if not isinstance(signature, str):
+        raise ValueError("auth needs a signature")
+    return device_id, signature

@@ -1,0 +1,163 @@
+"""The pairing invite both sides speak: the ``handoff://pair`` URL and the short code.
+
+Pure. An invite has two secrets, either of which lets one device join once:
+
+- a **token** of 256 bits (base64url), carried in the QR code's URL
+  ``handoff://pair?server=<url>&token=<token>&fp=sha256:<hex>``;
+- a **short code** of 12 characters from Crockford's base32 alphabet, shown
+  ``LLLL-SSSS-SSSS``: the first group (20 bits) locates the invite, the other
+  two (40 bits) are the secret.
+
+The server makes invites (``handoffd.server.pairing``); a device parses them.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from dataclasses import dataclass
+
+from handoffd.errors import HandoffError
+
+__all__ = [
+    "CODE_ALPHABET",
+    "CODE_LEN",
+    "LOCATOR_LEN",
+    "MAX_INVITE_TEXT",
+    "SECRET_LEN",
+    "Invite",
+    "check_fingerprint",
+    "check_server_url",
+    "format_code",
+    "invite_url",
+    "is_token",
+    "normalize_code",
+    "parse_invite",
+]
+
+CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford: no I, L, O, U
+LOCATOR_LEN = 4
+SECRET_LEN = 8
+CODE_LEN = LOCATOR_LEN + SECRET_LEN
+MAX_INVITE_TEXT = 2048
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{22,128}")
+_FP_RE = re.compile(r"sha256:[0-9a-f]{64}")
+# Crockford decoding: letters people confuse with digits.
+_CONFUSABLE = str.maketrans({"O": "0", "I": "1", "L": "1"})
+
+
+def _malformed(message: str) -> HandoffError:
+    return HandoffError(message, code="invite-malformed")
+
+
+@dataclass(frozen=True)
+class Invite:
+    """A parsed invite: where to join, and the token or the short code (one of them)."""
+
+    server_url: str
+    token: str | None
+    code: str | None
+    fingerprint: str | None
+
+
+def format_code(code: str) -> str:
+    """The code grouped for humans: ``LLLL-SSSS-SSSS``."""
+    return "-".join(code[i : i + 4] for i in range(0, len(code), 4))
+
+
+def normalize_code(text: str) -> str:
+    """Canonical code from what a human typed (case, dashes, spaces, O/I/L); raise if invalid."""
+    cleaned = text.strip().upper().replace("-", "").replace(" ", "").translate(_CONFUSABLE)
+    if len(cleaned) != CODE_LEN or not set(cleaned) <= set(CODE_ALPHABET):
+        raise _malformed(f"not an invite code: expected {CODE_LEN} characters like K7QF-2M9X-HT4P")
+    return cleaned
+
+
+def is_token(text: str) -> bool:
+    """True if ``text`` has the shape of an invite token."""
+    return _TOKEN_RE.fullmatch(text) is not None
+
+
+def check_server_url(url: str) -> str:
+    """Return ``url`` without a trailing slash if it is a plain http(s) origin (+ optional path)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise _malformed("server URL does not parse") from exc
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise _malformed("server URL must be http(s)://host[:port]")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise _malformed("server URL must not carry credentials, a query or a fragment")
+    if port == 0 or any(c.isspace() or ord(c) < 0x20 for c in url):
+        raise _malformed("server URL is invalid")
+    return url.rstrip("/")
+
+
+def check_fingerprint(fp: str) -> str:
+    """Return ``fp`` if it is ``sha256:<64 lowercase hex>``."""
+    fp = fp.strip().lower()
+    if not _FP_RE.fullmatch(fp):
+        raise _malformed("fingerprint must be sha256:<64 hex digits>")
+    return fp
+
+
+def invite_url(server_url: str, token: str, fingerprint: str | None) -> str:
+    """The ``handoff://pair?...`` URL for the QR code."""
+    query = [("server", server_url), ("token", token)]
+    if fingerprint:
+        query.append(("fp", fingerprint))
+    return "handoff://pair?" + urllib.parse.urlencode(query, safe=":/")
+
+
+def parse_invite(
+    text: str, server_url: str | None = None, fingerprint: str | None = None
+) -> Invite:
+    """Parse an invite URL, or a short code with ``server_url`` (and the pin, if https).
+
+    Raises HandoffError(code="invite-malformed") for anything else.
+    """
+    text = text.strip()
+    if not text or len(text) > MAX_INVITE_TEXT:
+        raise _malformed("invite is empty or too long")
+    if text.lower().startswith("handoff:"):
+        return _parse_url(text)
+    if server_url is None:
+        raise _malformed("a short code needs the server URL")
+    return Invite(
+        server_url=check_server_url(server_url),
+        token=None,
+        code=normalize_code(text),
+        fingerprint=check_fingerprint(fingerprint) if fingerprint else None,
+    )
+
+
+def _parse_url(text: str) -> Invite:
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError as exc:
+        raise _malformed("invite URL does not parse") from exc
+    if parts.scheme != "handoff" or parts.netloc != "pair" or parts.path not in ("", "/"):
+        raise _malformed("invite URL must be handoff://pair?...")
+    if parts.fragment:
+        raise _malformed("invite URL must not have a fragment")
+    try:
+        pairs = urllib.parse.parse_qsl(
+            parts.query, keep_blank_values=True, strict_parsing=True, max_num_fields=8
+        )
+    except ValueError as exc:
+        raise _malformed("invite URL query does not parse") from exc
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys) or not set(keys) <= {"server", "token", "fp"}:
+        raise _malformed("invite URL has unknown or repeated fields")
+    fields = dict(pairs)
+    if "server" not in fields or "token" not in fields:
+        raise _malformed("invite URL needs server and token")
+    if not is_token(fields["token"]):
+        raise _malformed("invite token is malformed")
+    return Invite(
+        server_url=check_server_url(fields["server"]),
+        token=fields["token"],
+        code=None,
+        fingerprint=check_fingerprint(fields["fp"]) if "fp" in fields else None,
+    )
