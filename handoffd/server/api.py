@@ -95,6 +95,8 @@ async def authenticate(request: web.Request, *, allow_expired: bool = False) -> 
         body=body,
         now=now,
     )
+    if (bus := request.app[HUB].bus) is not None:  # bus: a nonce is used once on any instance
+        await bus.claim_nonce(signed.device_id, signed.nonce, 2 * auth.REQUEST_WINDOW + 30)
     if device.revoked:
         raise ServerError("this device has been revoked", code="device-revoked", status=403)
     if not allow_expired and device.cert_not_after < now - identity.CLOCK_SKEW.total_seconds():
@@ -237,7 +239,7 @@ async def list_devices(request: web.Request) -> web.Response:
     """``GET /v1/devices`` (device): the account's devices."""
     device = await authenticate(request)
     devices = await asyncio.to_thread(request.app[STORE].list_devices, device.account_id)
-    online = request.app[HUB].online(device.account_id)
+    online = await request.app[HUB].online_now(device.account_id)
     return json_response({"devices": [_device_json(d, online) for d in devices]})
 
 

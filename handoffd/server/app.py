@@ -147,6 +147,10 @@ def make_app(
     api.setup_api(app)
     app.router.add_get("/v1/ws", hub.handle)
     setup_relay(app, hub, config.relay)  # relay: /v1/relay (handoffd.server.relay)
+    if config.bus is not None:  # bus: imported only then (redis is an optional dependency)
+        from handoffd.server.bus import setup_bus
+
+        setup_bus(app, hub, config.bus)
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         watcher = asyncio.create_task(hub.watch(config.revocation_poll), name="revocation-watch")

@@ -30,8 +30,8 @@ from aiohttp import web
 
 from handoffd import identity, netguard, ownership
 from handoffd.errors import ConfigError, HandoffError
-from handoffd.server import listener, pairing, tlscert
-from handoffd.server.app import ServerConfig, make_app
+from handoffd.server import listener, pairing, scaleopts, tlscert
+from handoffd.server.app import HUB, ServerConfig, make_app
 from handoffd.server.ice import DEFAULT_TTL, IceConfig, read_secret_file
 from handoffd.server.ratelimit import TrustedProxies
 from handoffd.server.relay import RelayConfig
@@ -126,6 +126,7 @@ async def serve(args: argparse.Namespace) -> int:
     ice = ice_config(args)  # before anything is created: a bad option changes nothing
     TrustedProxies.parse(args.trusted_proxy)
     relay = relay_config(args)
+    bus = scaleopts.bus_url(args.bus)
     listen = listener.from_args(args)
     # 0700, ours, not writable by others (data-dir-unsafe); its parents are the admin's choice.
     ownership.ensure_private_dir(data_dir, above=False, code="data-dir-unsafe")
@@ -140,8 +141,8 @@ async def serve(args: argparse.Namespace) -> int:
         )
     )
     scheme = "http" if tls is None else "https"
-    fingerprint = None if tls is None else tls.fingerprint
-    store = Store.open(data_dir)
+    fingerprint = tls.fingerprint if tls is not None else scaleopts.public_fingerprint(args)
+    store = Store.open(data_dir, database=args.database)
     try:
         config = ServerConfig(
             data_dir=data_dir,
@@ -156,6 +157,7 @@ async def serve(args: argparse.Namespace) -> int:
             invites_per_minute=args.invites_per_minute,
             ice=ice,
             relay=relay,
+            bus=bus,
         )
         app = make_app(store, config)
         runner = web.AppRunner(
@@ -173,7 +175,10 @@ async def serve(args: argparse.Namespace) -> int:
             url = config.public_url or f"{scheme}://{_url_host(host)}:{bound_port}"
             await asyncio.to_thread(store.set_meta, "public_url", url)
             await asyncio.to_thread(store.set_meta, "scheme", scheme)
+            await asyncio.to_thread(store.set_meta, "public_fingerprint", fingerprint or "")
             listen_url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{bound_port}"
+            if (joined := app[HUB].bus) is not None:  # bus: other instances pipe relay joins here
+                joined.internal_url = listen_url
             logger.info(
                 "server listening url=%s fingerprint=%s data=%s",
                 listen_url,
@@ -226,7 +231,7 @@ def _read_password(args: argparse.Namespace) -> str | None:
 def cmd_account_create(args: argparse.Namespace) -> int:
     """``account create NAME``: prints the account id."""
     password = _read_password(args)
-    store = Store.open(args.data)
+    store = Store.open(args.data, database=args.database)
     try:
         account = store.create_account(args.name, password)
     finally:
@@ -237,7 +242,7 @@ def cmd_account_create(args: argparse.Namespace) -> int:
 
 def cmd_invite(args: argparse.Namespace) -> int:
     """``invite ACCOUNT``: QR in the terminal, code, URL, expiry."""
-    store = Store.open(args.data)
+    store = Store.open(args.data, database=args.database)
     try:
         server_url = args.server_url or store.get_meta("public_url")
         if not server_url:
@@ -247,7 +252,9 @@ def cmd_invite(args: argparse.Namespace) -> int:
             )
         server_url = pairing.check_server_url(server_url)
         fingerprint = (
-            tlscert.read_fingerprint(args.data) if server_url.startswith("https:") else None
+            (store.get_meta("public_fingerprint") or tlscert.read_fingerprint(args.data))
+            if server_url.startswith("https:")
+            else None
         )
         account = store.resolve_account(args.account)
         invite = store.create_invite(account.account_id, created_by="cli", ttl=args.ttl)
@@ -265,7 +272,7 @@ def cmd_invite(args: argparse.Namespace) -> int:
 
 def cmd_devices(args: argparse.Namespace) -> int:
     """``devices ACCOUNT [--json]``."""
-    store = Store.open(args.data)
+    store = Store.open(args.data, database=args.database)
     try:
         account = store.resolve_account(args.account)
         devices = store.list_devices(account.account_id)
@@ -305,7 +312,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     """``revoke ACCOUNT DEVICE`` (a device id, or a unique device name)."""
-    store = Store.open(args.data)
+    store = Store.open(args.data, database=args.database)
     try:
         account = store.resolve_account(args.account)
         devices = store.list_devices(account.account_id)
@@ -338,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="data directory (default: $STATE_DIRECTORY or platformdirs)",
     )
+    scaleopts.add_common_options(common)
     parser = argparse.ArgumentParser(
         prog="handoff-server", description="handoff authorization server"
     )
@@ -351,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="plain HTTP: only behind a TLS proxy, or in tests",
     )
     p.add_argument("--public-url", default=None, help="URL devices use to reach the server")
+    scaleopts.add_serve_options(p)
     p.add_argument(
         "--trusted-proxy",
         action="append",
@@ -421,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--login-address-per-minute", type=float, default=10.0, help=argparse.SUPPRESS)
     p.add_argument("--invites-per-minute", type=float, default=6.0, help=argparse.SUPPRESS)
 
+    sub.add_parser("migrate", parents=[common], help="create or upgrade the schema, then exit")
+
     p = sub.add_parser("account", help="manage accounts")
     account_sub = p.add_subparsers(dest="account_command", required=True)
     p = account_sub.add_parser("create", parents=[common], help="create an account; prints its id")
@@ -455,7 +466,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(serve(args))
         if args.command == "account":
             return cmd_account_create(args)
-        commands = {"invite": cmd_invite, "devices": cmd_devices, "revoke": cmd_revoke}
+        commands = {
+            "invite": cmd_invite,
+            "devices": cmd_devices,
+            "revoke": cmd_revoke,
+            "migrate": scaleopts.cmd_migrate,
+        }
         return commands[args.command](args)
     except HandoffError as exc:
         print(f"handoff-server: error: {exc.message} [{exc.code}]", file=sys.stderr)

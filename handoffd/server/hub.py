@@ -36,6 +36,7 @@ from handoffd.server.store import Device, Store
 from handoffd.wire import auth
 
 if TYPE_CHECKING:
+    from handoffd.server.bus import RedisBus
     from handoffd.server.relay import RelayHub
 
 logger = logging.getLogger("handoffd.server.hub")
@@ -60,6 +61,14 @@ class _FrameError(Exception):
         self.code = code
 
 
+@dataclass(frozen=True)
+class RemoteDevice:
+    """A device of ``account_id`` whose socket another instance holds (bus)."""
+
+    device_id: str
+    account_id: str
+
+
 @dataclass(eq=False)
 class _Conn:
     device_id: str
@@ -79,10 +88,46 @@ class Hub:
         self._handlers: set[asyncio.Task[Any]] = set()
         self._closing = False
         self.relay: RelayHub | None = None  # relay: set by make_app (handoffd.server.relay)
+        self.bus: RedisBus | None = None  # bus: several instances (handoffd.server.bus)
 
     def online(self, account_id: str) -> frozenset[str]:
-        """The account's online device ids."""
+        """The account's online device ids (on every instance, with a bus)."""
+        local = self.local_online(account_id)
+        return local if self.bus is None else local | self.bus.online(account_id)
+
+    async def online_now(self, account_id: str) -> frozenset[str]:
+        """Like ``online``, read afresh from the bus when there is one."""
+        if self.bus is not None:
+            await self.bus.fetch(account_id)
+        return self.online(account_id)
+
+    # bus: the surface handoffd.server.bus uses
+    def local_online(self, account_id: str) -> frozenset[str]:
+        """The account's devices connected to this instance."""
         return frozenset(self._accounts.get(account_id, ()))
+
+    def local_connections(self) -> list[_Conn]:
+        """Every connection this instance holds."""
+        return list(self._conns.values())
+
+    async def push_presence(self, account_id: str) -> None:
+        """Tell this instance's devices of the account who is online."""
+        await self._presence(account_id)
+
+    async def deliver(self, account_id: str, to: str, message: dict[str, Any]) -> None:
+        """A message from another instance for a device held here (same account only)."""
+        target = self._conns.get(to)
+        if target is not None and target.account_id == account_id:
+            await self._send(target, message)
+
+    async def moved_elsewhere(self, device_id: str) -> None:
+        """The device connected to another instance: this (older) connection is replaced."""
+        old = self._conns.get(device_id)
+        if old is not None:
+            await self._send(
+                old, self._error("replaced", "a newer connection took over", fatal=True)
+            )
+            await self._close(old.ws, CLOSE_REPLACED, b"replaced")
 
     # relay: the small surface handoffd.server.relay uses
     @property
@@ -94,9 +139,34 @@ class Hub:
         """The online connection of ``device_id``, if any."""
         return self._conns.get(device_id)
 
-    async def send(self, conn: _Conn, message: dict[str, Any]) -> bool:
+    async def send(self, conn: _Conn | RemoteDevice, message: dict[str, Any]) -> bool:
         """Send one message to an online device (False if it could not take it)."""
+        if isinstance(conn, RemoteDevice):
+            return self.bus is not None and await self.bus.deliver(conn, message)
         return await self._send(conn, message)
+
+    async def reachable(self, account_id: str, device_id: str) -> _Conn | RemoteDevice | None:
+        """The device's connection here, or on another instance (bus), if online in the account."""
+        conn = self._conns.get(device_id)
+        if conn is not None:
+            return conn if conn.account_id == account_id else None
+        if self.bus is not None and await self.bus.is_online(account_id, device_id):
+            return RemoteDevice(device_id, account_id)
+        return None
+
+    async def hold_relay(self, session_id: str, ttl: float) -> None:
+        """Record that this instance holds a relay session (joins elsewhere are piped here)."""
+        if self.bus is not None:
+            await self.bus.hold_relay(session_id, ttl)
+
+    @property
+    def store(self) -> Store:
+        """The store."""
+        return self._store
+
+    async def refuse(self, ws: web.WebSocketResponse, code: str, message: str) -> None:
+        """A fatal error, then close (auth refusals)."""
+        await self._fatal(ws, code, message, CLOSE_AUTH)
 
     # ------------------------------------------------------------ sending
 
@@ -181,6 +251,8 @@ class Hub:
         # caused by other devices meanwhile queues behind the welcome (asyncio.Lock is FIFO),
         # so the welcome is always the first message after auth.
         conn = _Conn(device.device_id, device.account_id, ws)
+        if self.bus is not None:  # bus: before registering (nothing may await after that)
+            await self.bus.device_online(conn)
         old = self._conns.get(conn.device_id)
         self._conns[conn.device_id] = conn
         self._accounts.setdefault(conn.account_id, set()).add(conn.device_id)
@@ -200,6 +272,8 @@ class Hub:
             )
             await self._close(old.ws, CLOSE_REPLACED, b"replaced")
         await self._presence(conn.account_id, skip=conn)  # its welcome said it already
+        if self.bus is not None:
+            await self.bus.announce(conn, online=True)
         return conn
 
     async def verify_device(
@@ -303,6 +377,13 @@ class Hub:
         except ValueError:
             raise _FrameError("signal data must be base64 of at most 256 KiB") from None
         target = self._conns.get(to)
+        if (
+            target is None
+            and self.bus is not None  # bus: the target may be held by another instance
+            and to != conn.device_id
+            and await self.bus.forward_signal(conn.account_id, conn.device_id, to, payload)
+        ):
+            return
         if target is None or target.account_id != conn.account_id or to == conn.device_id:
             await self._send(
                 conn,
@@ -333,13 +414,24 @@ class Hub:
         logger.info("device offline account=%s device=%s", conn.account_id, conn.device_id)
         with contextlib.suppress(HandoffError):
             await asyncio.to_thread(self._store.touch_device, conn.device_id)
+        if self.bus is not None:
+            await self.bus.device_offline(conn)
         await self._presence(conn.account_id)
+        if self.bus is not None:
+            await self.bus.announce(conn, online=False)
 
     # ------------------------------------------------------------ revocation and shutdown
 
-    async def disconnect_revoked(self, device_ids: Iterable[str]) -> None:
-        """Tell revoked devices and close their connections (and relay streams) at once."""
+    async def disconnect_revoked(
+        self, device_ids: Iterable[str], *, local_only: bool = False
+    ) -> None:
+        """Tell revoked devices and close their connections (and relay streams) at once.
+
+        With a bus, every other instance is told too, unless ``local_only``.
+        """
         device_ids = list(device_ids)
+        if self.bus is not None and not local_only and device_ids:
+            await self.bus.publish_revoked(device_ids)
         if self.relay is not None:  # relay
             await self.relay.disconnect_devices(device_ids, "device-revoked")
         for device_id in device_ids:
@@ -360,7 +452,7 @@ class Hub:
         if not devices:
             return
         revoked = await asyncio.to_thread(self._store.revoked_among, sorted(devices))
-        await self.disconnect_revoked(revoked)
+        await self.disconnect_revoked(revoked, local_only=True)  # each instance polls itself
 
     async def watch(self, interval: float) -> None:
         """Poll the database for other writers' commits; check revocations when it changes."""

@@ -8,20 +8,19 @@ in front of the store (``ratelimit.InviteLimits``).
 
 from __future__ import annotations
 
-import sqlite3
-
 from handoffd.errors import ServerError
+from handoffd.server.storedb import Conn
 
 MAX_LIVE_PER_ACCOUNT = 50
 
 
-def purge_expired(db: sqlite3.Connection, now: float) -> int:
+def purge_expired(db: Conn, now: float) -> int:
     """Delete the invites that expired unused; return how many."""
     cur = db.execute("DELETE FROM invites WHERE used_at IS NULL AND expires_at <= ?", (now,))
     return cur.rowcount
 
 
-def check_live(db: sqlite3.Connection, account_id: str, now: float) -> None:
+def check_live(db: Conn, account_id: str, now: float) -> None:
     """ServerError(invite-too-many, 429) if the account already has the most live invites."""
     (live,) = db.execute(
         "SELECT COUNT(*) FROM invites WHERE account_id = ? AND used_at IS NULL AND expires_at > ?",

@@ -54,6 +54,7 @@ class ServerConfig:
     clock: Callable[[], float] = field(default=time.time)
     relay: RelayConfig = field(default_factory=RelayConfig.from_env)  # relay limits
     ice: IceConfig = field(default_factory=IceConfig)  # STUN/TURN servers for /v1/ice
+    bus: str | None = None  # redis:// URL: several instances (handoffd.server.bus)
 
 
 STORE: web.AppKey[Store] = web.AppKey("handoff_store", Store)

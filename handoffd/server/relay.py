@@ -47,6 +47,7 @@ from handoffd.errors import ServerError
 from handoffd.server import ratelimit
 from handoffd.server.hub import Hub, _Conn, _FrameError
 from handoffd.server.ratelimit import RateLimiter
+from handoffd.server.relaybus import pipe_elsewhere, verify_side
 from handoffd.wire import auth
 
 logger = logging.getLogger("handoffd.server.relay")
@@ -253,8 +254,8 @@ class RelayHub:
                 conn, hub._error("rate-limited", "too many relay requests; wait", ref=ref)
             )
             return
-        target = hub.connection(to)
-        if target is None or target.account_id != conn.account_id or to == conn.device_id:
+        target = None if to == conn.device_id else await hub.reachable(conn.account_id, to)
+        if target is None:  # offline, unknown, foreign or own: one answer
             await hub.send(
                 conn,
                 hub._error(
@@ -296,6 +297,7 @@ class RelayHub:
             session.initiator,
             session.target,
         )
+        await hub.hold_relay(session.session_id, config.token_ttl)  # bus: joins may land elsewhere
         delivered = await hub.send(
             target,
             {
@@ -351,8 +353,8 @@ class RelayHub:
         if task is not None:
             self._tasks.add(task)
         try:
-            verified = await hub.verify_device(ws, client)
-            if verified is None:
+            verified = await verify_side(hub, request, ws, client)  # bus: or piped from elsewhere
+            if verified is None or await pipe_elsewhere(hub, ws, *verified, self._config.max_frame):
                 return ws
             device, data = verified
             try:

@@ -1,11 +1,12 @@
-"""The server's SQLite store: accounts (CA, password), devices, certificates, CRLs, invites.
+"""The server's store: accounts (CA, password), devices, certificates, CRLs, invites.
 
-Synchronous and thread-safe (one connection behind a lock; call it from a
-worker thread in async code, e.g. ``await asyncio.to_thread(store.join, ...)``).
-WAL mode, so the CLI can write while the server runs. Every multi-row change
-is one ``BEGIN IMMEDIATE`` transaction: a failed operation leaves nothing
-behind. The schema version is ``PRAGMA user_version``; ``MIGRATIONS[i]``
-takes version ``i`` to ``i + 1``.
+Synchronous and thread-safe (call it from a worker thread in async code, e.g.
+``await asyncio.to_thread(store.join, ...)``). The database is a back-end
+(``handoffd.server.storedb``): SQLite in the data directory by default (WAL, so
+the CLI can write while the server runs), or PostgreSQL for several instances.
+Every multi-row change is one serialised write transaction (SQLite's ``BEGIN
+IMMEDIATE``): a failed operation leaves nothing behind. ``MIGRATIONS[i]``
+(SQLite's dialect, translated for PostgreSQL) takes version ``i`` to ``i + 1``.
 
 Refusals are ``ServerError`` with the HTTP ``status`` the API answers with and
 a stable ``code``. The clock is injectable (``clock``, Unix seconds) for tests.
@@ -16,13 +17,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hmac
-import os
 import re
-import sqlite3
-import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +30,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from handoffd import identity
 from handoffd.errors import HandoffError, IdentityError, ServerError, StoreError
-from handoffd.server import invite_limits, pairing, passwords
+from handoffd.server import invite_limits, pairing, passwords, storedb
+from handoffd.server.storedb import DB_FILE as DB_FILE
+from handoffd.server.storedb import Conn
 
-DB_FILE = "server.db"
 MAX_DEVICE_NAME = 64
 MAX_ACCOUNT_NAME = 64
 _PLATFORM_RE = re.compile(r"[A-Za-z0-9._+-]{1,32}")
@@ -195,96 +194,50 @@ class _CodeMismatchError(Exception):
 class Store:
     """The server's database (see the module docstring)."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, clock: Callable[[], float]) -> None:
-        self._db = conn
-        self.path = path
+    def __init__(self, backend: storedb.Backend, clock: Callable[[], float]) -> None:
+        self._backend = backend
+        self.path = backend.path
         self._clock = clock
-        self._lock = threading.RLock()
-        self._closed = False
 
     @classmethod
-    def open(cls, data_dir: Path, *, clock: Callable[[], float] = time.time) -> Store:
-        """Open (creating, mode 0600 in a 0700 dir) and migrate ``data_dir/server.db``."""
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = data_dir / DB_FILE
-        if not path.exists():
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    def open(
+        cls, data_dir: Path, *, clock: Callable[[], float] = time.time, database: str | None = None
+    ) -> Store:
+        """Open and migrate ``data_dir/server.db``, or PostgreSQL at ``database`` (see storedb)."""
+        backend = storedb.open_backend(data_dir, database)
         try:
-            conn = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False, timeout=10.0
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=10000")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open {path}: {exc}", code="store-open") from exc
-        store = cls(conn, path, clock)
-        try:
-            store._migrate()
+            backend.migrate(MIGRATIONS)
         except BaseException:
-            conn.close()
+            backend.close()
             raise
-        return store
+        return cls(backend, clock)
+
+    @property
+    def kind(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._backend.kind
 
     def close(self) -> None:
         """Close the database (idempotent)."""
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._db.close()
+        self._backend.close()
 
     def now(self) -> float:
         """The store's clock (Unix seconds)."""
         return self._clock()
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._closed:
-                raise StoreError("store is closed", code="store-closed")
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise StoreError(f"database is busy: {exc}", code="store-busy") from exc
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
-                self._db.execute("COMMIT")
+    def _tx(self) -> contextlib.AbstractContextManager[Conn]:
+        return self._backend.tx()
 
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._closed:
-                raise StoreError("store is closed", code="store-closed")
-            yield self._db
-
-    def _migrate(self) -> None:
-        with self._tx() as db:
-            version = int(db.execute("PRAGMA user_version").fetchone()[0])
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"database schema {version} is newer than this server ({SCHEMA_VERSION})",
-                    code="store-too-new",
-                )
-            for number in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version = {number + 1}")
+    def _read(self) -> contextlib.AbstractContextManager[Conn]:
+        return self._backend.read()
 
     def schema_version(self) -> int:
         """The database's schema version."""
-        with self._read() as db:
-            return int(db.execute("PRAGMA user_version").fetchone()[0])
+        return self._backend.schema_version()
 
     def data_version(self) -> int:
-        """Changes whenever another connection (e.g. the CLI) commits; cheap to poll."""
-        with self._read() as db:
-            return int(db.execute("PRAGMA data_version").fetchone()[0])
+        """Changes whenever another writer (e.g. the CLI) may have revoked; cheap to poll."""
+        return self._backend.data_version()
 
     def counts(self) -> dict[str, int]:
         """Row counts per table (tests check that failures leave nothing behind)."""
@@ -335,11 +288,11 @@ class Store:
                         now,
                     ),
                 )
-        except sqlite3.IntegrityError:
+        except storedb.INTEGRITY_ERRORS:
             raise _refuse(f"account {name!r} exists", "account-exists", 409) from None
         return Account(account_id, name, now, password_hash is not None, ca.cert)
 
-    def _account_row(self, db: sqlite3.Connection, where: str, value: str) -> Account | None:
+    def _account_row(self, db: Conn, where: str, value: str) -> Account | None:
         row = db.execute(
             "SELECT id, name, created_at, password_hash IS NOT NULL, ca_cert_pem "  # noqa: S608
             f"FROM accounts WHERE {where} = ?",
@@ -400,7 +353,7 @@ class Store:
             return None
         return None if record is None else self.get_account(record[0])
 
-    def _load_ca(self, db: sqlite3.Connection, account_id: str) -> identity.AccountCA:
+    def _load_ca(self, db: Conn, account_id: str) -> identity.AccountCA:
         row = db.execute(
             "SELECT ca_key_pem, ca_cert_pem FROM accounts WHERE id = ?", (account_id,)
         ).fetchone()
@@ -414,7 +367,7 @@ class Store:
     # ------------------------------------------------------------ CRL
 
     def _issue_crl(
-        self, db: sqlite3.Connection, ca: identity.AccountCA, now: float
+        self, db: Conn, ca: identity.AccountCA, now: float
     ) -> x509.CertificateRevocationList:
         (number,) = db.execute(
             "SELECT crl_number FROM accounts WHERE id = ?", (ca.account_id,)
@@ -477,7 +430,7 @@ class Store:
                 raise StoreError("cannot find a free invite locator", code="invite-exhausted")
             cur = db.execute(
                 "INSERT INTO invites(account_id, token_hash, locator, code_hash, created_by, "
-                "created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (
                     account_id,
                     pairing.secret_hash(invite_secrets.token),
@@ -488,7 +441,7 @@ class Store:
                     now + ttl,
                 ),
             )
-            invite_id = int(cur.lastrowid or 0)
+            invite_id = int(cur.fetchall()[0][0])
         return NewInvite(invite_id, account_id, invite_secrets, now + ttl)
 
     def invite_state(self, invite_id: int) -> dict[str, object] | None:
@@ -508,7 +461,7 @@ class Store:
         return state
 
     def _find_invite(
-        self, db: sqlite3.Connection, token: str | None, code: str | None
+        self, db: Conn, token: str | None, code: str | None
     ) -> tuple[int, str, float, float | None, int]:
         if token is not None:
             row = db.execute(
@@ -582,7 +535,7 @@ class Store:
 
     def _join_tx(
         self,
-        db: sqlite3.Connection,
+        db: Conn,
         token: str | None,
         code: str | None,
         csr_pem: bytes,
@@ -623,7 +576,7 @@ class Store:
 
     def _insert_cert(
         self,
-        db: sqlite3.Connection,
+        db: Conn,
         device_id: str,
         account_id: str,
         cert: x509.Certificate,
@@ -731,7 +684,7 @@ class Store:
                 (now, device_id, now - _TOUCH_INTERVAL),
             )
 
-    def _owned(self, db: sqlite3.Connection, account_id: str, device_id: str) -> tuple[object, ...]:
+    def _owned(self, db: Conn, account_id: str, device_id: str) -> tuple[object, ...]:
         row = db.execute(
             "SELECT revoked_at FROM devices WHERE id = ? AND account_id = ?",
             (device_id, account_id),

@@ -24,11 +24,19 @@ class Seed:
     result: JoinResult
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[ServerProcess]:
+    """The module's server, on each store back-end in turn (the same tests run on both)."""
+    database = None
+    if request.param == "postgresql":
+        database = request.getfixturevalue("postgres").create_database()
     data = tmp_path_factory.mktemp("server") / "data"
     proc = ServerProcess(
-        data, extra=("--join-failures-per-minute", "1000", "--invites-per-minute", "1000")
+        data,
+        extra=("--join-failures-per-minute", "1000", "--invites-per-minute", "1000"),
+        database=database,
     ).start()
     try:
         yield proc

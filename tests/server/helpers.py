@@ -19,11 +19,15 @@ from handoffd import identity
 from handoffd.serverlink import JoinResult, ServerClient, parse_invite
 
 READY_PREFIX = "handoff-server listening "
+# The PostgreSQL database of a data directory whose server uses one (`cli` passes it on).
+DATABASES: dict[Path, str] = {}
 
 
 def cli(data: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m handoffd.server.cli ARGS --data DATA``."""
+    """Run ``python -m handoffd.server.cli ARGS --data DATA`` (``--database`` if it has one)."""
     argv = [sys.executable, "-m", "handoffd.server.cli", *args, "--data", str(data)]
+    if data in DATABASES:
+        argv += ["--database", DATABASES[data]]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     if check and result.returncode != 0:
         raise AssertionError(f"{argv} failed: {result.stderr}")
@@ -48,6 +52,7 @@ class ServerProcess:
 
     data: Path
     extra: tuple[str, ...] = ()
+    database: str | None = None
     proc: subprocess.Popen[str] | None = None
     url: str = ""
     fingerprint: str | None = None
@@ -55,6 +60,8 @@ class ServerProcess:
 
     def __post_init__(self) -> None:
         self.log = self.data.parent / f"{self.data.name}-server.log"
+        if self.database is not None:
+            DATABASES[self.data] = self.database
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         """Start it and wait for the ready line."""
@@ -69,6 +76,8 @@ class ServerProcess:
             "127.0.0.1:0",
             *self.extra,
         ]
+        if self.database is not None:
+            argv += ["--database", self.database]
         with self.log.open("a") as log:
             self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)
         assert self.proc.stdout is not None
@@ -114,6 +123,8 @@ class ServerProcess:
 
     def counts(self) -> dict[str, int]:
         """Rows that a failed request must not change (read with a separate connection)."""
+        if self.database is not None:
+            return _pg_counts(self.database)
         db = sqlite3.connect(self.data / "server.db", timeout=10)
         try:
 
@@ -131,6 +142,27 @@ class ServerProcess:
             }
         finally:
             db.close()
+
+
+def _pg_counts(url: str) -> dict[str, int]:
+    import psycopg
+
+    with psycopg.connect(url) as db:
+
+        def q(sql: str) -> int:
+            row = db.execute(sql).fetchone()
+            assert row is not None
+            return int(row[0])
+
+        return {
+            "accounts": q("SELECT COUNT(*) FROM accounts"),
+            "devices": q("SELECT COUNT(*) FROM devices"),
+            "certs": q("SELECT COUNT(*) FROM certs"),
+            "invites": q("SELECT COUNT(*) FROM invites"),
+            "used_invites": q("SELECT COUNT(*) FROM invites WHERE used_at IS NOT NULL"),
+            "revoked": q("SELECT COUNT(*) FROM devices WHERE revoked_at IS NOT NULL"),
+            "crl_numbers": q("SELECT COALESCE(SUM(crl_number), 0) FROM accounts"),
+        }
 
 
 def _read_line(stream: IO[str], timeout: float) -> str:

@@ -181,8 +181,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Iterator[Store]:
-    s = Store.open(tmp_path / "data", clock=clock)
+def store(tmp_path: Path, clock: Clock, database: str | None) -> Iterator[Store]:
+    s = Store.open(tmp_path / "data", clock=clock, database=database)
     try:
         yield s
     finally:
@@ -285,8 +285,10 @@ def test_login(store: Store) -> None:
 
 
 @pytest_asyncio.fixture
-async def app_url(tmp_path: Path, clock: Clock) -> AsyncIterator[tuple[str, Store]]:
-    store = Store.open(tmp_path / "data", clock=clock)
+async def app_url(
+    tmp_path: Path, clock: Clock, database: str | None
+) -> AsyncIterator[tuple[str, Store]]:
+    store = Store.open(tmp_path / "data", clock=clock, database=database)
     config = ServerConfig(
         data_dir=tmp_path / "data", join_failures_per_minute=2, join_failure_burst=2, clock=clock
     )
