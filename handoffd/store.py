@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from handoffd.errors import StoreError
+from handoffd.store_engine import ENGINE_TABLES
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -90,6 +91,8 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at REAL NOT NULL
     );
     """,
+    # 2: the handoff engine's tables (IF NOT EXISTS: earlier engines made them unversioned).
+    ENGINE_TABLES,
 )
 
 

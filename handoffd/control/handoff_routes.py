@@ -18,7 +18,7 @@ from handoffd.control.server import ControlContext, json_response, read_json
 from handoffd.errors import ApiError
 
 if TYPE_CHECKING:
-    from handoffd.handoffs import HandoffService
+    from handoffd.handoff.engine import Engine as HandoffService
 
 MAX_TYPES = 64
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from handoffd.config import KNOWN_TYPES, is_type_word
+from handoffd.config import APP_ID_RE, KNOWN_TYPES, is_type_word
 from handoffd.errors import ApiError
 from handoffd.text import file_name_problem, has_non_utf8, name_problem
 
@@ -41,7 +41,6 @@ MAX_ARGV = 64
 MAX_ARG = 4096
 MAX_INVITE = 2048
 MAX_JSON_DEPTH = 64
-APP_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MIME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}")
 SESSION_ID_RE = re.compile(r"[0-9a-f]{32}")
 DEFAULT_MIME = "application/octet-stream"

@@ -25,15 +25,25 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 
 from handoffd import identity
 from handoffd.config import SettingsFile
 from handoffd.control import schema
+from handoffd.devicecache import cache_records
 from handoffd.devicestate import DeviceState, platform_name
-from handoffd.errors import ApiError, ConfigError, HandoffError, ServerError, StoreError
+from handoffd.errors import (
+    ApiError,
+    ConfigError,
+    ConflictError,
+    HandoffError,
+    InvalidRequestError,
+    NotFoundError,
+    ServerError,
+    StoreError,
+)
 from handoffd.events import EventBus
 from handoffd.ownership import peer_uid
 from handoffd.paths import Paths
@@ -74,16 +84,6 @@ class ControlContext:
 
 
 RouteSetup = Callable[[web.Application, ControlContext], None]
-
-
-class Extension(Protocol):
-    """A part of the daemon added by another module (e.g. the handoff engine)."""
-
-    def setup_routes(self, app: web.Application, ctx: ControlContext) -> None:
-        """Add routes (and ``ctx.openapi_paths``) before the app starts."""
-
-    async def run(self, ctx: ControlContext) -> None:
-        """Work until cancelled; runs in the daemon's TaskGroup once the API is up."""
 
 
 CTX = web.AppKey("ctx", ControlContext)
@@ -150,6 +150,12 @@ async def error_middleware(
         return await handler(request)
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message)
+    except NotFoundError as exc:
+        return error_response(404, exc.code, exc.message)
+    except ConflictError as exc:
+        return error_response(409, exc.code, exc.message)
+    except InvalidRequestError as exc:
+        return error_response(400, exc.code, exc.message)
     except ConfigError as exc:
         return error_response(400, exc.code, exc.message)
     except StoreError as exc:
@@ -213,23 +219,6 @@ def session_json(
         "created_at": rec.created_at,
         "updated_at": rec.updated_at,
     }
-
-
-def cache_records(records: Any, now: float) -> list[CachedDevice]:
-    """The server's device list as rows of the local device cache, stamped ``now``."""
-    return [
-        CachedDevice(
-            device_id=r.device_id,
-            name=r.name,
-            platform=r.platform,
-            revoked=r.revoked,
-            online=r.online,
-            last_seen=r.last_seen,
-            created_at=r.created_at,
-            updated_at=now,
-        )
-        for r in records
-    ]
 
 
 def status_json(ctx: ControlContext) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import pytest
 
 from handoffd.control.client import NewItem
 from handoffd.errors import ApiError
-from handoffd.transfer import DISK_MARGIN
+from handoffd.handoff.policy import DISK_MARGIN
 from handoffd.transport.base import LocalIdentity
 from tests.handoff.helpers import (
     Pair,
@@ -190,15 +190,10 @@ async def _stalled_sender(
     """Offer ``payload`` to b as device a, send its first ``feed_upto`` bytes, then only answer
     pings; the code the exchange ended with."""
     from handoffd import identity
+    from handoffd.handoff.link import make_hello
+    from handoffd.handoff.offer import ItemSpec, build_manifest, new_handoff_id, sign_offer
     from handoffd.proto import codec
     from handoffd.proto import transfer as core
-    from handoffd.transfer import (
-        ItemSpec,
-        build_manifest,
-        make_hello,
-        new_handoff_id,
-        sign_offer,
-    )
     from handoffd.transport import webrtc
     from handoffd.transport.signaling import send_offer
 

@@ -50,8 +50,8 @@ import pytest_asyncio
 
 from handoffd.control.client import HandoffClient, NewItem
 from handoffd.errors import ApiError
+from handoffd.handoff.policy import DISK_MARGIN
 from handoffd.proto.messages import DEFAULT_WINDOW
-from handoffd.transfer import DISK_MARGIN
 from tests.handoff.helpers import checkpoints, sha256_file, wait_nearby, wait_state, write_random
 from tests.handoff.labkit import (
     LabDaemon,

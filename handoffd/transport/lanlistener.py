@@ -13,7 +13,7 @@ import logging
 from handoffd.errors import HandoffError
 from handoffd.transport.signaling import Identity, OnOffer, SignalingServer
 
-logger = logging.getLogger("handoffd.handoffs")
+logger = logging.getLogger("handoffd.transport.lanlistener")
 
 
 class LanListener:
