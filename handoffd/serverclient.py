@@ -27,7 +27,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import random
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -39,7 +38,7 @@ import yarl
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from handoffd import identity
+from handoffd import backoff, identity
 from handoffd.errors import HandoffError, ServerError
 from handoffd.server import auth
 from handoffd.server.ice import check_ice_response
@@ -715,11 +714,7 @@ class ServerLink:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise asyncio.CancelledError
+            await asyncio.wait([task])  # our own cancellation still goes through
 
     # ------------------------------------------------------------ the loop
 
@@ -741,7 +736,7 @@ class ServerLink:
             logger.exception("error callback failed")
 
     async def _run(self) -> None:
-        backoff = BACKOFF_MIN
+        failures = 0
         while not self._closing:
             started = time.monotonic()
             try:
@@ -767,9 +762,9 @@ class ServerLink:
             self._connected.clear()
             self._set_online(frozenset())
             if time.monotonic() - started > BACKOFF_MAX:
-                backoff = BACKOFF_MIN
-            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
-            backoff = min(backoff * 2, BACKOFF_MAX)
+                failures = 0  # it had been up for a while: start again from the minimum
+            failures += 1
+            await asyncio.sleep(backoff.delay(failures, base=BACKOFF_MIN, cap=BACKOFF_MAX))
 
     async def _session_once(self) -> None:
         client = self._client

@@ -51,6 +51,11 @@ class TaskSet:
     def __len__(self) -> int:
         return len(self._tasks)
 
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` began: ``spawn`` refuses."""
+        return self._closed
+
     async def close(self) -> None:
         """Cancel every task and wait for them (idempotent; no new task after this)."""
         self._closed = True

@@ -17,6 +17,7 @@ import asyncio
 import base64
 import collections
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -45,12 +46,13 @@ from handoffd.errors import (
     StoreError,
 )
 from handoffd.events import EventBus
+from handoffd.items import Item
 from handoffd.ownership import peer_uid
 from handoffd.paths import Paths
 from handoffd.server.pairing import qr_svg
 from handoffd.serverclient import parse_invite
 from handoffd.store import DeviceRecord as CachedDevice
-from handoffd.store import ItemRecord, SessionRecord, Store
+from handoffd.store import SessionRecord, Store
 
 logger = logging.getLogger("handoffd.control")
 
@@ -178,7 +180,7 @@ async def error_middleware(
 # ---------------------------------------------------------------- JSON views
 
 
-def item_json(item: ItemRecord, *, content: bool, available: bool | None = None) -> dict[str, Any]:
+def item_json(item: Item, *, content: bool, available: bool | None = None) -> dict[str, Any]:
     """An item as the API shows it (content only in single-session views)."""
     out: dict[str, Any] = {
         "type": item.type,
@@ -365,27 +367,15 @@ async def delete_device(request: web.Request) -> web.Response:
     return json_response({"device": _device_json(ctx, known)})
 
 
-async def _item_records(items: Sequence[schema.ItemRequest]) -> list[ItemRecord]:
-    def build() -> list[ItemRecord]:
+async def _item_records(items: Sequence[Item]) -> list[Item]:
+    def build() -> list[Item]:
         out = []
         for item in items:
             if item.path is not None:
                 size, mtime = schema.check_item_path(item.path)
-                out.append(
-                    ItemRecord(
-                        item.type, item.name, item.mime, "path", size, path=item.path, mtime=mtime
-                    )
-                )
-            elif item.text is not None:
-                size = len(item.text.encode("utf-8", "surrogatepass"))
-                out.append(
-                    ItemRecord(item.type, item.name, item.mime, "text", size, text=item.text)
-                )
+                out.append(dataclasses.replace(item, size=size, mtime=mtime))
             else:
-                data = item.data or b""
-                out.append(
-                    ItemRecord(item.type, item.name, item.mime, "data", len(data), data=data)
-                )
+                out.append(item)
         return out
 
     if any(i.path is not None for i in items):

@@ -66,6 +66,7 @@ from handoffd.discovery.txt import (
     marker_of,
     parse_txt_record,
 )
+from handoffd.tasks import TaskSet
 
 logger = logging.getLogger("handoffd.discovery")
 
@@ -317,7 +318,7 @@ class Discovery:
         self._registered: AsyncServiceInfo | None = None
         self._browser: AsyncServiceBrowser | None = None
         self._listener = _Heard(self._on_record)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet("discovery")
         self._loops: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
         self._addresses: frozenset[str] = frozenset()
@@ -344,7 +345,8 @@ class Discovery:
         if self._closed:
             return
         self._closed = True
-        tasks = [*self._loops, *self._tasks]
+        await self._tasks.close()
+        tasks = list(self._loops)
         for task in tasks:
             task.cancel()
         if tasks:
@@ -431,17 +433,10 @@ class Discovery:
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` as a task owned by this object (cancelled by ``close``)."""
-        if self._closed:
+        if self._closed or self._tasks.closed:
             coro.close()
             return
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("discovery task failed", exc_info=task.exception())
+        self._tasks.spawn(coro, "discovery")
 
     # ------------------------------------------------------------ advertisement
 

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from handoffd import identity
 from handoffd.config import APP_ID_RE, is_type_word
 from handoffd.errors import HandoffError, ProtocolError, TransferError, VerificationError
+from handoffd.items import Item
 from handoffd.proto import codec
 from handoffd.proto import messages as m
 from handoffd.proto import transfer as core
@@ -88,18 +89,6 @@ class SourceItem:
     path: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ItemSpec:
-    """One session item as the sender knows it (content inline or a file path)."""
-
-    type: str
-    name: str
-    mime: str
-    text: str | None = None
-    data: bytes | None = None
-    path: str | None = None
-
-
 def _hash_file(path: str) -> tuple[int, bytes]:
     h = hashlib.sha256()
     size = 0
@@ -122,7 +111,7 @@ def build_manifest(
     app_id: str,
     title: str,
     context: Mapping[str, Any],
-    items: Sequence[ItemSpec],
+    items: Sequence[Item],
     sender: str,
     recipient: str,
     now: float,

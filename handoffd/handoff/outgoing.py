@@ -33,13 +33,14 @@ from handoffd.handoff.driver import (
 from handoffd.handoff.link import Link
 from handoffd.handoff.links import LinkPool
 from handoffd.handoff.local import LocalDevice
-from handoffd.handoff.offer import ItemSpec, SourceItem, build_manifest, new_handoff_id, sign_offer
+from handoffd.handoff.offer import SourceItem, build_manifest, new_handoff_id, sign_offer
 from handoffd.handoff.presence import Presence
 from handoffd.handoff.records import OUT_ACTIVE, Records, error_text
 from handoffd.handoff.timings import Clock, Timings
+from handoffd.items import Item
 from handoffd.proto import codec
 from handoffd.proto import messages as m
-from handoffd.store import HandoffRecord, ItemRecord, Store
+from handoffd.store import HandoffRecord, Store
 from handoffd.tasks import TaskSet
 from handoffd.transport.base import PATH_RELAY
 from handoffd.transport.connector import Upgrader
@@ -89,10 +90,6 @@ class Outgoing:
         chosen = None if types is None else set(types)
         items = [i for i in session.items if chosen is None or i.type in chosen]
         handoff_id = new_handoff_id()
-        specs = [
-            ItemSpec(type=i.type, name=i.name, mime=i.mime, text=i.text, data=i.data, path=i.path)
-            for i in items
-        ]
         manifest, _sources = await asyncio.to_thread(
             build_manifest,
             handoff_id=handoff_id,
@@ -100,7 +97,7 @@ class Outgoing:
             app_id=session.app_id,
             title=session.title,
             context=session.context,
-            items=specs,
+            items=items,
             sender=self.local.device_id,
             recipient=peer_id,
             now=self.clock.wall(),
@@ -232,7 +229,7 @@ class Outgoing:
             session = await self.store.run(self.store.get_session, record.session_id)
         if session is None:
             raise TransferError("the session is gone", code="session-not-found", retry=False)
-        by_name: dict[str, ItemRecord] = {i.name: i for i in session.items}
+        by_name: dict[str, Item] = {i.name: i for i in session.items}
         out: dict[int, SourceItem] = {}
         for entry in manifest.items:
             item = by_name.get(entry.name)

@@ -48,7 +48,7 @@ class LanListener:
             await server.close()
             return False
         self._server = server
-        logger.info("signaling listener started port=%d", server.port)
+        logger.info("signaling listener started signaling_port=%d", server.port)
         return True
 
     async def close(self) -> None:

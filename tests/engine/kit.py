@@ -20,9 +20,10 @@ from handoffd.errors import HandoffError
 from handoffd.events import EventBus
 from handoffd.handoff.engine import Engine, EngineInputs
 from handoffd.handoff.timings import SystemClock, Timings
+from handoffd.items import Item
 from handoffd.paths import Paths
 from handoffd.peering import ServerPath
-from handoffd.store import DeviceRecord, HandoffRecord, ItemRecord, Store
+from handoffd.store import DeviceRecord, HandoffRecord, Store
 from handoffd.transport.base import Channel, LocalIdentity
 from handoffd.transport.connector import Connector
 from handoffd.transport.memory import MemoryDialer, MemoryNetwork
@@ -110,7 +111,16 @@ class Node:
         )
         self.direct = MemoryDialer(network, self.peer, "direct")
         self.relay = MemoryDialer(network, self.peer, "relay")
-        self.engine = Engine(
+        self.timings = timings
+        self.engine = self._build()
+        network.join(self.peer, self._accept)
+        self.accepted: list[Channel] = []
+        self.tg: asyncio.TaskGroup | None = None
+        self._run: asyncio.Task[None] | None = None
+
+    def _build(self) -> Engine:
+        timings = self.timings
+        return Engine(
             EngineInputs(
                 store=self.store,
                 device=self.device,
@@ -128,8 +138,24 @@ class Node:
                 connector=Connector([self.direct, self.relay], head_start=timings.head_start),
             )
         )
-        network.join(self.peer, self._accept)
-        self.accepted: list[Channel] = []
+
+    async def start(self, tg: asyncio.TaskGroup) -> None:
+        """Run the engine in ``tg`` until ready."""
+        self._run = tg.create_task(self.engine.run(), name=f"engine-{self.id[:6]}")
+        await asyncio.wait_for(self.engine.ready.wait(), 30)
+
+    async def stop(self) -> None:
+        """Stop the engine (as a daemon's stop does)."""
+        if self._run is not None:
+            self._run.cancel()
+            await asyncio.wait([self._run])
+            self._run = None
+
+    async def restart(self, tg: asyncio.TaskGroup) -> None:
+        """Stop the engine and start a new one on the same store and files."""
+        await self.stop()
+        self.engine = self._build()
+        await self.start(tg)
 
     def _accept(self, channel: Channel) -> None:
         self.accepted.append(channel)
@@ -152,7 +178,7 @@ class Node:
 
     def session(
         self,
-        *items: ItemRecord,
+        *items: Item,
         app_id: str = "org.example.notes",
         context: dict[str, Any] | None = None,
     ) -> str:
@@ -177,15 +203,15 @@ class Node:
         self.store.close()
 
 
-def text_item(text: str, name: str = "note.txt") -> ItemRecord:
+def text_item(text: str, name: str = "note.txt") -> Item:
     """A text item."""
     data = text.encode()
-    return ItemRecord("message", name, "text/plain", "text", len(data), text=text)
+    return Item("message", name, "text/plain", "text", len(data), text=text)
 
 
-def data_item(data: bytes, name: str = "blob.bin") -> ItemRecord:
+def data_item(data: bytes, name: str = "blob.bin") -> Item:
     """An inline data item."""
-    return ItemRecord("document", name, "application/octet-stream", "data", len(data), data=data)
+    return Item("document", name, "application/octet-stream", "data", len(data), data=data)
 
 
 @contextlib.asynccontextmanager
@@ -202,14 +228,14 @@ async def pair(
         configure(a, b)
     try:
         async with asyncio.TaskGroup() as tg:
-            runs = [tg.create_task(n.engine.run(), name=f"engine-{n.id[:6]}") for n in (a, b)]
-            await asyncio.wait_for(a.engine.ready.wait(), 30)
-            await asyncio.wait_for(b.engine.ready.wait(), 30)
+            a.tg = b.tg = tg
+            await a.start(tg)
+            await b.start(tg)
             try:
                 yield a, b
             finally:
-                for run in runs:
-                    run.cancel()
+                await a.stop()
+                await b.stop()
     finally:
         await a.close()
         await b.close()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -183,3 +185,117 @@ async def test_events_tell_the_states_in_order(tmp_path: Path) -> None:
                 states.append(event["state"])
         sub.close()
         assert states == ["pending", "connecting", "transferring", "delivered"]
+
+
+async def test_the_registered_app_is_launched_and_resumes(tmp_path: Path) -> None:
+    marker = tmp_path / "launched.txt"
+    script = "import os,sys; open(sys.argv[1],'a').write(os.environ['HANDOFF_ID'])"
+
+    def launchable(a: Node, b: Node) -> None:
+        b.settings.current = b.settings.current.replace(auto_accept=True)
+        b.store.put_app("org.example.notes", [sys.executable, "-c", script, str(marker)])
+
+    async with pair(tmp_path, configure=launchable) as (a, b):
+        sub = b.events.subscribe()
+        record = await a.engine.start_handoff(a.session(text_item("go")), b.id, None)
+        received = await _next_of(sub, "handoff.received")
+        assert received["handoff_id"] == record.id
+        assert received["from"] == {"device_id": a.id, "name": "ay"}
+        await _file_says(marker, record.id)
+        sub.close()
+        await b.engine.confirm_resumed(record.id)
+        await a.wait_state(record.id, "resumed")
+
+
+async def test_only_chosen_and_accepted_types_cross(tmp_path: Path) -> None:
+    doc = os.urandom(300_000)
+    async with pair(tmp_path) as (a, b):
+        sid = a.session(text_item("m1", "m1.txt"), text_item("m2", "m2.txt"), data_item(doc))
+        h = await a.engine.start_handoff(sid, b.id, ["message"])
+        await a.wait_state(h.id, "delivered")
+        done = await a.engine.get_handoff(h.id)
+        assert done["types"] == ["message"]
+        assert done["bytes_total"] == 4
+        assert done["wire"]["data_bytes_sent"] == 4
+        assert 0 < done["wire"]["channel_bytes_sent"] < 64 * 1024
+        assert sorted(await _inbox_bytes(b, h.id)) == ["m1.txt", "m2.txt"]
+        b.settings.current = b.settings.current.replace(accept_types=("document",))
+        h2 = await a.engine.start_handoff(sid, b.id, None)
+        await a.wait_state(h2.id, "delivered")
+        done2 = await a.engine.get_handoff(h2.id)
+        assert done2["bytes_total"] == len(doc)
+        assert done2["wire"]["data_bytes_sent"] == len(doc)
+        assert await _inbox_bytes(b, h2.id) == {"blob.bin": doc}
+
+
+async def test_cancel_stops_a_transfer_and_the_target_hears_it(tmp_path: Path) -> None:
+    async with pair(tmp_path) as (a, b):
+        a.direct.pace = 0.01  # slow enough to cancel mid-stream
+        sid = a.session(data_item(os.urandom(8 * 1024 * 1024)))
+        h = await a.engine.start_handoff(sid, b.id, None)
+        await a.wait_state(h.id, "transferring")
+        assert (await a.engine.cancel(h.id)).state == "cancelled"
+        assert (await a.engine.cancel(h.id)).state == "cancelled"  # idempotent
+        await b.wait_state(h.id, "cancelled")
+        with pytest.raises(NotFoundError):
+            await b.engine.inbox_entry(h.id)
+        assert not (b.paths.partial / h.id).exists()  # what it held is gone
+        session = a.store.get_session(sid)
+        assert session is not None
+        assert session.state == "active"
+
+
+async def test_a_resent_delivered_handoff_is_idempotent(tmp_path: Path) -> None:
+    data = os.urandom(50_000)
+    async with pair(tmp_path) as (a, b):
+        h = await a.engine.start_handoff(a.session(data_item(data)), b.id, None)
+        first = await a.wait_state(h.id, "delivered")
+        await a.stop()
+        # The source forgets it was delivered (as after a crash before recording it) ...
+        a.store.update_handoff(h.id, state="retrying")
+        inbox_file = b.paths.inbox / h.id / "blob.bin"
+        before = inbox_file.stat()
+        assert a.tg is not None
+        await a.restart(a.tg)  # ... and offers the same signed manifest again
+        again = await a.wait_state(h.id, "delivered")
+        assert again.attempts == first.attempts + 1
+        assert (await a.engine.get_handoff(h.id))["wire"]["data_bytes_sent"] == 0
+        assert [e.id for e in await b.engine.inbox()].count(h.id) == 1
+        after = inbox_file.stat()
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+async def test_outgoing_handoffs_continue_after_a_restart(tmp_path: Path) -> None:
+    slow = Timings(backoff_base=0.05, backoff_max=0.1, discovery_grace=0.0)
+    async with pair(tmp_path, timings=slow) as (a, b):
+        a.direct.reachable = a.relay.reachable = False
+        h = await a.engine.start_handoff(a.session(text_item("later")), b.id, None)
+        await a.wait_state(h.id, "retrying")
+        await a.stop()
+        a.direct.reachable = True
+        assert a.tg is not None
+        await a.restart(a.tg)
+        await a.wait_state(h.id, "delivered")
+        assert (await _inbox_bytes(b, h.id)) == {"note.txt": b"later"}
+
+
+async def _next_of(sub: Any, kind: str) -> dict[str, Any]:
+    async with asyncio.timeout(30):
+        while True:
+            event = await sub.get()
+            assert event is not None
+            if event["type"] == kind:
+                return dict(event)
+
+
+def _read_text(path: Path) -> str | None:
+    return path.read_text() if path.exists() else None
+
+
+async def _file_says(path: Path, text: str) -> None:
+    """Until ``path`` holds ``text`` (a launched app writes it; bounded)."""
+    async with asyncio.timeout(30):
+        while True:
+            if await asyncio.to_thread(_read_text, path) == text:
+                return
+            await asyncio.sleep(0.05)

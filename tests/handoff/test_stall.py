@@ -13,7 +13,8 @@ import pytest
 from handoffd.errors import TransferError, TransportError
 from handoffd.handoff.driver import SenderEvent, run_sender
 from handoffd.handoff.link import Link, make_hello
-from handoffd.handoff.offer import ItemSpec, build_manifest, new_handoff_id, sign_offer
+from handoffd.handoff.offer import build_manifest, new_handoff_id, sign_offer
+from handoffd.items import Item
 from handoffd.proto import codec
 from handoffd.proto import transfer as core
 from handoffd.transport import webrtc
@@ -70,7 +71,7 @@ async def test_a_sender_cuts_off_a_receiver_that_accepted_and_stalls() -> None:
             app_id="org.example.stall",
             title="stall",
             context={},
-            items=[ItemSpec("document", "big.bin", "application/octet-stream", data=payload)],
+            items=[Item.of_data("document", "big.bin", payload)],
             sender=a.id,
             recipient=b.id,
             now=time.time(),

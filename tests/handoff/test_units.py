@@ -19,7 +19,6 @@ from handoffd.config import Settings
 from handoffd.errors import ProtocolError
 from handoffd.handoff.expiry import expire
 from handoffd.handoff.offer import (
-    ItemSpec,
     build_manifest,
     check_name,
     new_handoff_id,
@@ -32,6 +31,7 @@ from handoffd.handoff.policy import decide
 from handoffd.handoff.retry import backoff
 from handoffd.handoff.staging import Staging
 from handoffd.handoff.tables import EngineDB, InboxEntry
+from handoffd.items import Item
 from handoffd.proto import codec
 from handoffd.proto import messages as m
 from handoffd.proto.transfer import NeedData
@@ -160,8 +160,8 @@ def test_offer_sign_and_verify(tmp_path: Path) -> None:
         title="t",
         context={"k": 1},
         items=[
-            ItemSpec("message", "m.txt", "text/plain", text="hello"),
-            ItemSpec("document", "doc.bin", "application/octet-stream", path=str(doc)),
+            Item.of_text("message", "m.txt", "hello"),
+            Item.of_path("document", "doc.bin", doc),
         ],
         sender=a_id,
         recipient=b_id,
