@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from handoffd.errors import (
@@ -26,6 +24,21 @@ from handoffd.errors import (
     TransportError,
 )
 from handoffd.handoff.deadlines import StallWatch
+from handoffd.handoff.driver_events import (
+    Checkpoint,
+    Commit,
+    Delivered,
+    Failed,
+    OfferReceived,
+    PeerHello,
+    Progress,
+    ReceiverEvent,
+    Resumed,
+    SenderEvent,
+    SendReport,
+    Transferring,
+    Verdict,
+)
 from handoffd.handoff.link import Exchange, Link
 from handoffd.handoff.offer import SourceItem, read_chunks
 from handoffd.handoff.staging import ItemWriter, Staging
@@ -34,90 +47,11 @@ from handoffd.proto import transfer as core
 
 logger = logging.getLogger("handoffd.handoff.driver")
 
+SenderConsumer = Callable[[SenderEvent], Awaitable[None]]
+"""The one consumer of a sender driver's events."""
+
 CHECKPOINT_EVERY = 1024 * 1024
 OFFER_TIMEOUT = 30.0
-
-
-# ---------------------------------------------------------------- events
-
-
-@dataclass(frozen=True, slots=True)
-class PeerHello:
-    """The peer's hello (it may carry a newer CRL)."""
-
-    hello: m.Hello
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    """``done`` of ``total`` accepted bytes moved."""
-
-    handoff_id: str
-    done: int
-    total: int
-
-
-@dataclass(frozen=True, slots=True)
-class Transferring:
-    """The receiver accepted (``report.accepted``): bytes start to move."""
-
-    handoff_id: str
-    report: SendReport
-
-
-@dataclass(frozen=True, slots=True)
-class Delivered:
-    """The receiver has every accepted item, verified and committed."""
-
-    handoff_id: str
-    report: SendReport
-
-
-@dataclass(frozen=True, slots=True)
-class Resumed:
-    """The receiver's app resumed the session (told on this exchange)."""
-
-    handoff_id: str
-
-
-SenderEvent = PeerHello | Transferring | Progress | Delivered | Resumed
-
-
-@dataclass(frozen=True, slots=True)
-class OfferReceived:
-    """A verified-format offer to decide on."""
-
-    offer: m.Offer
-    manifest: m.Manifest
-
-
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    """Item ``index`` of ``handoff_id`` is durable up to ``offset``: record it."""
-
-    handoff_id: str
-    index: int
-    offset: int
-
-
-@dataclass(frozen=True, slots=True)
-class Commit:
-    """Every accepted item arrived and verified: commit them under ``names``."""
-
-    manifest: m.Manifest
-    names: Mapping[int, str]
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    """The receiving exchange ended without delivering (``code``: why)."""
-
-    handoff_id: str
-    code: str
-    message: str
-
-
-ReceiverEvent = PeerHello | Progress | Checkpoint | Commit | Failed
 
 
 # ---------------------------------------------------------------- driving a core
@@ -172,20 +106,6 @@ async def _step(
             ex.queued -= len(more)
             c.receive_bytes(more, loop_time())
     return True
-
-
-@dataclass
-class SendReport:
-    """What a sender exchange did (for the record and the proofs in tests)."""
-
-    accepted: dict[int, int] = dataclasses.field(default_factory=dict)
-    total: int = 0
-    skipped: int = 0
-    data_bytes: int = 0
-    channel_bytes: int = 0
-
-
-SenderConsumer = Callable[[SenderEvent], Awaitable[None]]
 
 
 async def run_sender(
@@ -298,16 +218,6 @@ async def _read_for(
         now = asyncio.get_running_loop().time()
         for need, data in zip(group, chunks, strict=True):
             c.data_ready(need.index, need.offset, data, now)
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """The service's answer to an offer: accept from offsets, decline, or already delivered."""
-
-    resume: Mapping[int, int] | None = None
-    names: Mapping[int, str] | None = None
-    decline: tuple[str, str] | None = None
-    delivered: bool = False
 
 
 class ReceiverConsumer(Protocol):

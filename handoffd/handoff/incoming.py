@@ -14,7 +14,8 @@ from handoffd.config import SettingsFile
 from handoffd.devicestate import DeviceState
 from handoffd.errors import ProtocolError, StoreError
 from handoffd.handoff import inboxcap
-from handoffd.handoff.driver import (
+from handoffd.handoff.driver import run_receiver
+from handoffd.handoff.driver_events import (
     Checkpoint,
     Commit,
     Failed,
@@ -23,7 +24,6 @@ from handoffd.handoff.driver import (
     Progress,
     ReceiverEvent,
     Verdict,
-    run_receiver,
 )
 from handoffd.handoff.link import Exchange, Link
 from handoffd.handoff.links import LinkPool

@@ -244,3 +244,22 @@ def read_chunks(source: SourceItem, requests: Sequence[core.NeedData]) -> list[b
 
 
 # ---------------------------------------------------------------- the link
+
+
+def sources_for(items: Sequence[Item], manifest: m.Manifest) -> dict[int, SourceItem]:
+    """Where each manifest item is read: the session's item of the same name (TransferError
+    ``source-changed``, not retried, if one is gone or changed size)."""
+    by_name = {i.name: i for i in items}
+    out: dict[int, SourceItem] = {}
+    for entry in manifest.items:
+        item = by_name.get(entry.name)
+        if item is None:
+            raise TransferError(f"item {entry.name!r} is gone", code="source-changed", retry=False)
+        if item.path is not None:
+            out[entry.index] = SourceItem(entry=entry, path=item.path)
+            continue
+        data = item.text.encode("utf-8") if item.text is not None else (item.data or b"")
+        if len(data) != entry.size:
+            raise TransferError(f"item {entry.name!r} changed", code="source-changed", retry=False)
+        out[entry.index] = SourceItem(entry=entry, data=data)
+    return out

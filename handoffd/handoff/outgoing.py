@@ -9,35 +9,39 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
-from handoffd import identity
 from handoffd.config import SettingsFile
 from handoffd.errors import (
     ConflictError,
     HandoffError,
-    InvalidRequestError,
     NotFoundError,
     PathSwitchError,
     StoreError,
     TransferError,
 )
 from handoffd.handoff import retry
-from handoffd.handoff.driver import (
+from handoffd.handoff.driver import run_sender
+from handoffd.handoff.driver_events import (
     Delivered,
     PeerHello,
     Progress,
     Resumed,
     SenderEvent,
     Transferring,
-    run_sender,
 )
 from handoffd.handoff.link import Link
 from handoffd.handoff.links import LinkPool
 from handoffd.handoff.local import LocalDevice
-from handoffd.handoff.offer import SourceItem, build_manifest, new_handoff_id, sign_offer
+from handoffd.handoff.offer import (
+    SourceItem,
+    build_manifest,
+    new_handoff_id,
+    sign_offer,
+    sources_for,
+)
 from handoffd.handoff.presence import Presence
 from handoffd.handoff.records import OUT_ACTIVE, Records, error_text
+from handoffd.handoff.targets import resolve_target
 from handoffd.handoff.timings import Clock, Timings
-from handoffd.items import Item
 from handoffd.proto import codec
 from handoffd.proto import messages as m
 from handoffd.store import HandoffRecord, Store
@@ -86,7 +90,13 @@ class Outgoing:
             raise NotFoundError("no such session", code="session-not-found")
         if session.state != "active":
             raise ConflictError(f"the session is {session.state}", code=f"session-{session.state}")
-        peer_id, peer_name = await self.resolve_target(target)
+        peer_id, peer_name = await resolve_target(
+            self.store,
+            target,
+            me=self.local.device_id,
+            my_name=self.settings.current.device_name,
+            refresh=self.presence.refresh_devices,
+        )
         chosen = None if types is None else set(types)
         items = [i for i in session.items if chosen is None or i.type in chosen]
         handoff_id = new_handoff_id()
@@ -118,46 +128,6 @@ class Outgoing:
         self.records.publish_state(record)
         self.drive(handoff_id)
         return record
-
-    async def resolve_target(self, target: str) -> tuple[str, str]:
-        """(device id, name) of a paired, unrevoked device of our account other than us."""
-        me = self.local.device_id
-        wanted = target.strip()
-        parsed: str | None = None
-        with contextlib.suppress(HandoffError):
-            parsed = identity.parse_device_id(wanted)
-        for attempt in range(2):
-            devices = await self.store.run(self.store.list_devices)
-            match = [d for d in devices if d.device_id == parsed or d.name == wanted]
-            # A revoked device may share its name with the one that replaced it.
-            match = [d for d in match if not d.revoked] or match
-            if match:
-                break
-            if attempt == 0:
-                await self.presence.refresh_devices()
-        else:
-            match = []
-        itself = InvalidRequestError(
-            "cannot hand a session to this device itself", code="target-is-self"
-        )
-        if (parsed is not None and parsed == me) or (
-            not match and wanted == self.settings.current.device_name
-        ):
-            raise itself
-        if len(match) > 1:
-            raise ConflictError(
-                f"several devices are named {wanted!r}: use the device id", code="target-ambiguous"
-            )
-        if not match:
-            if parsed is not None:
-                return parsed, ""  # not in the cache (server down): the certificate decides
-            raise NotFoundError(f"no device {wanted!r} in this account", code="device-not-found")
-        found = match[0]
-        if found.device_id == me:
-            raise itself
-        if found.revoked:
-            raise ConflictError("that device is revoked", code="device-revoked")
-        return found.device_id, found.name
 
     def drive(self, handoff_id: str) -> None:
         """Start the task that carries ``handoff_id`` through."""
@@ -229,24 +199,7 @@ class Outgoing:
             session = await self.store.run(self.store.get_session, record.session_id)
         if session is None:
             raise TransferError("the session is gone", code="session-not-found", retry=False)
-        by_name: dict[str, Item] = {i.name: i for i in session.items}
-        out: dict[int, SourceItem] = {}
-        for entry in manifest.items:
-            item = by_name.get(entry.name)
-            if item is None:
-                raise TransferError(
-                    f"item {entry.name!r} is gone", code="source-changed", retry=False
-                )
-            if item.path is not None:
-                out[entry.index] = SourceItem(entry=entry, path=item.path)
-                continue
-            data = item.text.encode("utf-8") if item.text is not None else (item.data or b"")
-            if len(data) != entry.size:
-                raise TransferError(
-                    f"item {entry.name!r} changed", code="source-changed", retry=False
-                )
-            out[entry.index] = SourceItem(entry=entry, data=data)
-        return out
+        return sources_for(session.items, manifest)
 
     async def _drive(self, handoff_id: str) -> None:
         """Connect, send, retry with backoff until delivered, declined, failed or cancelled."""

@@ -176,7 +176,7 @@ class Node:
         )
         self.store.replace_devices([row])
 
-    def session(
+    async def session(
         self,
         *items: Item,
         app_id: str = "org.example.notes",
@@ -184,7 +184,8 @@ class Node:
     ) -> str:
         """A new active session with ``items``; its id."""
         ctx = {"k": "v"} if context is None else context
-        return self.store.create_session(app_id, "a note", ctx, list(items)).id
+        record = await self.store.run(self.store.create_session, app_id, "a note", ctx, list(items))
+        return record.id
 
     async def wait_state(
         self, handoff_id: str, *states: str, within: float = 30.0

@@ -13,6 +13,7 @@ import pytest
 
 from handoffd.errors import InvalidRequestError, NotFoundError
 from handoffd.handoff.timings import Timings
+from handoffd.store import Store
 from tests.engine.kit import Node, data_item, pair, text_item
 
 pytestmark = pytest.mark.asyncio
@@ -26,7 +27,7 @@ async def _inbox_bytes(node: Node, handoff_id: str) -> dict[str, bytes]:
 
 async def test_offer_delivered_resumed(tmp_path: Path) -> None:
     async with pair(tmp_path) as (a, b):
-        sid = a.session(text_item("hello"), data_item(b"\x00\x01" * 1000))
+        sid = await a.session(text_item("hello"), data_item(b"\x00\x01" * 1000))
         record = await a.engine.start_handoff(sid, b.id, None)
         await a.wait_state(record.id, "delivered")
         got = await b.wait_state(record.id, "delivered")
@@ -41,7 +42,7 @@ async def test_offer_delivered_resumed(tmp_path: Path) -> None:
         # The app resumes: the source is told over the exchange still open (through its driver).
         await b.engine.confirm_resumed(record.id)
         await a.wait_state(record.id, "resumed")
-        session = a.store.get_session(sid)
+        session = await a.store.run(a.store.get_session, sid)
         assert session is not None
         assert session.state == "handed-off"
         assert (await b.engine.inbox_entry(record.id)).state == "resumed"
@@ -52,7 +53,7 @@ async def test_decline_by_policy_is_final(tmp_path: Path) -> None:
         b.settings.current = b.settings.current.replace(accept_types=("url",))
 
     async with pair(tmp_path, configure=only_urls) as (a, b):
-        sid = a.session(text_item("no"))
+        sid = await a.session(text_item("no"))
         record = await a.engine.start_handoff(sid, b.id, None)
         # Nothing is accepted: an offer of only unaccepted types is delivered empty, or declined.
         final = await a.wait_state(record.id, "declined", "delivered")
@@ -66,7 +67,7 @@ async def test_disabled_receiver_declines(tmp_path: Path) -> None:
         b.settings.current = b.settings.current.replace(handoff_enabled=False)
 
     async with pair(tmp_path, configure=disabled) as (a, b):
-        record = await a.engine.start_handoff(a.session(text_item("x")), b.id, None)
+        record = await a.engine.start_handoff(await a.session(text_item("x")), b.id, None)
         final = await a.wait_state(record.id, "declined")
         assert (await a.engine.get_handoff(record.id))["error"]["code"] == "handoff-disabled"
         assert final.attempts == 1
@@ -78,7 +79,7 @@ async def test_interrupted_transfer_resumes_without_resending(tmp_path: Path) ->
 
     async with pair(tmp_path) as (a, b):
         a.direct.breaks.append(5 * 1024 * 1024)  # the first connection is lost mid-stream
-        sid = a.session(data_item(payload, "big.bin"))
+        sid = await a.session(data_item(payload, "big.bin"))
         record = await a.engine.start_handoff(sid, b.id, None)
         done = await a.wait_state(record.id, "delivered", within=60)
         assert done.attempts >= 2
@@ -97,7 +98,7 @@ async def test_relay_first_then_moves_to_direct_at_a_chunk_boundary(tmp_path: Pa
     async with pair(tmp_path) as (a, b):
         a.direct.reachable = False
         a.relay.pace = 0.005  # the relay is slow: the upgrade comes mid-stream
-        sid = a.session(data_item(payload, "big.bin"))
+        sid = await a.session(data_item(payload, "big.bin"))
         record = await a.engine.start_handoff(sid, b.id, None)
         await a.wait_state(record.id, "transferring")
         assert (await a.engine.get_handoff(record.id))["path"] == "relay"
@@ -114,9 +115,9 @@ async def test_relay_first_then_moves_to_direct_at_a_chunk_boundary(tmp_path: Pa
 
 async def test_warm_link_is_reused_for_the_next_handoff(tmp_path: Path) -> None:
     async with pair(tmp_path) as (a, b):
-        first = await a.engine.start_handoff(a.session(text_item("1")), b.id, None)
+        first = await a.engine.start_handoff(await a.session(text_item("1")), b.id, None)
         await a.wait_state(first.id, "delivered")
-        second = await a.engine.start_handoff(a.session(text_item("2")), b.id, None)
+        second = await a.engine.start_handoff(await a.session(text_item("2")), b.id, None)
         await a.wait_state(second.id, "delivered")
         assert len(a.direct.dialed) == 1  # one channel carried both
 
@@ -125,7 +126,7 @@ async def test_cancel_while_retrying(tmp_path: Path) -> None:
     slow = Timings(backoff_base=30.0, backoff_max=30.0, discovery_grace=0.0)
     async with pair(tmp_path, timings=slow) as (a, b):
         a.direct.reachable = a.relay.reachable = False
-        record = await a.engine.start_handoff(a.session(text_item("x")), b.id, None)
+        record = await a.engine.start_handoff(await a.session(text_item("x")), b.id, None)
         retrying = await a.wait_state(record.id, "retrying")
         assert (await a.engine.get_handoff(retrying.id))["error"]["code"] == "peer-not-found"
         cancelled = await a.engine.cancel(record.id)
@@ -139,7 +140,7 @@ async def test_unreachable_peer_fails_after_max_attempts(tmp_path: Path) -> None
     few = Timings(max_attempts=3, backoff_base=0.01, backoff_max=0.02, discovery_grace=0.0)
     async with pair(tmp_path, timings=few) as (a, b):
         a.direct.reachable = a.relay.reachable = False
-        record = await a.engine.start_handoff(a.session(text_item("x")), b.id, None)
+        record = await a.engine.start_handoff(await a.session(text_item("x")), b.id, None)
         failed = await a.wait_state(record.id, "failed")
         assert failed.attempts == 3
         assert (await a.engine.get_handoff(record.id))["error"]["code"] == "peer-not-found"
@@ -147,11 +148,9 @@ async def test_unreachable_peer_fails_after_max_attempts(tmp_path: Path) -> None
 
 async def test_a_full_state_database_declines_as_no_disk_space(tmp_path: Path) -> None:
     async with pair(tmp_path) as (a, b):
-        with b.store.transaction() as db:  # no new page: a write that needs one fails (SQLITE_FULL)
-            pages = db.execute("PRAGMA page_count").fetchone()[0]
-            db.execute(f"PRAGMA max_page_count = {pages}")
+        await b.store.run(_no_new_pages, b.store)
         # A large context makes the offer the receiver records need new pages.
-        sid = a.session(text_item("x"), context={"big": "y" * 30_000})
+        sid = await a.session(text_item("x"), context={"big": "y" * 30_000})
         record = await a.engine.start_handoff(sid, b.id, None)
         await a.wait_state(record.id, "declined")
         assert (await a.engine.get_handoff(record.id))["error"]["code"] == "no-disk-space"
@@ -163,7 +162,7 @@ async def test_api_errors_are_domain_errors(tmp_path: Path) -> None:
             await a.engine.start_handoff("f" * 32, b.id, None)
         assert nf.value.code == "session-not-found"
         with pytest.raises(InvalidRequestError) as me:
-            await a.engine.start_handoff(a.session(text_item("x")), a.id, None)
+            await a.engine.start_handoff(await a.session(text_item("x")), a.id, None)
         assert me.value.code == "target-is-self"
         with pytest.raises(NotFoundError):
             await a.engine.get_handoff("nope")
@@ -175,7 +174,7 @@ async def test_api_errors_are_domain_errors(tmp_path: Path) -> None:
 async def test_events_tell_the_states_in_order(tmp_path: Path) -> None:
     async with pair(tmp_path) as (a, b):
         sub = a.events.subscribe()
-        record = await a.engine.start_handoff(a.session(text_item("e")), b.id, None)
+        record = await a.engine.start_handoff(await a.session(text_item("e")), b.id, None)
         await a.wait_state(record.id, "delivered")
         states: list[str] = []
         while len(states) < 4:
@@ -197,7 +196,7 @@ async def test_the_registered_app_is_launched_and_resumes(tmp_path: Path) -> Non
 
     async with pair(tmp_path, configure=launchable) as (a, b):
         sub = b.events.subscribe()
-        record = await a.engine.start_handoff(a.session(text_item("go")), b.id, None)
+        record = await a.engine.start_handoff(await a.session(text_item("go")), b.id, None)
         received = await _next_of(sub, "handoff.received")
         assert received["handoff_id"] == record.id
         assert received["from"] == {"device_id": a.id, "name": "ay"}
@@ -210,7 +209,7 @@ async def test_the_registered_app_is_launched_and_resumes(tmp_path: Path) -> Non
 async def test_only_chosen_and_accepted_types_cross(tmp_path: Path) -> None:
     doc = os.urandom(300_000)
     async with pair(tmp_path) as (a, b):
-        sid = a.session(text_item("m1", "m1.txt"), text_item("m2", "m2.txt"), data_item(doc))
+        sid = await a.session(text_item("m1", "m1.txt"), text_item("m2", "m2.txt"), data_item(doc))
         h = await a.engine.start_handoff(sid, b.id, ["message"])
         await a.wait_state(h.id, "delivered")
         done = await a.engine.get_handoff(h.id)
@@ -231,7 +230,7 @@ async def test_only_chosen_and_accepted_types_cross(tmp_path: Path) -> None:
 async def test_cancel_stops_a_transfer_and_the_target_hears_it(tmp_path: Path) -> None:
     async with pair(tmp_path) as (a, b):
         a.direct.pace = 0.01  # slow enough to cancel mid-stream
-        sid = a.session(data_item(os.urandom(8 * 1024 * 1024)))
+        sid = await a.session(data_item(os.urandom(8 * 1024 * 1024)))
         h = await a.engine.start_handoff(sid, b.id, None)
         await a.wait_state(h.id, "transferring")
         assert (await a.engine.cancel(h.id)).state == "cancelled"
@@ -240,7 +239,7 @@ async def test_cancel_stops_a_transfer_and_the_target_hears_it(tmp_path: Path) -
         with pytest.raises(NotFoundError):
             await b.engine.inbox_entry(h.id)
         assert not (b.paths.partial / h.id).exists()  # what it held is gone
-        session = a.store.get_session(sid)
+        session = await a.store.run(a.store.get_session, sid)
         assert session is not None
         assert session.state == "active"
 
@@ -248,11 +247,11 @@ async def test_cancel_stops_a_transfer_and_the_target_hears_it(tmp_path: Path) -
 async def test_a_resent_delivered_handoff_is_idempotent(tmp_path: Path) -> None:
     data = os.urandom(50_000)
     async with pair(tmp_path) as (a, b):
-        h = await a.engine.start_handoff(a.session(data_item(data)), b.id, None)
+        h = await a.engine.start_handoff(await a.session(data_item(data)), b.id, None)
         first = await a.wait_state(h.id, "delivered")
         await a.stop()
         # The source forgets it was delivered (as after a crash before recording it) ...
-        a.store.update_handoff(h.id, state="retrying")
+        await a.store.run(a.store.update_handoff, h.id, state="retrying")
         inbox_file = b.paths.inbox / h.id / "blob.bin"
         before = inbox_file.stat()
         assert a.tg is not None
@@ -269,7 +268,7 @@ async def test_outgoing_handoffs_continue_after_a_restart(tmp_path: Path) -> Non
     slow = Timings(backoff_base=0.05, backoff_max=0.1, discovery_grace=0.0)
     async with pair(tmp_path, timings=slow) as (a, b):
         a.direct.reachable = a.relay.reachable = False
-        h = await a.engine.start_handoff(a.session(text_item("later")), b.id, None)
+        h = await a.engine.start_handoff(await a.session(text_item("later")), b.id, None)
         await a.wait_state(h.id, "retrying")
         await a.stop()
         a.direct.reachable = True
@@ -299,3 +298,10 @@ async def _file_says(path: Path, text: str) -> None:
             if await asyncio.to_thread(_read_text, path) == text:
                 return
             await asyncio.sleep(0.05)
+
+
+def _no_new_pages(store: Store) -> None:
+    """No new page: a write that needs one fails as on a full disk (SQLITE_FULL). Blocking."""
+    with store.transaction() as db:
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count = {pages}")

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from handoffd.errors import TransferError, TransportError
-from handoffd.handoff.driver import SenderEvent, run_sender
+from handoffd.handoff.driver import run_sender
+from handoffd.handoff.driver_events import SenderEvent
 from handoffd.handoff.link import Link, make_hello
 from handoffd.handoff.offer import build_manifest, new_handoff_id, sign_offer
 from handoffd.items import Item
