@@ -13,6 +13,7 @@ online), ``links`` (the warm-link pool), ``outgoing`` / ``incoming`` / ``notices
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -252,7 +253,7 @@ class Engine:
         return await self.notices.confirm_resumed(entry_id)
 
     @property
-    def app_clients(self) -> Any:
+    def app_clients(self) -> collections.Counter[str]:
         """Connected event-stream clients per app id."""
         return self.apps.clients
 

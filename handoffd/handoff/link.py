@@ -12,7 +12,6 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from handoffd import identity
 from handoffd.errors import HandoffError, ProtocolError, TransportError
@@ -201,7 +200,7 @@ class Link:
             self.exchange = None
         self.last_used = self._clock()
 
-    async def send(self, msg: Any) -> None:
+    async def send(self, msg: m.Message) -> None:
         """Encode and send one message (timeout: a stalled channel is closed)."""
         data = codec.encode(msg)
         async with self._send_lock:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from handoffd.errors import HandoffError, NotFoundError, ProtocolError, StoreError
 from handoffd.events import EventBus
@@ -53,6 +53,29 @@ TRANSITIONS: Mapping[tuple[str, str], frozenset[str]] = {
 """A sender's handoff can become ``resumed`` from any state: the target's notice may come
 after a lost ``delivered``. A receiver's record that ended may start over when the sender
 offers it again."""
+
+
+class HandoffUpdate(TypedDict, total=False):
+    """Fields of a handoff record a flow may set."""
+
+    state: str
+    path: str
+    attempts: int
+    bytes_total: int
+    bytes_done: int
+    types: list[str]
+    error: str | None
+
+
+class MetaUpdate(TypedDict, total=False):
+    """The engine's extra columns of a handoff a flow may set."""
+
+    peer_name: str
+    next_retry_at: float | None
+    offer: bytes | None
+    data_bytes: int
+    channel_bytes: int
+    skipped: int
 
 
 class IllegalTransitionError(HandoffError):
@@ -155,17 +178,13 @@ class Records:
             raise NotFoundError("no such handoff", code="handoff-not-found")
         return record
 
-    async def create(self, handoff_id: str, **fields: Any) -> HandoffRecord:
-        """A new record (``pending``), announced."""
-        record = await self.store.run(self.store.create_handoff, handoff_id, **fields)
-        self.publish_state(record)
-        return record
-
-    async def set_meta(self, handoff_id: str, **fields: Any) -> None:
+    async def set_meta(self, handoff_id: str, **fields: Unpack[MetaUpdate]) -> None:
         """Set some of the engine's extra columns."""
         await self.store.run(self.db.set_meta, handoff_id, **fields)
 
-    async def set(self, handoff_id: str, meta: Mapping[str, Any], **fields: Any) -> HandoffRecord:
+    async def set(
+        self, handoff_id: str, meta: MetaUpdate, **fields: Unpack[HandoffUpdate]
+    ) -> HandoffRecord:
         """Update a record (and its extra columns); a state change is checked and announced."""
         before = await self.get(handoff_id)
         state = fields.get("state")

@@ -39,7 +39,7 @@ class ItemWriter:
 
     fd: int
     offset: int
-    hasher: Any
+    hasher: hashlib._Hash
 
 
 class Staging:
