@@ -193,6 +193,8 @@ class Records:
         record = await self.store.run(self.db.update, handoff_id, meta, **fields)
         if before is None or before.state != record.state:
             self.publish_state(record)
+        if record.state == "delivered" or record.state in TERMINAL:
+            self._progress_at.pop(handoff_id, None)  # no more progress: the limiter forgets it
         return record
 
     def publish_state(self, record: HandoffRecord) -> None:
@@ -223,10 +225,6 @@ class Records:
             }
         )
         self.tasks.spawn(self._store_progress(handoff_id, done), "progress")
-
-    def forget_progress(self, handoff_id: str) -> None:
-        """Drop the rate limiter's entry of a handoff that ended."""
-        self._progress_at.pop(handoff_id, None)
 
     async def _store_progress(self, handoff_id: str, done: int) -> None:
         # Progress is advisory (checkpoints are what count): a full disk only delays it.

@@ -206,6 +206,25 @@ async def test_the_registered_app_is_launched_and_resumes(tmp_path: Path) -> Non
         await a.wait_state(record.id, "resumed")
 
 
+async def test_a_connected_app_is_not_launched(tmp_path: Path) -> None:
+    marker = tmp_path / "launched.txt"
+    script = "import os,sys; open(sys.argv[1],'a').write(os.environ['HANDOFF_ID'] + ' ')"
+
+    def launchable(a: Node, b: Node) -> None:
+        b.settings.current = b.settings.current.replace(auto_accept=True)
+        b.store.put_app("org.example.notes", [sys.executable, "-c", script, str(marker)])
+
+    async with pair(tmp_path, configure=launchable) as (a, b):
+        b.engine.app_clients["org.example.notes"] += 1  # its event stream is open
+        first = await a.engine.start_handoff(await a.session(text_item("1")), b.id, None)
+        # Delivered on a means b committed, and so decided about launching, before answering.
+        await a.wait_state(first.id, "delivered")
+        del b.engine.app_clients["org.example.notes"]  # the app went away
+        second = await a.engine.start_handoff(await a.session(text_item("2")), b.id, None)
+        await a.wait_state(second.id, "delivered")
+        await _file_says(marker, f"{second.id} ")  # only the second one launched it
+
+
 async def test_only_chosen_and_accepted_types_cross(tmp_path: Path) -> None:
     doc = os.urandom(300_000)
     async with pair(tmp_path) as (a, b):
