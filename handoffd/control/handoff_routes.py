@@ -18,7 +18,7 @@ from handoffd.control.server import ControlContext, json_response, read_json
 from handoffd.errors import ApiError
 
 if TYPE_CHECKING:
-    from handoffd.handoff.engine import Engine as HandoffService
+    from handoffd.handoff.engine import Engine
 
 MAX_TYPES = 64
 
@@ -43,7 +43,7 @@ def handoff_request(body: Any) -> tuple[str, str, list[str] | None]:
 
 
 def setup_handoff_routes(
-    app: web.Application, ctx: ControlContext, service: HandoffService
+    app: web.Application, ctx: ControlContext, service: Engine
 ) -> None:
     """Add the routes, the app-connection tracker and the OpenAPI paths."""
 
