@@ -46,6 +46,8 @@ class TaskSet:
             task = asyncio.get_running_loop().create_task(_contained(coro, name), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # Cancelled before it started, the wrapper never awaited ``coro``: close it (no warning).
+        task.add_done_callback(lambda t: coro.close() if t.cancelled() else None)
         return task
 
     def __len__(self) -> int:

@@ -4,9 +4,11 @@ the schema migration, and a link pair with its drivers over in-memory channels."
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sqlite3
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -363,3 +365,15 @@ async def test_a_cut_channel_ends_both_drivers(tmp_path: Path) -> None:
     assert ours.closed
     await link_a.close()
     await link_b.close()
+
+
+@pytest.mark.asyncio
+async def test_a_task_cancelled_before_it_started_leaves_no_unawaited_coroutine() -> None:
+    tasks = TaskSet("t")
+    never = asyncio.Event()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tasks.spawn(never.wait(), "never-started")
+        await tasks.close()  # cancels it before its first step
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]
