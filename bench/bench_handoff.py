@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from handoffd import selfsigned
-from handoffd.control.client import HandoffClient, NewItem
+from handoffd.control.client import HandoffClient, Item
 from tests.handoff.helpers import write_random
 from tests.handoff.labkit import LabDaemon, LabServer, MiB, pair_daemon
 from tests.lab import Host, Lab
@@ -190,7 +190,7 @@ async def watching(client: HandoffClient) -> AsyncIterator[Watcher]:
 
 
 async def one_handoff(
-    a: HandoffClient, w: Watcher, target: str, items: list[NewItem], app: str = "org.example.bench"
+    a: HandoffClient, w: Watcher, target: str, items: list[Item], app: str = "org.example.bench"
 ) -> tuple[float, float, float]:
     """POST → transferring → delivered; (t_post, t_transferring, t_delivered), perf_counter."""
     session = await a.publish(app, "bench", items=items)
@@ -256,7 +256,7 @@ async def main_async(runs: int, big_mib: int, huge_mib: int, restarts: int) -> N
                             await wa.changed.wait()
                     peer.append(wa.nearby[b_id] - t0)
 
-        small = [NewItem.of_text("message", f"m{i}.txt", f"message {i}") for i in range(5)]
+        small = [Item.of_text("message", f"m{i}.txt", f"message {i}") for i in range(5)]
 
         # Cold: HANDOFF_WARM_IDLE=0, no link is ever reused.
         async with HandoffClient(a.socket, timeout=60) as ca, watching(ca) as wa:
@@ -285,7 +285,7 @@ async def main_async(runs: int, big_mib: int, huge_mib: int, restarts: int) -> N
             await asyncio.to_thread(write_random, big, big_mib * MiB)
             cpu_a, cpu_b = cpu_seconds(a.pid), cpu_seconds(b.pid)
             t, t_tr, t_done = await one_handoff(
-                ca, wa, b_id, [NewItem.of_path("document", "big.bin", big)]
+                ca, wa, b_id, [Item.of_path("document", "big.bin", big)]
             )
             cpu_a, cpu_b = cpu_seconds(a.pid) - cpu_a, cpu_seconds(b.pid) - cpu_b
             transfer_s = t_done - t_tr
@@ -306,7 +306,7 @@ async def main_async(runs: int, big_mib: int, huge_mib: int, restarts: int) -> N
 
             sampler = asyncio.create_task(sample())
             t_h, t_h_tr, t_h_done = await one_handoff(
-                ca, wa, b_id, [NewItem.of_path("document", "huge.bin", huge)]
+                ca, wa, b_id, [Item.of_path("document", "huge.bin", huge)]
             )
             stop.set()
             await sampler

@@ -48,14 +48,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.bench_handoff import Watcher, cpu_seconds, ms, nearby_in, pct, raw_tls, watching
-from handoffd.control.client import HandoffClient, NewItem
+from handoffd.control.client import HandoffClient, Item
 from tests.handoff.helpers import write_random
 from tests.handoff.labkit import LabDaemon, LabServer, MiB, WireMeter, pair_daemon
 from tests.lab import Fault, Lab
 from tests.server.helpers import create_account
 
 APP = "org.example.bench"
-SMALL = [NewItem.of_text("message", f"m{i}.txt", f"message {i}") for i in range(5)]
+SMALL = [Item.of_text("message", f"m{i}.txt", f"message {i}") for i in range(5)]
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class Run:
         return self.delivered - self.post
 
 
-async def timed(a: HandoffClient, w: Watcher, target: str, items: list[NewItem]) -> Run:
+async def timed(a: HandoffClient, w: Watcher, target: str, items: list[Item]) -> Run:
     """Publish ``items``, hand them to ``target``, wait for ``delivered``."""
     session = await a.publish(APP, "bench", items=items)
     wall, post = time.time(), time.perf_counter()
@@ -205,7 +205,7 @@ async def main_async(
             for name in ("relay", "direct"):
                 doc = root / f"{name}.bin"
                 await asyncio.to_thread(write_random, doc, big_mib * MiB)
-                item = [NewItem.of_path("document", doc.name, doc)]
+                item = [Item.of_path("document", doc.name, doc)]
                 cpu0 = [cpu_seconds(p) for p in pids]
                 meter = WireMeter(h1).start()
                 with blocked() if name == "relay" else contextlib.nullcontext():

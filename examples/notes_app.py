@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from handoffd.control.client import HandoffClient, NewItem
+from handoffd.control.client import HandoffClient, Item
 from handoffd.errors import HandoffError
 
 APP_ID = "org.handoffd.notes"
@@ -37,11 +37,11 @@ def _clean(text: str) -> str:
 async def publish(home: str | None, messages: int, document: Path | None) -> int:
     """Publish the notebook as a session; print its id."""
     items = [
-        NewItem.of_text("message", f"msg-{i:03d}.txt", f"note {i}: pick up the thread here")
+        Item.of_text("message", f"msg-{i:03d}.txt", f"note {i}: pick up the thread here")
         for i in range(1, messages + 1)
     ]
     if document is not None:
-        items.append(NewItem.of_path("document", document.name, document))
+        items.append(Item.of_path("document", document.name, document))
     context = {
         "notebook": "Trip plans",
         "draft": "Remember to book the train",

@@ -26,6 +26,7 @@ from handoffd.text import name_problem
 ALL_TYPES = "*"
 KNOWN_TYPES = ("message", "document", "clipboard", "url")
 TYPE_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+APP_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_DEVICE_NAME = 64
 MAX_UNICAST_PEERS = 32
 MAX_TTL = 365 * 24 * 3600

@@ -6,9 +6,9 @@ start), settings, state, device identity, then the control socket (a stale
 one left by a crash is replaced: holding the lock proves nobody serves it);
 READY=1 goes to the service manager only once the socket accepts connections.
 
-Other parts plug in as ``Extension`` objects (see ``handoffd.control.server``):
-modules named in ``OPTIONAL_EXTENSIONS`` that exist and define
-``extension() -> Extension`` are loaded by ``main()``.
+Everything is built here, explicitly: the handoff engine (``handoffd.handoff.engine``) with
+the LAN signaling listener, mDNS discovery and the server path it supervises, and the control
+API with the engine's routes. The environment's tunables are read once, into ``Timings``.
 """
 
 from __future__ import annotations
@@ -17,35 +17,42 @@ import argparse
 import asyncio
 import contextlib
 import fcntl
-import importlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from aiohttp import web
+
 from handoffd import __version__
 from handoffd.config import SettingsFile, save_settings
+from handoffd.control.handoff_routes import setup_handoff_routes
 from handoffd.control.server import (
     HEARTBEAT,
     ControlContext,
     ControlServer,
-    Extension,
     make_app,
 )
 from handoffd.devicestate import DeviceState
+from handoffd.discovery.mdns import Discovery
 from handoffd.errors import ConfigError, HandoffError
 from handoffd.events import EventBus
+from handoffd.handoff.engine import Engine, EngineInputs
+from handoffd.handoff.timings import SystemClock, Timings
 from handoffd.paths import Paths
+from handoffd.peering import ServerPath
 from handoffd.sdnotify import SdNotifier
 from handoffd.store import Store
+from handoffd.tasks import TaskSet
+from handoffd.transport import webrtc
+from handoffd.transport.base import LocalIdentity
+from handoffd.transport.lanlistener import LanListener
 
 logger = logging.getLogger("handoffd.daemon")
 
-# Modules that, when present, add to the daemon (routes and a task) without editing this file.
-OPTIONAL_EXTENSIONS = ("handoffd.engine", "handoffd.handoffs")
 _LOG_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
 _SYSLOG_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
 
@@ -120,20 +127,23 @@ class Daemon:
         self,
         paths: Paths,
         *,
-        extensions: Sequence[Extension] = (),
+        timings: Timings | None = None,
+        environ: Mapping[str, str] | None = None,
         heartbeat: float = HEARTBEAT,
         handle_signals: bool = True,
     ) -> None:
         self.paths = paths
-        self.extensions = tuple(extensions)
+        self.timings = timings or Timings()
+        self.environ: Mapping[str, str] = os.environ if environ is None else environ
         self.heartbeat = heartbeat
         self.handle_signals = handle_signals
         # Unset: launched apps must not inherit NOTIFY_SOCKET/WATCHDOG_* (a child pinging or
         # READY-ing on our behalf would mislead the service manager).
         self.notifier = SdNotifier.from_env(unset_environment=True)
         self.ctx: ControlContext | None = None
+        self.engine: Engine | None = None
         self._stop = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet("daemon")
 
     def stop(self) -> None:
         """Ask the daemon to stop (idempotent; safe from a signal handler)."""
@@ -184,7 +194,12 @@ class Daemon:
             self.notifier.status(self._status_line())
 
         device.on_change = identity_changed
-        app = make_app(ctx, [ext.setup_routes for ext in self.extensions])
+        engine = self.engine = self._engine(ctx)
+
+        def engine_routes(app: web.Application, ctx: ControlContext) -> None:
+            setup_handoff_routes(app, ctx, engine)
+
+        app = make_app(ctx, [engine_routes])
         server = ControlServer(app, self.paths.control_socket)
         loop = asyncio.get_running_loop()
         if self.handle_signals:
@@ -193,7 +208,7 @@ class Daemon:
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
             async with asyncio.TaskGroup() as tg:
-                self._tg = tg
+                self._tasks.bind(tg)
                 await server.start()
                 self.notifier.ready()
                 self.notifier.status(self._status_line())
@@ -207,16 +222,14 @@ class Daemon:
                 interval = self.notifier.watchdog_interval()
                 if interval is not None:
                     self._spawn(self._watchdog(interval), "watchdog")
-                for ext in self.extensions:
-                    self._spawn(ext.run(ctx), f"extension-{type(ext).__name__}")
+                self._spawn(self._run_engine(engine), "handoff-engine")
                 await self._stop.wait()
                 logger.info("handoffd stopping")
                 self.notifier.stopping()
                 self.notifier.status("stopping")
                 events.close()
                 await server.close()
-                for task in list(self._tasks):
-                    task.cancel()
+                await self._tasks.close()
         finally:
             if self.handle_signals:
                 for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -226,10 +239,42 @@ class Daemon:
         logger.info("handoffd stopped")
         return 0
 
-    def _spawn(self, coro: Any, name: str) -> None:
-        task = self._tg.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        # The daemon's own tasks are vital: one that fails takes the daemon down.
+        self._tasks.spawn(coro, name, contain=False)
+
+    def _engine(self, ctx: ControlContext) -> Engine:
+        """The handoff engine with its signaling listener, discovery and server path."""
+
+        def make_signaling(
+            on_offer: Callable[[bytes], Awaitable[bytes]], local: Callable[[], LocalIdentity]
+        ) -> LanListener:
+            # Bound by the engine only while paired with LAN discovery on.
+            port = self.timings.signaling_port
+            return LanListener("0.0.0.0", port, on_offer, local=local)  # noqa: S104
+
+        return Engine(
+            EngineInputs(
+                store=ctx.store,
+                device=ctx.device,
+                settings=ctx.settings,
+                events=ctx.events,
+                paths=ctx.paths,
+                board=ctx,
+                timings=self.timings,
+                clock=SystemClock(),
+                environ=self.environ,
+                make_signaling=make_signaling,
+                make_discovery=Discovery,
+                make_server_path=ServerPath,
+                accept_offer=webrtc.accept,
+            )
+        )
+
+    async def _run_engine(self, engine: Engine) -> None:
+        """The engine until the daemon stops; if it crashes, the daemon goes down with it
+        (non-zero exit: the service manager restarts it)."""
+        await engine.run()
 
     def _status_line(self) -> str:
         ctx = self.ctx
@@ -272,20 +317,6 @@ class Daemon:
 # ---------------------------------------------------------------- main
 
 
-def load_extensions(names: Sequence[str] = OPTIONAL_EXTENSIONS) -> list[Extension]:
-    """``extension()`` of each module in ``names`` that exists."""
-    found: list[Extension] = []
-    for name in names:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue  # not written (yet): fine
-            raise
-        found.append(module.extension())
-    return found
-
-
 def build_parser() -> argparse.ArgumentParser:
     """``handoffd [--home DIR] [--log-level LEVEL]``."""
     parser = argparse.ArgumentParser(prog="handoffd", description="the handoff device daemon")
@@ -308,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     try:
         paths = Paths.resolve(args.home)
-        daemon = Daemon(paths, extensions=load_extensions())
+        daemon = Daemon(paths, timings=Timings.from_env(os.environ))
         return asyncio.run(daemon.run())
     except HandoffError as exc:
         sys.stderr.write(f"handoffd: error: {exc.message} [{exc.code}]\n")

@@ -102,3 +102,37 @@ class ApiError(HandoffError):
     def __init__(self, message: str, *, code: str | None = None, status: int = 400) -> None:
         super().__init__(message, code=code)
         self.status = status
+
+
+class TransferError(HandoffError):
+    """An exchange ended without delivering; ``code`` says why, ``retry`` whether to try again."""
+
+    default_code = "transfer-failed"
+
+    def __init__(self, message: str, *, code: str | None = None, retry: bool = True) -> None:
+        super().__init__(message, code=code)
+        self.retry = retry
+
+
+class PathSwitchError(TransferError):
+    """The sender stopped at a chunk boundary to continue over a better channel."""
+
+    default_code = "path-switch"
+
+
+class NotFoundError(HandoffError):
+    """A thing a request named does not exist (the control API answers 404)."""
+
+    default_code = "not-found"
+
+
+class ConflictError(HandoffError):
+    """A request conflicts with the current state (the control API answers 409)."""
+
+    default_code = "conflict"
+
+
+class InvalidRequestError(HandoffError):
+    """A request is invalid in itself (the control API answers 400)."""
+
+    default_code = "bad-request"

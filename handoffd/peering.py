@@ -19,12 +19,13 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from handoffd.errors import HandoffError, ServerError, TransportError
 from handoffd.serverlink import RelayTicket, ServerClient, ServerLink
+from handoffd.tasks import TaskSet
 from handoffd.transport import sigframes, signaling, webrtc
 from handoffd.transport.base import (
     Channel,
@@ -124,7 +125,7 @@ class ServerPath:
             on_relay=self.listener.on_relay,
         )
         self._pending: dict[bytes, tuple[str, asyncio.Future[SignalFrame]]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("server signaling")
         self._ice: tuple[webrtc.IceServer, ...] = ()
         self._ice_until = 0.0
         self._ice_expires = 0.0
@@ -157,11 +158,7 @@ class ServerPath:
         for _peer, future in self._pending.values():
             if not future.done():
                 future.set_exception(TransportError("server path closed", code="server-offline"))
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        await self._tasks.close()
         await self.listener.close()
         await self.link.close()
 
@@ -252,13 +249,11 @@ class ServerPath:
             return
         future.set_result(frame)
 
-    def _spawn(self, coro: Any) -> None:
-        if self._closed:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        if self._closed or self._tasks.closed:
             coro.close()
             return
-        task = asyncio.create_task(coro, name="server-signal")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro, "server-signal")
 
     async def _answer(self, sender: str, frame: SignalFrame) -> None:
         try:

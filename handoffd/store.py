@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from handoffd.errors import StoreError
+from handoffd.items import Item
+from handoffd.store_engine import ENGINE_TABLES
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -90,25 +92,12 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at REAL NOT NULL
     );
     """,
+    # 2: the handoff engine's tables (IF NOT EXISTS: earlier engines made them unversioned).
+    ENGINE_TABLES,
 )
 
 
 # ---------------------------------------------------------------- records
-
-
-@dataclass(frozen=True, slots=True)
-class ItemRecord:
-    """One session item. ``source``: ``text`` / ``data`` (content here) or ``path`` (a file)."""
-
-    type: str
-    name: str
-    mime: str
-    source: str
-    size: int
-    text: str | None = None
-    data: bytes | None = None
-    path: str | None = None
-    mtime: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +111,7 @@ class SessionRecord:
     state: str
     created_at: float
     updated_at: float
-    items: tuple[ItemRecord, ...]
+    items: tuple[Item, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +250,7 @@ class Store:
     # ------------------------------------------------------------ sessions
 
     def create_session(
-        self, app_id: str, title: str, context: dict[str, Any], items: Sequence[ItemRecord]
+        self, app_id: str, title: str, context: dict[str, Any], items: Sequence[Item]
     ) -> SessionRecord:
         """Store a new active session."""
         now = time.time()
@@ -300,7 +289,7 @@ class Store:
             " WHERE ? OR state != 'withdrawn' ORDER BY updated_at DESC, id",
             (include_withdrawn,),
         ).fetchall()
-        items: dict[str, list[ItemRecord]] = {}
+        items: dict[str, list[Item]] = {}
         for r in self._db.execute(
             "SELECT session_id, type, name, mime, source, size, NULL, NULL, path, mtime"
             " FROM session_items ORDER BY session_id, idx"
@@ -314,7 +303,7 @@ class Store:
         *,
         title: str | None = None,
         context: dict[str, Any] | None = None,
-        items: Sequence[ItemRecord] | None = None,
+        items: Sequence[Item] | None = None,
     ) -> SessionRecord:
         """Replace the given fields of an active session; StoreError if missing or not active."""
         with self.transaction() as db:
@@ -552,7 +541,7 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
-def _insert_items(db: sqlite3.Connection, session_id: str, items: Sequence[ItemRecord]) -> None:
+def _insert_items(db: sqlite3.Connection, session_id: str, items: Sequence[Item]) -> None:
     db.executemany(
         "INSERT INTO session_items (session_id, idx, type, name, mime, source, text, data, path,"
         " size, mtime) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -575,8 +564,8 @@ def _insert_items(db: sqlite3.Connection, session_id: str, items: Sequence[ItemR
     )
 
 
-def _item(r: Sequence[Any]) -> ItemRecord:
-    return ItemRecord(
+def _item(r: Sequence[Any]) -> Item:
+    return Item(
         type=r[0],
         name=r[1],
         mime=r[2],
@@ -607,7 +596,7 @@ def _handoff(r: Sequence[Any]) -> HandoffRecord:
     )
 
 
-def _session(row: Sequence[Any], items: tuple[ItemRecord, ...]) -> SessionRecord:
+def _session(row: Sequence[Any], items: tuple[Item, ...]) -> SessionRecord:
     return SessionRecord(
         id=row[0],
         app_id=row[1],

@@ -8,9 +8,8 @@ from handoffd.control.client import (
     Device,
     HandoffClient,
     Invite,
-    NewItem,
+    Item,
     Session,
-    SessionItem,
     Status,
 )
 
@@ -20,8 +19,7 @@ __all__ = [
     "Device",
     "HandoffClient",
     "Invite",
-    "NewItem",
+    "Item",
     "Session",
-    "SessionItem",
     "Status",
 ]

@@ -8,7 +8,7 @@ escape hatch for endpoints without a typed method yet.
     async with HandoffClient(home="/tmp/hd1") as client:
         status = await client.status()
         session = await client.publish("org.example.notes", "Draft", items=[
-            NewItem.of_text("document", "draft.md", "# hello", mime="text/markdown"),
+            Item.of_text("document", "draft.md", "# hello", mime="text/markdown"),
         ])
         async for event in client.events():
             ...
@@ -16,7 +16,6 @@ escape hatch for endpoints without a typed method yet.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -29,6 +28,7 @@ import aiohttp
 from handoffd.config import Settings
 from handoffd.control.connector import OwnSocketConnector
 from handoffd.errors import ApiError, HandoffError
+from handoffd.items import Item
 from handoffd.paths import Paths
 
 __all__ = [
@@ -37,9 +37,8 @@ __all__ = [
     "Device",
     "HandoffClient",
     "Invite",
-    "NewItem",
+    "Item",
     "Session",
-    "SessionItem",
     "Settings",
     "Status",
 ]
@@ -101,20 +100,6 @@ class Invite:
 
 
 @dataclass(frozen=True, slots=True)
-class SessionItem:
-    """One item of a stored session; ``source`` is ``text``, ``data`` or ``path``."""
-
-    type: str
-    name: str
-    mime: str
-    size: int
-    source: str
-    path: str | None = None
-    text: str | None = None
-    data: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class Session:
     """A session an app published (``/v1/sessions``); ``state``: active, handed-off, withdrawn."""
 
@@ -122,7 +107,7 @@ class Session:
     app_id: str
     title: str
     context: Mapping[str, Any]
-    items: tuple[SessionItem, ...]
+    items: tuple[Item, ...]
     state: str
     created_at: float
     updated_at: float
@@ -134,58 +119,6 @@ class App:
 
     app_id: str
     launch: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class NewItem:
-    """An item to publish: exactly one of ``text``, ``data`` or ``path``."""
-
-    type: str
-    name: str
-    mime: str = "application/octet-stream"
-    text: str | None = None
-    data: bytes | None = None
-    path: str | os.PathLike[str] | None = None
-
-    @classmethod
-    def of_text(cls, type: str, name: str, text: str, *, mime: str = "text/plain") -> NewItem:
-        """An item carrying text."""
-        return cls(type=type, name=name, mime=mime, text=text)
-
-    @classmethod
-    def of_data(
-        cls,
-        type: str,
-        name: str,
-        data: bytes,
-        *,
-        mime: str = "application/octet-stream",
-    ) -> NewItem:
-        """An item carrying bytes (sent base64)."""
-        return cls(type=type, name=name, mime=mime, data=data)
-
-    @classmethod
-    def of_path(
-        cls,
-        type: str,
-        name: str,
-        path: str | os.PathLike[str],
-        *,
-        mime: str = "application/octet-stream",
-    ) -> NewItem:
-        """An item naming a file the daemon reads when it hands the session off."""
-        return cls(type=type, name=name, mime=mime, path=path)
-
-    def to_json(self) -> dict[str, Any]:
-        """The request form of the item."""
-        out: dict[str, Any] = {"type": self.type, "name": self.name, "mime": self.mime}
-        if self.text is not None:
-            out["text"] = self.text
-        if self.data is not None:
-            out["data_base64"] = base64.b64encode(self.data).decode("ascii")
-        if self.path is not None:
-            out["path"] = os.fspath(Path(self.path).absolute())
-        return out
 
 
 # ---------------------------------------------------------------- parsing
@@ -221,35 +154,21 @@ def _device(d: Mapping[str, Any]) -> Device:
     )
 
 
-def _item(d: Mapping[str, Any]) -> SessionItem:
-    data = d.get("data_base64")
-    return SessionItem(
-        type=d["type"],
-        name=d["name"],
-        mime=d["mime"],
-        size=d["size"],
-        source=d["source"],
-        path=d.get("path"),
-        text=d.get("text"),
-        data=None if data is None else base64.b64decode(data),
-    )
-
-
 def _session(d: Mapping[str, Any]) -> Session:
     return Session(
         id=d["id"],
         app_id=d["app_id"],
         title=d["title"],
         context=d["context"],
-        items=tuple(_item(i) for i in d["items"]),
+        items=tuple(Item.from_json(i) for i in d["items"]),
         state=d["state"],
         created_at=d["created_at"],
         updated_at=d["updated_at"],
     )
 
 
-def _items_json(items: Sequence[NewItem | Mapping[str, Any]]) -> list[Any]:
-    return [i.to_json() if isinstance(i, NewItem) else dict(i) for i in items]
+def _items_json(items: Sequence[Item | Mapping[str, Any]]) -> list[Any]:
+    return [i.to_request() if isinstance(i, Item) else dict(i) for i in items]
 
 
 # ---------------------------------------------------------------- the client
@@ -382,7 +301,7 @@ class HandoffClient:
         title: str,
         *,
         context: Mapping[str, Any] | None = None,
-        items: Sequence[NewItem | Mapping[str, Any]] = (),
+        items: Sequence[Item | Mapping[str, Any]] = (),
     ) -> Session:
         """Publish a session so it can be handed off."""
         body = {
@@ -409,7 +328,7 @@ class HandoffClient:
         *,
         title: str | None = None,
         context: Mapping[str, Any] | None = None,
-        items: Sequence[NewItem | Mapping[str, Any]] | None = None,
+        items: Sequence[Item | Mapping[str, Any]] | None = None,
     ) -> Session:
         """Replace the given fields of an active session."""
         body: dict[str, Any] = {}

@@ -18,7 +18,7 @@ from handoffd.control.server import ControlContext, json_response, read_json
 from handoffd.errors import ApiError
 
 if TYPE_CHECKING:
-    from handoffd.handoffs import HandoffService
+    from handoffd.handoff.engine import Engine
 
 MAX_TYPES = 64
 
@@ -42,9 +42,7 @@ def handoff_request(body: Any) -> tuple[str, str, list[str] | None]:
     return schema.check_session_id(f["session_id"]), f["target"], f.get("types")
 
 
-def setup_handoff_routes(
-    app: web.Application, ctx: ControlContext, service: HandoffService
-) -> None:
+def setup_handoff_routes(app: web.Application, ctx: ControlContext, service: Engine) -> None:
     """Add the routes, the app-connection tracker and the OpenAPI paths."""
 
     async def post_handoff(request: web.Request) -> web.Response:

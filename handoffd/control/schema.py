@@ -25,8 +25,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from handoffd.config import KNOWN_TYPES, is_type_word
+from handoffd.config import APP_ID_RE, KNOWN_TYPES, is_type_word
 from handoffd.errors import ApiError
+from handoffd.items import DEFAULT_MIME, Item
 from handoffd.text import file_name_problem, has_non_utf8, name_problem
 
 MAX_BODY = 16 * 1024 * 1024
@@ -41,10 +42,8 @@ MAX_ARGV = 64
 MAX_ARG = 4096
 MAX_INVITE = 2048
 MAX_JSON_DEPTH = 64
-APP_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MIME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}")
 SESSION_ID_RE = re.compile(r"[0-9a-f]{32}")
-DEFAULT_MIME = "application/octet-stream"
 
 
 def _err(code: str, message: str, status: int = 400) -> ApiError:
@@ -234,24 +233,7 @@ def check_mime(value: Any, where: str = "mime") -> str:
 # ---------------------------------------------------------------- items
 
 
-@dataclass(frozen=True, slots=True)
-class ItemRequest:
-    """A validated item: exactly one of ``text``, ``data`` or ``path`` (absolute)."""
-
-    type: str
-    name: str
-    mime: str
-    text: str | None = None
-    data: bytes | None = None
-    path: str | None = None
-
-    @property
-    def source(self) -> str:
-        """``text``, ``data`` or ``path``."""
-        return "text" if self.text is not None else "data" if self.data is not None else "path"
-
-
-def check_item(value: Any, where: str) -> ItemRequest:
+def check_item(value: Any, where: str) -> Item:
     """One item of a session (content not yet read from disk: see check_item_path)."""
     f = fields(
         value,
@@ -281,17 +263,15 @@ def check_item(value: Any, where: str) -> ItemRequest:
     path = f.get("path")
     if path is not None and not os.path.isabs(path):
         raise _err("value-invalid", f"{where}.path must be absolute")
-    return ItemRequest(
-        type=f["type"],
-        name=f["name"],
-        mime=f.get("mime", DEFAULT_MIME),
-        text=text,
-        data=data,
-        path=path,
-    )
+    mime = f.get("mime", DEFAULT_MIME)
+    if text is not None:
+        return Item.of_text(f["type"], f["name"], text, mime=mime)
+    if data is not None:
+        return Item.of_data(f["type"], f["name"], data, mime=mime)
+    return Item(f["type"], f["name"], mime, "path", 0, path=path)  # size: check_item_path
 
 
-def check_items(value: Any, where: str = "items") -> tuple[ItemRequest, ...]:
+def check_items(value: Any, where: str = "items") -> tuple[Item, ...]:
     """A list of at most 64 items with distinct names."""
     if not isinstance(value, list):
         raise _err("wrong-type", f"{where} must be a list")
@@ -334,7 +314,7 @@ class SessionRequest:
     app_id: str | None
     title: str | None
     context: dict[str, Any] | None
-    items: tuple[ItemRequest, ...] | None
+    items: tuple[Item, ...] | None
 
 
 _SESSION_FIELDS: dict[str, Checker] = {

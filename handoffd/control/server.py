@@ -17,6 +17,7 @@ import asyncio
 import base64
 import collections
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -25,21 +26,32 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 
 from handoffd import identity
 from handoffd.config import SettingsFile
 from handoffd.control import schema
+from handoffd.devicecache import cache_records
 from handoffd.devicestate import DeviceState, platform_name
-from handoffd.errors import ApiError, ConfigError, HandoffError, ServerError, StoreError
+from handoffd.errors import (
+    ApiError,
+    ConfigError,
+    ConflictError,
+    HandoffError,
+    InvalidRequestError,
+    NotFoundError,
+    ServerError,
+    StoreError,
+)
 from handoffd.events import EventBus
+from handoffd.items import Item
 from handoffd.ownership import peer_uid
 from handoffd.paths import Paths
 from handoffd.serverlink import parse_invite
 from handoffd.store import DeviceRecord as CachedDevice
-from handoffd.store import ItemRecord, SessionRecord, Store
+from handoffd.store import SessionRecord, Store
 from handoffd.wire.qr import qr_svg
 
 logger = logging.getLogger("handoffd.control")
@@ -74,16 +86,6 @@ class ControlContext:
 
 
 RouteSetup = Callable[[web.Application, ControlContext], None]
-
-
-class Extension(Protocol):
-    """A part of the daemon added by another module (e.g. the handoff engine)."""
-
-    def setup_routes(self, app: web.Application, ctx: ControlContext) -> None:
-        """Add routes (and ``ctx.openapi_paths``) before the app starts."""
-
-    async def run(self, ctx: ControlContext) -> None:
-        """Work until cancelled; runs in the daemon's TaskGroup once the API is up."""
 
 
 CTX = web.AppKey("ctx", ControlContext)
@@ -150,6 +152,12 @@ async def error_middleware(
         return await handler(request)
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message)
+    except NotFoundError as exc:
+        return error_response(404, exc.code, exc.message)
+    except ConflictError as exc:
+        return error_response(409, exc.code, exc.message)
+    except InvalidRequestError as exc:
+        return error_response(400, exc.code, exc.message)
     except ConfigError as exc:
         return error_response(400, exc.code, exc.message)
     except StoreError as exc:
@@ -172,7 +180,7 @@ async def error_middleware(
 # ---------------------------------------------------------------- JSON views
 
 
-def item_json(item: ItemRecord, *, content: bool, available: bool | None = None) -> dict[str, Any]:
+def item_json(item: Item, *, content: bool, available: bool | None = None) -> dict[str, Any]:
     """An item as the API shows it (content only in single-session views)."""
     out: dict[str, Any] = {
         "type": item.type,
@@ -213,23 +221,6 @@ def session_json(
         "created_at": rec.created_at,
         "updated_at": rec.updated_at,
     }
-
-
-def cache_records(records: Any, now: float) -> list[CachedDevice]:
-    """The server's device list as rows of the local device cache, stamped ``now``."""
-    return [
-        CachedDevice(
-            device_id=r.device_id,
-            name=r.name,
-            platform=r.platform,
-            revoked=r.revoked,
-            online=r.online,
-            last_seen=r.last_seen,
-            created_at=r.created_at,
-            updated_at=now,
-        )
-        for r in records
-    ]
 
 
 def status_json(ctx: ControlContext) -> dict[str, Any]:
@@ -376,27 +367,15 @@ async def delete_device(request: web.Request) -> web.Response:
     return json_response({"device": _device_json(ctx, known)})
 
 
-async def _item_records(items: Sequence[schema.ItemRequest]) -> list[ItemRecord]:
-    def build() -> list[ItemRecord]:
+async def _item_records(items: Sequence[Item]) -> list[Item]:
+    def build() -> list[Item]:
         out = []
         for item in items:
             if item.path is not None:
                 size, mtime = schema.check_item_path(item.path)
-                out.append(
-                    ItemRecord(
-                        item.type, item.name, item.mime, "path", size, path=item.path, mtime=mtime
-                    )
-                )
-            elif item.text is not None:
-                size = len(item.text.encode("utf-8", "surrogatepass"))
-                out.append(
-                    ItemRecord(item.type, item.name, item.mime, "text", size, text=item.text)
-                )
+                out.append(dataclasses.replace(item, size=size, mtime=mtime))
             else:
-                data = item.data or b""
-                out.append(
-                    ItemRecord(item.type, item.name, item.mime, "data", len(data), data=data)
-                )
+                out.append(item)
         return out
 
     if any(i.path is not None for i in items):

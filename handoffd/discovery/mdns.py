@@ -39,6 +39,7 @@ from handoffd.discovery.browse import DiscoveryEvent, PeerBrowser, PeerSighting
 from handoffd.discovery.dns import MDNS_PORT
 from handoffd.discovery.liveness import Liveness, LivenessPolicy
 from handoffd.discovery.unicast import parse_unicast_peer, unicast_query
+from handoffd.tasks import TaskSet
 
 logger = logging.getLogger("handoffd.discovery")
 
@@ -86,7 +87,8 @@ class Discovery:
         self._unicast_probe = unicast_probe
         self._interface_poll = interface_poll
         self._unicast_interval = unicast_interval
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet("discovery")
+        self._announces: set[asyncio.Future[Any]] = set()  # zeroconf's, owned by us
         self._loops: list[asyncio.Task[None]] = []
         self._started = False
         self._closed = False
@@ -143,7 +145,8 @@ class Discovery:
         if self._closed:
             return
         self._closed = True
-        tasks = [*self._loops, *self._tasks]
+        await self._tasks.close()
+        tasks = [*self._loops, *self._announces]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -152,24 +155,17 @@ class Discovery:
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` as a task owned by this object (cancelled by ``close``)."""
-        if self._closed:
+        if self._closed or self._tasks.closed:
             coro.close()
             return
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        self._tasks.spawn(coro, "discovery")
 
     def _own(self, announce: Awaitable[Any]) -> Awaitable[Any]:
         """Zeroconf's announcement task, cancelled by ``close`` even if its awaiter never ran."""
         task = asyncio.ensure_future(announce)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._announces.add(task)
+        task.add_done_callback(self._announces.discard)
         return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("discovery task failed", exc_info=task.exception())
 
     def _zeroconf(self) -> AsyncZeroconf | None:
         """The running responder, for the browser and the liveness checks."""

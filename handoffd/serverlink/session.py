@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from handoffd import identity
+from handoffd import backoff, identity
 from handoffd.errors import ServerError
 from handoffd.serverlink.http import ServerHttp, fingerprint_mismatch
 from handoffd.wire import auth
@@ -172,11 +171,7 @@ class ServerLink:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise asyncio.CancelledError
+            await asyncio.wait([task])  # our own cancellation still goes through
 
     # ------------------------------------------------------------ the loop
 
@@ -198,7 +193,7 @@ class ServerLink:
             logger.exception("error callback failed")
 
     async def _run(self) -> None:
-        backoff = BACKOFF_MIN
+        failures = 0
         while not self._closing:
             started = time.monotonic()
             try:
@@ -224,9 +219,9 @@ class ServerLink:
             self._connected.clear()
             self._set_online(frozenset())
             if time.monotonic() - started > BACKOFF_MAX:
-                backoff = BACKOFF_MIN
-            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
-            backoff = min(backoff * 2, BACKOFF_MAX)
+                failures = 0  # it had been up for a while: start again from the minimum
+            failures += 1
+            await asyncio.sleep(backoff.delay(failures, base=BACKOFF_MIN, cap=BACKOFF_MAX))
 
     async def _session_once(self) -> None:
         http = self._http

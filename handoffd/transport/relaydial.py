@@ -16,6 +16,7 @@ from typing import Protocol
 
 from handoffd import identity
 from handoffd.errors import HandoffError, ServerError, TransportError
+from handoffd.tasks import TaskSet
 from handoffd.transport.base import Channel, Dialer, LocalIdentity
 from handoffd.transport.relay import CLOSE_TIMEOUT, ByteStream, RelayChannel, RelayOptions
 from handoffd.wire.messages import RelayTicket
@@ -184,7 +185,7 @@ class RelayListener:
         self._on_error = on_error
         self._options = options or RelayOptions()
         self._max_pending = max_pending
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("relay listener")
         self._closed = False
 
     def on_relay(self, ticket: RelayTicket) -> None:
@@ -192,9 +193,7 @@ class RelayListener:
         if self._closed or len(self._tasks) >= self._max_pending:
             logger.info("relay offer ignored peer=%s", ticket.peer)
             return
-        task = asyncio.create_task(self._accept(ticket), name="relay-accept")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._accept(ticket), "relay-accept")
 
     async def _accept(self, ticket: RelayTicket) -> None:
         try:
@@ -215,8 +214,4 @@ class RelayListener:
     async def close(self) -> None:
         """Stop accepting and cancel accepts in flight (idempotent)."""
         self._closed = True
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        await self._tasks.close()

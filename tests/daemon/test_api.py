@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from handoffd.control.client import DaemonNotRunning, HandoffClient, NewItem
+from handoffd.control.client import DaemonNotRunning, HandoffClient, Item
 from handoffd.errors import ApiError
 from tests.daemon.helpers import DaemonProcess
 
@@ -384,9 +384,9 @@ async def test_sdk_sessions_apps_settings_events(daemon: DaemonProcess, tmp_path
             "Notes",
             context={"scroll": 3},
             items=[
-                NewItem.of_text("document", "a.md", "# a", mime="text/markdown"),
-                NewItem.of_data("clipboard", "c.bin", b"\xff\x00"),
-                NewItem.of_path("document", "notes.txt", doc, mime="text/plain"),
+                Item.of_text("document", "a.md", "# a", mime="text/markdown"),
+                Item.of_data("clipboard", "c.bin", b"\xff\x00"),
+                Item.of_path("document", "notes.txt", doc, mime="text/plain"),
             ],
         )
         event = await anext(events)
@@ -399,7 +399,7 @@ async def test_sdk_sessions_apps_settings_events(daemon: DaemonProcess, tmp_path
         assert got.context == {"scroll": 3}
         assert got.items[0].text == "# a"
         updated = await client.update_session(
-            session.id, items=[NewItem.of_text("message", "m.txt", "hi")]
+            session.id, items=[Item.of_text("message", "m.txt", "hi")]
         )
         assert [i.name for i in updated.items] == ["m.txt"]
         assert session.id in [s.id for s in await client.sessions()]

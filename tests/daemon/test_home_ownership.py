@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from handoffd import ownership
-from handoffd.control.client import HandoffClient, NewItem
+from handoffd.control.client import HandoffClient, Item
 from handoffd.errors import ConfigError, HandoffError
 from handoffd.paths import Paths
 from tests.daemon.helpers import DaemonProcess
@@ -127,7 +127,7 @@ def _sdk_refusals(home: Path) -> list[HandoffError]:
                 await client.publish(
                     "org.example.notes",
                     "Draft",
-                    items=[NewItem.of_text("document", "d.md", "the secret text")],
+                    items=[Item.of_text("document", "d.md", "the secret text")],
                 )
             refusals.append(caught.value)
             with pytest.raises(HandoffError) as caught:

@@ -22,8 +22,9 @@ from handoffd.control.server import error_middleware
 from handoffd.devicestate import DeviceState, ServerPin
 from handoffd.errors import ApiError, ConfigError, StoreError
 from handoffd.events import EventBus
+from handoffd.items import Item
 from handoffd.paths import Paths
-from handoffd.store import MIGRATIONS, ItemRecord, Store
+from handoffd.store import MIGRATIONS, Store
 
 
 @pytest.mark.asyncio
@@ -93,7 +94,7 @@ def test_store_schema_and_refusals(tmp_path: Path) -> None:
     try:
         assert store.schema_version == len(MIGRATIONS)
         rec = store.create_session(
-            "org.x", "t", {"a": 1}, [ItemRecord("url", "u", "text/uri-list", "text", 3, text="x:y")]
+            "org.x", "t", {"a": 1}, [Item("url", "u", "text/uri-list", "text", 3, text="x:y")]
         )
         assert store.get_session(rec.id) == rec
         store.set_session_state(rec.id, "withdrawn")
@@ -127,8 +128,8 @@ def _cap(store: Store) -> None:
     db.execute(f"PRAGMA max_page_count = {pages}")
 
 
-def _blob(size: int) -> ItemRecord:
-    return ItemRecord("data", "d.bin", "application/octet-stream", "data", size, data=b"x" * size)
+def _blob(size: int) -> Item:
+    return Item("data", "d.bin", "application/octet-stream", "data", size, data=b"x" * size)
 
 
 @pytest.mark.asyncio

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from handoffd.control.client import HandoffClient, NewItem
+from handoffd.control.client import HandoffClient, Item
 from tests.daemon.helpers import DaemonProcess
 from tests.handoff.helpers import wait_for, wait_nearby, wait_state
 from tests.server.helpers import ServerProcess, cli_invite, create_account
@@ -106,7 +106,7 @@ async def test_launched_apps_do_not_inherit_the_notify_socket() -> None:
                 "org.example.envdump", [sys.executable, "-c", dump, str(env_file)]
             )
             session = await ca.publish(
-                "org.example.envdump", "env", items=[NewItem.of_text("message", "m.txt", "hi")]
+                "org.example.envdump", "env", items=[Item.of_text("message", "m.txt", "hi")]
             )
             h = await ca.send(session.id, "desk")
             done = await wait_state(ca, h.id, {"delivered", "resumed", "failed", "declined"})

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from handoffd.control.client import NewItem
+from handoffd.control.client import Item
 from handoffd.errors import ApiError
-from handoffd.transfer import DISK_MARGIN
+from handoffd.handoff.policy import DISK_MARGIN
 from handoffd.transport.base import LocalIdentity
 from tests.handoff.helpers import (
     Pair,
@@ -69,9 +69,9 @@ async def _wait_in(client: Any, handoff_id: str, states: set[str], within: float
 
 def _b_port(pair: Pair) -> int:
     """b's LAN signaling port (ephemeral), from its log."""
-    found = re.findall(r"signaling listener started port=(\d+)", pair.b.log.read_text())
-    assert found, "b logged no signaling port"
-    return int(found[-1])
+    ports = re.findall(r"signaling listener started signaling_port=(\d+)", pair.b.log.read_text())
+    assert ports, "b logged no signaling port"
+    return int(ports[-1])
 
 
 # ---------------------------------------------------------------- finding 11 (runs first: it
@@ -85,7 +85,7 @@ async def test_receiver_link_closes_while_resumed_is_pending_and_a_later_confirm
     assert "idle link closed" not in pair.b.log.read_text()
     async with pair.client(pair.a) as a, pair.client(pair.b) as b:
         session = await a.publish(
-            "org.example.unconfirmed", "pending", items=[NewItem.of_text("message", "m.txt", "x")]
+            "org.example.unconfirmed", "pending", items=[Item.of_text("message", "m.txt", "x")]
         )
         h = await a.send(session.id, "desk")
         await _wait_in(b, h.id, {"delivered"})
@@ -131,7 +131,7 @@ async def test_a_handoff_flood_launches_the_app_one_at_a_time_and_rate_limited(
     async with pair.client(pair.a) as a, pair.client(pair.b) as b:
         await b.register_app(app_id, [sys.executable, str(app), str(launches)])
         empty = await a.publish(app_id, "nothing", items=[])
-        full = await a.publish(app_id, "one", items=[NewItem.of_text("message", "m.txt", "hi")])
+        full = await a.publish(app_id, "one", items=[Item.of_text("message", "m.txt", "hi")])
         sessions = [empty.id if i % 3 == 0 else full.id for i in range(30)]
         started = await asyncio.gather(*(a.send(s, "desk") for s in sessions))
         ends = await asyncio.gather(
@@ -190,15 +190,11 @@ async def _stalled_sender(
     """Offer ``payload`` to b as device a, send its first ``feed_upto`` bytes, then only answer
     pings; the code the exchange ended with."""
     from handoffd import identity
+    from handoffd.handoff.link import make_hello
+    from handoffd.handoff.offer import build_manifest, new_handoff_id, sign_offer
+    from handoffd.items import Item
     from handoffd.proto import codec
     from handoffd.proto import transfer as core
-    from handoffd.transfer import (
-        ItemSpec,
-        build_manifest,
-        make_hello,
-        new_handoff_id,
-        sign_offer,
-    )
     from handoffd.transport import webrtc
     from handoffd.transport.signaling import send_offer
 
@@ -222,7 +218,7 @@ async def _stalled_sender(
             app_id="org.example.stalled",
             title="stalled",
             context={},
-            items=[ItemSpec("document", "big.bin", "application/octet-stream", data=payload)],
+            items=[Item.of_data("document", "big.bin", payload)],
             sender=pair.a_id,
             recipient=pair.b_id,
             now=time.time(),
@@ -278,7 +274,7 @@ async def test_disk_is_reserved_across_handoffs_and_a_stalled_sender_is_cut_off(
             )
             # While the stalled exchange holds its reservation, a second 60 % offer does not fit.
             session = await a.publish(
-                "org.example.big", "six", items=[NewItem.of_path("document", "six.bin", doc)]
+                "org.example.big", "six", items=[Item.of_path("document", "six.bin", doc)]
             )
             second = await a.send(session.id, "desk")
             end = await wait_state(a, second.id, {"delivered", "declined", "failed"}, within=120)

@@ -11,15 +11,16 @@ from typing import Any
 import pytest
 
 from handoffd.config import Settings
-from handoffd.deadlines import StallWatch
-from handoffd.handoffs import EngineDB, InboxEntry
-from handoffd.inboxcap import inbox_full
-from handoffd.launcher import Launcher, LaunchRequest
+from handoffd.handoff.deadlines import StallWatch
+from handoffd.handoff.inboxcap import inbox_full
+from handoffd.handoff.launcher import Launcher, LaunchRequest
+from handoffd.handoff.offer import new_handoff_id
+from handoffd.handoff.policy import decide
+from handoffd.handoff.refusals import RefusalLog
+from handoffd.handoff.reservations import Reservations, capped
+from handoffd.handoff.tables import EngineDB, InboxEntry
 from handoffd.proto import messages as m
-from handoffd.refusals import RefusalLog
-from handoffd.reservations import Reservations, capped
 from handoffd.store import Store
-from handoffd.transfer import decide, new_handoff_id
 
 
 def _manifest(*sizes: int) -> m.Manifest:
@@ -111,7 +112,6 @@ def test_inbox_full_counts_received_entries(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "state.db")
     try:
         db = EngineDB(store)
-        db.migrate()
         for state in ("received", "received", "resumed"):
             db.add_inbox(
                 InboxEntry(new_handoff_id(), "s", "a", "t", {}, "P" * 32, "p", (), state, 0, None)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from handoffd.control.client import NewItem
+from handoffd.control.client import Item
 from handoffd.errors import ApiError
 from tests.daemon.helpers import CURL
 from tests.handoff.helpers import (
@@ -39,8 +39,8 @@ def pair() -> Iterator[Pair]:
         yield p
 
 
-def _messages(n: int) -> list[NewItem]:
-    return [NewItem.of_text("message", f"msg-{i:03d}.txt", f"message {i}") for i in range(n)]
+def _messages(n: int) -> list[Item]:
+    return [Item.of_text("message", f"msg-{i:03d}.txt", f"message {i}") for i in range(n)]
 
 
 @pytest.mark.asyncio
@@ -57,8 +57,8 @@ async def test_session_arrives_intact_and_the_launched_app_resumes_it(pair: Pair
             context={"draft": "book the train", "cursor": 7},
             items=[
                 *_messages(MESSAGES),
-                NewItem.of_path("document", "small.bin", small),
-                NewItem.of_path("document", "big.bin", big),
+                Item.of_path("document", "small.bin", small),
+                Item.of_path("document", "big.bin", big),
             ],
         )
         started = await a.send(session.id, "desk")
@@ -107,7 +107,7 @@ async def test_only_chosen_and_accepted_types_cross_the_wire(pair: Pair) -> None
         session = await a.publish(
             "org.example.unlaunched",
             "selective",
-            items=[*_messages(5), NewItem.of_path("document", "selective.bin", doc)],
+            items=[*_messages(5), Item.of_path("document", "selective.bin", doc)],
         )
         message_bytes = sum(len(f"message {i}") for i in range(5))
 
@@ -216,7 +216,7 @@ async def test_cancel_stops_a_transfer(pair: Pair) -> None:
     write_random(big, 40 * 1024 * 1024)
     async with pair.client(pair.a) as a, pair.client(pair.b) as b:
         session = await a.publish(
-            "org.example.x", "cancel me", items=[NewItem.of_path("document", "c.bin", big)]
+            "org.example.x", "cancel me", items=[Item.of_path("document", "c.bin", big)]
         )
         h = await a.send(session.id, "desk")
 
@@ -291,7 +291,7 @@ async def test_a_resent_delivered_handoff_is_idempotent(pair: Pair) -> None:
     data = os.urandom(50_000)
     async with pair.client(pair.a) as a:
         session = await a.publish(
-            "org.example.dup", "dup", items=[NewItem.of_data("document", "d.bin", data)]
+            "org.example.dup", "dup", items=[Item.of_data("document", "d.bin", data)]
         )
         h = await a.send(session.id, "desk")
         first = await wait_state(a, h.id, {"delivered", "failed"})
@@ -343,7 +343,7 @@ async def test_lan_handoff_works_with_the_server_stopped(pair: Pair) -> None:
     data = os.urandom(4096)
     async with pair.client(pair.a) as a, pair.client(pair.b) as b:
         session = await a.publish(
-            "org.example.offline", "offline", items=[NewItem.of_data("document", "d.bin", data)]
+            "org.example.offline", "offline", items=[Item.of_data("document", "d.bin", data)]
         )
         h = await a.send(session.id, "desk")  # resolved from the device cache
         done = await wait_state(a, h.id, {"delivered", "failed", "declined"})

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from handoffd.control.client import NewItem
+from handoffd.control.client import Item
 from handoffd.errors import ApiError
 from tests.handoff.helpers import Pair, paired_daemons, wait_state
 
@@ -48,7 +48,7 @@ async def test_the_receiver_declines_deceptive_names(
 ) -> None:
     async with pair.client(pair.a) as a, pair.client(pair.b) as b:
         session = await a.publish(
-            "org.example.notes", "Notes", items=[NewItem.of_text("document", "n.txt", "hi")]
+            "org.example.notes", "Notes", items=[Item.of_text("document", "n.txt", "hi")]
         )
         if column == "name":
             _tamper(

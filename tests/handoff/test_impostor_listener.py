@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from handoffd import identity as idn
-from handoffd.control.client import HandoffClient, NewItem
+from handoffd.control.client import HandoffClient, Item
 from tests.daemon.helpers import DaemonProcess
 from tests.daemon.test_signaling_listener import free_port, listening_ports, until
 from tests.handoff.helpers import wait_for, wait_state
@@ -116,7 +116,7 @@ async def test_impostor_gets_no_identity_and_cannot_end_the_handoff(
             session = await c.publish(
                 "org.example.impostor",
                 "for the desk",
-                items=[NewItem.of_text("message", "m.txt", "hello desk")],
+                items=[Item.of_text("message", "m.txt", "hello desk")],
             )
             h = await c.send(session.id, b_id)
             seen = await wait_state(c, h.id, {"retrying", "failed", "delivered"}, within=120)

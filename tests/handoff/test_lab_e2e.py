@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from handoffd.control.client import HandoffClient, NewItem
+from handoffd.control.client import HandoffClient, Item
 from handoffd.errors import ApiError
 from handoffd.proto.messages import DEFAULT_WINDOW
 from tests.handoff.helpers import (
@@ -140,8 +140,8 @@ def world() -> Iterator[World]:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _messages(n: int, prefix: str = "message") -> list[NewItem]:
-    return [NewItem.of_text("message", f"msg-{i:03d}.txt", f"{prefix} {i}") for i in range(n)]
+def _messages(n: int, prefix: str = "message") -> list[Item]:
+    return [Item.of_text("message", f"msg-{i:03d}.txt", f"{prefix} {i}") for i in range(n)]
 
 
 def _message_bytes(n: int, prefix: str = "message") -> int:
@@ -175,7 +175,7 @@ async def test_100_messages_and_1k_1m_50m_documents_arrive_intact_and_the_app_re
             context={"draft": "book the train", "cursor": 42},
             items=[
                 *_messages(100),
-                *(NewItem.of_path("document", n, p) for n, (p, _) in world.docs.items()),
+                *(Item.of_path("document", n, p) for n, (p, _) in world.docs.items()),
             ],
         )
         h = await a.send(session.id, "desk")
@@ -227,7 +227,7 @@ async def test_selective_transfer_sends_no_byte_of_unchosen_types(world: World) 
         session = await a.publish(
             "org.example.selective",  # no app registered: ends at delivered
             "selective",
-            items=[*_messages(100, "selective"), NewItem.of_path("document", "fifty-m.bin", fifty)],
+            items=[*_messages(100, "selective"), Item.of_path("document", "fifty-m.bin", fifty)],
         )
 
         async def run(types: list[str] | None) -> tuple[dict[str, Any], int, int]:
@@ -283,7 +283,7 @@ async def test_declined_cleanly_when_handoff_is_disabled_on_the_target(world: Wo
     one_m, _ = world.docs["one-m.bin"]
     async with world.client(world.a) as a, world.client(world.b) as b:
         session = await a.publish(
-            "org.example.x", "nope", items=[*_messages(3), NewItem.of_path("document", "d", one_m)]
+            "org.example.x", "nope", items=[*_messages(3), Item.of_path("document", "d", one_m)]
         )
         await b.update_settings(handoff_enabled=False)
         try:
@@ -338,7 +338,7 @@ async def _refused(
         inbox_before = {e.id for e in await b.inbox()}
         log_before = len(world.b.log_text())
         session = await s.publish(
-            "org.example.x", "refused", items=[*_messages(3), NewItem.of_path("document", "d", one_m)]
+            "org.example.x", "refused", items=[*_messages(3), Item.of_path("document", "d", one_m)]
         )  # fmt: skip
         meter = WireMeter(h2).start()
         started = time.time()
@@ -488,7 +488,7 @@ async def _clean_wire_cost(world: World, a: HandoffClient, size: int) -> int:
     h0, _, _ = world.hosts
     doc = world.root / f"clean-{size}.bin"
     await asyncio.to_thread(write_random, doc, size)
-    session = await a.publish("org.example.clean", "clean", items=[NewItem.of_path("document", "c.bin", doc)])  # fmt: skip
+    session = await a.publish("org.example.clean", "clean", items=[Item.of_path("document", "c.bin", doc)])  # fmt: skip
     meter = WireMeter(h0).start()
     h = await a.send(session.id, "desk")
     done = await wait_state(a, h.id, {"delivered", "resumed", "failed", "declined"}, 240)
@@ -516,7 +516,7 @@ async def test_link_cut_for_3s_mid_transfer_completes_without_resending_acknowle
         clean_tx = await _clean_wire_cost(world, a, size)
         doc = world.root / "cut.bin"
         digest = await asyncio.to_thread(write_random, doc, size)
-        session = await a.publish("org.example.cut", "cut", items=[NewItem.of_path("document", "cut.bin", doc)])  # fmt: skip
+        session = await a.publish("org.example.cut", "cut", items=[Item.of_path("document", "cut.bin", doc)])  # fmt: skip
         meter = WireMeter(h0).start()
         h = await a.send(session.id, world.b_id)
 
@@ -561,7 +561,7 @@ async def test_target_killed_mid_transfer_and_restarted_completes_intact(world: 
             clean_tx = await _clean_wire_cost(world, a, size)
             doc = world.root / "kill.bin"
             digest = await asyncio.to_thread(write_random, doc, size)
-            session = await a.publish("org.example.kill", "kill", items=[NewItem.of_path("document", "kill.bin", doc)])  # fmt: skip
+            session = await a.publish("org.example.kill", "kill", items=[Item.of_path("document", "kill.bin", doc)])  # fmt: skip
             meter = WireMeter(h0).start()
             h = await a.send(session.id, "desk")
 

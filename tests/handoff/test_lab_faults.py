@@ -48,10 +48,10 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from handoffd.control.client import HandoffClient, NewItem
+from handoffd.control.client import HandoffClient, Item
 from handoffd.errors import ApiError
+from handoffd.handoff.policy import DISK_MARGIN
 from handoffd.proto.messages import DEFAULT_WINDOW
-from handoffd.transfer import DISK_MARGIN
 from tests.handoff.helpers import checkpoints, sha256_file, wait_nearby, wait_state, write_random
 from tests.handoff.labkit import (
     LabDaemon,
@@ -280,18 +280,18 @@ async def _publish(
     (name: size) on ``src``; (session id, SHA-256 by item name, total bytes)."""
     folder = world.root / "docs"
     folder.mkdir(exist_ok=True)
-    items: list[NewItem] = []
+    items: list[Item] = []
     digests: dict[str, str] = {}
     total = 0
     texts = {f"msg-{i:03d}.txt": f"{tag} message {i}" for i in range(messages)} | (texts or {})
     for name, text in texts.items():
-        items.append(NewItem.of_text("message", name, text))
+        items.append(Item.of_text("message", name, text))
         digests[name] = hashlib.sha256(text.encode()).hexdigest()
         total += len(text.encode())
     for name, size in docs.items():
         path = folder / f"{tag}-{name}"
         digests[name] = await asyncio.to_thread(write_random, path, size)
-        items.append(NewItem.of_path("document", name, path))
+        items.append(Item.of_path("document", name, path))
         total += size
     async with world.client(src) as c:
         session = await c.publish(APP, tag, context={"tag": tag}, items=items)

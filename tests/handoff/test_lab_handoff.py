@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from handoffd.control.client import HandoffClient, NewItem
+from handoffd.control.client import HandoffClient, Item
 from tests.daemon.helpers import DaemonProcess
 from tests.handoff.helpers import (
     checkpoints,
@@ -118,8 +118,8 @@ def world() -> Iterator[World]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _messages(n: int) -> list[NewItem]:
-    return [NewItem.of_text("message", f"msg-{i:03d}.txt", f"message {i}") for i in range(n)]
+def _messages(n: int) -> list[Item]:
+    return [Item.of_text("message", f"msg-{i:03d}.txt", f"message {i}") for i in range(n)]
 
 
 @pytest.mark.slow
@@ -133,7 +133,7 @@ async def test_lab_session_with_documents_arrives_intact_and_resumes(world: Worl
     async with world.client(world.a) as a, world.client(world.b) as b:
         session = await a.publish(
             NOTES, "Lab trip", context={"cursor": 3},
-            items=[*_messages(100), *(NewItem.of_path("document", n, docs / n) for n in sums)],
+            items=[*_messages(100), *(Item.of_path("document", n, docs / n) for n in sums)],
         )  # fmt: skip
         h = await a.send(session.id, "desk")
         done = await wait_state(a, h.id, {"resumed", "failed", "declined"}, within=240)
@@ -159,7 +159,7 @@ async def test_lab_link_cut_for_3s_completes_without_resending(world: World) -> 
     h1 = world.lab.hosts[1]
     async with world.client(world.a) as a, world.client(world.b) as b:
         session = await a.publish(
-            "org.example.cut", "cut", items=[NewItem.of_path("document", "cut.bin", doc)]
+            "org.example.cut", "cut", items=[Item.of_path("document", "cut.bin", doc)]
         )
         h = await a.send(session.id, world.b_id)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from handoffd.control.client import HandoffClient, NewItem
+from handoffd.control.client import HandoffClient, Item
 from handoffd.proto.messages import DEFAULT_WINDOW
 from tests.handoff.helpers import sha256_file, wait_nearby, wait_state, write_random
 from tests.handoff.labkit import LabDaemon, LabServer, MiB, pair_daemon, poll
@@ -89,7 +89,7 @@ async def _publish(c: HandoffClient, world: World, name: str, size: int) -> tupl
     doc = world.root / name
     digest = await asyncio.to_thread(write_random, doc, size)
     session = await c.publish(
-        "org.example.paths", name, items=[NewItem.of_path("document", name, doc)]
+        "org.example.paths", name, items=[Item.of_path("document", name, doc)]
     )
     return session.id, digest
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from handoffd.control.client import NewItem
+from handoffd.control.client import Item
 from tests.handoff.helpers import (
     checkpoints,
     paired_daemons,
@@ -28,7 +28,7 @@ async def test_target_killed_mid_transfer_resumes_without_resending() -> None:
         digest = write_random(doc, SIZE)
         async with pair.client(pair.a) as a:
             session = await a.publish(
-                "org.example.big", "big", items=[NewItem.of_path("document", "big.bin", doc)]
+                "org.example.big", "big", items=[Item.of_path("document", "big.bin", doc)]
             )
             h = await a.send(session.id, "desk")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from handoffd.control.client import HandoffClient, NewItem
+from handoffd.control.client import HandoffClient, Item
 from tests.daemon.helpers import DaemonProcess
 from tests.handoff.helpers import wait_for, wait_nearby, wait_state
 from tests.server.helpers import ServerProcess, cli_invite, create_account
@@ -73,7 +73,7 @@ async def test_retries_are_visible_bounded_and_cancellable(world: World) -> None
     world.b.kill()  # gone without a goodbye: its LAN address is still remembered for a while
     async with HandoffClient(world.a.socket, timeout=30) as a:
         session = await a.publish(
-            "org.example.retry", "retry me", items=[NewItem.of_text("message", "m", "hello")]
+            "org.example.retry", "retry me", items=[Item.of_text("message", "m", "hello")]
         )
         h = await a.send(session.id, world.b_id)
 

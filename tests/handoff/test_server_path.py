@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from handoffd.control.client import HandoffClient, NewItem
+from handoffd.control.client import HandoffClient, Item
 from tests.daemon.helpers import DaemonProcess
 from tests.handoff.helpers import sha256_file, wait_for, wait_state, write_random
 from tests.server.helpers import ServerProcess, cli_invite, create_account
@@ -94,8 +94,8 @@ async def test_found_through_the_server_sent_direct_resumed_by_notice(hidden: Hi
             "Away from the LAN",
             context={"step": 3},
             items=[
-                NewItem.of_text("message", "m1.txt", "through the server"),
-                NewItem.of_path("document", "plan.bin", doc),
+                Item.of_text("message", "m1.txt", "through the server"),
+                Item.of_path("document", "plan.bin", doc),
             ],
         )
         h = await a.send(session.id, "desk")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from handoffd.control.client import NewItem
+from handoffd.control.client import Item
 from handoffd.transport.signaling import client_context
 from tests.handoff.helpers import Pair, paired_daemons, wait_state
 
@@ -42,7 +42,9 @@ def pair() -> Iterator[Pair]:
 
 
 def _signaling_port(log: Path) -> int:
-    ports = re.findall(r"signaling listener started port=(\d+)", log.read_text(errors="replace"))
+    ports = re.findall(
+        r"signaling listener started signaling_port=(\d+)", log.read_text(errors="replace")
+    )
     assert ports, "the daemon logged no signaling port"
     return int(ports[-1])
 
@@ -120,7 +122,7 @@ async def test_a_flooded_signaling_port_still_answers_real_offers(pair: Pair) ->
         data = os.urandom(4096)
         async with pair.client(pair.a) as a, pair.client(pair.b) as b:
             session = await a.publish(
-                "org.example.flood", "flood", items=[NewItem.of_data("document", "d.bin", data)]
+                "org.example.flood", "flood", items=[Item.of_data("document", "d.bin", data)]
             )
             h = await a.send(session.id, "desk")
             done = await wait_state(a, h.id, {"delivered", "failed", "declined"}, within=150)

@@ -10,20 +10,14 @@ from typing import Any
 
 import pytest
 
-from handoffd.errors import TransportError
+from handoffd.errors import TransferError, TransportError
+from handoffd.handoff.driver import run_sender
+from handoffd.handoff.driver_events import SenderEvent
+from handoffd.handoff.link import Link, make_hello
+from handoffd.handoff.offer import build_manifest, new_handoff_id, sign_offer
+from handoffd.items import Item
 from handoffd.proto import codec
 from handoffd.proto import transfer as core
-from handoffd.transfer import (
-    ItemSpec,
-    Link,
-    SenderHooks,
-    TransferError,
-    build_manifest,
-    make_hello,
-    new_handoff_id,
-    run_sender,
-    sign_offer,
-)
 from handoffd.transport import webrtc
 from tests.transport.helpers import Account, Callee
 
@@ -70,7 +64,7 @@ async def test_a_sender_cuts_off_a_receiver_that_accepted_and_stalls() -> None:
         peer = asyncio.create_task(
             _accept_then_nothing(theirs, make_hello(b.id, account.trust), seen)
         )
-        link = Link(channel, on_incoming=lambda *_: None, on_resumed=lambda *_: None)
+        link = Link(channel, on_event=lambda _e: None, clock=time.monotonic)
         link.start()
         manifest, sources = build_manifest(
             handoff_id=new_handoff_id(),
@@ -78,22 +72,15 @@ async def test_a_sender_cuts_off_a_receiver_that_accepted_and_stalls() -> None:
             app_id="org.example.stall",
             title="stall",
             context={},
-            items=[ItemSpec("document", "big.bin", "application/octet-stream", data=payload)],
+            items=[Item.of_data("document", "big.bin", payload)],
             sender=a.id,
             recipient=b.id,
             now=time.time(),
         )
 
-        async def nothing(*_: Any) -> None:
+        async def nothing(_event: SenderEvent) -> None:
             return None
 
-        hooks = SenderHooks(
-            on_peer_hello=nothing,
-            on_transferring=nothing,
-            on_progress=lambda *_: None,
-            on_delivered=nothing,
-            on_resumed=nothing,
-        )
         try:
             with pytest.raises(TransferError) as err:
                 await asyncio.wait_for(
@@ -103,7 +90,7 @@ async def test_a_sender_cuts_off_a_receiver_that_accepted_and_stalls() -> None:
                         offer=sign_offer(a.key, a.local.cert_der, manifest),
                         manifest=manifest,
                         sources=sources,
-                        hooks=hooks,
+                        consumer=nothing,
                         resumed_wait=0,
                         stall=2.0,
                     ),

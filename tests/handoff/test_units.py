@@ -17,23 +17,25 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from handoffd import identity
 from handoffd.config import Settings
 from handoffd.errors import ProtocolError
-from handoffd.handoffs import EngineDB, InboxEntry, backoff, expire
-from handoffd.proto import codec
-from handoffd.proto import messages as m
-from handoffd.proto.transfer import NeedData
-from handoffd.store import Store
-from handoffd.transfer import (
-    ItemSpec,
-    Staging,
+from handoffd.handoff.expiry import expire
+from handoffd.handoff.offer import (
     build_manifest,
     check_name,
-    decide,
     new_handoff_id,
     open_offer,
     read_chunks,
     sign_offer,
     unique_names,
 )
+from handoffd.handoff.policy import decide
+from handoffd.handoff.retry import backoff
+from handoffd.handoff.staging import Staging
+from handoffd.handoff.tables import EngineDB, InboxEntry
+from handoffd.items import Item
+from handoffd.proto import codec
+from handoffd.proto import messages as m
+from handoffd.proto.transfer import NeedData
+from handoffd.store import Store
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -158,8 +160,8 @@ def test_offer_sign_and_verify(tmp_path: Path) -> None:
         title="t",
         context={"k": 1},
         items=[
-            ItemSpec("message", "m.txt", "text/plain", text="hello"),
-            ItemSpec("document", "doc.bin", "application/octet-stream", path=str(doc)),
+            Item.of_text("message", "m.txt", "hello"),
+            Item.of_path("document", "doc.bin", doc),
         ],
         sender=a_id,
         recipient=b_id,
@@ -293,9 +295,7 @@ def test_staging_commit_is_one_rename(tmp_path: Path) -> None:
 def test_expiry_removes_and_remembers(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "state.db")
     try:
-        db = EngineDB(store)
-        db.migrate()
-        db.migrate()  # idempotent
+        db = EngineDB(store)  # its tables are migration 2 of the store's schema
         staging = Staging(tmp_path / "partial", tmp_path / "inbox")
         now = time.time()
         old_entry, new_entry, resumed = new_handoff_id(), new_handoff_id(), new_handoff_id()
@@ -350,7 +350,11 @@ def test_expiry_removes_and_remembers(tmp_path: Path) -> None:
 
 def test_refusals_final_and_reasons() -> None:
     from handoffd.errors import TransportError
-    from handoffd.handoffs import _error_json, _error_text, _path_error, _reason, _refusal_is_final
+    from handoffd.handoff.records import error_json as _error_json
+    from handoffd.handoff.records import error_text as _error_text
+    from handoffd.handoff.retry import path_error as _path_error
+    from handoffd.handoff.retry import reason as _reason
+    from handoffd.handoff.retry import refusal_is_final as _refusal_is_final
     from handoffd.transport.base import PeerAuthError, PeerRefusedError
     from handoffd.transport.connector import NoPathError
 
@@ -382,30 +386,3 @@ def test_refusals_final_and_reasons() -> None:
         == "peer-not-found"
     )
     assert _path_error(NoPathError("x", attempts=[("direct", ice), ("relay", no_route)])) is ice
-
-
-@pytest.mark.asyncio
-async def test_a_full_state_database_declines_an_offer_as_no_disk_space() -> None:
-    from typing import Any
-
-    from handoffd.errors import StoreError
-    from handoffd.handoffs import HandoffService
-
-    service = HandoffService.__new__(HandoffService)  # only _on_offer_guarded is exercised
-    raised: list[StoreError] = []
-
-    async def on_offer(link: Any, offer: Any, manifest: Any) -> Any:
-        raise raised[-1]
-
-    service._on_offer = on_offer  # type: ignore[method-assign]
-
-    class _Link:
-        peer_id = "P" * 32
-
-    raised.append(StoreError("disk is full", code="store-full"))
-    verdict = await service._on_offer_guarded(_Link(), None, None)  # type: ignore[arg-type]
-    assert verdict.decline is not None
-    assert verdict.decline[0] == "no-disk-space"
-    raised.append(StoreError("locked", code="store-failed"))
-    with pytest.raises(StoreError):  # anything else is the exchange's failure, retried
-        await service._on_offer_guarded(_Link(), None, None)  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from handoffd.control.client import HandoffClient, NewItem
+from handoffd.control.client import HandoffClient, Item
 from tests.daemon.helpers import DaemonProcess
 from tests.handoff.helpers import sha256_file, wait_for, wait_state, write_random
 from tests.handoff.test_server_path import _online
@@ -70,8 +70,8 @@ async def test_handoff_between_daemons_on_two_instances(
             "Across two instances",
             context={"step": 7},
             items=[
-                NewItem.of_text("message", "m1.txt", "through two instances"),
-                NewItem.of_path("document", "plan.bin", doc),
+                Item.of_text("message", "m1.txt", "through two instances"),
+                Item.of_path("document", "plan.bin", doc),
             ],
         )
         h = await a.send(session.id, "desk")

@@ -8,13 +8,7 @@ kept for the resume), a delivered one quietly (a later ``resumed`` goes by notic
 
 from __future__ import annotations
 
-import os
 from collections.abc import Hashable
-
-STALL_TIMEOUT = float(os.environ.get("HANDOFF_STALL_TIMEOUT", "60"))
-"""Seconds an exchange may make no progress (no new data, no state change) before it ends."""
-RESUMED_WAIT_IN = float(os.environ.get("HANDOFF_RECEIVER_RESUMED_WAIT", "60"))
-"""Seconds a receiver keeps a delivered exchange open for the app's ``resumed``."""
 
 
 class StallWatch:

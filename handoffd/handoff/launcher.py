@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 logger = logging.getLogger("handoffd.launcher")
 
-LAUNCH_INTERVAL = float(os.environ.get("HANDOFF_LAUNCH_INTERVAL", "5"))
-"""Seconds at least between two launches of one app."""
-
-Spawn = Callable[[Any, str], "asyncio.Task[Any]"]
+Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +41,10 @@ class Launcher:
         *,
         still_wanted: Callable[[LaunchRequest], Awaitable[bool]],
         on_failed: Callable[[LaunchRequest], None],
-        interval: float = LAUNCH_INTERVAL,
+        interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock
         self._spawn = spawn
         self._still_wanted = still_wanted
         self._on_failed = on_failed
@@ -72,7 +70,7 @@ class Launcher:
                 "app still running: launch coalesced app=%s", app, extra={"handoff": req.handoff_id}
             )
             return "coalesced"
-        wait = self._last.get(app, -1e18) + self.interval - time.monotonic()
+        wait = self._last.get(app, -1e18) + self.interval - self._clock()
         if wait > 0:
             self._pending[app] = req
             if app not in self._timers:
@@ -85,7 +83,7 @@ class Launcher:
         return await self._start(req)
 
     async def _start(self, req: LaunchRequest) -> str:
-        self._last[req.app_id] = time.monotonic()
+        self._last[req.app_id] = self._clock()
         try:
             proc = await asyncio.create_subprocess_exec(
                 *req.argv, env=dict(req.env), stdin=asyncio.subprocess.DEVNULL

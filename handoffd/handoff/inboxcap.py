@@ -1,4 +1,4 @@
-"""The inbox's bound: at most MAX_WAITING received sessions wait for their app at once.
+"""The inbox's bound: at most ``Timings.inbox_max`` received sessions wait for their app at once.
 
 Every received session is a row and a directory until its app resumes it or ``inbox_ttl``
 expires it; a device of the account flooding small handoffs would otherwise grow both without
@@ -7,15 +7,10 @@ end. Beyond the bound offers are declined ``inbox-full`` (handoffd.policy.decide
 
 from __future__ import annotations
 
-import os
-
 from handoffd.store import Store
 
-MAX_WAITING = int(os.environ.get("HANDOFF_INBOX_MAX", "1000"))
-"""Received (not yet resumed) inbox entries at most."""
 
-
-def inbox_full(store: Store, limit: int = MAX_WAITING) -> bool:
+def inbox_full(store: Store, limit: int) -> bool:
     """True if ``limit`` or more inbox entries are ``received`` (blocking: the DB thread)."""
     with store.transaction() as db:
         row = db.execute("SELECT COUNT(*) FROM engine_inbox WHERE state = 'received'").fetchone()

@@ -8,14 +8,8 @@ declined, cancelled) releases it. An offer is checked against the free space min
 
 from __future__ import annotations
 
-import os
 
-FREE_CAP = int(os.environ.get("HANDOFF_DISK_FREE_CAP", "0") or 0)
-"""If > 0: at most this many bytes of the disk's free space are counted (caps what received
-handoffs may take; tests use it as a small disk)."""
-
-
-def capped(free: int, cap: int = FREE_CAP) -> int:
+def capped(free: int, cap: int) -> int:
     """``free`` bytes of the disk, at most ``cap`` when ``cap`` > 0."""
     return min(free, cap) if cap > 0 else free
 

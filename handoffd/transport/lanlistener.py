@@ -13,7 +13,7 @@ import logging
 from handoffd.errors import HandoffError
 from handoffd.transport.signaling import Identity, OnOffer, SignalingServer
 
-logger = logging.getLogger("handoffd.handoffs")
+logger = logging.getLogger("handoffd.transport.lanlistener")
 
 
 class LanListener:
@@ -48,7 +48,7 @@ class LanListener:
             await server.close()
             return False
         self._server = server
-        logger.info("signaling listener started port=%d", server.port)
+        logger.info("signaling listener started signaling_port=%d", server.port)
         return True
 
     async def close(self) -> None:

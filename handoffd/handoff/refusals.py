@@ -10,12 +10,11 @@ list keeps its bound), and events are rate-limited: per source and code at most 
 from __future__ import annotations
 
 import collections
-import os
 import time
 from collections.abc import Callable
 from typing import Any
 
-EVENT_INTERVAL = float(os.environ.get("HANDOFF_REFUSED_EVENT_INTERVAL", "10"))
+EVENT_INTERVAL = 10.0
 """Seconds between two ``handoff.refused`` events for one source and code."""
 EVENT_BURST = 8
 """``handoff.refused`` events at most per EVENT_INTERVAL, all sources together."""
@@ -34,7 +33,9 @@ class RefusalLog:
         interval: float = EVENT_INTERVAL,
         burst: int = EVENT_BURST,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
+        self._wall = wall
         self.entries = entries
         self._publish = publish
         self._interval = interval
@@ -50,7 +51,7 @@ class RefusalLog:
     def add(self, code: str, path: str) -> None:
         """Record one refusal of a connection that came by ``path`` (the source) with ``code``."""
         key = (path, code)
-        now = time.time()
+        now = self._wall()
         entry = next((e for e in self.entries if (e["path"], e["code"]) == key), None)
         if entry is None:
             entry = {"at": now, "code": code, "path": path, "count": 0}

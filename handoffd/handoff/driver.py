@@ -1,0 +1,417 @@
+"""The drivers: one exchange each, driving a sans-IO core of ``proto.transfer`` over a link.
+
+A driver emits typed events to its one consumer: the sender's (peer hello, transferring,
+progress, delivered, resumed) and the receiver's (peer hello, offer received → the consumer's
+verdict, checkpoint, progress, commit, failed). Disk reads, writes, fsyncs and hashing run in
+threads; a checkpoint is recorded before the core may acknowledge. Telling the source that the
+session was resumed goes through the receiver's driver too (``Exchange.ask_resumed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Protocol
+
+from handoffd.errors import (
+    HandoffError,
+    PathSwitchError,
+    ProtocolError,
+    StoreError,
+    TransferError,
+    TransportError,
+)
+from handoffd.handoff.deadlines import StallWatch
+from handoffd.handoff.driver_events import (
+    Checkpoint,
+    Commit,
+    Delivered,
+    Failed,
+    OfferReceived,
+    PeerHello,
+    Progress,
+    ReceiverEvent,
+    Resumed,
+    SenderEvent,
+    SendReport,
+    Transferring,
+    Verdict,
+)
+from handoffd.handoff.link import Exchange, Link
+from handoffd.handoff.offer import SourceItem, read_chunks
+from handoffd.handoff.staging import ItemWriter, Staging
+from handoffd.proto import messages as m
+from handoffd.proto import transfer as core
+
+logger = logging.getLogger("handoffd.handoff.driver")
+
+SenderConsumer = Callable[[SenderEvent], Awaitable[None]]
+"""The one consumer of a sender driver's events."""
+
+CHECKPOINT_EVERY = 1024 * 1024
+OFFER_TIMEOUT = 30.0
+
+
+# ---------------------------------------------------------------- driving a core
+
+
+async def _tell_resumed(
+    link: Link, ex: Exchange, c: core.SenderCore | core.ReceiverCore, now: float
+) -> None:
+    """Tell the peer ``resumed`` on this delivered exchange (asked by ``ex.ask_resumed``)."""
+    if not isinstance(c, core.ReceiverCore) or c.state != core.State.DELIVERED or link.closed:
+        ex.answer_resumed(sent=False)
+        return
+    c.resumed(now)
+    try:
+        await _flush(link, c)
+    except HandoffError:
+        ex.answer_resumed(sent=False)
+        raise
+    ex.answer_resumed(sent=True)
+
+
+async def _flush(link: Link, c: core.SenderCore | core.ReceiverCore) -> None:
+    for msg in c.outgoing():
+        await link.send(msg)
+
+
+async def _step(
+    ex: Exchange, c: core.SenderCore | core.ReceiverCore, loop_time: Callable[[], float]
+) -> bool:
+    """Wait for the next message or timer and feed it, plus whatever else is queued.
+
+    False if the link closed before anything arrived.
+    """
+    deadline = c.next_timer()
+    try:
+        data = await ex.next(60.0 if deadline is None else deadline - loop_time())
+    except TimeoutError:
+        c.timer(loop_time())
+        return True
+    if data is None:
+        return False
+    if isinstance(data, bytes):
+        c.receive_bytes(data, loop_time())
+    for _ in range(64):
+        if ex.queue.empty() or c.finished:
+            break
+        more = ex.queue.get_nowait()
+        if more is None:
+            ex.queue.put_nowait(None)  # seen on the next step
+            break
+        if isinstance(more, bytes):
+            ex.queued -= len(more)
+            c.receive_bytes(more, loop_time())
+    return True
+
+
+async def run_sender(
+    link: Link,
+    *,
+    hello: m.Hello,
+    offer: m.Offer,
+    manifest: m.Manifest,
+    sources: Mapping[int, SourceItem],
+    consumer: SenderConsumer,
+    resumed_wait: float,
+    cancelled: Callable[[], bool] = lambda: False,
+    switch: Callable[[], bool] = lambda: False,
+    stall: float,
+) -> SendReport:
+    """One sending exchange: offer, stream, until delivered (then linger for ``resumed``).
+
+    Returns once delivered and either resumed or ``resumed_wait`` passed; raises
+    TransferError (declined: retry False, code = the peer's reason) otherwise.
+    If the task is cancelled and ``cancelled()`` says the user asked for it, the
+    peer is told (``cancel``) before the CancelledError goes on. While streaming,
+    ``switch()`` is asked at each chunk boundary; True ends this exchange with
+    ``PathSwitchError`` so the caller can carry on over a better channel (the receiver
+    keeps what it acknowledged; the next offer resumes from there). A receiver that lets
+    the stream make no progress for ``stall`` seconds ends it (``stalled``, retried).
+    """
+    loop = asyncio.get_running_loop()
+    ex = link.begin(manifest.handoff_id, "sender")
+    c = core.SenderCore(hello, offer, manifest, now=loop.time())
+    ex.core = c
+    report = SendReport()
+    start_bytes = link.channel.bytes_sent
+    delivered_at: float | None = None
+    answer_by = loop.time() + OFFER_TIMEOUT
+    watch = StallWatch(loop.time())
+    try:
+        c.start(loop.time())
+        while True:
+            events = c.events()
+            needs = [e for e in events if isinstance(e, core.NeedData)]
+            if needs:
+                await _read_for(c, needs, sources)
+            for event in events:
+                if isinstance(event, core.PeerHello):
+                    await consumer(PeerHello(event.hello))
+                elif isinstance(event, core.Accepted):
+                    report.accepted = dict(event.resume)
+                    report.total = sum(sources[i].entry.size for i in event.resume)
+                    report.skipped = sum(event.resume.values())
+                    await consumer(Transferring(manifest.handoff_id, report))
+                elif isinstance(event, core.Progress):
+                    await consumer(Progress(manifest.handoff_id, event.done, event.total))
+                elif isinstance(event, core.Delivered):
+                    delivered_at = loop.time()
+                    report.data_bytes = c.sent_bytes
+                    report.channel_bytes = link.channel.bytes_sent - start_bytes
+                    await consumer(Delivered(manifest.handoff_id, report))
+                elif isinstance(event, core.Resumed):
+                    await consumer(Resumed(manifest.handoff_id))
+                    return report
+                elif isinstance(event, core.Declined):
+                    raise TransferError(event.message or "declined", code=event.reason, retry=False)
+                elif isinstance(event, core.Cancelled):
+                    raise TransferError(
+                        f"cancelled by the peer: {event.reason}",
+                        code="peer-cancelled",
+                        retry=False,
+                    )
+                elif isinstance(event, core.Failed):
+                    raise TransferError(event.message, code=event.code)
+            await _flush(link, c)
+            report.data_bytes = c.sent_bytes
+            report.channel_bytes = link.channel.bytes_sent - start_bytes
+            if events:
+                continue  # handling events may have made more
+            if c.state == core.State.STREAMING and switch():
+                raise PathSwitchError("a better path is ready", code="path-switch")
+            now = loop.time()
+            if delivered_at is not None and now - delivered_at >= resumed_wait:
+                return report
+            watch.observe((c.state, c.sent_bytes, c.done), now)
+            if c.state == core.State.STREAMING and watch.quiet_for(now) >= stall:
+                raise TransferError(f"no progress for {stall:g} s", code="stalled")
+            if c.state == core.State.AWAIT_ANSWER and now > answer_by:
+                raise TransferError("the peer did not answer the offer", code="offer-timeout")
+            if not await _step(ex, c, loop.time):
+                if delivered_at is not None:
+                    return report
+                raise TransferError("connection lost", code="connection-lost")
+    except asyncio.CancelledError:
+        if cancelled() and not c.finished:
+            c.cancel("cancelled", loop.time())
+            with contextlib.suppress(HandoffError, TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await asyncio.shield(_flush(link, c))
+        raise
+    finally:
+        link.end(ex)
+
+
+async def _read_for(
+    c: core.SenderCore, needs: Sequence[core.NeedData], sources: Mapping[int, SourceItem]
+) -> None:
+    """Read what NeedData events ask for (per item, in one thread hop) and hand it to the core."""
+    by_item: dict[int, list[core.NeedData]] = {}
+    for need in needs:
+        by_item.setdefault(need.index, []).append(need)
+    for index, group in by_item.items():
+        chunks = await asyncio.to_thread(read_chunks, sources[index], group)
+        now = asyncio.get_running_loop().time()
+        for need, data in zip(group, chunks, strict=True):
+            c.data_ready(need.index, need.offset, data, now)
+
+
+class ReceiverConsumer(Protocol):
+    """The one consumer of a receiving exchange's events (all on the event loop)."""
+
+    async def decide(self, event: OfferReceived) -> Verdict:
+        """The verdict on an offer (accept from offsets, decline, already delivered)."""
+
+    async def handle(self, event: ReceiverEvent) -> None:
+        """Record or act on every other event."""
+
+
+async def run_receiver(
+    link: Link,
+    ex: Exchange,
+    first: bytes,
+    *,
+    hello: m.Hello,
+    staging: Staging,
+    consumer: ReceiverConsumer,
+    stall: float,
+    resumed_wait: float,
+) -> None:
+    """One receiving exchange on ``link``, starting with the peer's hello ``first``; it ends
+    after ``stall`` seconds without progress (``stalled``), or ``resumed_wait`` after delivery."""
+    loop = asyncio.get_running_loop()
+    c = core.ReceiverCore(hello, now=loop.time())
+    ex.core = c
+    rx = _Receiving(c, ex, staging, consumer, loop.time)
+    watch = StallWatch(loop.time())
+    try:
+        c.start(loop.time())
+        c.receive_bytes(first, loop.time())
+        while True:
+            events = c.events()
+            await rx.handle(events)
+            await _flush(link, c)
+            if c.finished:
+                return
+            if events:
+                continue
+            if ex.resume_asked is not None and not ex.resume_asked.done():
+                await _tell_resumed(link, ex, c, loop.time())
+                continue
+            watch.observe((c.state, c.done), loop.time())
+            if c.state == core.State.DELIVERED:
+                if watch.quiet_for(loop.time()) >= resumed_wait:
+                    return  # the app's resumed, if it comes, goes by notice
+            elif watch.quiet_for(loop.time()) >= stall:
+                for index in list(rx.writers):
+                    await rx.checkpoint(index)  # what arrived is kept for the resume
+                raise TransferError(f"no progress for {stall:g} s", code="stalled")
+            if not await _step(ex, c, loop.time):
+                if c.state not in (core.State.DELIVERED, core.State.DECLINED):
+                    await consumer.handle(
+                        Failed(ex.handoff_id, "connection-lost", "connection lost")
+                    )
+                return
+    except TransportError as exc:
+        # The channel failed under us (a send after the peer left, a path switch): what was
+        # acknowledged is durable, the next offer resumes from there.
+        if c.state not in (core.State.DELIVERED, core.State.DECLINED):
+            await consumer.handle(
+                Failed(ex.handoff_id, "connection-lost", f"connection lost: {exc.code}")
+            )
+    except (ProtocolError, OSError, TransferError, StoreError) as exc:
+        # The peer is told why (it retries; its next offer meets the receiver's policy, e.g.
+        # no-disk-space), and the link is closed whatever recording the failure does.
+        if isinstance(exc, OSError):
+            logger.warning("receive failed on disk: %s", exc, extra={"peer": link.peer_id})
+            exc = ProtocolError(f"receiver storage error: {exc.strerror}", code="receiver-io-error")
+        elif isinstance(exc, StoreError):
+            logger.warning(
+                "receive failed on the state database: %s",
+                exc.message,
+                extra={"peer": link.peer_id},
+            )
+        logger.info("receive failed: %s", exc.code, extra={"peer": link.peer_id})
+        try:
+            with contextlib.suppress(HandoffError):
+                await link.send(m.Error(code=exc.code[:64], message=exc.message[:1024]))
+            await consumer.handle(Failed(ex.handoff_id, exc.code, exc.message))
+        finally:
+            await link.close()
+    finally:
+        ex.answer_resumed(sent=False)
+        rx.close()
+        link.end(ex)
+
+
+class _Receiving:
+    """The receiver adapter's state for one exchange: open partial files and their hashes."""
+
+    def __init__(
+        self,
+        c: core.ReceiverCore,
+        ex: Exchange,
+        staging: Staging,
+        consumer: ReceiverConsumer,
+        now: Callable[[], float],
+    ) -> None:
+        self.c = c
+        self.ex = ex
+        self.staging = staging
+        self.consumer = consumer
+        self.now = now
+        self.writers: dict[int, ItemWriter] = {}
+        self.unsynced: dict[int, int] = {}
+        self.manifest: m.Manifest | None = None
+        self.names: Mapping[int, str] = {}
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            with contextlib.suppress(OSError):
+                Staging.close_item(writer)
+
+    async def handle(self, events: Sequence[core.Event]) -> None:
+        """Act on the core's events: writes first (batched per item), then the rest in order."""
+        writes: dict[int, list[core.WriteData]] = {}
+        for event in events:
+            if isinstance(event, core.WriteData):
+                writes.setdefault(event.index, []).append(event)
+        for index, group in writes.items():
+            writer = self.writers[index]
+            await asyncio.to_thread(Staging.write, writer, group[0].offset, [w.data for w in group])
+            self.unsynced[index] = self.unsynced.get(index, 0) + sum(len(w.data) for w in group)
+            if self.unsynced[index] >= CHECKPOINT_EVERY:
+                await self.checkpoint(index)
+        for event in events:
+            if isinstance(event, core.PeerHello):
+                await self.consumer.handle(PeerHello(event.hello))
+            elif isinstance(event, core.OfferReceived):
+                await self.offer(event.offer, event.manifest)
+            elif isinstance(event, core.Progress):
+                await self.consumer.handle(Progress(self.ex.handoff_id, event.done, event.total))
+            elif isinstance(event, core.ItemComplete):
+                await self.complete(event.index)
+            elif isinstance(event, core.CheckpointNeeded) and event.index in self.writers:
+                await self.checkpoint(event.index)
+            elif isinstance(event, core.Commit) and self.manifest is not None:
+                for writer in self.writers.values():
+                    await asyncio.to_thread(Staging.close_item, writer)
+                await self.consumer.handle(Commit(self.manifest, self.names))
+                self.c.committed(self.now())
+            elif isinstance(event, core.Failed):
+                await self.consumer.handle(Failed(self.ex.handoff_id, event.code, event.message))
+            elif isinstance(event, core.Cancelled):
+                await self.consumer.handle(Failed(self.ex.handoff_id, "cancelled", event.reason))
+
+    async def offer(self, offer: m.Offer, manifest: m.Manifest) -> None:
+        self.manifest = manifest
+        self.ex.handoff_id = manifest.handoff_id
+        verdict = await self.consumer.decide(OfferReceived(offer, manifest))
+        if verdict.decline is not None:
+            self.c.decline(verdict.decline[0], verdict.decline[1], self.now())
+            return
+        if verdict.delivered or not verdict.resume:
+            self.c.already_delivered(self.now())
+            return
+        self.names = dict(verdict.names or {})
+        for index, offset in verdict.resume.items():
+            self.writers[index] = await asyncio.to_thread(
+                self.staging.open_item, manifest.handoff_id, index, offset
+            )
+        resume = {i: w.offset for i, w in self.writers.items()}
+        for index, offset in resume.items():
+            if offset != verdict.resume[index]:
+                await self.consumer.handle(Checkpoint(manifest.handoff_id, index, offset))
+        self.c.accept(resume, self.now())
+
+    async def checkpoint(self, index: int) -> None:
+        """fsync, record the checkpoint, and only then let the core acknowledge."""
+        writer = self.writers[index]
+        await asyncio.to_thread(Staging.sync, writer)
+        await self.consumer.handle(Checkpoint(self.ex.handoff_id, index, writer.offset))
+        self.unsynced[index] = 0
+        self.c.checkpoint_done(index, writer.offset, self.now())
+
+    async def complete(self, index: int) -> None:
+        """All bytes of ``index`` are here: make them durable, check the hash."""
+        await self.checkpoint(index)
+        manifest = self.manifest
+        entry = (
+            None
+            if manifest is None
+            else next((i for i in manifest.items if i.index == index), None)
+        )
+        writer = self.writers[index]
+        ok = entry is not None and writer.hasher.digest() == entry.sha256
+        if not ok:
+            logger.warning(
+                "item does not match its hash", extra={"handoff": self.ex.handoff_id, "item": index}
+            )
+            await asyncio.to_thread(Staging.close_item, writer)
+            await asyncio.to_thread(self.staging.discard_item, self.ex.handoff_id, index)
+            await self.consumer.handle(Checkpoint(self.ex.handoff_id, index, 0))
+        self.c.item_verified(index, ok, self.now())

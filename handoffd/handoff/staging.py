@@ -1,0 +1,192 @@
+"""Blocking file work of the receiver (call through ``asyncio.to_thread``).
+
+``partial/<handoff-id>/<index>`` files (dirs 0700), resume by re-hashing up to the
+checkpoint (anything past it is truncated), the atomic commit into ``inbox/<handoff-id>/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from handoffd import identity
+from handoffd.handoff.offer import HANDOFF_ID_LEN, READ_BLOCK, check_handoff_id, check_name
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _mkdir_private(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+@dataclass
+class ItemWriter:
+    """An open partial file of one item: where it continues, its running hash."""
+
+    fd: int
+    offset: int
+    hasher: hashlib._Hash
+
+
+class Staging:
+    """Partial files and the inbox of one daemon home. Every method blocks: use a thread."""
+
+    def __init__(self, partial: Path, inbox: Path) -> None:
+        self.partial = partial
+        self.inbox = inbox
+
+    def partial_dir(self, handoff_id: str) -> Path:
+        """``partial/<handoff-id>``."""
+        return self.partial / check_handoff_id(handoff_id)
+
+    def inbox_dir(self, handoff_id: str) -> Path:
+        """``inbox/<handoff-id>``."""
+        return self.inbox / check_handoff_id(handoff_id)
+
+    def open_item(self, handoff_id: str, index: int, checkpoint: int) -> ItemWriter:
+        """Open item ``index`` to continue at ``checkpoint``: truncate past it, re-hash up to it.
+
+        If the file holds fewer bytes than the checkpoint claims, start again at 0.
+        """
+        directory = self.partial_dir(handoff_id)
+        _mkdir_private(self.partial)
+        _mkdir_private(directory)
+        path = directory / str(int(index))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            offset = checkpoint if 0 <= checkpoint <= size else 0
+            os.ftruncate(fd, offset)
+            hasher = hashlib.sha256()
+            position = 0
+            while position < offset:
+                block = os.pread(fd, min(READ_BLOCK, offset - position), position)
+                if not block:
+                    raise OSError("partial file shrank while re-hashing")
+                hasher.update(block)
+                position += len(block)
+        except BaseException:
+            os.close(fd)
+            raise
+        return ItemWriter(fd=fd, offset=offset, hasher=hasher)
+
+    @staticmethod
+    def write(writer: ItemWriter, offset: int, chunks: Sequence[bytes]) -> None:
+        """Write consecutive chunks at ``offset`` and hash them."""
+        if offset != writer.offset:
+            raise OSError(f"write at {offset}, expected {writer.offset}")
+        for data in chunks:
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(writer.fd, view, writer.offset)
+                writer.offset += n
+                view = view[n:]
+            writer.hasher.update(data)
+
+    @staticmethod
+    def sync(writer: ItemWriter) -> None:
+        """Make what was written durable."""
+        os.fsync(writer.fd)
+
+    @staticmethod
+    def close_item(writer: ItemWriter) -> None:
+        """Close the file (idempotent)."""
+        if writer.fd >= 0:
+            os.close(writer.fd)
+            writer.fd = -1
+
+    def commit(
+        self, handoff_id: str, files: Sequence[tuple[int, str]], manifest_json: Mapping[str, Any]
+    ) -> Path:
+        """Move the verified partial files into ``inbox/<id>/`` under their names, atomically.
+
+        The files are renamed into ``inbox/.tmp-<id>/`` with ``manifest.json``,
+        everything is fsynced, then one ``os.replace`` makes the directory appear.
+        """
+        src = self.partial_dir(handoff_id)
+        final = self.inbox_dir(handoff_id)
+        tmp = self.inbox / f".tmp-{handoff_id}"
+        _mkdir_private(self.inbox)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(mode=0o700)
+        for index, name in files:
+            target = tmp / check_name(name)
+            source = src / str(int(index))
+            if not source.exists():  # an empty item never written
+                source.touch(mode=0o600)
+            os.replace(source, target)
+        identity.write_private_file(
+            tmp / "manifest.json",
+            json.dumps(manifest_json, ensure_ascii=False, indent=1).encode("utf-8"),
+        )
+        _fsync_dir(tmp)
+        os.replace(tmp, final)
+        _fsync_dir(self.inbox)
+        shutil.rmtree(src, ignore_errors=True)
+        return final
+
+    def committed_manifest(self, handoff_id: str) -> dict[str, Any] | None:
+        """``inbox/<id>/manifest.json`` if a commit finished (e.g. before a crash), else None."""
+        path = self.inbox_dir(handoff_id) / "manifest.json"
+        try:
+            data = json.loads(path.read_bytes()[: 4 * 1024 * 1024])
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def discard_partial(self, handoff_id: str) -> None:
+        """Delete ``partial/<id>``."""
+        shutil.rmtree(self.partial_dir(handoff_id), ignore_errors=True)
+
+    def discard_item(self, handoff_id: str, index: int) -> None:
+        """Delete one partial item (after a hash mismatch)."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.partial_dir(handoff_id) / str(int(index))).unlink()
+
+    def discard_inbox(self, handoff_id: str) -> None:
+        """Delete ``inbox/<id>``."""
+        shutil.rmtree(self.inbox_dir(handoff_id), ignore_errors=True)
+
+    def held_bytes(self, handoff_id: str) -> int:
+        """Bytes currently in ``partial/<id>``."""
+        try:
+            return sum(p.stat().st_size for p in self.partial_dir(handoff_id).iterdir())
+        except OSError:
+            return 0
+
+    def free_bytes(self) -> int:
+        """Free space where partial files go."""
+        _mkdir_private(self.partial)
+        return shutil.disk_usage(self.partial).free
+
+    def partial_ids(self) -> list[str]:
+        """Handoff ids with a partial directory."""
+        try:
+            names = [p.name for p in self.partial.iterdir()]
+        except FileNotFoundError:
+            return []
+        return [n for n in names if len(n) == HANDOFF_ID_LEN and set(n) <= set("0123456789abcdef")]
+
+    def clean_tmp(self) -> None:
+        """Remove ``inbox/.tmp-*`` left by a crash during a commit."""
+        try:
+            for p in self.inbox.iterdir():
+                if p.name.startswith(".tmp-"):
+                    shutil.rmtree(p, ignore_errors=True)
+        except FileNotFoundError:
+            pass
