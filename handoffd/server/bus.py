@@ -40,7 +40,8 @@ from redis.exceptions import RedisError
 from handoffd.errors import ServerError
 
 if TYPE_CHECKING:
-    from handoffd.server.hub import Hub, RemoteDevice, _Conn
+    from handoffd.server.hub import Hub
+    from handoffd.server.wsconn import Conn, RemoteDevice
 
 logger = logging.getLogger("handoffd.server.bus")
 
@@ -131,13 +132,13 @@ class RedisBus:
         self._online[account_id] = online
         return online
 
-    async def device_online(self, conn: _Conn) -> None:
+    async def device_online(self, conn: Conn) -> None:
         """Record that this instance holds ``conn``'s device; refresh the account's set."""
         await self._write_devices([conn])
         self._online[conn.account_id] = (await self.fetch(conn.account_id)) | {conn.device_id}
         self._pushed[conn.account_id] = self._online[conn.account_id]
 
-    async def announce(self, conn: _Conn, *, online: bool) -> None:
+    async def announce(self, conn: Conn, *, online: bool) -> None:
         """Tell every instance that the account's presence changed."""
         message = {
             "t": "presence",
@@ -148,7 +149,7 @@ class RedisBus:
         }
         await self._publish(CH_ALL, message)
 
-    async def device_offline(self, conn: _Conn) -> None:
+    async def device_offline(self, conn: Conn) -> None:
         """Forget the device if this instance still holds it; refresh the account's set."""
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
@@ -162,7 +163,7 @@ class RedisBus:
         self._online[conn.account_id] = online - {conn.device_id}
         self._pushed[conn.account_id] = self._online[conn.account_id]
 
-    async def _write_devices(self, conns: Iterable[_Conn]) -> None:
+    async def _write_devices(self, conns: Iterable[Conn]) -> None:
         expiry = time.time() + DEVICE_TTL
         try:
             async with asyncio.timeout(REDIS_TIMEOUT), self._redis.pipeline() as pipe:
