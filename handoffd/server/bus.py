@@ -40,8 +40,7 @@ from redis.exceptions import RedisError
 from handoffd.errors import ServerError
 
 if TYPE_CHECKING:
-    from handoffd.server.hub import Hub
-    from handoffd.server.wsconn import Conn, RemoteDevice
+    from handoffd.server.wsconn import Conn, LocalHub, RemoteDevice
 
 logger = logging.getLogger("handoffd.server.bus")
 
@@ -79,7 +78,7 @@ def _inst_channel(instance: str) -> str:
 class RedisBus:
     """One instance's side of the bus (see the module docstring); owned by the app."""
 
-    def __init__(self, url: str, hub: Hub) -> None:
+    def __init__(self, url: str, hub: LocalHub) -> None:
         self.instance = secrets.token_hex(8)
         self._hub = hub
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
@@ -379,10 +378,9 @@ class RedisBus:
             await self._hub.disconnect_revoked(ids, local_only=True)
 
 
-def setup_bus(app: web.Application, hub: Hub, url: str) -> RedisBus:
-    """Wire a bus into the hub; it runs while the app runs."""
+def setup_bus(app: web.Application, hub: LocalHub, url: str) -> RedisBus:
+    """A bus for the hub (the caller sets ``hub.bus``); it runs while the app runs."""
     bus = RedisBus(url, hub)
-    hub.bus = bus
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         bus.start()

@@ -1,8 +1,9 @@
 """What the hub (``/v1/ws``) shares with the parts it dispatches to (relay, bus): a connection, a protocol error, error frames.
 
 Kept apart from ``hub`` so that ``relay`` and ``bus`` need none of the hub's
-private names and the hub needs no import of ``relay`` (``RelayControl`` is
-the surface it calls).
+private names, the hub needs no import of ``relay`` (``RelayControl`` is the
+surface it calls) and ``bus`` none of ``hub`` (``LocalHub`` is the surface it
+calls).
 """
 
 from __future__ import annotations
@@ -68,3 +69,23 @@ class RelayControl(Protocol):
     def holds(self, session_id: str) -> bool: ...
 
     async def close_all(self) -> None: ...
+
+
+class LocalHub(Protocol):
+    """The hub as the bus calls it: this instance's connections (``handoffd.server.hub.Hub``)."""
+
+    def local_online(self, account_id: str) -> frozenset[str]: ...
+
+    def local_connections(self) -> list[Conn]: ...
+
+    def connection(self, device_id: str) -> Conn | None: ...
+
+    async def push_presence(self, account_id: str) -> None: ...
+
+    async def deliver(self, account_id: str, to: str, message: dict[str, Any]) -> None: ...
+
+    async def moved_elsewhere(self, device_id: str) -> None: ...
+
+    async def disconnect_revoked(
+        self, device_ids: Iterable[str], *, local_only: bool = False
+    ) -> None: ...
