@@ -150,7 +150,7 @@ def make_app(
     if config.bus is not None:  # bus: imported only then (redis is an optional dependency)
         from handoffd.server.bus import setup_bus
 
-        setup_bus(app, hub, config.bus)
+        hub.bus = setup_bus(app, hub, config.bus)
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         watcher = asyncio.create_task(hub.watch(config.revocation_poll), name="revocation-watch")

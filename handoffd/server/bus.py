@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 from handoffd.errors import ServerError
 
 if TYPE_CHECKING:
-    from handoffd.server.hub import Hub, RemoteDevice, _Conn
+    from handoffd.server.wsconn import Conn, LocalHub, RemoteDevice
 
 logger = logging.getLogger("handoffd.server.bus")
 
@@ -78,7 +78,7 @@ def _inst_channel(instance: str) -> str:
 class RedisBus:
     """One instance's side of the bus (see the module docstring); owned by the app."""
 
-    def __init__(self, url: str, hub: Hub) -> None:
+    def __init__(self, url: str, hub: LocalHub) -> None:
         self.instance = secrets.token_hex(8)
         self._hub = hub
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
@@ -131,13 +131,13 @@ class RedisBus:
         self._online[account_id] = online
         return online
 
-    async def device_online(self, conn: _Conn) -> None:
+    async def device_online(self, conn: Conn) -> None:
         """Record that this instance holds ``conn``'s device; refresh the account's set."""
         await self._write_devices([conn])
         self._online[conn.account_id] = (await self.fetch(conn.account_id)) | {conn.device_id}
         self._pushed[conn.account_id] = self._online[conn.account_id]
 
-    async def announce(self, conn: _Conn, *, online: bool) -> None:
+    async def announce(self, conn: Conn, *, online: bool) -> None:
         """Tell every instance that the account's presence changed."""
         message = {
             "t": "presence",
@@ -148,7 +148,7 @@ class RedisBus:
         }
         await self._publish(CH_ALL, message)
 
-    async def device_offline(self, conn: _Conn) -> None:
+    async def device_offline(self, conn: Conn) -> None:
         """Forget the device if this instance still holds it; refresh the account's set."""
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
@@ -162,7 +162,7 @@ class RedisBus:
         self._online[conn.account_id] = online - {conn.device_id}
         self._pushed[conn.account_id] = self._online[conn.account_id]
 
-    async def _write_devices(self, conns: Iterable[_Conn]) -> None:
+    async def _write_devices(self, conns: Iterable[Conn]) -> None:
         expiry = time.time() + DEVICE_TTL
         try:
             async with asyncio.timeout(REDIS_TIMEOUT), self._redis.pipeline() as pipe:
@@ -378,10 +378,9 @@ class RedisBus:
             await self._hub.disconnect_revoked(ids, local_only=True)
 
 
-def setup_bus(app: web.Application, hub: Hub, url: str) -> RedisBus:
-    """Wire a bus into the hub; it runs while the app runs."""
+def setup_bus(app: web.Application, hub: LocalHub, url: str) -> RedisBus:
+    """A bus for the hub (the caller sets ``hub.bus``); it runs while the app runs."""
     bus = RedisBus(url, hub)
-    hub.bus = bus
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         bus.start()

@@ -25,7 +25,6 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -33,11 +32,11 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from handoffd import identity
 from handoffd.errors import HandoffError, ServerError
 from handoffd.server.store import Device, Store
+from handoffd.server.wsconn import Conn, FrameError, RelayControl, RemoteDevice, error_frame
 from handoffd.wire import auth
 
 if TYPE_CHECKING:
     from handoffd.server.bus import RedisBus
-    from handoffd.server.relay import RelayHub
 
 logger = logging.getLogger("handoffd.server.hub")
 
@@ -52,42 +51,17 @@ CLOSE_REPLACED = 4000
 CLOSE_AUTH = 4001
 
 
-class _FrameError(Exception):
-    """The peer sent a frame that breaks the protocol (answered with a fatal error)."""
-
-    def __init__(self, message: str, code: str = "frame-malformed") -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-
-
-@dataclass(frozen=True)
-class RemoteDevice:
-    """A device of ``account_id`` whose socket another instance holds (bus)."""
-
-    device_id: str
-    account_id: str
-
-
-@dataclass(eq=False)
-class _Conn:
-    device_id: str
-    account_id: str
-    ws: web.WebSocketResponse
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
 class Hub:
     """Tracks online devices and forwards their messages (see the module docstring)."""
 
     def __init__(self, store: Store, clock: Callable[[], float]) -> None:
         self._store = store
         self._clock = clock
-        self._conns: dict[str, _Conn] = {}
+        self._conns: dict[str, Conn] = {}
         self._accounts: dict[str, set[str]] = {}
         self._handlers: set[asyncio.Task[Any]] = set()
         self._closing = False
-        self.relay: RelayHub | None = None  # relay: set by make_app (handoffd.server.relay)
+        self.relay: RelayControl | None = None  # relay: set by make_app (handoffd.server.relay)
         self.bus: RedisBus | None = None  # bus: several instances (handoffd.server.bus)
 
     def online(self, account_id: str) -> frozenset[str]:
@@ -106,7 +80,7 @@ class Hub:
         """The account's devices connected to this instance."""
         return frozenset(self._accounts.get(account_id, ()))
 
-    def local_connections(self) -> list[_Conn]:
+    def local_connections(self) -> list[Conn]:
         """Every connection this instance holds."""
         return list(self._conns.values())
 
@@ -125,7 +99,7 @@ class Hub:
         old = self._conns.get(device_id)
         if old is not None:
             await self._send(
-                old, self._error("replaced", "a newer connection took over", fatal=True)
+                old, error_frame("replaced", "a newer connection took over", fatal=True)
             )
             await self._close(old.ws, CLOSE_REPLACED, b"replaced")
 
@@ -135,17 +109,17 @@ class Hub:
         """True once the server is shutting down."""
         return self._closing
 
-    def connection(self, device_id: str) -> _Conn | None:
+    def connection(self, device_id: str) -> Conn | None:
         """The online connection of ``device_id``, if any."""
         return self._conns.get(device_id)
 
-    async def send(self, conn: _Conn | RemoteDevice, message: dict[str, Any]) -> bool:
+    async def send(self, conn: Conn | RemoteDevice, message: dict[str, Any]) -> bool:
         """Send one message to an online device (False if it could not take it)."""
         if isinstance(conn, RemoteDevice):
             return self.bus is not None and await self.bus.deliver(conn, message)
         return await self._send(conn, message)
 
-    async def reachable(self, account_id: str, device_id: str) -> _Conn | RemoteDevice | None:
+    async def reachable(self, account_id: str, device_id: str) -> Conn | RemoteDevice | None:
         """The device's connection here, or on another instance (bus), if online in the account."""
         conn = self._conns.get(device_id)
         if conn is not None:
@@ -170,7 +144,7 @@ class Hub:
 
     # ------------------------------------------------------------ sending
 
-    async def _send(self, conn: _Conn, message: dict[str, Any]) -> bool:
+    async def _send(self, conn: Conn, message: dict[str, Any]) -> bool:
         """Send one message; a peer too slow to take it within SEND_TIMEOUT is dropped."""
         if conn.ws.closed:
             return False
@@ -182,17 +156,6 @@ class Hub:
             await self._close(conn.ws, WSCloseCode.GOING_AWAY, b"send failed")
             return False
         return True
-
-    @staticmethod
-    def _error(
-        code: str, message: str, *, ref: object = None, fatal: bool = False
-    ) -> dict[str, Any]:
-        msg: dict[str, Any] = {"type": "error", "error": {"code": code, "message": message}}
-        if ref is not None:
-            msg["ref"] = ref
-        if fatal:
-            msg["fatal"] = True
-        return msg
 
     async def _send_ws(self, ws: web.WebSocketResponse, message: dict[str, Any]) -> None:
         if ws.closed:
@@ -207,7 +170,7 @@ class Hub:
             async with asyncio.timeout(5):
                 await ws.close(code=code, message=reason)
 
-    async def _presence(self, account_id: str, skip: _Conn | None = None) -> None:
+    async def _presence(self, account_id: str, skip: Conn | None = None) -> None:
         online = sorted(self.online(account_id))
         conns = [c for d in online if (c := self._conns.get(d)) is not None and c is not skip]
         await asyncio.gather(
@@ -241,7 +204,7 @@ class Hub:
             await self._close(ws, WSCloseCode.OK, b"")
         return ws
 
-    async def _authenticate(self, ws: web.WebSocketResponse, client: str) -> _Conn | None:
+    async def _authenticate(self, ws: web.WebSocketResponse, client: str) -> Conn | None:
         verified = await self.verify_device(ws, client)
         if verified is None:
             return None
@@ -250,7 +213,7 @@ class Hub:
         # From registering to taking the send lock for the welcome nothing awaits: presence
         # caused by other devices meanwhile queues behind the welcome (asyncio.Lock is FIFO),
         # so the welcome is always the first message after auth.
-        conn = _Conn(device.device_id, device.account_id, ws)
+        conn = Conn(device.device_id, device.account_id, ws)
         if self.bus is not None:  # bus: before registering (nothing may await after that)
             await self.bus.device_online(conn)
         old = self._conns.get(conn.device_id)
@@ -268,7 +231,7 @@ class Hub:
         )
         if old is not None:  # after its welcome: the old socket's leaving changes no presence
             await self._send(
-                old, self._error("replaced", "a newer connection took over", fatal=True)
+                old, error_frame("replaced", "a newer connection took over", fatal=True)
             )
             await self._close(old.ws, CLOSE_REPLACED, b"replaced")
         await self._presence(conn.account_id, skip=conn)  # its welcome said it already
@@ -294,7 +257,7 @@ class Hub:
             try:
                 device_id, signature = auth.parse_auth(data)
             except ValueError as exc:
-                raise _FrameError(str(exc)) from None
+                raise FrameError(str(exc)) from None
             device = await asyncio.to_thread(self._store.get_device, device_id)
             if device is None:
                 raise ServerError("unknown device", code="auth-invalid", status=401)
@@ -304,10 +267,10 @@ class Hub:
             if device.cert_not_after < self._clock() - identity.CLOCK_SKEW.total_seconds():
                 raise ServerError("certificate has expired", code="cert-expired", status=401)
         except TimeoutError:
-            await self._send_ws(ws, self._error("auth-timeout", "no auth in time", fatal=True))
+            await self._send_ws(ws, error_frame("auth-timeout", "no auth in time", fatal=True))
             await self._close(ws, CLOSE_AUTH, b"auth timeout")
             return None
-        except _FrameError as exc:
+        except FrameError as exc:
             await self._fatal(ws, exc.code, exc.message, WSCloseCode.POLICY_VIOLATION)
             return None
         except ServerError as exc:
@@ -318,45 +281,45 @@ class Hub:
         return device, data
 
     async def _fatal(self, ws: web.WebSocketResponse, code: str, message: str, close: int) -> None:
-        await self._send_ws(ws, self._error(code, message, fatal=True))
+        await self._send_ws(ws, error_frame(code, message, fatal=True))
         await self._close(ws, close, code.encode("ascii"))
 
     async def _receive(self, ws: web.WebSocketResponse) -> dict[str, Any] | None:
-        """The next message as a dict; None when the peer closed; _FrameError if malformed."""
+        """The next message as a dict; None when the peer closed; FrameError if malformed."""
         msg = await ws.receive()
         if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
             return None
         if msg.type == WSMsgType.ERROR:
-            raise _FrameError("frame is malformed or too large")
+            raise FrameError("frame is malformed or too large")
         if msg.type != WSMsgType.TEXT:
-            raise _FrameError("only JSON text frames are accepted")
+            raise FrameError("only JSON text frames are accepted")
         try:
             data = json.loads(msg.data)
         except (ValueError, RecursionError):
-            raise _FrameError("frame is not JSON") from None
+            raise FrameError("frame is not JSON") from None
         if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-            raise _FrameError("frame must be a JSON object with a type")
+            raise FrameError("frame must be a JSON object with a type")
         return data
 
-    async def _serve(self, conn: _Conn) -> None:
+    async def _serve(self, conn: Conn) -> None:
         while True:
             try:
                 data = await self._receive(conn.ws)
                 if data is None:
                     return
                 await self._dispatch(conn, data)
-            except _FrameError as exc:
+            except FrameError as exc:
                 logger.info("malformed frame device=%s code=%s", conn.device_id, exc.code)
                 await self._fatal(conn.ws, exc.code, exc.message, WSCloseCode.POLICY_VIOLATION)
                 return
 
-    async def _dispatch(self, conn: _Conn, data: dict[str, Any]) -> None:
+    async def _dispatch(self, conn: Conn, data: dict[str, Any]) -> None:
         kind = data["type"]
         ref = data.get("id")
         if ref is not None and not (
             (isinstance(ref, str) and len(ref) <= 64) or (type(ref) is int and abs(ref) < 2**53)
         ):
-            raise _FrameError("id must be a short string or an integer")
+            raise FrameError("id must be a short string or an integer")
         if kind == "ping":
             await self._send(conn, {"type": "pong", "id": ref})
         elif kind == "signal":
@@ -364,18 +327,18 @@ class Hub:
         elif kind in ("relay-open", "relay-close") and self.relay is not None:  # relay
             await self.relay.on_hub_message(conn, kind, data, ref)
         elif kind in RESERVED:
-            await self._send(conn, self._error("unsupported", f"{kind} is not available", ref=ref))
+            await self._send(conn, error_frame("unsupported", f"{kind} is not available", ref=ref))
         else:
-            raise _FrameError("unknown message type")
+            raise FrameError("unknown message type")
 
-    async def _signal(self, conn: _Conn, data: dict[str, Any], ref: object) -> None:
+    async def _signal(self, conn: Conn, data: dict[str, Any], ref: object) -> None:
         to, payload = data.get("to"), data.get("data")
         if not isinstance(to, str) or not isinstance(payload, str):
-            raise _FrameError("signal needs to and data")
+            raise FrameError("signal needs to and data")
         try:
             auth.b64d(payload, max_len=MAX_SIGNAL)
         except ValueError:
-            raise _FrameError("signal data must be base64 of at most 256 KiB") from None
+            raise FrameError("signal data must be base64 of at most 256 KiB") from None
         target = self._conns.get(to)
         if (
             target is None
@@ -387,7 +350,7 @@ class Hub:
         if target is None or target.account_id != conn.account_id or to == conn.device_id:
             await self._send(
                 conn,
-                self._error(
+                error_frame(
                     "target-unavailable", "that device is not online in this account", ref=ref
                 ),
             )
@@ -398,12 +361,12 @@ class Hub:
         if not delivered:
             await self._send(
                 conn,
-                self._error(
+                error_frame(
                     "target-unavailable", "that device is not online in this account", ref=ref
                 ),
             )
 
-    async def _unregister(self, conn: _Conn) -> None:
+    async def _unregister(self, conn: Conn) -> None:
         if self._conns.get(conn.device_id) is not conn:
             return  # replaced by a newer connection: presence unchanged
         del self._conns[conn.device_id]
@@ -440,7 +403,7 @@ class Hub:
                 continue
             logger.info("disconnecting revoked device device=%s", device_id)
             await self._send_ws(
-                conn.ws, self._error("device-revoked", "this device has been revoked", fatal=True)
+                conn.ws, error_frame("device-revoked", "this device has been revoked", fatal=True)
             )
             await self._close(conn.ws, CLOSE_REVOKED, b"device-revoked")
 

@@ -9,7 +9,7 @@ in front of the store (``ratelimit.InviteLimits``).
 from __future__ import annotations
 
 from handoffd.errors import ServerError
-from handoffd.server.storedb import Conn
+from handoffd.server.storebackend import Conn
 
 MAX_LIVE_PER_ACCOUNT = 50
 

@@ -17,7 +17,7 @@ from handoffd.server.hub import Hub
 from handoffd.server.ice import IceConfig
 from handoffd.server.pairing import INVITE_TTL
 from handoffd.server.ratelimit import RateLimiter
-from handoffd.server.relay import RelayConfig
+from handoffd.server.relayconfig import RelayConfig
 from handoffd.server.store import Store
 from handoffd.wire.auth import RequestVerifier
 

@@ -22,174 +22,54 @@ Tokens: one per side, 256 random bits, single use, valid ``token_ttl``
 seconds, bound to the session's account and device. Only SHA-256 of a token
 is kept. The relay never parses what it forwards: the devices run TLS 1.3
 inside (``handoffd.transport.relay``).
+
+Parts: ``relayconfig`` (limits), ``relaysession`` (the session record and
+the byte pump), this module (the session table, quotas, control and joins).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
-import json
 import logging
-import math
-import os
 import secrets
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, web
 
 from handoffd.errors import ServerError
 from handoffd.server import ratelimit
-from handoffd.server.hub import Hub, _Conn, _FrameError
+from handoffd.server.hub import Hub
 from handoffd.server.ratelimit import RateLimiter
 from handoffd.server.relaybus import pipe_elsewhere, verify_side
+from handoffd.server.relayconfig import ENV_PREFIX as ENV_PREFIX
+from handoffd.server.relayconfig import RelayConfig
+from handoffd.server.relaysession import (
+    CLOSE_TIMEOUT,
+    MESSAGES,
+    ROLE_INITIATOR,
+    ROLE_TARGET,
+    RelaySession,
+    close_ws,
+    pump,
+    send_end,
+    send_json,
+    token_hash,
+)
+from handoffd.server.wsconn import Conn, FrameError, error_frame
 from handoffd.wire import auth
 
 logger = logging.getLogger("handoffd.server.relay")
 
-ROLE_INITIATOR = "initiator"
-ROLE_TARGET = "target"
 TOKEN_BYTES = 32
 SESSION_BYTES = 16
 CLOSE_QUOTA = 4008
 CLOSE_REFUSED = 4009
-SEND_TIMEOUT = 2.0
-CLOSE_TIMEOUT = 5.0
-ENV_PREFIX = "HANDOFF_RELAY_"
 MAX_ENDED = 4096
 """Ended sessions remembered (for their token lifetime) to tell a late party why."""
-
-
-@dataclass(frozen=True)
-class RelayConfig:
-    """Relay limits; ``from_env`` reads ``HANDOFF_RELAY_<FIELD>`` overrides (see docs/relay.md)."""
-
-    token_ttl: float = 30.0
-    idle_timeout: float = 60.0
-    max_seconds: float = 6 * 3600.0
-    max_bytes: int = 16 * 1024**3
-    max_per_account: int = 8
-    opens_per_minute: float = 60.0
-    open_burst: int = 20
-    join_failures_per_minute: float = 30.0
-    max_frame: int = 128 * 1024
-    tap_dir: Path | None = None
-    """Tests only: append every forwarded frame to ``<tap_dir>/<session>-<role>.bin``."""
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> RelayConfig:
-        """Defaults overridden by ``HANDOFF_RELAY_TOKEN_TTL``, ``..._IDLE_TIMEOUT``, ... ``..._TAP_DIR``."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for name, kind in (
-            ("token_ttl", float),
-            ("idle_timeout", float),
-            ("max_seconds", float),
-            ("max_bytes", int),
-            ("max_per_account", int),
-            ("opens_per_minute", float),
-            ("open_burst", int),
-            ("join_failures_per_minute", float),
-            ("max_frame", int),
-        ):
-            text = env.get(ENV_PREFIX + name.upper())
-            if text:
-                try:
-                    value = kind(text)
-                except ValueError:
-                    raise ValueError(f"{ENV_PREFIX}{name.upper()} must be a number") from None
-                if value <= 0:
-                    raise ValueError(f"{ENV_PREFIX}{name.upper()} must be positive")
-                values[name] = value
-        tap = env.get(ENV_PREFIX + "TAP_DIR")
-        if tap:
-            values["tap_dir"] = Path(tap)
-        return cls(**values)
-
-    def with_limits(
-        self,
-        *,
-        idle_timeout: float | None = None,
-        max_bytes: int | None = None,
-        max_seconds: float | None = None,
-        max_per_account: int | None = None,
-    ) -> RelayConfig:
-        """This config with the given limits replaced (None keeps one); ValueError if not positive.
-
-        ``handoff-server serve --relay-*`` options: they win over ``HANDOFF_RELAY_*``.
-        """
-        given = {
-            "idle_timeout": idle_timeout,
-            "max_bytes": max_bytes,
-            "max_seconds": max_seconds,
-            "max_per_account": max_per_account,
-        }
-        values: dict[str, Any] = {}
-        for name, value in given.items():
-            if value is None:
-                continue
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"relay {name.replace('_', ' ')} must be a positive number")
-            values[name] = value
-        return replace(self, **values)
-
-
-def _hash(token: str) -> bytes:
-    # Ours are ASCII; any other text from a client must just not match (never raise).
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-
-
-@dataclass(eq=False)
-class _Session:
-    session_id: str
-    account_id: str
-    initiator: str
-    target: str
-    token_hashes: dict[str, bytes]
-    expires_at: float
-    sockets: dict[str, web.WebSocketResponse] = field(default_factory=dict)
-    used: set[str] = field(default_factory=set)
-    started_at: float | None = None
-    last_activity: float = 0.0
-    bytes: int = 0
-    ended: str | None = None
-    start: asyncio.Event = field(default_factory=asyncio.Event)
-    finished: asyncio.Event = field(default_factory=asyncio.Event)
-    watcher: asyncio.Task[None] | None = None
-
-    def role_of(self, device_id: str) -> str | None:
-        if device_id == self.initiator:
-            return ROLE_INITIATOR
-        if device_id == self.target:
-            return ROLE_TARGET
-        return None
-
-    def other(self, role: str) -> str:
-        return ROLE_TARGET if role == ROLE_INITIATOR else ROLE_INITIATOR
-
-    @property
-    def devices(self) -> tuple[str, str]:
-        return (self.initiator, self.target)
-
-
-_MESSAGES = {
-    "relay-idle-timeout": "the relay session was idle too long",
-    "relay-time-quota": "the relay session reached its time limit",
-    "relay-byte-quota": "the relay session reached its byte limit",
-    "relay-frame-too-large": "a relay frame was too large",
-    "relay-peer-closed": "the other side closed the relay session",
-    "relay-peer-absent": "the other side did not join in time",
-    "relay-closed": "the relay session was closed by a participant",
-    "relay-send-stalled": "the other side stopped reading",
-    "device-revoked": "a participant was revoked",
-    "shutting-down": "the server is shutting down",
-    "frame-malformed": "only binary frames are relayed",
-}
 
 
 class RelayHub:
@@ -198,7 +78,7 @@ class RelayHub:
     def __init__(self, hub: Hub, config: RelayConfig) -> None:
         self._hub = hub
         self._config = config
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: dict[str, RelaySession] = {}
         self._per_account: dict[str, set[str]] = {}
         self._opens = RateLimiter(per_minute=config.opens_per_minute, burst=config.open_burst)
         self._join_failures = RateLimiter(
@@ -217,6 +97,10 @@ class RelayHub:
         """Every device taking part in a relay session now."""
         return {d for s in self._sessions.values() for d in s.devices}
 
+    def holds(self, session_id: str) -> bool:
+        """True while this instance holds the session (not ended)."""
+        return session_id in self._sessions
+
     def stats(self, account_id: str) -> dict[str, int]:
         """The account's relay sessions: pending (not both joined), active, opened since start."""
         sessions = [self._sessions[s] for s in self._per_account.get(account_id, ())]
@@ -230,7 +114,7 @@ class RelayHub:
     # ------------------------------------------------------------ control on /v1/ws
 
     async def on_hub_message(
-        self, conn: _Conn, kind: str, data: dict[str, Any], ref: object
+        self, conn: Conn, kind: str, data: dict[str, Any], ref: object
     ) -> None:
         """Handle ``relay-open`` / ``relay-close`` from a device's main WebSocket."""
         if kind == "relay-open":
@@ -238,27 +122,27 @@ class RelayHub:
         else:
             session_id = data.get("session")
             if not isinstance(session_id, str) or len(session_id) > 64:
-                raise _FrameError("relay-close needs a session")
+                raise FrameError("relay-close needs a session")
             session = self._sessions.get(session_id)
             if session is not None and conn.device_id in session.devices:
                 await self._end(session, "relay-closed")
 
-    async def _open(self, conn: _Conn, data: dict[str, Any], ref: object) -> None:
+    async def _open(self, conn: Conn, data: dict[str, Any], ref: object) -> None:
         hub, config = self._hub, self._config
         to = data.get("to")
         if not isinstance(to, str) or len(to) > 64:
-            raise _FrameError("relay-open needs to")
+            raise FrameError("relay-open needs to")
         loop = asyncio.get_running_loop()
         if not self._opens.allow(conn.device_id, loop.time()):
             await hub.send(
-                conn, hub._error("rate-limited", "too many relay requests; wait", ref=ref)
+                conn, error_frame("rate-limited", "too many relay requests; wait", ref=ref)
             )
             return
         target = None if to == conn.device_id else await hub.reachable(conn.account_id, to)
         if target is None:  # offline, unknown, foreign or own: one answer
             await hub.send(
                 conn,
-                hub._error(
+                error_frame(
                     "target-unavailable", "that device is not online in this account", ref=ref
                 ),
             )
@@ -267,7 +151,7 @@ class RelayHub:
         if len(live) >= config.max_per_account:
             await hub.send(
                 conn,
-                hub._error(
+                error_frame(
                     "relay-too-many",
                     f"the account has {config.max_per_account} relay sessions already",
                     ref=ref,
@@ -278,12 +162,12 @@ class RelayHub:
             ROLE_INITIATOR: auth.b64e(secrets.token_bytes(TOKEN_BYTES)),
             ROLE_TARGET: auth.b64e(secrets.token_bytes(TOKEN_BYTES)),
         }
-        session = _Session(
+        session = RelaySession(
             session_id=auth.b64e(secrets.token_bytes(SESSION_BYTES)),
             account_id=conn.account_id,
             initiator=conn.device_id,
             target=to,
-            token_hashes={role: _hash(t) for role, t in tokens.items()},
+            token_hashes={role: token_hash(t) for role, t in tokens.items()},
             expires_at=loop.time() + config.token_ttl,
         )
         self._sessions[session.session_id] = session
@@ -312,7 +196,7 @@ class RelayHub:
             await self._end(session, "relay-peer-absent")
             await hub.send(
                 conn,
-                hub._error(
+                error_frame(
                     "target-unavailable", "that device is not online in this account", ref=ref
                 ),
             )
@@ -366,18 +250,20 @@ class RelayHub:
                     device.device_id,
                     client,
                 )
-                await self._send_end(ws, exc.code, exc.message)
-                await self._close(ws, CLOSE_REFUSED, exc.code)
+                await send_end(ws, exc.code, exc.message)
+                await close_ws(ws, CLOSE_REFUSED, exc.code)
                 return ws
             self._join_failures.refund(key, loop.time())
             await self._serve(session, role, ws)
         finally:
             if task is not None:
                 self._tasks.discard(task)
-            await self._close(ws, WSCloseCode.OK, "")
+            await close_ws(ws, WSCloseCode.OK, "")
         return ws
 
-    def _join(self, device_id: str, account_id: str, data: dict[str, Any]) -> tuple[_Session, str]:
+    def _join(
+        self, device_id: str, account_id: str, data: dict[str, Any]
+    ) -> tuple[RelaySession, str]:
         session_id, token = data.get("session"), data.get("token")
         if not isinstance(session_id, str) or not isinstance(token, str) or len(token) > 128:
             raise ServerError("relay auth needs session and token", code="bad-request")
@@ -390,7 +276,7 @@ class RelayHub:
         role = session.role_of(device_id)
         if account_id != session.account_id or role is None:
             raise ServerError("not a party to this relay session", code="relay-forbidden")
-        if not hmac.compare_digest(session.token_hashes[role], _hash(token)):
+        if not hmac.compare_digest(session.token_hashes[role], token_hash(token)):
             raise ServerError("wrong relay token", code="relay-token-invalid")
         if role in session.used:
             raise ServerError("this relay token was used already", code="relay-token-used")
@@ -407,12 +293,12 @@ class RelayHub:
         account, devices, reason, until = ended
         now = asyncio.get_running_loop().time()
         if account == account_id and device_id in devices and now <= until:
-            raise ServerError(_MESSAGES.get(reason, reason), code=reason)
+            raise ServerError(MESSAGES.get(reason, reason), code=reason)
 
-    async def _serve(self, session: _Session, role: str, ws: web.WebSocketResponse) -> None:
+    async def _serve(self, session: RelaySession, role: str, ws: web.WebSocketResponse) -> None:
         peer = session.target if role == ROLE_INITIATOR else session.initiator
         session.sockets[role] = ws
-        await self._send_json(
+        await send_json(
             ws,
             {"type": "relay-joined", "session": session.session_id, "role": role, "peer": peer},
         )
@@ -420,7 +306,7 @@ class RelayHub:
             loop = asyncio.get_running_loop()
             session.started_at = session.last_activity = loop.time()
             for side in session.sockets.values():
-                await self._send_json(side, {"type": "relay-start"})
+                await send_json(side, {"type": "relay-start"})
             session.start.set()
             logger.info(
                 "relay session started account=%s session=%s",
@@ -428,50 +314,11 @@ class RelayHub:
                 session.session_id,
             )
         # Read from this side even before the start: a close or a stray frame ends it.
-        reason = await self._pump(session, role)
+        reason = await pump(session, role, self._config)
         await self._end(session, reason)
         await session.finished.wait()
 
-    async def _pump(self, session: _Session, role: str) -> str:
-        """Forward this side's frames to the other side; the reason it stopped."""
-        src = session.sockets[role]
-        config = self._config
-        loop = asyncio.get_running_loop()
-        while True:
-            msg = await src.receive()
-            if session.ended is not None:
-                return session.ended
-            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
-                return "relay-peer-closed"
-            if msg.type == WSMsgType.ERROR:
-                return "relay-frame-too-large"
-            if msg.type != WSMsgType.BINARY or not session.start.is_set():
-                return "frame-malformed"
-            data: bytes = msg.data
-            session.bytes += len(data)
-            if session.bytes > config.max_bytes:
-                return "relay-byte-quota"
-            session.last_activity = loop.time()
-            if config.tap_dir is not None:
-                self._tap(session, role, data)
-            dst = session.sockets[session.other(role)]
-            try:
-                async with asyncio.timeout(config.idle_timeout):
-                    await dst.send_bytes(data)
-            except TimeoutError:
-                return "relay-send-stalled"
-            except (ConnectionError, RuntimeError):
-                return "relay-peer-closed"
-
-    def _tap(self, session: _Session, role: str, data: bytes) -> None:
-        tap = self._config.tap_dir
-        if tap is None:
-            return
-        # Tests only: a blocking append is acceptable there.
-        with (tap / f"{session.session_id}-{role}.bin").open("ab") as f:
-            f.write(data)
-
-    async def _watch(self, session: _Session) -> None:
+    async def _watch(self, session: RelaySession) -> None:
         """End the session on token expiry (not both joined), idleness or its time quota."""
         config = self._config
         loop = asyncio.get_running_loop()
@@ -498,7 +345,7 @@ class RelayHub:
             wake = min(idle_at, quota_at)
             await asyncio.sleep(max(0.01, wake - now))
 
-    async def _end(self, session: _Session, reason: str) -> None:
+    async def _end(self, session: RelaySession, reason: str) -> None:
         """End ``session`` once: tell and close both sides, forget it."""
         if session.ended is not None:
             return
@@ -531,12 +378,12 @@ class RelayHub:
         if reason == "shutting-down":
             code = WSCloseCode.GOING_AWAY
         try:
-            message = _MESSAGES.get(reason, reason)
+            message = MESSAGES.get(reason, reason)
             await asyncio.gather(
-                *(self._send_end(ws, reason, message) for ws in list(session.sockets.values()))
+                *(send_end(ws, reason, message) for ws in list(session.sockets.values()))
             )
             await asyncio.gather(
-                *(self._close(ws, code, reason) for ws in list(session.sockets.values()))
+                *(close_ws(ws, code, reason) for ws in list(session.sockets.values()))
             )
         finally:
             session.finished.set()
@@ -567,33 +414,6 @@ class RelayHub:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-    @staticmethod
-    async def _send_json(ws: web.WebSocketResponse, message: dict[str, Any]) -> None:
-        if ws.closed:
-            return
-        with contextlib.suppress(ConnectionError, TimeoutError, RuntimeError):
-            async with asyncio.timeout(SEND_TIMEOUT):
-                await ws.send_str(json.dumps(message, separators=(",", ":")))
-
-    async def _send_end(self, ws: web.WebSocketResponse, code: str, message: str) -> None:
-        await self._send_json(
-            ws, {"type": "error", "error": {"code": code, "message": message}, "fatal": True}
-        )
-
-    @staticmethod
-    async def _close(ws: web.WebSocketResponse, code: int, reason: str) -> None:
-        if ws.closed:
-            return
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await ws.close(code=code, message=reason.encode("ascii")[:120])
-        except (ConnectionError, TimeoutError, RuntimeError):
-            # A peer that does not read cannot take our close frame: drop it.
-            req = getattr(ws, "_req", None)
-            transport = getattr(req, "transport", None) if req is not None else None
-            if transport is not None:
-                transport.abort()
 
 
 RELAY: web.AppKey[RelayHub] = web.AppKey("handoff_relay", RelayHub)

@@ -64,7 +64,7 @@ async def pipe_elsewhere(
     session, token = data.get("session"), data.get("token")
     if bus is None or relay is None or not isinstance(session, str) or len(session) > 64:
         return False
-    if session in relay._sessions or not isinstance(token, str) or len(token) > 128:
+    if relay.holds(session) or not isinstance(token, str) or len(token) > 128:
         return False
     url = await bus.relay_holder_url(session)
     if url is None:

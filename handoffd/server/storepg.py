@@ -1,6 +1,6 @@
 """The store on PostgreSQL (psycopg 3 with a connection pool), for several server instances.
 
-Same schema as SQLite (``store.MIGRATIONS``, translated by ``pg_ddl``), version
+Same schema as SQLite (``storeschema.MIGRATIONS``, translated by ``pg_ddl``), version
 in the table ``handoff_schema``. Migrations run under a session advisory lock,
 so instances starting at once migrate one after the other. Every write
 transaction first takes one transaction-level advisory lock: writers are
@@ -25,7 +25,7 @@ import psycopg
 import psycopg_pool
 
 from handoffd.errors import StoreError
-from handoffd.server.storedb import Cursor, IntegrityError, check_version
+from handoffd.server.storebackend import Cursor, IntegrityError, check_version
 
 # Advisory lock keys (any constant 64-bit numbers, only unique within the database).
 MIGRATE_LOCK = 0x68616E646F6666  # "handoff"
@@ -48,7 +48,7 @@ _DDL_WORDS = (
 
 
 def pg_ddl(statement: str) -> str:
-    """One SQLite DDL statement of ``store.MIGRATIONS`` in PostgreSQL's words."""
+    """One SQLite DDL statement of ``storeschema.MIGRATIONS`` in PostgreSQL's words."""
     for pattern, replacement in _DDL_WORDS:
         statement = pattern.sub(replacement, statement)
     return statement
