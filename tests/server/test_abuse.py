@@ -135,7 +135,10 @@ async def test_concurrent_wrong_codes_are_evaluated_at_most_burst_times(
     """120 wrong short codes at once from one address: at most the burst (10) reach the store."""
     data = tmp_path / "data"
     create_account(data, "alice")
-    server = _server(tmp_path, "--join-failures-per-minute", "10")
+    # No connection cap: this is about the limiter, not the listener (tests/server/test_listener.py).
+    server = _server(
+        tmp_path, "--join-failures-per-minute", "10", "--max-connections-per-address", "0"
+    )
     started.append(server)
 
     async def guess(http: aiohttp.ClientSession) -> int:
