@@ -27,9 +27,7 @@ def test_every_module_is_pure_or_above_the_pure_ones() -> None:
     names = [*contract["source_modules"], *contract["forbidden_modules"]]
     graph = grimp.build_graph("handoffd")
     packages = {"handoffd", "handoffd.transport"}  # split into their modules in the contract
-    unnamed = sorted(
-        m for m in graph.modules if m not in packages and not _covered(m, names)
-    )
+    unnamed = sorted(m for m in graph.modules if m not in packages and not _covered(m, names))
     assert unnamed == [], f"classify these in pyproject.toml's pure-below contract: {unnamed}"
 
 
