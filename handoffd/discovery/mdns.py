@@ -393,7 +393,7 @@ class Discovery:
             announce = await azc.async_register_service(info, cooperating_responders=True)
         self._info = self._registered = info
         self._day = day
-        self._spawn(self._announced(announce))
+        self._spawn(self._announced(self._own(announce)))
         # QM, not zeroconf's default QU first query: a unicast answer to port 5353 reaches
         # only one of the sockets bound there (another daemon, avahi), costing ~1 s.
         self._browser = AsyncServiceBrowser(
@@ -437,6 +437,13 @@ class Discovery:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+
+    def _own(self, announce: Awaitable[Any]) -> Awaitable[Any]:
+        """Zeroconf's announcement task, cancelled by ``close`` even if its awaiter never ran."""
+        task = asyncio.ensure_future(announce)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -505,7 +512,7 @@ class Discovery:
         info = self._service_info(self._day)
         announce = await azc.async_update_service(info)
         self._info = self._registered = info
-        self._spawn(_quietly(announce))
+        self._spawn(_quietly(self._own(announce)))
 
     async def _rotate(self, day: int) -> None:
         """Register the new day's name, then say goodbye for the old one (no gap for peers)."""

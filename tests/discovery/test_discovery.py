@@ -10,10 +10,12 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from zeroconf import IPVersion
+from zeroconf._dns import DNSPointer
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from handoffd.discovery import txt
@@ -37,6 +39,17 @@ async def _wait(cond: Callable[[], bool], limit: float = 15.0) -> None:
     async with asyncio.timeout(limit):
         while not cond():  # noqa: ASYNC110 - polling state another task updates
             await asyncio.sleep(0.05)
+
+
+def _cached(d: Discovery, name: str) -> bool:
+    """True once ``d``'s browser has taken in ``name``'s advertisement (and run its callbacks:
+    zeroconf fires them in the same step that updates the cache), false once its goodbye has."""
+    azc = d._zc
+    assert azc is not None
+    return any(
+        isinstance(r, DNSPointer) and r.alias.lower() == name.lower()
+        for r in azc.zeroconf.cache.async_all_by_details(txt.SERVICE_TYPE, 12, 1)  # PTR, IN
+    )
 
 
 def _make(
@@ -152,6 +165,14 @@ async def test_strangers_spoofs_and_malformed_records_are_dropped(
     pair: tuple[Discovery, Discovery, list[DiscoveryEvent]], no_errors: pytest.LogCaptureFixture
 ) -> None:
     a, _b, events = pair
+    examined: set[str] = set()
+    sighted = a._sighted
+
+    def spy(name: str, *args: Any) -> None:
+        examined.add(name.lower())
+        sighted(name, *args)
+
+    a._sighted = spy  # type: ignore[method-assign,assignment]
     day = txt.day_of(time.time())
     account = txt.account_marker(KEY, day).encode()
     stranger = _make(C, 3333, key=STRANGER_KEY, known=lambda: frozenset({C}))
@@ -170,9 +191,13 @@ async def test_strangers_spoofs_and_malformed_records_are_dropped(
         b_marker = txt.device_marker(KEY, B, day).encode()
         await _register(raw, d_tomorrow, {b"v": b"1", b"d": b_marker, b"a": account}, 6666)
         # A name that is no marker of ours at all, with B's TXT copied.
-        await _register(raw, "n" * 10 + "." + txt.SERVICE_TYPE, {b"v": b"1", b"d": b_marker}, 6667)
+        not_a_marker = "n" * 10 + "." + txt.SERVICE_TYPE
+        await _register(raw, not_a_marker, {b"v": b"1", b"d": b_marker}, 6667)
         await _wait(lambda: a.lookup(B) is not None)
-        await asyncio.sleep(1.5)  # time for every advertisement to be resolved (or not)
+        # Every advertisement has been resolved and judged (D's names), or seen and passed over.
+        await _wait(lambda: {d_yesterday.lower(), d_today.lower(), d_tomorrow.lower()} <= examined)
+        await _wait(lambda: _cached(a, not_a_marker) and _cached(a, stranger.instance))
+        await _wait(lambda: _cached(stranger, a.instance))
         seen = a.lookup(B)
         assert seen is not None
         assert seen.port == 2222
@@ -214,7 +239,7 @@ async def test_day_rotation_keeps_peers_without_a_gap(no_errors: pytest.LogCaptu
         await b.refresh()
         assert b.instance != old
         await _wait(lambda: (seen := a.lookup(B)) is not None and seen.instance == b.instance)
-        await asyncio.sleep(1.0)  # the old name's goodbye has been processed
+        await _wait(lambda: not _cached(a, old))  # the old name's goodbye has been processed
         assert a.lookup(B) is not None
         assert _kinds(events, B) == ["nearby"]
     finally:
@@ -232,8 +257,9 @@ async def test_known_devices_are_read_live() -> None:
     await b.start()
     try:
         await _wait(lambda: b.lookup(A) is not None)  # A's advertisement is out and resolved
-        await asyncio.sleep(0.5)
+        await _wait(lambda: _cached(a, b.instance))  # A has seen B's and passed it over
         assert a.lookup(B) is None  # B is not (yet) one of ours
+        assert b.instance not in a._resolving
         known.add(B)  # paired meanwhile: the cached advertisement is resolved now
         await _wait(lambda: a.lookup(B) is not None)
     finally:
@@ -253,8 +279,9 @@ async def test_known_devices_change_seen_first_by_another_reader_still_resolves_
     await b.start()
     try:
         await _wait(lambda: b.lookup(A) is not None)  # A's advertisement is out and resolved
-        await asyncio.sleep(0.5)
+        await _wait(lambda: _cached(a, b.instance))  # A has seen B's and passed it over
         assert a.lookup(B) is None  # B is not (yet) one of ours
+        assert b.instance not in a._resolving
         known.add(B)
         a._refresh_book()  # what a browser callback for another advertisement does first
         await _wait(lambda: a.lookup(B) is not None)
@@ -323,6 +350,15 @@ async def test_liveness_keeps_the_living_and_drops_the_killed(
 ) -> None:
     events: list[DiscoveryEvent] = []
     a = _make(A, 1111, events, liveness=FAST)
+    answered: list[bool] = []
+    checked = a._live.checked
+
+    def spy(key: str, now: float, *, ok: bool) -> Any:
+        if key == B:
+            answered.append(ok)
+        return checked(key, now, ok=ok)
+
+    a._live.checked = spy  # type: ignore[method-assign]
     await a.start()
 
     async def peer() -> asyncio.subprocess.Process:
@@ -337,8 +373,9 @@ async def test_liveness_keeps_the_living_and_drops_the_killed(
     try:
         proc = await peer()
         await _wait(lambda: a.lookup(B) is not None)
-        # Alive: many stale periods pass, every check is answered over mDNS.
-        await asyncio.sleep(8 * FAST.stale_after)
+        # Alive: it goes stale again and again, and checks are answered over mDNS (a slow
+        # machine misses some; never enough in a row to call it gone).
+        await _wait(lambda: answered.count(True) >= 3, limit=60)
         assert _kinds(events, B) == ["nearby"]
         proc.send_signal(signal.SIGKILL)  # no goodbye: caches would keep it for minutes
         await proc.wait()
