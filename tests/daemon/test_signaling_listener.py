@@ -7,14 +7,14 @@ import os
 import shutil
 import socket
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.daemon.helpers import DaemonProcess
 from tests.server.helpers import ServerProcess, cli_invite, create_account
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -52,15 +52,6 @@ def connects(port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def until(check: Callable[[], bool], what: str, within: float = 60.0) -> None:
-    """Poll ``check`` until it is true."""
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture

@@ -18,8 +18,9 @@ import pytest
 
 from handoffd.control.client import HandoffClient, NewItem
 from tests.daemon.helpers import DaemonProcess
-from tests.handoff.helpers import wait_for, wait_nearby, wait_state
+from tests.handoff.helpers import wait_nearby, wait_state
 from tests.server.helpers import ServerProcess, cli_invite, create_account
+from tests.support.waiting import wait_for
 
 Factory = Callable[..., DaemonProcess]
 SO_TIMESTAMP = 29  # <asm-generic/socket.h>: a struct timeval per datagram, stamped on arrival

@@ -21,6 +21,7 @@ from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 from handoffd.discovery import txt
 from handoffd.discovery.liveness import LivenessPolicy
 from handoffd.discovery.mdns import Discovery, DiscoveryEvent, PeerSighting, parse_unicast_peer
+from tests.support.waiting import wait_for
 
 KEY = secrets.token_bytes(32)
 """This run's marker key. Every run uses the same device ids and ports on the machine's one
@@ -33,12 +34,6 @@ ROOT = str(Path(__file__).parent.parent.parent)
 FAST = LivenessPolicy(
     stale_after=0.5, check_timeout=1.0, retry_after=0.3, misses_for_gone=3, lost_recheck=0.5
 )
-
-
-async def _wait(cond: Callable[[], bool], limit: float = 15.0) -> None:
-    async with asyncio.timeout(limit):
-        while not cond():  # noqa: ASYNC110 - polling state another task updates
-            await asyncio.sleep(0.05)
 
 
 def _cached(d: Discovery, name: str) -> bool:
@@ -107,7 +102,7 @@ async def test_peers_find_each_other_and_goodbye_removes(
     pair: tuple[Discovery, Discovery, list[DiscoveryEvent]], no_errors: pytest.LogCaptureFixture
 ) -> None:
     a, b, events = pair
-    await _wait(lambda: a.lookup(B) is not None and b.lookup(A) is not None)
+    await wait_for(lambda: a.lookup(B) is not None and b.lookup(A) is not None)
     seen = a.lookup(B)
     assert seen is not None
     assert (seen.port, seen.addresses, seen.via) == (2222, ("127.0.0.1",), "mdns")
@@ -117,7 +112,7 @@ async def test_peers_find_each_other_and_goodbye_removes(
     assert [p.device_id for p in a.peers()] == [B]
     await b.close()
     await b.close()  # idempotent
-    await _wait(lambda: a.lookup(B) is None)  # the goodbye, not a liveness timeout
+    await wait_for(lambda: a.lookup(B) is None)  # the goodbye, not a liveness timeout
     assert _kinds(events, B) == ["nearby", "gone"]
     _assert_no_errors(no_errors)
 
@@ -193,11 +188,13 @@ async def test_strangers_spoofs_and_malformed_records_are_dropped(
         # A name that is no marker of ours at all, with B's TXT copied.
         not_a_marker = "n" * 10 + "." + txt.SERVICE_TYPE
         await _register(raw, not_a_marker, {b"v": b"1", b"d": b_marker}, 6667)
-        await _wait(lambda: a.lookup(B) is not None)
+        await wait_for(lambda: a.lookup(B) is not None)
         # Every advertisement has been resolved and judged (D's names), or seen and passed over.
-        await _wait(lambda: {d_yesterday.lower(), d_today.lower(), d_tomorrow.lower()} <= examined)
-        await _wait(lambda: _cached(a, not_a_marker) and _cached(a, stranger.instance))
-        await _wait(lambda: _cached(stranger, a.instance))
+        await wait_for(
+            lambda: {d_yesterday.lower(), d_today.lower(), d_tomorrow.lower()} <= examined
+        )
+        await wait_for(lambda: _cached(a, not_a_marker) and _cached(a, stranger.instance))
+        await wait_for(lambda: _cached(stranger, a.instance))
         seen = a.lookup(B)
         assert seen is not None
         assert seen.port == 2222
@@ -216,9 +213,9 @@ async def test_update_port_is_seen_by_peers(
     pair: tuple[Discovery, Discovery, list[DiscoveryEvent]],
 ) -> None:
     a, b, events = pair
-    await _wait(lambda: a.lookup(B) is not None)
+    await wait_for(lambda: a.lookup(B) is not None)
     await b.update_port(2223)
-    await _wait(lambda: (seen := a.lookup(B)) is not None and seen.port == 2223)
+    await wait_for(lambda: (seen := a.lookup(B)) is not None and seen.port == 2223)
     assert [e.peer.port for e in events if e.peer.device_id == B] == [2222, 2223]
     with pytest.raises(ValueError, match="port"):
         await b.update_port(0)
@@ -233,13 +230,13 @@ async def test_day_rotation_keeps_peers_without_a_gap(no_errors: pytest.LogCaptu
     await a.start()
     await b.start()
     try:
-        await _wait(lambda: a.lookup(B) is not None)
+        await wait_for(lambda: a.lookup(B) is not None)
         old = b.instance
         offset[0] = 86400.0
         await b.refresh()
         assert b.instance != old
-        await _wait(lambda: (seen := a.lookup(B)) is not None and seen.instance == b.instance)
-        await _wait(lambda: not _cached(a, old))  # the old name's goodbye has been processed
+        await wait_for(lambda: (seen := a.lookup(B)) is not None and seen.instance == b.instance)
+        await wait_for(lambda: not _cached(a, old))  # the old name's goodbye has been processed
         assert a.lookup(B) is not None
         assert _kinds(events, B) == ["nearby"]
     finally:
@@ -256,12 +253,12 @@ async def test_known_devices_are_read_live() -> None:
     await a.start()
     await b.start()
     try:
-        await _wait(lambda: b.lookup(A) is not None)  # A's advertisement is out and resolved
-        await _wait(lambda: _cached(a, b.instance))  # A has seen B's and passed it over
+        await wait_for(lambda: b.lookup(A) is not None)  # A's advertisement is out and resolved
+        await wait_for(lambda: _cached(a, b.instance))  # A has seen B's and passed it over
         assert a.lookup(B) is None  # B is not (yet) one of ours
         assert b.instance not in a._resolving
         known.add(B)  # paired meanwhile: the cached advertisement is resolved now
-        await _wait(lambda: a.lookup(B) is not None)
+        await wait_for(lambda: a.lookup(B) is not None)
     finally:
         await a.close()
         await b.close()
@@ -278,13 +275,13 @@ async def test_known_devices_change_seen_first_by_another_reader_still_resolves_
     await a.start()
     await b.start()
     try:
-        await _wait(lambda: b.lookup(A) is not None)  # A's advertisement is out and resolved
-        await _wait(lambda: _cached(a, b.instance))  # A has seen B's and passed it over
+        await wait_for(lambda: b.lookup(A) is not None)  # A's advertisement is out and resolved
+        await wait_for(lambda: _cached(a, b.instance))  # A has seen B's and passed it over
         assert a.lookup(B) is None  # B is not (yet) one of ours
         assert b.instance not in a._resolving
         known.add(B)
         a._refresh_book()  # what a browser callback for another advertisement does first
-        await _wait(lambda: a.lookup(B) is not None)
+        await wait_for(lambda: a.lookup(B) is not None)
     finally:
         await a.close()
         await b.close()
@@ -305,11 +302,11 @@ async def test_unicast_peer_found_by_the_callers_probe() -> None:
     )  # fmt: skip
     await a.start()
     try:
-        await _wait(lambda: a.lookup(B) is not None)
+        await wait_for(lambda: a.lookup(B) is not None)
         assert a.lookup(B) == PeerSighting(
             B, ("127.0.0.1",), 4999, a.peers()[0].last_seen, via="unicast"
         )
-        await _wait(lambda: ("127.0.0.1", 4998) in asked)
+        await wait_for(lambda: ("127.0.0.1", 4998) in asked)
         assert a.lookup(C) is None
         assert {e.peer.device_id for e in events} == {B}
     finally:
@@ -372,18 +369,18 @@ async def test_liveness_keeps_the_living_and_drops_the_killed(
     procs: list[asyncio.subprocess.Process] = []
     try:
         proc = await peer()
-        await _wait(lambda: a.lookup(B) is not None)
+        await wait_for(lambda: a.lookup(B) is not None)
         # Alive: it goes stale again and again, and checks are answered over mDNS (a slow
         # machine misses some; never enough in a row to call it gone).
-        await _wait(lambda: answered.count(True) >= 3, limit=60)
+        await wait_for(lambda: answered.count(True) >= 3, within=60)
         assert _kinds(events, B) == ["nearby"]
         proc.send_signal(signal.SIGKILL)  # no goodbye: caches would keep it for minutes
         await proc.wait()
-        await _wait(lambda: a.lookup(B) is None)
+        await wait_for(lambda: a.lookup(B) is None)
         assert _kinds(events, B) == ["nearby", "gone"]
         # It comes back under the same (cached) name: found again.
         await peer()
-        await _wait(lambda: a.lookup(B) is not None)
+        await wait_for(lambda: a.lookup(B) is not None)
         assert _kinds(events, B) == ["nearby", "gone", "nearby"]
     finally:
         for p in procs:
@@ -402,7 +399,9 @@ async def test_start_without_a_usable_interface_retries_instead_of_raising(
     d = _make(A, 1111, interfaces=["198.51.100.1"], interface_poll=0.2)  # not on this host
     await d.start()
     try:
-        await _wait(lambda: sum("mDNS not started" in r.getMessage() for r in caplog.records) >= 2)
+        await wait_for(
+            lambda: sum("mDNS not started" in r.getMessage() for r in caplog.records) >= 2
+        )
         assert d.peers() == []
         assert d.instance == ""
     finally:

@@ -22,14 +22,8 @@ from handoffd.control.client import NewItem
 from handoffd.errors import ApiError
 from handoffd.transfer import DISK_MARGIN
 from handoffd.transport.base import LocalIdentity
-from tests.handoff.helpers import (
-    Pair,
-    checkpoints,
-    paired_daemons,
-    wait_for,
-    wait_state,
-    write_random,
-)
+from tests.handoff.helpers import Pair, checkpoints, paired_daemons, wait_state, write_random
+from tests.support.waiting import wait_for
 
 STALL = 4.0
 LAUNCH_INTERVAL = 3.0

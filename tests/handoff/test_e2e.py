@@ -23,10 +23,10 @@ from tests.handoff.helpers import (
     paired_daemons,
     register_notes_app,
     sha256_file,
-    wait_for,
     wait_state,
     write_random,
 )
+from tests.support.waiting import wait_for
 
 NOTES = "org.handoffd.notes"
 MESSAGES = 61  # + 2 documents = 63 items (the control API takes at most 1,024)

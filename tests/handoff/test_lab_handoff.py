@@ -25,7 +25,6 @@ from tests.handoff.helpers import (
     checkpoints,
     register_notes_app,
     sha256_file,
-    wait_for,
     wait_nearby,
     wait_state,
     write_random,
@@ -33,6 +32,7 @@ from tests.handoff.helpers import (
 from tests.lab import Host, Lab
 from tests.lab.fixtures import require_lab
 from tests.server.helpers import READY_PREFIX, ServerProcess, cli_invite, create_account
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.lab
 NOTES = "org.handoffd.notes"

@@ -19,8 +19,9 @@ import pytest
 
 from handoffd.control.client import HandoffClient, NewItem
 from tests.daemon.helpers import DaemonProcess
-from tests.handoff.helpers import sha256_file, wait_for, wait_state, write_random
+from tests.handoff.helpers import sha256_file, wait_state, write_random
 from tests.server.helpers import ServerProcess, cli_invite, create_account
+from tests.support.waiting import wait_for
 
 
 class Hidden:
