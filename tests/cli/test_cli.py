@@ -14,8 +14,8 @@ import pytest
 
 from handoffd import cli
 from handoffd.cli import clean, table
-from tests.daemon.helpers import DaemonProcess
-from tests.server.helpers import ServerProcess, cli_invite, create_account
+from tests.server.helpers import cli_invite, create_account
+from tests.support.processes import DaemonProcess, ServerProcess
 
 
 def handoff(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

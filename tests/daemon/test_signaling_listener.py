@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon.helpers import DaemonProcess
-from tests.server.helpers import ServerProcess, cli_invite, create_account
+from tests.server.helpers import cli_invite, create_account
+from tests.support.processes import DaemonProcess, ServerProcess
 from tests.support.waiting import until
 
 pytestmark = pytest.mark.timeout(180)

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from handoffd.control.client import HandoffClient, NewItem
-from tests.daemon.helpers import DaemonProcess
 from tests.handoff.helpers import wait_nearby, wait_state
-from tests.server.helpers import ServerProcess, cli_invite, create_account
+from tests.server.helpers import cli_invite, create_account
+from tests.support.processes import DaemonProcess, ServerProcess
 from tests.support.waiting import wait_for
 
 Factory = Callable[..., DaemonProcess]

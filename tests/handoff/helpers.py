@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from handoffd.control.client import HandoffClient
-from tests.daemon.helpers import DaemonProcess
-from tests.server.helpers import ServerProcess, cli_invite, create_account
+from tests.server.helpers import cli_invite, create_account
+from tests.support.processes import DaemonProcess, ServerProcess
 from tests.support.waiting import wait_for
 
 NOTES_APP = Path(__file__).resolve().parents[2] / "examples" / "notes_app.py"

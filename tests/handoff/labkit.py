@@ -47,9 +47,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.daemon.helpers import DaemonProcess
 from tests.lab import Host
-from tests.server.helpers import READY_PREFIX, ServerProcess, cli_invite
+from tests.server.helpers import cli_invite
+from tests.support.processes import READY_PREFIX, DaemonProcess, ServerProcess
 
 MiB = 1024 * 1024
 NOTES = "org.handoffd.notes"

@@ -17,7 +17,6 @@ import pytest
 
 from handoffd.control.client import NewItem
 from handoffd.errors import ApiError
-from tests.daemon.helpers import CURL
 from tests.handoff.helpers import (
     Pair,
     paired_daemons,
@@ -26,6 +25,7 @@ from tests.handoff.helpers import (
     wait_state,
     write_random,
 )
+from tests.support.processes import CURL
 from tests.support.waiting import wait_for
 
 NOTES = "org.handoffd.notes"

@@ -26,10 +26,10 @@ import pytest
 
 from handoffd import identity as idn
 from handoffd.control.client import HandoffClient, NewItem
-from tests.daemon.helpers import DaemonProcess
 from tests.daemon.test_signaling_listener import free_port, listening_ports
 from tests.handoff.helpers import wait_state
-from tests.server.helpers import ServerProcess, cli_invite, create_account
+from tests.server.helpers import cli_invite, create_account
+from tests.support.processes import DaemonProcess, ServerProcess
 from tests.support.waiting import until, wait_for
 
 pytestmark = pytest.mark.timeout(300)

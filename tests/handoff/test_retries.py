@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from handoffd.control.client import HandoffClient, NewItem
-from tests.daemon.helpers import DaemonProcess
 from tests.handoff.helpers import wait_nearby, wait_state
-from tests.server.helpers import ServerProcess, cli_invite, create_account
+from tests.server.helpers import cli_invite, create_account
+from tests.support.processes import DaemonProcess, ServerProcess
 from tests.support.waiting import wait_for
 
 RETRY_ENV = {"HANDOFF_MAX_ATTEMPTS": "3", "HANDOFF_BACKOFF_BASE": "1.5", "HANDOFF_WARM_IDLE": "0"}

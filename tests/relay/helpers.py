@@ -17,7 +17,8 @@ from handoffd.errors import HandoffError, TransportError
 from handoffd.serverclient import JoinResult, RelayTicket, ServerClient, ServerLink
 from handoffd.transport.base import Channel, LocalIdentity
 from handoffd.transport.relay import RelayChannel, RelayDialer, RelayListener, RelayOptions
-from tests.server.helpers import ServerProcess, cli_invite, create_account, pair
+from tests.server.helpers import cli_invite, create_account, pair
+from tests.support.processes import ServerProcess
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from handoffd.server import cli
 from handoffd.server.relay import RelayConfig
 from handoffd.transport.base import Channel
 from tests.relay.helpers import Node, Paired, drain, environment, pair_devices, wait_stats
-from tests.server.helpers import ServerProcess
+from tests.support.processes import ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -15,7 +15,7 @@ from handoffd.transport.base import Channel, Dialer, PeerAuthError
 from handoffd.transport.connector import Connector, NoPathError, Upgrader
 from handoffd.transport.signaling import send_offer
 from tests.relay.helpers import Node, Paired, pair_devices, start_server, wait_stats
-from tests.server.helpers import ServerProcess
+from tests.support.processes import ServerProcess
 from tests.transport.helpers import Callee, Device
 
 pytestmark = pytest.mark.timeout(120)

@@ -21,7 +21,7 @@ from handoffd.transport import signaling, webrtc
 from handoffd.transport.base import LocalIdentity, PeerRefusedError
 from handoffd.transport.relay import RelayChannel
 from tests.relay.helpers import Paired, pair_devices, start_server
-from tests.server.helpers import ServerProcess
+from tests.support.processes import ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -12,7 +12,7 @@ import pytest
 from handoffd.errors import ServerError, TransportError
 from handoffd.transport.base import Channel
 from tests.relay.helpers import Node, Paired, drain, pair_devices, start_server, wait_stats
-from tests.server.helpers import ServerProcess
+from tests.support.processes import ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
 

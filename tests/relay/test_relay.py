@@ -30,7 +30,7 @@ from tests.relay.helpers import (
     start_server,
     wait_stats,
 )
-from tests.server.helpers import ServerProcess
+from tests.support.processes import ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -11,7 +11,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from handoffd.serverclient import JoinResult
-from tests.server.helpers import ServerProcess, cli_invite, create_account, pair
+from tests.server.helpers import cli_invite, create_account, pair
+from tests.support.processes import ServerProcess
 
 
 @dataclass(frozen=True)

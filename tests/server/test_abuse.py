@@ -22,7 +22,8 @@ from handoffd.errors import ServerError
 from handoffd.server import pairing
 from handoffd.serverclient import RelayTicket
 from tests.relay.helpers import environment
-from tests.server.helpers import ServerProcess, cli, cli_invite, create_account, pair
+from tests.server.helpers import cli, cli_invite, create_account, pair
+from tests.support.processes import ServerProcess
 
 DEADLINE = 60.0
 _CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')

@@ -22,7 +22,8 @@ from playwright.sync_api import sync_playwright
 
 from handoffd import identity
 from handoffd.serverclient import JoinResult, ServerClient, parse_invite
-from tests.server.helpers import ServerProcess, cli
+from tests.server.helpers import cli
+from tests.support.processes import ServerProcess
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ZBARIMG = shutil.which("zbarimg")

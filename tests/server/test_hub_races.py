@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from handoffd import identity
 from handoffd.server import auth
 from handoffd.serverclient import ServerClient, ServerLink
-from tests.server.helpers import ServerProcess, cli_invite, create_account, pair
+from tests.server.helpers import cli_invite, create_account, pair
+from tests.support.processes import ServerProcess
 
 pytestmark = pytest.mark.timeout(180)
 

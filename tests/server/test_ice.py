@@ -29,7 +29,8 @@ from handoffd.server import auth
 from handoffd.server.ice import IceConfig, check_ice_response, parse_ice_url, turn_credential
 from handoffd.serverclient import IceServerInfo, ServerClient
 from tests.server.conftest import Seed
-from tests.server.helpers import ServerProcess, cli, cli_invite, create_account, pair
+from tests.server.helpers import cli, cli_invite, create_account, pair
+from tests.support.processes import ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
 

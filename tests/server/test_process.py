@@ -24,7 +24,8 @@ from handoffd.errors import ServerError
 from handoffd.server import auth, pairing, tlscert
 from handoffd.serverclient import JoinResult, ServerClient, ServerLink, parse_invite
 from tests.server.conftest import Seed
-from tests.server.helpers import ServerProcess, cli, cli_invite, create_account, pair
+from tests.server.helpers import cli, cli_invite, create_account, pair
+from tests.support.processes import ServerProcess
 
 OPENSSL = shutil.which("openssl") or "openssl"
 pytestmark = pytest.mark.timeout(120)
