@@ -16,6 +16,7 @@ from tests.server.helpers import cli_invite, create_account
 from tests.support.processes import DaemonProcess, ServerProcess
 from tests.support.waiting import until
 
+# More than the default 60 s: real daemons paired, unpaired and restarted while their sockets are read.
 pytestmark = pytest.mark.timeout(180)
 
 

@@ -32,6 +32,7 @@ from tests.server.helpers import cli_invite, create_account
 from tests.support.processes import DaemonProcess, ServerProcess
 from tests.support.waiting import until, wait_for
 
+# More than the default 60 s: a server and two real daemons; the impostor is dialed before the real desk.
 pytestmark = pytest.mark.timeout(300)
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -32,6 +32,7 @@ from tests.relay.helpers import (
 )
 from tests.support.processes import ServerProcess
 
+# More than the default 60 s: a real server and relayed transfers between real devices.
 pytestmark = pytest.mark.timeout(120)
 
 

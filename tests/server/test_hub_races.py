@@ -22,6 +22,7 @@ from handoffd.serverclient import ServerClient, ServerLink
 from tests.server.helpers import cli_invite, create_account, pair
 from tests.support.processes import ServerProcess
 
+# More than the default 60 s: rounds of concurrent WebSocket connects to a real server.
 pytestmark = pytest.mark.timeout(180)
 
 DEVICES = 8

@@ -23,6 +23,7 @@ from handoffd.server import listener
 from tests.support.processes import READY_PREFIX, ServerProcess, read_line
 
 OPENSSL = shutil.which("openssl") or "openssl"
+# More than the default 60 s: the listener's idle and drip timeouts run their course, and a server runs out of descriptors.
 pytestmark = pytest.mark.timeout(240)
 
 

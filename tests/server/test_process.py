@@ -28,6 +28,7 @@ from tests.server.helpers import cli, cli_invite, create_account, pair
 from tests.support.processes import ServerProcess
 
 OPENSSL = shutil.which("openssl") or "openssl"
+# More than the default 60 s: a real server over TLS, stopped and restarted, and CLI runs.
 pytestmark = pytest.mark.timeout(120)
 
 

@@ -32,6 +32,7 @@ from handoffd.transport.signaling import (
 )
 from tests.transport.helpers import Account, Device
 
+# More than the default 60 s: real TLS signaling against impostor listeners, waiting out refusals.
 pytestmark = pytest.mark.timeout(90)
 
 ROOT = Path(__file__).resolve().parents[2]
