@@ -238,7 +238,7 @@ class Interceptor:
         self.server: asyncio.Server | None = None
 
     async def __aenter__(self) -> int:
-        ctx, _ = server_tls()
+        ctx, _ = await asyncio.to_thread(server_tls)
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=ctx)
         return int(self.server.sockets[0].getsockname()[1])
 
