@@ -670,6 +670,8 @@ class ControlServer:
         )
         await runner.setup()
         self._runner = runner
+        # On the loop on purpose: it sets the process-wide umask while binding; in a thread, loop
+        # code could create files meanwhile under umask 0o177.
         sock = bind_control_socket(self.path)
         site = PeerCheckedUnixSite(runner, sock, uid=os.geteuid())
         await site.start()
@@ -682,4 +684,4 @@ class ControlServer:
             return
         await runner.cleanup()
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+            await asyncio.to_thread(self.path.unlink)
