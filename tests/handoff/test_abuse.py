@@ -21,6 +21,7 @@ import pytest
 from handoffd.control.client import NewItem
 from handoffd.errors import ApiError
 from handoffd.transfer import DISK_MARGIN
+from handoffd.transport import webrtc  # at import: its first import runs ldconfig (blocking)
 from handoffd.transport.base import LocalIdentity
 from tests.handoff.helpers import Pair, checkpoints, paired_daemons, wait_state, write_random
 from tests.support.waiting import wait_for
@@ -193,10 +194,9 @@ async def _stalled_sender(
         new_handoff_id,
         sign_offer,
     )
-    from handoffd.transport import webrtc
     from handoffd.transport.signaling import send_offer
 
-    local = _identity_of_a(pair)
+    local = await asyncio.to_thread(_identity_of_a, pair)  # file reads: off the loop
     trust = local.trust
     assert isinstance(trust, identity.TrustAnchor)
 
@@ -254,6 +254,7 @@ async def _stalled_sender(
 
 
 @pytest.mark.asyncio
+@pytest.mark.timeout(300)  # two handoffs to real daemons, then a stalled sender is waited out
 async def test_disk_is_reserved_across_handoffs_and_a_stalled_sender_is_cut_off(
     pair: Pair,
 ) -> None:
@@ -312,7 +313,7 @@ async def test_garbage_from_strangers_is_coalesced_in_status_and_throttled_in_ev
     # Since signaling v2 a stranger without the account's CA key is refused at the hello and
     # never reaches the offer handler; garbage offers after a valid hello (a device of the
     # account) are what can still fill status.refused.
-    local = _identity_of_a(pair)
+    local = await asyncio.to_thread(_identity_of_a, pair)  # file reads: off the loop
     flood = 200
     events: list[dict[str, Any]] = []
     async with pair.client(pair.b) as b, pair.client(pair.b) as watcher:
