@@ -60,20 +60,25 @@ _HARNESS = (str(ROOT / "tests") + os.sep, str(ROOT / "bench") + os.sep)
 
 
 def _harness_blocks() -> bool:
-    """True if the blocking call was made by test or bench code (the nearest frame of ours is
-    under tests/ or bench/), even when handoffd called it back: only handoffd is judged."""
+    """True if test or bench code made the blocking call; only handoffd's calls are judged.
+
+    The caller on the loop is the nearest coroutine of ours on the stack (a plain function
+    cannot know it runs on the loop; the coroutine that called it can): a test calling a
+    blocking helper of handoffd's is the test's doing, handoffd's coroutine calling it (or a
+    test's callback) is handoffd's. With no coroutine of ours, the nearest frame of ours decides.
+    """
+    nearest: bool | None = None
     frame = inspect.currentframe()
     while frame is not None:
         name = frame.f_code.co_filename
-        if name == __file__:  # this check itself
-            frame = frame.f_back
-            continue
-        if name.startswith(_PRODUCT):
-            return False
-        if name.startswith(_HARNESS):
-            return True
+        if name != __file__ and name.startswith((_PRODUCT, *_HARNESS)):
+            harness = name.startswith(_HARNESS)
+            if frame.f_code.co_flags & (inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR):
+                return harness
+            if nearest is None:
+                nearest = harness
         frame = frame.f_back
-    return False
+    return bool(nearest)
 
 
 def _allow_known_blocking(bb: BlockBuster) -> None:
