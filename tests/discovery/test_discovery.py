@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import signal
@@ -346,7 +347,9 @@ async def test_liveness_keeps_the_living_and_drops_the_killed(
     no_errors: pytest.LogCaptureFixture,
 ) -> None:
     events: list[DiscoveryEvent] = []
-    a = _make(A, 1111, events, liveness=FAST)
+    # FAST, but a check waits up to 3 s for the answer: a loaded machine answers late.
+    steady = dataclasses.replace(FAST, check_timeout=3.0)
+    a = _make(A, 1111, events, liveness=steady)
     answered: list[bool] = []
     checked = a._live.checked
 
