@@ -343,6 +343,7 @@ async def test_close_before_start_and_start_twice() -> None:
 
 
 @pytest.mark.asyncio
+@pytest.mark.timeout(180)  # a peer process started twice, liveness checks running their course
 async def test_liveness_keeps_the_living_and_drops_the_killed(
     no_errors: pytest.LogCaptureFixture,
 ) -> None:

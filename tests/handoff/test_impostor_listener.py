@@ -30,7 +30,7 @@ from tests.daemon.test_signaling_listener import free_port, listening_ports
 from tests.handoff.helpers import wait_state
 from tests.server.helpers import cli_invite, create_account
 from tests.support.processes import DaemonProcess, ServerProcess
-from tests.support.waiting import until, wait_for
+from tests.support.waiting import wait_for
 
 # More than the default 60 s: a server and two real daemons; the impostor is dialed before the real desk.
 pytestmark = pytest.mark.timeout(300)
@@ -109,7 +109,8 @@ async def test_impostor_gets_no_identity_and_cannot_end_the_handoff(
         _pair(server, a, "laptop", lan_discovery=False, unicast_peers=[fake])
         b_id = _pair(server, b, "desk")
         assert b.proc is not None
-        until(lambda: desk_port in listening_ports(b.proc.pid), "the desk's listener")  # type: ignore[union-attr]
+        desk_pid = b.proc.pid
+        await wait_for(lambda: desk_port in listening_ports(desk_pid), what="the desk's listener")
         async with HandoffClient(a.socket, timeout=30) as c:
             await wait_for(
                 lambda: _knows(c, b_id), within=60, what="the desk in the laptop's device list"

@@ -53,5 +53,12 @@ async def wait_for(
 
 
 def until(check: Callable[[], T | None], what: str, within: float = 60.0, every: float = 0.1) -> T:
-    """``wait_for`` for a synchronous test (no event loop running in this thread)."""
-    return asyncio.run(wait_for(check, within=within, what=what, every=every))
+    """``wait_for`` for a synchronous test (no event loop in this thread): polls with sleeps."""
+    deadline = time.monotonic() + within
+    while True:
+        value = check()
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
+        time.sleep(every)
