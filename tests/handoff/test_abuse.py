@@ -317,13 +317,15 @@ async def test_garbage_from_strangers_is_coalesced_in_status_and_throttled_in_ev
     flood = 200
     events: list[dict[str, Any]] = []
     async with pair.client(pair.b) as b, pair.client(pair.b) as watcher:
-        subscribed = asyncio.Event()
+        subscribed, marker_seen = asyncio.Event(), asyncio.Event()
 
         async def watch() -> None:
             async for ev in watcher.events(heartbeats=True):
                 subscribed.set()
                 if ev.get("type") == "handoff.refused":
                     events.append(ev)
+                elif ev.get("type") == "session.published":
+                    marker_seen.set()
 
         watching = asyncio.create_task(watch())
         try:
@@ -343,8 +345,12 @@ async def test_garbage_from_strangers_is_coalesced_in_status_and_throttled_in_ev
             assert len(refused) <= 32
             signaling = [r for r in refused if r["path"] == "signaling"]
             assert sum(r["count"] for r in signaling) >= flood
-            # Give the stream time to deliver whatever was published (it is in order).
-            await asyncio.sleep(1.0)
+            # A marker published after the flood: the stream is in order, so once it arrives
+            # every refusal event published before it has been delivered.
+            await b.publish(
+                "org.example.marker", "marker", items=[NewItem.of_data("document", "m.txt", b"m")]
+            )
+            await asyncio.wait_for(marker_seen.wait(), 30)
         finally:
             watching.cancel()
             with contextlib.suppress(BaseException):
