@@ -164,7 +164,7 @@ class Daemon:
         paths = self.paths
         await asyncio.to_thread(paths.data_dir.mkdir, parents=True, exist_ok=True, mode=0o700)
         settings = await asyncio.to_thread(SettingsFile.load, paths.config_toml)
-        if not paths.config_toml.exists():
+        if not await asyncio.to_thread(paths.config_toml.exists):
             await asyncio.to_thread(save_settings, paths.config_toml, settings.current)
         store = await asyncio.to_thread(Store.open, paths.state_db)
         try:

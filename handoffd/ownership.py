@@ -22,21 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import stat
-import struct
-import sys
 from pathlib import Path
-from typing import Any
 
 from handoffd.errors import ConfigError, HandoffError
 
 UNSAFE_DIR = "home-unsafe"
-WRONG_USER = "daemon-wrong-user"
 PRIVATE_DIR_MODE = 0o700
-
-# A plain str, so type checkers keep both branches of peer_uid.
-_PLATFORM: str = sys.platform
 
 
 def _unsafe(path: Path, why: str, fix: str, code: str) -> ConfigError:
@@ -148,32 +140,3 @@ def read_private_file(
                 code=f"{code}-permissions",
             )
         return f.read(limit)
-
-
-def peer_uid(sock: Any) -> int | None:
-    """The uid of a Unix socket's peer (SO_PEERCRED / LOCAL_PEERCRED); None if unknown."""
-    try:
-        if _PLATFORM.startswith("linux"):
-            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            _pid, uid, _gid = struct.unpack("3i", creds)
-            return int(uid)
-        if _PLATFORM == "darwin":
-            # struct xucred {u_int cr_version; uid_t cr_uid; short cr_ngroups; gid_t cr_groups[16]}
-            sol_local, local_peercred = 0, 0x001
-            creds = sock.getsockopt(sol_local, local_peercred, 76)
-            _version, uid = struct.unpack_from("=II", creds)
-            return int(uid)
-    except OSError:
-        return None
-    return None
-
-
-def check_socket_server(sock: Any, path: os.PathLike[str] | str) -> None:
-    """HandoffError(daemon-wrong-user) unless the server of connected ``sock`` is our euid."""
-    uid = peer_uid(sock)
-    if uid != os.geteuid():
-        raise HandoffError(
-            f"refusing the control socket {os.fspath(path)}: it is served by uid {uid}, "
-            f"not by us (uid {os.geteuid()}); another user may be impersonating handoffd",
-            code=WRONG_USER,
-        )

@@ -9,6 +9,7 @@ effective uid. Either failure raises ``HandoffError`` with a stable code
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +17,8 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from handoffd.errors import HandoffError
-from handoffd.ownership import check_private_dir, check_socket_server
+from handoffd.ownership import check_private_dir
+from handoffd.peercred import check_socket_server
 
 if TYPE_CHECKING:
     from aiohttp.client_proto import ResponseHandler
@@ -36,7 +38,7 @@ class OwnSocketConnector(aiohttp.UnixConnector):
         directory = Path(self.path).parent
         # A missing directory: nothing to trust or distrust; the connect says "not running".
         with contextlib.suppress(FileNotFoundError):
-            check_private_dir(directory)
+            await asyncio.to_thread(check_private_dir, directory)  # stat calls: off the loop
         proto = await super()._create_connection(req, traces, timeout)
         transport = proto.transport
         try:

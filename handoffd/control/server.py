@@ -47,8 +47,8 @@ from handoffd.errors import (
 )
 from handoffd.events import EventBus
 from handoffd.items import Item
-from handoffd.ownership import peer_uid
 from handoffd.paths import Paths
+from handoffd.peercred import peer_uid
 from handoffd.serverlink import parse_invite
 from handoffd.store import DeviceRecord as CachedDevice
 from handoffd.store import SessionRecord, Store
@@ -649,6 +649,8 @@ class ControlServer:
         )
         await runner.setup()
         self._runner = runner
+        # On the loop on purpose: it sets the process-wide umask while binding; in a thread, loop
+        # code could create files meanwhile under umask 0o177.
         sock = bind_control_socket(self.path)
         site = PeerCheckedUnixSite(runner, sock, uid=os.geteuid())
         await site.start()
@@ -661,4 +663,4 @@ class ControlServer:
             return
         await runner.cleanup()
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+            await asyncio.to_thread(self.path.unlink)

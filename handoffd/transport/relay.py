@@ -164,7 +164,7 @@ class RelayChannel(Channel):
         peer), PeerRefusedError (it refused us) or TransportError raised.
         """
         try:
-            ctx = tls_context(local, server_side=server_side)
+            ctx = await asyncio.to_thread(tls_context, local, server_side=server_side)
         except BaseException:
             await stream.close()
             raise

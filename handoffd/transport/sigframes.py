@@ -7,8 +7,8 @@ error body is msgpack ``{"code": <kebab-case <= 64>, "message": <printable <= 20
 
 from __future__ import annotations
 
-import asyncio
 import re
+from typing import Protocol
 
 import msgpack
 
@@ -24,6 +24,14 @@ KIND_PROOF = 5
 _KINDS = (KIND_OFFER, KIND_ANSWER, KIND_ERROR, KIND_HELLO, KIND_PROOF)
 MAX_ERROR_MESSAGE = 200
 _CODE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+
+
+class ByteReader(Protocol):
+    """What ``read_frame`` reads from (``asyncio.StreamReader`` is one); keeps this module pure."""
+
+    async def readexactly(self, n: int, /) -> bytes:
+        """Exactly ``n`` bytes, or IncompleteReadError at EOF."""
+        ...
 
 
 class FrameError(TransportError):
@@ -81,7 +89,7 @@ def decode_error(body: bytes) -> tuple[str, str]:
     return code, message
 
 
-async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+async def read_frame(reader: ByteReader) -> tuple[int, bytes]:
     """Read one frame (bounded); raise FrameError, or IncompleteReadError at EOF."""
     (length,) = framing.HEADER.unpack(await reader.readexactly(framing.HEADER.size))
     if length == 0:

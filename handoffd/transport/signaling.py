@@ -171,7 +171,8 @@ class SignalingServer:
         if self._server is not None or self._closed:
             raise TransportError("signaling server already started", code="already-started")
         if self._tls is None:
-            self._tls, self._tls_der = server_tls()  # ephemeral: a new certificate every start
+            # Ephemeral: a new certificate every start (key generation and file calls: a thread).
+            self._tls, self._tls_der = await asyncio.to_thread(server_tls)
         try:
             # Connections past the guard's caps are reset at accept; a peer that does not
             # complete the handshake in time is dropped by asyncio (logged at debug level
@@ -225,8 +226,10 @@ class SignalingServer:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
-            self._handlers.discard(task)
-            await _finish(writer)
+            try:
+                await _finish(writer)
+            finally:
+                self._handlers.discard(task)  # after _finish: close() waits for it too
 
     async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
         """Hello, proof, offer; produce the reply frame (an answer or an error)."""

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from handoffd import service
-from tests.daemon.helpers import DaemonProcess
-from tests.server.helpers import READY_PREFIX, cli_invite, create_account
+from tests.server.helpers import cli_invite, create_account
+from tests.support.processes import READY_PREFIX, DaemonProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 USER_UNIT = "handoffd.service"

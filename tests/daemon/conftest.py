@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon.helpers import DaemonProcess
-from tests.server.helpers import ServerProcess
+from tests.support.processes import DaemonProcess, ServerProcess
 
 
 @pytest.fixture

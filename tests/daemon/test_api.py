@@ -15,7 +15,7 @@ import pytest
 
 from handoffd.control.client import DaemonNotRunning, HandoffClient, Item
 from handoffd.errors import ApiError
-from tests.daemon.helpers import DaemonProcess
+from tests.support.processes import DaemonProcess
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from handoffd import ownership
 from handoffd.control.client import HandoffClient, Item
 from handoffd.errors import ConfigError, HandoffError
 from handoffd.paths import Paths
-from tests.daemon.helpers import DaemonProcess
+from tests.support.processes import DaemonProcess
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="playing another uid needs root")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from handoffd.control.schema import MAX_ITEMS
-from tests.daemon.helpers import DaemonProcess
+from tests.support.processes import DaemonProcess
 
 
 def _items(n: int) -> list[dict[str, str]]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon.helpers import CURL, DaemonProcess, accepts
+from tests.support.processes import CURL, DaemonProcess, accepts
 
 Factory = Callable[..., DaemonProcess]
 

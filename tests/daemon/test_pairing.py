@@ -10,8 +10,8 @@ import pytest
 
 from handoffd.control.client import HandoffClient
 from handoffd.errors import ApiError
-from tests.daemon.helpers import DaemonProcess
-from tests.server.helpers import ServerProcess, cli, cli_invite, create_account
+from tests.server.helpers import cli, cli_invite, create_account
+from tests.support.processes import DaemonProcess, ServerProcess
 
 Factory = Callable[..., DaemonProcess]
 

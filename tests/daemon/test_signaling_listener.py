@@ -7,15 +7,16 @@ import os
 import shutil
 import socket
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.daemon.helpers import DaemonProcess
-from tests.server.helpers import ServerProcess, cli_invite, create_account
+from tests.server.helpers import cli_invite, create_account
+from tests.support.processes import DaemonProcess, ServerProcess
+from tests.support.waiting import until
 
+# More than the default 60 s: real daemons paired, unpaired and restarted while their sockets are read.
 pytestmark = pytest.mark.timeout(180)
 
 
@@ -52,15 +53,6 @@ def connects(port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def until(check: Callable[[], bool], what: str, within: float = 60.0) -> None:
-    """Poll ``check`` until it is true."""
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture

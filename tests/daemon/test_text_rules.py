@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon.helpers import DaemonProcess
+from tests.support.processes import DaemonProcess
 
 LONE = "\ud800"
 

@@ -3,6 +3,7 @@ failures."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import sqlite3
 import stat
@@ -74,11 +75,11 @@ def test_toml_round_trip(name: str) -> None:
 @pytest.mark.asyncio
 async def test_settings_file(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
-    assert load_settings(path) == Settings()
-    holder = SettingsFile.load(path)
+    assert await asyncio.to_thread(load_settings, path) == Settings()
+    holder = await asyncio.to_thread(SettingsFile.load, path)
     await holder.update({"auto_accept": False})
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert load_settings(path).auto_accept is False
+    assert (await asyncio.to_thread(load_settings, path)).auto_accept is False
     with pytest.raises(ConfigError):
         await holder.update({"auto_accept": "no"})
     assert holder.current.auto_accept is False
@@ -134,7 +135,7 @@ def _blob(size: int) -> Item:
 
 @pytest.mark.asyncio
 async def test_store_full_is_a_store_error_and_reads_go_on(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "state.db")
+    store = await asyncio.to_thread(Store.open, tmp_path / "state.db")
     try:
         kept = await store.run(store.create_session, "org.x", "kept", {}, [_blob(10)])
         await store.run(_cap, store)
@@ -149,12 +150,12 @@ async def test_store_full_is_a_store_error_and_reads_go_on(tmp_path: Path) -> No
         assert [s.id for s in await store.run(store.list_sessions)] == [kept.id]
         assert await store.run(store.get_session, kept.id) == kept
     finally:
-        store.close()
+        await asyncio.to_thread(store.close)
 
 
 @pytest.mark.asyncio
 async def test_control_api_answers_a_full_store_with_507(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "state.db")
+    store = await asyncio.to_thread(Store.open, tmp_path / "state.db")
 
     async def publish(request: web.Request) -> web.Response:
         await store.run(store.create_session, "org.x", "t", {}, [_blob(1024 * 1024)])
@@ -172,7 +173,7 @@ async def test_control_api_answers_a_full_store_with_507(tmp_path: Path) -> None
         assert body["error"]["code"] == "store-full", body
     finally:
         await client.close()
-        store.close()
+        await asyncio.to_thread(store.close)
 
 
 @given(st.text(max_size=300))

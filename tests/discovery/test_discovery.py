@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import signal
@@ -10,10 +11,12 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from zeroconf import IPVersion
+from zeroconf._dns import DNSPointer
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from handoffd.discovery import txt
@@ -21,6 +24,7 @@ from handoffd.discovery.browse import DiscoveryEvent, PeerSighting
 from handoffd.discovery.liveness import LivenessPolicy
 from handoffd.discovery.mdns import Discovery
 from handoffd.discovery.unicast import parse_unicast_peer
+from tests.support.waiting import wait_for
 
 KEY = secrets.token_bytes(32)
 """This run's marker key. Every run uses the same device ids and ports on the machine's one
@@ -35,10 +39,15 @@ FAST = LivenessPolicy(
 )
 
 
-async def _wait(cond: Callable[[], bool], limit: float = 15.0) -> None:
-    async with asyncio.timeout(limit):
-        while not cond():  # noqa: ASYNC110 - polling state another task updates
-            await asyncio.sleep(0.05)
+def _cached(d: Discovery, name: str) -> bool:
+    """True once ``d``'s browser has taken in ``name``'s advertisement (and run its callbacks:
+    zeroconf fires them in the same step that updates the cache), false once its goodbye has."""
+    azc = d._zeroconf()
+    assert azc is not None
+    return any(
+        isinstance(r, DNSPointer) and r.alias.lower() == name.lower()
+        for r in azc.zeroconf.cache.async_all_by_details(txt.SERVICE_TYPE, 12, 1)  # PTR, IN
+    )
 
 
 def _make(
@@ -96,7 +105,7 @@ async def test_peers_find_each_other_and_goodbye_removes(
     pair: tuple[Discovery, Discovery, list[DiscoveryEvent]], no_errors: pytest.LogCaptureFixture
 ) -> None:
     a, b, events = pair
-    await _wait(lambda: a.lookup(B) is not None and b.lookup(A) is not None)
+    await wait_for(lambda: a.lookup(B) is not None and b.lookup(A) is not None)
     seen = a.lookup(B)
     assert seen is not None
     assert (seen.port, seen.addresses, seen.via) == (2222, ("127.0.0.1",), "mdns")
@@ -106,7 +115,7 @@ async def test_peers_find_each_other_and_goodbye_removes(
     assert [p.device_id for p in a.peers()] == [B]
     await b.close()
     await b.close()  # idempotent
-    await _wait(lambda: a.lookup(B) is None)  # the goodbye, not a liveness timeout
+    await wait_for(lambda: a.lookup(B) is None)  # the goodbye, not a liveness timeout
     assert _kinds(events, B) == ["nearby", "gone"]
     _assert_no_errors(no_errors)
 
@@ -154,6 +163,14 @@ async def test_strangers_spoofs_and_malformed_records_are_dropped(
     pair: tuple[Discovery, Discovery, list[DiscoveryEvent]], no_errors: pytest.LogCaptureFixture
 ) -> None:
     a, _b, events = pair
+    examined: set[str] = set()
+    sighted = a.browser.sighted
+
+    def spy(name: str, *args: Any) -> None:
+        examined.add(name.lower())
+        sighted(name, *args)
+
+    a.browser.sighted = spy  # type: ignore[method-assign,assignment]
     day = txt.day_of(time.time())
     account = txt.account_marker(KEY, day).encode()
     stranger = _make(C, 3333, key=STRANGER_KEY, known=lambda: frozenset({C}))
@@ -172,9 +189,15 @@ async def test_strangers_spoofs_and_malformed_records_are_dropped(
         b_marker = txt.device_marker(KEY, B, day).encode()
         await _register(raw, d_tomorrow, {b"v": b"1", b"d": b_marker, b"a": account}, 6666)
         # A name that is no marker of ours at all, with B's TXT copied.
-        await _register(raw, "n" * 10 + "." + txt.SERVICE_TYPE, {b"v": b"1", b"d": b_marker}, 6667)
-        await _wait(lambda: a.lookup(B) is not None)
-        await asyncio.sleep(1.5)  # time for every advertisement to be resolved (or not)
+        not_a_marker = "n" * 10 + "." + txt.SERVICE_TYPE
+        await _register(raw, not_a_marker, {b"v": b"1", b"d": b_marker}, 6667)
+        await wait_for(lambda: a.lookup(B) is not None)
+        # Every advertisement has been resolved and judged (D's names), or seen and passed over.
+        await wait_for(
+            lambda: {d_yesterday.lower(), d_today.lower(), d_tomorrow.lower()} <= examined
+        )
+        await wait_for(lambda: _cached(a, not_a_marker) and _cached(a, stranger.instance))
+        await wait_for(lambda: _cached(stranger, a.instance))
         seen = a.lookup(B)
         assert seen is not None
         assert seen.port == 2222
@@ -193,9 +216,9 @@ async def test_update_port_is_seen_by_peers(
     pair: tuple[Discovery, Discovery, list[DiscoveryEvent]],
 ) -> None:
     a, b, events = pair
-    await _wait(lambda: a.lookup(B) is not None)
+    await wait_for(lambda: a.lookup(B) is not None)
     await b.update_port(2223)
-    await _wait(lambda: (seen := a.lookup(B)) is not None and seen.port == 2223)
+    await wait_for(lambda: (seen := a.lookup(B)) is not None and seen.port == 2223)
     assert [e.peer.port for e in events if e.peer.device_id == B] == [2222, 2223]
     with pytest.raises(ValueError, match="port"):
         await b.update_port(0)
@@ -210,13 +233,13 @@ async def test_day_rotation_keeps_peers_without_a_gap(no_errors: pytest.LogCaptu
     await a.start()
     await b.start()
     try:
-        await _wait(lambda: a.lookup(B) is not None)
+        await wait_for(lambda: a.lookup(B) is not None)
         old = b.instance
         offset[0] = 86400.0
         await b.refresh()
         assert b.instance != old
-        await _wait(lambda: (seen := a.lookup(B)) is not None and seen.instance == b.instance)
-        await asyncio.sleep(1.0)  # the old name's goodbye has been processed
+        await wait_for(lambda: (seen := a.lookup(B)) is not None and seen.instance == b.instance)
+        await wait_for(lambda: not _cached(a, old))  # the old name's goodbye has been processed
         assert a.lookup(B) is not None
         assert _kinds(events, B) == ["nearby"]
     finally:
@@ -233,11 +256,12 @@ async def test_known_devices_are_read_live() -> None:
     await a.start()
     await b.start()
     try:
-        await _wait(lambda: b.lookup(A) is not None)  # A's advertisement is out and resolved
-        await asyncio.sleep(0.5)
+        await wait_for(lambda: b.lookup(A) is not None)  # A's advertisement is out and resolved
+        await wait_for(lambda: _cached(a, b.instance))  # A has seen B's and passed it over
         assert a.lookup(B) is None  # B is not (yet) one of ours
+        assert b.instance not in a.browser._resolving
         known.add(B)  # paired meanwhile: the cached advertisement is resolved now
-        await _wait(lambda: a.lookup(B) is not None)
+        await wait_for(lambda: a.lookup(B) is not None)
     finally:
         await a.close()
         await b.close()
@@ -254,12 +278,13 @@ async def test_known_devices_change_seen_first_by_another_reader_still_resolves_
     await a.start()
     await b.start()
     try:
-        await _wait(lambda: b.lookup(A) is not None)  # A's advertisement is out and resolved
-        await asyncio.sleep(0.5)
+        await wait_for(lambda: b.lookup(A) is not None)  # A's advertisement is out and resolved
+        await wait_for(lambda: _cached(a, b.instance))  # A has seen B's and passed it over
         assert a.lookup(B) is None  # B is not (yet) one of ours
+        assert b.instance not in a.browser._resolving
         known.add(B)
         a.browser.refresh_book()  # what a browser callback for another advertisement does first
-        await _wait(lambda: a.lookup(B) is not None)
+        await wait_for(lambda: a.lookup(B) is not None)
     finally:
         await a.close()
         await b.close()
@@ -280,11 +305,11 @@ async def test_unicast_peer_found_by_the_callers_probe() -> None:
     )  # fmt: skip
     await a.start()
     try:
-        await _wait(lambda: a.lookup(B) is not None)
+        await wait_for(lambda: a.lookup(B) is not None)
         assert a.lookup(B) == PeerSighting(
             B, ("127.0.0.1",), 4999, a.peers()[0].last_seen, via="unicast"
         )
-        await _wait(lambda: ("127.0.0.1", 4998) in asked)
+        await wait_for(lambda: ("127.0.0.1", 4998) in asked)
         assert a.lookup(C) is None
         assert {e.peer.device_id for e in events} == {B}
     finally:
@@ -320,11 +345,23 @@ async def test_close_before_start_and_start_twice() -> None:
 
 
 @pytest.mark.asyncio
+@pytest.mark.timeout(180)  # a peer process started twice, liveness checks running their course
 async def test_liveness_keeps_the_living_and_drops_the_killed(
     no_errors: pytest.LogCaptureFixture,
 ) -> None:
     events: list[DiscoveryEvent] = []
-    a = _make(A, 1111, events, liveness=FAST)
+    # FAST, but a check waits up to 3 s for the answer: a loaded machine answers late.
+    steady = dataclasses.replace(FAST, check_timeout=3.0)
+    a = _make(A, 1111, events, liveness=steady)
+    answered: list[bool] = []
+    checked = a.browser._live.checked
+
+    def spy(key: str, now: float, *, ok: bool) -> Any:
+        if key == B:
+            answered.append(ok)
+        return checked(key, now, ok=ok)
+
+    a.browser._live.checked = spy  # type: ignore[method-assign]
     await a.start()
 
     async def peer() -> asyncio.subprocess.Process:
@@ -338,17 +375,18 @@ async def test_liveness_keeps_the_living_and_drops_the_killed(
     procs: list[asyncio.subprocess.Process] = []
     try:
         proc = await peer()
-        await _wait(lambda: a.lookup(B) is not None)
-        # Alive: many stale periods pass, every check is answered over mDNS.
-        await asyncio.sleep(8 * FAST.stale_after)
+        await wait_for(lambda: a.lookup(B) is not None)
+        # Alive: it goes stale again and again, and checks are answered over mDNS (a slow
+        # machine misses some; never enough in a row to call it gone).
+        await wait_for(lambda: answered.count(True) >= 3, within=60)
         assert _kinds(events, B) == ["nearby"]
         proc.send_signal(signal.SIGKILL)  # no goodbye: caches would keep it for minutes
         await proc.wait()
-        await _wait(lambda: a.lookup(B) is None)
+        await wait_for(lambda: a.lookup(B) is None)
         assert _kinds(events, B) == ["nearby", "gone"]
         # It comes back under the same (cached) name: found again.
         await peer()
-        await _wait(lambda: a.lookup(B) is not None)
+        await wait_for(lambda: a.lookup(B) is not None)
         assert _kinds(events, B) == ["nearby", "gone", "nearby"]
     finally:
         for p in procs:
@@ -367,7 +405,9 @@ async def test_start_without_a_usable_interface_retries_instead_of_raising(
     d = _make(A, 1111, interfaces=["198.51.100.1"], interface_poll=0.2)  # not on this host
     await d.start()
     try:
-        await _wait(lambda: sum("mDNS not started" in r.getMessage() for r in caplog.records) >= 2)
+        await wait_for(
+            lambda: sum("mDNS not started" in r.getMessage() for r in caplog.records) >= 2
+        )
         assert d.peers() == []
         assert d.instance == ""
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import shutil
@@ -11,15 +10,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from handoffd.control.client import HandoffClient
-from tests.daemon.helpers import DaemonProcess
-from tests.server.helpers import ServerProcess, cli_invite, create_account
+from tests.server.helpers import cli_invite, create_account
+from tests.support.processes import DaemonProcess, ServerProcess
+from tests.support.waiting import wait_for as wait_for
 
 NOTES_APP = Path(__file__).resolve().parents[2] / "examples" / "notes_app.py"
 T = TypeVar("T")
@@ -86,20 +86,6 @@ def paired_daemons(
         server.stop()
         if not os.environ.get("HANDOFF_TEST_KEEP"):  # set it to read the daemons' logs
             shutil.rmtree(root, ignore_errors=True)
-
-
-async def wait_for(
-    probe: Callable[[], Awaitable[T | None]], *, within: float = 90.0, what: str = "condition"
-) -> T:
-    """Poll ``probe`` until it returns something other than None."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await probe()
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def wait_state(

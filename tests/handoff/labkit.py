@@ -43,14 +43,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from tests.daemon.helpers import DaemonProcess
 from tests.lab import Host
-from tests.server.helpers import READY_PREFIX, ServerProcess, cli_invite
+from tests.server.helpers import cli_invite
+from tests.support.processes import READY_PREFIX, DaemonProcess, ServerProcess
 
 MiB = 1024 * 1024
 NOTES = "org.handoffd.notes"
@@ -303,23 +302,6 @@ def write_expired_cert(server_data: Path, account_id: str, home: Path) -> dt.dat
     )
     paths.device_cert.write_bytes(identity.cert_to_pem(cert))
     return cert.not_valid_after_utc
-
-
-# ---------------------------------------------------------------- waiting
-
-
-async def poll(
-    probe: Callable[[], Awaitable[Any]], *, within: float, what: str, every: float = 0.1
-) -> Any:
-    """Call ``probe`` until it returns something other than None; AssertionError after ``within``."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await probe()
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(every)
 
 
 # ---------------------------------------------------------------- the rogue client

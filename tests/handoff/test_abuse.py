@@ -21,15 +21,10 @@ import pytest
 from handoffd.control.client import Item
 from handoffd.errors import ApiError
 from handoffd.handoff.policy import DISK_MARGIN
+from handoffd.transport import webrtc  # at import: its first import runs ldconfig (blocking)
 from handoffd.transport.base import LocalIdentity
-from tests.handoff.helpers import (
-    Pair,
-    checkpoints,
-    paired_daemons,
-    wait_for,
-    wait_state,
-    write_random,
-)
+from tests.handoff.helpers import Pair, checkpoints, paired_daemons, wait_state, write_random
+from tests.support.waiting import wait_for
 
 STALL = 4.0
 LAUNCH_INTERVAL = 3.0
@@ -195,10 +190,9 @@ async def _stalled_sender(
     from handoffd.items import Item
     from handoffd.proto import codec
     from handoffd.proto import transfer as core
-    from handoffd.transport import webrtc
     from handoffd.transport.signaling import send_offer
 
-    local = _identity_of_a(pair)
+    local = await asyncio.to_thread(_identity_of_a, pair)  # file reads: off the loop
     trust = local.trust
     assert isinstance(trust, identity.TrustAnchor)
 
@@ -256,6 +250,7 @@ async def _stalled_sender(
 
 
 @pytest.mark.asyncio
+@pytest.mark.timeout(300)  # two handoffs to real daemons, then a stalled sender is waited out
 async def test_disk_is_reserved_across_handoffs_and_a_stalled_sender_is_cut_off(
     pair: Pair,
 ) -> None:
@@ -314,17 +309,19 @@ async def test_garbage_from_strangers_is_coalesced_in_status_and_throttled_in_ev
     # Since signaling v2 a stranger without the account's CA key is refused at the hello and
     # never reaches the offer handler; garbage offers after a valid hello (a device of the
     # account) are what can still fill status.refused.
-    local = _identity_of_a(pair)
+    local = await asyncio.to_thread(_identity_of_a, pair)  # file reads: off the loop
     flood = 200
     events: list[dict[str, Any]] = []
     async with pair.client(pair.b) as b, pair.client(pair.b) as watcher:
-        subscribed = asyncio.Event()
+        subscribed, marker_seen = asyncio.Event(), asyncio.Event()
 
         async def watch() -> None:
             async for ev in watcher.events(heartbeats=True):
                 subscribed.set()
                 if ev.get("type") == "handoff.refused":
                     events.append(ev)
+                elif ev.get("type") == "session.published":
+                    marker_seen.set()
 
         watching = asyncio.create_task(watch())
         try:
@@ -344,8 +341,12 @@ async def test_garbage_from_strangers_is_coalesced_in_status_and_throttled_in_ev
             assert len(refused) <= 32
             signaling = [r for r in refused if r["path"] == "signaling"]
             assert sum(r["count"] for r in signaling) >= flood
-            # Give the stream time to deliver whatever was published (it is in order).
-            await asyncio.sleep(1.0)
+            # A marker published after the flood: the stream is in order, so once it arrives
+            # every refusal event published before it has been delivered.
+            await b.publish(
+                "org.example.marker", "marker", items=[Item.of_data("document", "m.txt", b"m")]
+            )
+            await asyncio.wait_for(marker_seen.wait(), 30)
         finally:
             watching.cancel()
             with contextlib.suppress(BaseException):

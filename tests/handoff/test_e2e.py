@@ -17,16 +17,16 @@ import pytest
 
 from handoffd.control.client import Item
 from handoffd.errors import ApiError
-from tests.daemon.helpers import CURL
 from tests.handoff.helpers import (
     Pair,
     paired_daemons,
     register_notes_app,
     sha256_file,
-    wait_for,
     wait_state,
     write_random,
 )
+from tests.support.processes import CURL
+from tests.support.waiting import wait_for
 
 NOTES = "org.handoffd.notes"
 MESSAGES = 61  # + 2 documents = 63 items (the control API takes at most 1,024)

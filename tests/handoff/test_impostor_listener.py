@@ -27,10 +27,11 @@ import pytest
 from handoffd import identity as idn
 from handoffd.control.client import HandoffClient, Item
 from tests.daemon.helpers import DaemonProcess
-from tests.daemon.test_signaling_listener import free_port, listening_ports, until
+from tests.daemon.test_signaling_listener import free_port, listening_ports
 from tests.handoff.helpers import wait_for, wait_state
 from tests.server.helpers import ServerProcess, cli_invite, create_account
 
+# More than the default 60 s: a server and two real daemons; the impostor is dialed before the real desk.
 pytestmark = pytest.mark.timeout(300)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,7 +108,8 @@ async def test_impostor_gets_no_identity_and_cannot_end_the_handoff(
         _pair(server, a, "laptop", lan_discovery=False, unicast_peers=[fake])
         b_id = _pair(server, b, "desk")
         assert b.proc is not None
-        until(lambda: desk_port in listening_ports(b.proc.pid), "the desk's listener")  # type: ignore[union-attr]
+        desk_pid = b.proc.pid
+        await wait_for(lambda: desk_port in listening_ports(desk_pid), what="the desk's listener")
         async with HandoffClient(a.socket, timeout=30) as c:
             await wait_for(
                 lambda: _knows(c, b_id), within=60, what="the desk in the laptop's device list"

@@ -53,13 +53,13 @@ from tests.handoff.labkit import (
     WireMeter,
     kill_hard,
     pair_daemon,
-    poll,
     stop_quietly,
     write_expired_cert,
 )
 from tests.lab import Host, Lab
 from tests.lab.fixtures import require_lab
 from tests.server.helpers import create_account
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -209,7 +209,7 @@ async def test_100_messages_and_1k_1m_50m_documents_arrive_intact_and_the_app_re
         out = world.b.out.read_text(errors="replace")
         return out if "notes: confirmed" in out and "'Lab trip'" in out else None
 
-    out = await poll(app_said, within=30, what="the notes app's confirmation")
+    out = await wait_for(app_said, within=30, what="the notes app's confirmation")
     assert "notes: 100 message(s), 3 document(s)" in out
     for name, (_, digest) in world.docs.items():
         assert f"document {name} {DOCS[name]} bytes sha256={digest}" in out
@@ -348,7 +348,7 @@ async def _refused(
             x = await _get(s, h.id)
             return x if x["error"] is not None else None
 
-        seen: dict[str, Any] = await poll(refused, within=60, what="the refusal on the source")
+        seen: dict[str, Any] = await wait_for(refused, within=60, what="the refusal on the source")
         h2_tx = meter.read()[1]
         # An authentication refusal is final at once: retrying could only repeat it.
         assert seen["state"] == "failed", seen
@@ -397,7 +397,7 @@ async def test_refused_device_of_another_account(world: World) -> None:
             x = await _get(s, h.id)
             return x if x["error"] is not None else None
 
-        seen = await poll(failed_once, within=60, what="the failed attempt on mallory")
+        seen = await wait_for(failed_once, within=60, what="the failed attempt on mallory")
         assert seen["state"] == "retrying", seen
         assert seen["bytes_done"] == 0
         assert "reason" not in seen["error"], seen  # nothing the desk said is believed
@@ -406,7 +406,7 @@ async def test_refused_device_of_another_account(world: World) -> None:
             text = world.b.log_text()[log_before:]
             return True if "signaling hello refused code=hello-refused" in text else None
 
-        await poll(logged, within=30, what="the desk's log of the refused hello")
+        await wait_for(logged, within=30, what="the desk's log of the refused hello")
         assert "offer refused" not in world.b.log_text()[log_before:]
         assert {x.id for x in await b.handoffs()} == before
         await s.cancel(h.id)
@@ -524,7 +524,7 @@ async def test_link_cut_for_3s_mid_transfer_completes_without_resending_acknowle
             x = await _get(a, h.id)
             return int(x["bytes_done"]) if x["bytes_done"] >= size // 2 else None
 
-        acked_at_cut = await poll(
+        acked_at_cut = await wait_for(
             half_acknowledged, within=120, what="half acknowledged", every=0.02
         )
         with h1.fault("link_down"):
@@ -569,7 +569,7 @@ async def test_target_killed_mid_transfer_and_restarted_completes_intact(world: 
                 x = await _get(a, h.id)
                 return int(x["bytes_done"]) if x["bytes_done"] >= 8 * MiB else None
 
-            acked_before = await poll(acked, within=120, what="8 MiB acknowledged", every=0.02)
+            acked_before = await wait_for(acked, within=120, what="8 MiB acknowledged", every=0.02)
             kill_hard(world.b)
             durable = sum(checkpoints(world.b, h.id).values())
             assert acked_before <= durable < size

@@ -62,7 +62,6 @@ from tests.handoff.labkit import (
     free_bytes,
     kill_hard,
     pair_daemon,
-    poll,
     stop_quietly,
     terminate_all,
     tmpfs,
@@ -70,6 +69,7 @@ from tests.handoff.labkit import (
 from tests.lab import Host, Lab
 from tests.lab.fixtures import require_lab
 from tests.server.helpers import cli, cli_invite, create_account
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
 
@@ -201,7 +201,7 @@ async def _wait_online(world: World, who: str, device_id: str) -> dict[str, Any]
             return d if d.get("online") else None
         return None
 
-    seen: dict[str, Any] = await poll(probe, within=60, what=f"{device_id} online", every=0.2)
+    seen: dict[str, Any] = await wait_for(probe, within=60, what=f"{device_id} online", every=0.2)
     return seen
 
 
@@ -331,7 +331,7 @@ async def _acked(world: World, sent: Sent, at_least: int, *, path: str | None = 
                 return None
             return int(x["bytes_done"]) if x["bytes_done"] >= at_least else None
 
-        got: int = await poll(probe, within=120, what=f"{at_least} B acknowledged", every=0.02)
+        got: int = await wait_for(probe, within=120, what=f"{at_least} B acknowledged", every=0.02)
         return got
 
 

@@ -7,10 +7,7 @@ each other by mDNS on the lab bridge and connect directly.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,57 +17,24 @@ from pathlib import Path
 import pytest
 
 from handoffd.control.client import HandoffClient, Item
-from tests.daemon.helpers import DaemonProcess
 from tests.handoff.helpers import (
     checkpoints,
     register_notes_app,
     sha256_file,
-    wait_for,
     wait_nearby,
     wait_state,
     write_random,
 )
-from tests.lab import Host, Lab
+from tests.handoff.labkit import LabDaemon, LabServer
+from tests.lab import Lab
 from tests.lab.fixtures import require_lab
-from tests.server.helpers import READY_PREFIX, ServerProcess, cli_invite, create_account
+from tests.server.helpers import cli_invite, create_account
+from tests.support.processes import DaemonProcess, ServerProcess
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.lab
 NOTES = "org.handoffd.notes"
 MiB = 1024 * 1024
-
-
-@dataclass
-class LabDaemon(DaemonProcess):
-    """A daemon process inside a lab host."""
-
-    host: Host | None = None
-
-    def spawn(self) -> subprocess.Popen[bytes]:
-        """Start it inside the host's namespace (tracked by the lab)."""
-        assert self.host is not None
-        env = {**os.environ, **self.env}
-        env.pop("HANDOFF_HOME", None)
-        with self.log.open("ab") as log:
-            self.proc = self.host.popen(
-                [sys.executable, "-m", "handoffd.daemon", "--home", str(self.home)],
-                stdout=subprocess.DEVNULL, stderr=log, env=env,
-            )  # fmt: skip
-        return self.proc
-
-
-def start_server(host: Host, data: Path) -> ServerProcess:
-    """handoff-server in ``host`` on its lab address."""
-    server = ServerProcess(data)
-    argv = [sys.executable, "-m", "handoffd.server.cli", "serve", "--data", str(data),
-            "--listen", f"{host.address}:0"]  # fmt: skip
-    with server.log.open("a") as log:
-        server.proc = host.popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)
-    assert server.proc.stdout is not None
-    line = server.proc.stdout.readline()
-    assert line.startswith(READY_PREFIX), server.log.read_text()
-    fields = dict(part.split("=", 1) for part in line[len(READY_PREFIX) :].split())
-    server.url, server.fingerprint = fields["url"], fields["fingerprint"]
-    return server
 
 
 @dataclass
@@ -101,7 +65,7 @@ def world() -> Iterator[World]:
     root = Path(tempfile.mkdtemp(prefix="hl", dir="/tmp"))
     try:
         h0, h1 = lab.hosts
-        server = start_server(h0, root / "srv")
+        server = LabServer(root / "srv", host=h0, port=0).start()
         create_account(server.data, "lab")
         a = LabDaemon(root / "a", host=h0)
         b = LabDaemon(root / "b", host=h1)

@@ -24,10 +24,16 @@ import pytest
 from handoffd.control.client import HandoffClient, Item
 from handoffd.proto.messages import DEFAULT_WINDOW
 from tests.handoff.helpers import sha256_file, wait_nearby, wait_state, write_random
-from tests.handoff.labkit import LabDaemon, LabServer, MiB, pair_daemon, poll
+from tests.handoff.labkit import (
+    LabDaemon,
+    LabServer,
+    MiB,
+    pair_daemon,
+)
 from tests.lab import Host, Lab
 from tests.lab.fixtures import require_lab
 from tests.server.helpers import create_account
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -130,7 +136,7 @@ async def test_relay_when_udp_is_blocked_then_direct_mid_transfer(world: World) 
                         raise AssertionError(x)
                     return x if x["path"] == "relay" and x["bytes_done"] > 4 * MiB else None
 
-                first = await poll(relayed, within=90, what="bytes through the relay")
+                first = await wait_for(relayed, within=90, what="bytes through the relay")
                 assert first["attempts"] == 1
                 # The desk sees the same path for its side.
                 assert (await b.handoff(h.id)).path == "relay"
@@ -141,7 +147,7 @@ async def test_relay_when_udp_is_blocked_then_direct_mid_transfer(world: World) 
                 x = await _get(a, h.id)
                 return x if x["path"] == "direct" or x["state"] != "transferring" else None
 
-            moved = await poll(direct_again, within=90, what="the move to the direct path")
+            moved = await wait_for(direct_again, within=90, what="the move to the direct path")
         done = await wait_state(a, h.id, {"delivered", "failed", "declined"}, 240)
         assert done["state"] == "delivered", done
         assert moved["path"] == "direct", moved  # it moved before the end

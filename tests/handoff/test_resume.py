@@ -12,10 +12,10 @@ from tests.handoff.helpers import (
     checkpoints,
     paired_daemons,
     sha256_file,
-    wait_for,
     wait_state,
     write_random,
 )
+from tests.support.waiting import wait_for
 
 SIZE = 50 * 1024 * 1024
 

@@ -19,6 +19,7 @@ from handoffd.control.client import Item
 from handoffd.transport.signaling import client_context
 from tests.handoff.helpers import Pair, paired_daemons, wait_state
 
+# More than the default 60 s: a server, two daemons, pairing, and a flood running through handoffs.
 pytestmark = pytest.mark.timeout(300)
 
 DAEMON_NOFILE = 1024  # a common default soft limit; the daemons inherit it from this process

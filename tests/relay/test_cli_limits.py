@@ -16,8 +16,9 @@ from handoffd.server import cli
 from handoffd.server.relay import RelayConfig
 from handoffd.transport.base import Channel
 from tests.relay.helpers import Node, Paired, drain, environment, pair_devices, wait_stats
-from tests.server.helpers import ServerProcess
+from tests.support.processes import ServerProcess
 
+# More than the default 60 s: servers started with several flag sets, relays opened against each.
 pytestmark = pytest.mark.timeout(120)
 
 

@@ -15,9 +15,10 @@ from handoffd.transport.base import Channel, Dialer, PeerAuthError
 from handoffd.transport.connector import Connector, NoPathError, Upgrader
 from handoffd.transport.signaling import send_offer
 from tests.relay.helpers import Node, Paired, pair_devices, start_server, wait_stats
-from tests.server.helpers import ServerProcess
+from tests.support.processes import ServerProcess
 from tests.transport.helpers import Callee, Device
 
+# More than the default 60 s: real WebRTC raced against the real relay, some cases waiting out a dialer.
 pytestmark = pytest.mark.timeout(120)
 
 LOOPBACK = webrtc.WebRtcOptions(host_addresses=("127.0.0.1",))

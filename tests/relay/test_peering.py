@@ -21,8 +21,9 @@ from handoffd.transport import signaling, webrtc
 from handoffd.transport.base import LocalIdentity, PeerRefusedError
 from handoffd.transport.relay import RelayChannel
 from tests.relay.helpers import Paired, pair_devices, start_server
-from tests.server.helpers import ServerProcess
+from tests.support.processes import ServerProcess
 
+# More than the default 60 s: WebRTC (ICE, DTLS) signaled through a real server.
 pytestmark = pytest.mark.timeout(120)
 
 LOOPBACK = webrtc.WebRtcOptions(host_addresses=("127.0.0.1",))

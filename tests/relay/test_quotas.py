@@ -12,8 +12,9 @@ import pytest
 from handoffd.errors import ServerError, TransportError
 from handoffd.transport.base import Channel
 from tests.relay.helpers import Node, Paired, drain, pair_devices, start_server, wait_stats
-from tests.server.helpers import ServerProcess
+from tests.support.processes import ServerProcess
 
+# More than the default 60 s: relay limits are reached by real transfers.
 pytestmark = pytest.mark.timeout(120)
 
 MAX_BYTES = 1024 * 1024

@@ -31,8 +31,9 @@ from tests.relay.helpers import (
     start_server,
     wait_stats,
 )
-from tests.server.helpers import ServerProcess
+from tests.support.processes import ServerProcess
 
+# More than the default 60 s: a real server and relayed transfers between real devices.
 pytestmark = pytest.mark.timeout(120)
 
 

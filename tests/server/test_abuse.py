@@ -22,7 +22,8 @@ from handoffd.errors import ServerError
 from handoffd.server import pairing
 from handoffd.serverlink import RelayTicket
 from tests.relay.helpers import environment
-from tests.server.helpers import ServerProcess, cli, cli_invite, create_account, pair
+from tests.server.helpers import cli, cli_invite, create_account, pair
+from tests.support.processes import ServerProcess
 
 DEADLINE = 60.0
 _CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
@@ -82,7 +83,7 @@ async def _login(
 
 
 @pytest.mark.asyncio
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(300)  # Argon2id logins and bursts against a real server: slow on 2 cores
 async def test_concurrent_logins_leave_the_server_answering(
     tmp_path: Path, started: list[ServerProcess]
 ) -> None:
@@ -128,7 +129,7 @@ async def test_concurrent_logins_leave_the_server_answering(
 
 
 @pytest.mark.asyncio
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(300)  # Argon2id logins and bursts against a real server: slow on 2 cores
 async def test_concurrent_wrong_codes_are_evaluated_at_most_burst_times(
     tmp_path: Path, started: list[ServerProcess]
 ) -> None:
@@ -156,7 +157,7 @@ async def test_concurrent_wrong_codes_are_evaluated_at_most_burst_times(
 
 
 @pytest.mark.asyncio
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(300)  # Argon2id logins and bursts against a real server: slow on 2 cores
 async def test_concurrent_bad_relay_joins_are_evaluated_at_most_burst_times(
     tmp_path: Path, started: list[ServerProcess]
 ) -> None:
@@ -195,7 +196,7 @@ async def test_concurrent_bad_relay_joins_are_evaluated_at_most_burst_times(
 
 
 @pytest.mark.asyncio
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(600)  # 10,050 junk-name logins against a real server
 async def test_junk_names_do_not_reset_an_accounts_login_limit(
     tmp_path: Path, started: list[ServerProcess]
 ) -> None:
@@ -240,7 +241,7 @@ async def test_junk_names_do_not_reset_an_accounts_login_limit(
 
 
 @pytest.mark.asyncio
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(300)  # Argon2id logins and bursts against a real server: slow on 2 cores
 async def test_trusted_proxy_forwarded_clients_and_ipv6_by_64(
     tmp_path: Path, started: list[ServerProcess]
 ) -> None:
@@ -287,7 +288,7 @@ def _expired_unused(server: ServerProcess) -> int:
 
 
 @pytest.mark.asyncio
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(300)  # Argon2id logins and bursts against a real server: slow on 2 cores
 async def test_expired_invites_are_purged_and_creation_is_rate_limited(
     tmp_path: Path, started: list[ServerProcess]
 ) -> None:

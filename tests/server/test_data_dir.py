@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.server.helpers import ServerProcess
+from tests.support.processes import ServerProcess
 
 
 def test_serve_makes_the_data_directory_0700(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from handoffd.serverlink import ServerClient, ServerLink
 from handoffd.wire import auth
 from tests.server.helpers import ServerProcess, cli_invite, create_account, pair
 
+# More than the default 60 s: rounds of concurrent WebSocket connects to a real server.
 pytestmark = pytest.mark.timeout(180)
 
 DEVICES = 8

@@ -30,8 +30,10 @@ from handoffd.serverlink import IceServerInfo, ServerClient
 from handoffd.wire import auth
 from handoffd.wire.ice import check_ice_response, parse_ice_url
 from tests.server.conftest import Seed
-from tests.server.helpers import ServerProcess, cli, cli_invite, create_account, pair
+from tests.server.helpers import cli, cli_invite, create_account, pair
+from tests.support.processes import ServerProcess
 
+# More than the default 60 s: each case starts and stops real server processes.
 pytestmark = pytest.mark.timeout(120)
 
 SECRET = b"4f1c0d6e9a8b7c6d5e4f3a2b1c0d9e8f"

@@ -20,9 +20,10 @@ import aiohttp
 import pytest
 
 from handoffd.server import listener
-from tests.server.helpers import READY_PREFIX, ServerProcess, _read_line
+from tests.support.processes import READY_PREFIX, ServerProcess, read_line
 
 OPENSSL = shutil.which("openssl") or "openssl"
+# More than the default 60 s: the listener's idle and drip timeouts run their course, and a server runs out of descriptors.
 pytestmark = pytest.mark.timeout(240)
 
 
@@ -199,7 +200,7 @@ def test_the_soft_descriptor_limit_is_raised_to_the_hard_one(tmp_path: Path) -> 
     proc = _spawn(tmp_path / "data", tmp_path / "server.log", 256, 4096)
     try:
         assert proc.stdout is not None
-        line = _read_line(proc.stdout, 30)
+        line = read_line(proc.stdout, 30)
         assert line.startswith(READY_PREFIX), (tmp_path / "server.log").read_text()
         limits = Path(f"/proc/{proc.pid}/limits").read_text()
         row = next(x for x in limits.splitlines() if x.startswith("Max open files"))
@@ -224,7 +225,7 @@ def test_out_of_descriptors_is_logged_a_few_times_not_per_accept(tmp_path: Path)
     socks: list[socket.socket] = []
     try:
         assert proc.stdout is not None
-        line = _read_line(proc.stdout, 30)
+        line = read_line(proc.stdout, 30)
         assert line.startswith(READY_PREFIX), log_path.read_text()
         url = line.split("url=", 1)[1].split()[0]
         port = int(url.rsplit(":", 1)[1])

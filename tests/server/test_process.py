@@ -25,9 +25,11 @@ from handoffd.server import pairing, tlscert
 from handoffd.serverlink import JoinResult, ServerClient, ServerLink, parse_invite
 from handoffd.wire import auth
 from tests.server.conftest import Seed
-from tests.server.helpers import ServerProcess, cli, cli_invite, create_account, pair
+from tests.server.helpers import cli, cli_invite, create_account, pair
+from tests.support.processes import ServerProcess
 
 OPENSSL = shutil.which("openssl") or "openssl"
+# More than the default 60 s: a real server over TLS, stopped and restarted, and CLI runs.
 pytestmark = pytest.mark.timeout(120)
 
 

@@ -33,7 +33,8 @@ from handoffd.serverlink import IceServerInfo, JoinResult
 from tests.lab import Host, Lab
 from tests.lab.coturn import Coturn, start_coturn
 from tests.lab.fixtures import LabFactory
-from tests.server.helpers import ServerProcess, cli_invite, create_account, pair
+from tests.server.helpers import cli_invite, create_account, pair
+from tests.support.processes import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 PAYLOAD = 1024 * 1024 + 12345
@@ -100,7 +101,7 @@ def _spec(tmp: Path, role: str, host: Host, dev: Dev, timeout: float, **extra: A
     return path
 
 
-def _read_line(stream: IO[str], timeout: float) -> str:
+def read_line(stream: IO[str], timeout: float) -> str:
     sel = selectors.DefaultSelector()
     sel.register(stream, selectors.EVENT_READ)
     try:
@@ -136,7 +137,7 @@ def _connect_pair(
     )
     try:
         assert callee.stdout is not None
-        ready = _read_line(callee.stdout, 30)
+        ready = read_line(callee.stdout, 30)
         assert ready.startswith("ready "), (ready, callee.poll())
         port = int(ready.split()[1])
         spec = _spec(

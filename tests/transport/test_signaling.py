@@ -317,7 +317,8 @@ async def test_client_errors() -> None:
                 w.write(reply)
                 await w.drain()
 
-        srv = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_context())
+        ctx = await asyncio.to_thread(server_context)
+        srv = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=ctx)
         try:
             with pytest.raises(TransportError) as e:
                 await _offer(srv.sockets[0].getsockname()[1], b"o", timeout=1)
@@ -415,6 +416,7 @@ class Tap:
         self.target = target
         self.wire = bytearray()
         self.server: asyncio.Server | None = None
+        self.pipes: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> int:
         self.server = await asyncio.start_server(self._pipe, "127.0.0.1", 0)
@@ -423,9 +425,15 @@ class Tap:
     async def __aexit__(self, *exc: object) -> None:
         assert self.server is not None
         self.server.close()
+        for task in self.pipes:  # wait_closed does not wait for the connections' tasks
+            task.cancel()
+        await asyncio.gather(*self.pipes, return_exceptions=True)
         await self.server.wait_closed()
 
     async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.pipes.add(task)
         ur, uw = await asyncio.open_connection("127.0.0.1", self.target)
 
         async def copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:

@@ -15,6 +15,7 @@ from handoffd.transport import signaling
 from handoffd.transport.signaling import SignalingServer, client_context, send_offer
 from tests.transport.helpers import Account
 
+# More than the default 60 s: floods of real TLS connections wait out the listener's handshake and idle timeouts.
 pytestmark = pytest.mark.timeout(120)
 
 ACCOUNT = Account()

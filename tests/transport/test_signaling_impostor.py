@@ -32,6 +32,7 @@ from handoffd.transport.signaling import (
 )
 from tests.transport.helpers import Account, Device
 
+# More than the default 60 s: real TLS signaling against impostor listeners, waiting out refusals.
 pytestmark = pytest.mark.timeout(90)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -237,7 +238,7 @@ class Interceptor:
         self.server: asyncio.Server | None = None
 
     async def __aenter__(self) -> int:
-        ctx, _ = server_tls()
+        ctx, _ = await asyncio.to_thread(server_tls)
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=ctx)
         return int(self.server.sockets[0].getsockname()[1])
 

@@ -26,6 +26,7 @@ from handoffd.transport.signaling import lan_signal, send_offer
 from handoffd.transport.webrtc.peer import configuration, host_addresses
 from tests.transport.helpers import Account, Callee, Device
 
+# More than the default 60 s: real aiortc connections (ICE, DTLS), some waiting out deadlines.
 pytestmark = pytest.mark.timeout(120)
 
 FAST = webrtc.WebRtcOptions(connect_timeout=4.0)

@@ -1,0 +1,1 @@
+"""Test helpers shared by every test package: waiting on conditions, real processes."""
