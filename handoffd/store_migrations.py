@@ -74,6 +74,7 @@ MIGRATIONS: tuple[str, ...] = (
 
 
 def migrate(db: sqlite3.Connection) -> None:
+    """Run the migrations ``db`` has not run yet (refuse a newer schema: ``store-too-new``)."""
     version = int(db.execute("PRAGMA user_version").fetchone()[0])
     if version > len(MIGRATIONS):
         raise StoreError(

@@ -85,10 +85,12 @@ def new_session_id() -> str:
 
 
 def dumps_json(obj: Any) -> str:
+    """Compact JSON text for a column."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
 def insert_items(db: sqlite3.Connection, session_id: str, items: Sequence[Item]) -> None:
+    """Insert ``items`` as the rows of ``session_id`` (in order)."""
     db.executemany(
         "INSERT INTO session_items (session_id, idx, type, name, mime, source, text, data, path,"
         " size, mtime) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -112,6 +114,7 @@ def insert_items(db: sqlite3.Connection, session_id: str, items: Sequence[Item])
 
 
 def item_from_row(r: Sequence[Any]) -> Item:
+    """A ``session_items`` row (from ``type``) as an Item."""
     return Item(
         type=r[0],
         name=r[1],
@@ -126,6 +129,7 @@ def item_from_row(r: Sequence[Any]) -> Item:
 
 
 def handoff_from_row(r: Sequence[Any]) -> HandoffRecord:
+    """A ``handoffs`` row (``HANDOFF_COLUMNS``) as a HandoffRecord."""
     return HandoffRecord(
         id=r[0],
         direction=r[1],
@@ -144,6 +148,7 @@ def handoff_from_row(r: Sequence[Any]) -> HandoffRecord:
 
 
 def session_from_row(row: Sequence[Any], items: tuple[Item, ...]) -> SessionRecord:
+    """A ``sessions`` row and its items as a SessionRecord."""
     return SessionRecord(
         id=row[0],
         app_id=row[1],
