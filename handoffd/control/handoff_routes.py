@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from handoffd.control import schema
-from handoffd.control.server import ControlContext, json_response, read_json
+from handoffd.control.context import ControlContext
+from handoffd.control.responses import json_response, read_json
 from handoffd.errors import ApiError
 
 if TYPE_CHECKING:
