@@ -120,7 +120,7 @@ async def test_relay_close_through_the_other_instance_ends_the_session(limited: 
 async def test_wrong_codes_over_two_instances_evaluated_at_most_the_burst(
     limited: Cluster,
 ) -> None:
-    """Last in this module: it empties 127.0.0.1's join bucket for a minute."""
+    """Next to last in this module: it empties 127.0.0.1's join bucket for a minute."""
 
     async def guess(index: int) -> str:
         code = "".join(secrets.choice(CROCKFORD) for _ in range(12))
@@ -136,3 +136,19 @@ async def test_wrong_codes_over_two_instances_evaluated_at_most_the_burst(
     evaluated = [c for c in codes if c != "rate-limited"]
     assert all(c.startswith("invite-") for c in evaluated), codes
     assert 1 <= len(evaluated) <= 10, codes  # the burst, for both instances together
+
+
+async def test_limits_fail_closed_while_redis_is_down(
+    limited: Cluster, redis_server: RedisServer
+) -> None:
+    """Redis stopped: a join is refused 503 ``bus-unavailable``, never let through unlimited."""
+    redis_server.stop()
+    try:
+        for index in range(2):
+            async with ServerClient(limited.instances[index].url, fingerprint=None) as c:
+                invite = parse_invite("0" * 12, server_url=c.server_url)
+                with pytest.raises(ServerError) as refused:
+                    await c.join(invite, key=identity.generate_device_key(), name="x", platform="l")
+                assert refused.value.code == "bus-unavailable"
+    finally:
+        redis_server.start()
