@@ -15,6 +15,9 @@ Keys (all under ``hp:``):
   new presence.
 - ``hp:nonce:<device>:<nonce>``: a signed request's nonce (``SET NX``), kept
   for the replay window, so a request replayed to another instance is refused.
+- ``hp:rl:<limit>:<key>``: a shared rate-limit bucket (``ratelimitredis``).
+- ``hp:rq:<account>``: the account's relay sessions on every instance, scored
+  by a lease (``RELAY_LEASE`` s) the holder extends on each refresh.
 
 Channels: ``hp:all`` (presence changes and revocations, for every instance)
 and ``hp:inst:<instance>`` (signals for the devices that instance holds).

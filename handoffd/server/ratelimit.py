@@ -5,7 +5,8 @@ guards (a limiter that only counts failures gives the token back with
 ``refund`` when the work succeeded). The bucket table is bounded without
 letting junk keys push out a bucket that is below full: only full buckets
 (which are the same as absent ones) are forgotten, and while none is, new
-keys are refused.
+keys are refused. With a bus, the app's ``LIMITERS`` factory makes the same
+buckets in Redis instead (``ratelimitredis``), shared by every instance.
 
 The client address is the TCP peer, unless the peer is a configured trusted
 reverse proxy: then the right-most address in ``X-Forwarded-For`` that is not
