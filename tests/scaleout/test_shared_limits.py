@@ -7,9 +7,12 @@ import secrets
 from collections.abc import Iterator
 
 import pytest
+import redis.asyncio as aioredis
+import redis.utils
 
 from handoffd import identity
 from handoffd.errors import ServerError
+from handoffd.server.ratelimitredis import SharedRateLimiter
 from handoffd.serverlink import RelayTicket, ServerClient, ServerLink, parse_invite
 from tests.scaleout.conftest import Cluster, make_cluster, stop_cluster
 from tests.scaleout.test_cluster import Recorder, _pair
@@ -115,6 +118,29 @@ async def test_relay_close_through_the_other_instance_ends_the_session(limited: 
         assert ended.value.code == "relay-closed"
     finally:
         await _close_all(clients, links)
+
+
+async def test_shared_bucket_takes_refunds_and_forgets_only_full_buckets(
+    redis_server: RedisServer,
+) -> None:
+    """The Redis bucket (real Redis): burst, refund, TTL only below full, nothing for a refund."""
+    await asyncio.to_thread(redis.utils.get_lib_version)  # cached; it reads package metadata
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        limiter = SharedRateLimiter(client, "unit", per_minute=1, burst=2)
+        assert [await limiter.acquire("k", 0.0) for _ in range(3)][:2] == [0, 0]
+        assert await limiter.acquire("k", 0.0) >= 1  # empty: seconds to wait, nothing taken
+        ttl = await client.pttl("hp:rl:unit:k")
+        assert 60_000 < ttl <= 121_000  # kept until it would be full again (2 tokens at 1/min)
+        await limiter.give_back("k", 0.0)
+        assert await limiter.acquire("k", 0.0) == 0  # the refunded token
+        await limiter.give_back("absent", 0.0)  # a full bucket gets nothing more
+        assert await client.exists("hp:rl:unit:absent") == 0
+        assert await limiter.acquire("n", 0.0) == 0
+        await limiter.give_back("n", 0.0)  # full again: the same as absent, forgotten
+        assert await client.exists("hp:rl:unit:n") == 0
+    finally:
+        await client.aclose()
 
 
 async def test_wrong_codes_over_two_instances_evaluated_at_most_the_burst(
