@@ -160,7 +160,7 @@ async def join(request: web.Request) -> web.Response:
     limiter = request.app[JOIN_LIMITER]
     # The token is taken before the work and given back on success: concurrent guesses
     # cannot all pass a check made before any of them is counted (issue #16).
-    if not limiter.take(key, _now(request)):
+    if await limiter.acquire(key, _now(request)):
         raise ServerError(
             "too many failed join attempts; wait a minute", code="rate-limited", status=429
         )
@@ -173,7 +173,7 @@ async def join(request: web.Request) -> web.Response:
         raise
     finally:
         if not counted:
-            limiter.refund(key, _now(request))
+            await limiter.give_back(key, _now(request))
     logger.info(
         "device joined account=%s device=%s client=%s", issued.account_id, issued.device_id, client
     )
@@ -208,7 +208,7 @@ async def create_invite(request: web.Request) -> web.Response:
         raise ServerError(
             "a device can only invite to its own account", code="account-mismatch", status=403
         )
-    retry = request.app[ratelimit.INVITE_LIMITS].take(
+    retry = await request.app[ratelimit.INVITE_LIMITS].take(
         device.account_id, device.device_id, _now(request)
     )
     if retry:
@@ -329,7 +329,9 @@ async def relay_stats(request: web.Request) -> web.Response:
 
 def setup_api(app: web.Application) -> None:
     """Add the ``/v1`` routes (the WebSocket route is added by the hub)."""
-    app[ratelimit.INVITE_LIMITS] = ratelimit.InviteLimits(per_minute=app[CONFIG].invites_per_minute)
+    app[ratelimit.INVITE_LIMITS] = ratelimit.InviteLimits.made_by(
+        ratelimit.limiter_factory(app), app[CONFIG].invites_per_minute
+    )
     app.router.add_get("/v1/info", info)
     app.router.add_post("/v1/join", join)
     app.router.add_post("/v1/invites", create_invite)

@@ -34,8 +34,7 @@ from handoffd.server.keys import (
     ServerConfig,
     error_response,
 )
-from handoffd.server.pairing import RateLimiter
-from handoffd.server.ratelimit import TRUSTED_PROXIES, TrustedProxies
+from handoffd.server.ratelimit import LIMITERS, TRUSTED_PROXIES, TrustedProxies, limiter_factory
 from handoffd.server.relay import setup_relay
 from handoffd.server.store import Store
 from handoffd.wire.auth import RequestVerifier
@@ -141,16 +140,17 @@ def make_app(
     app[HUB] = hub
     app[VERIFIER] = RequestVerifier()
     app[TRUSTED_PROXIES] = TrustedProxies.parse(config.trusted_proxies)
-    app[JOIN_LIMITER] = RateLimiter(
-        per_minute=config.join_failures_per_minute, burst=config.join_failure_burst
-    )
-    api.setup_api(app)
-    app.router.add_get("/v1/ws", hub.handle)
-    setup_relay(app, hub, config.relay)  # relay: /v1/relay (handoffd.server.relay)
     if config.bus is not None:  # bus: imported only then (redis is an optional dependency)
         from handoffd.server.bus import setup_bus
 
         hub.bus = setup_bus(app, hub, config.bus)
+        app[LIMITERS] = hub.bus.limiter  # every rate limit shared by the instances
+    app[JOIN_LIMITER] = limiter_factory(app)(
+        "join", config.join_failures_per_minute, config.join_failure_burst
+    )
+    api.setup_api(app)
+    app.router.add_get("/v1/ws", hub.handle)
+    setup_relay(app, hub, config.relay)  # relay: /v1/relay (handoffd.server.relay)
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         watcher = asyncio.create_task(hub.watch(config.revocation_poll), name="revocation-watch")

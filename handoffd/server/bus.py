@@ -15,6 +15,9 @@ Keys (all under ``hp:``):
   new presence.
 - ``hp:nonce:<device>:<nonce>``: a signed request's nonce (``SET NX``), kept
   for the replay window, so a request replayed to another instance is refused.
+- ``hp:rl:<limit>:<key>``: a shared rate-limit bucket (``ratelimitredis``).
+- ``hp:rq:<account>``: the account's relay sessions on every instance, scored
+  by a lease (``RELAY_LEASE`` s) the holder extends on each refresh.
 
 Channels: ``hp:all`` (presence changes and revocations, for every instance)
 and ``hp:inst:<instance>`` (signals for the devices that instance holds).
@@ -38,6 +41,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from handoffd.errors import ServerError
+from handoffd.server.ratelimitredis import SharedRateLimiter, unavailable
 
 if TYPE_CHECKING:
     from handoffd.server.wsconn import Conn, LocalHub, RemoteDevice
@@ -50,6 +54,8 @@ REDIS_TIMEOUT = 5.0
 RETRY = 1.0
 CH_ALL = "hp:all"
 CLAIM_TTL = 30.0
+RELAY_LEASE = 10.0
+"""A relay session counts against its account's cap this long after its holder last said so."""
 MAX_BUS_MESSAGE = 512 * 1024
 
 # Delete a device's keys only if this instance still holds it (it may have moved on).
@@ -61,6 +67,39 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+# The account's relay sessions: a sorted set scored by lease expiry (Redis's clock).
+# ARGV: session, cap, lease s. 1 if counted (or already), 0 if the account is at its cap.
+_QUOTA_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local lease = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+    return 0
+  end
+end
+redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], math.ceil(lease * 1000) + 1000)
+return 1
+"""
+
+# KEYS[i]: the quota set of ARGV[i + 1]'s account; ARGV[1]: lease s.
+_QUOTA_REFRESH = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local lease = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now + lease, ARGV[i + 1])
+  redis.call('PEXPIRE', key, math.ceil(lease * 1000) + 1000)
+end
+return #KEYS
+"""
+
+
+def _quota_key(account_id: str) -> str:
+    return f"hp:rq:{account_id}"
 
 
 def _dev_key(device_id: str) -> str:
@@ -88,6 +127,9 @@ class RedisBus:
             socket_connect_timeout=REDIS_TIMEOUT,
         )
         self._release = self._redis.register_script(_RELEASE)
+        self._quota_take = self._redis.register_script(_QUOTA_TAKE)
+        self._quota_refresh = self._redis.register_script(_QUOTA_REFRESH)
+        self._relays: dict[str, str] = {}  # relay session held here → its account (quota)
         self._online: dict[str, frozenset[str]] = {}  # account → online everywhere (last read)
         self._pushed: dict[str, frozenset[str]] = {}  # account → what local devices were told
         self._tasks: set[asyncio.Task[None]] = set()
@@ -183,6 +225,7 @@ class RedisBus:
         conns = self._hub.local_connections()
         if conns:
             await self._write_devices(conns)
+        await self._refresh_relays()
         if self.internal_url is not None:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(REDIS_TIMEOUT):
@@ -246,6 +289,52 @@ class RedisBus:
         }
         return await self._publish(_inst_channel(instance), wrapped) > 0
 
+    # ------------------------------------------------------------ shared limits
+
+    def limiter(self, name: str, per_minute: float, burst: int) -> SharedRateLimiter:
+        """A rate limit shared by every instance (``ratelimit.LimiterFactory``)."""
+        return SharedRateLimiter(self._redis, name, per_minute=per_minute, burst=burst)
+
+    async def relay_quota_take(self, account_id: str, session_id: str, cap: int) -> bool:
+        """Count a new relay session against the account's cap on every instance; False if full."""
+        self._relays[session_id] = account_id
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                ok = await self._quota_take(
+                    keys=[_quota_key(account_id)], args=[session_id, cap, RELAY_LEASE]
+                )
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._relays.pop(session_id, None)
+            logger.warning("bus relay quota failed error=%s", type(exc).__name__)
+            raise unavailable() from None
+        if not ok:
+            self._relays.pop(session_id, None)
+        return bool(ok)
+
+    async def relay_quota_release(self, account_id: str, session_id: str) -> None:
+        """The session ended: it no longer counts (else its lease runs out)."""
+        if self._relays.pop(session_id, None) is None:
+            return
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                await self._redis.zrem(_quota_key(account_id), session_id)
+
+    async def _refresh_relays(self) -> None:
+        """Extend the lease of every relay session held here (a dead instance's run out)."""
+        if not self._relays:
+            return
+        held = list(self._relays.items())
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                await self._quota_refresh(
+                    keys=[_quota_key(a) for _, a in held], args=[RELAY_LEASE, *(s for s, _ in held)]
+                )
+
+    async def publish_relay_close(self, account_id: str, device_id: str, session_id: str) -> None:
+        """Ask the instance holding ``session_id`` to end it (``device_id`` must be a party)."""
+        message = {"t": "relay-close", "account": account_id, "device": device_id}
+        await self._publish(CH_ALL, {**message, "session": session_id})
+
     # ------------------------------------------------------------ relay sessions (relaybus.py)
 
     async def hold_relay(self, session_id: str, ttl: float) -> None:
@@ -307,9 +396,7 @@ class RedisBus:
                 )
         except (RedisError, OSError, TimeoutError) as exc:
             logger.warning("bus nonce check failed error=%s", type(exc).__name__)
-            raise ServerError(
-                "the server's bus is unavailable", code="bus-unavailable", status=503
-            ) from None
+            raise unavailable() from None
         if not fresh:
             raise ServerError("request was already used (replay)", code="auth-replayed", status=401)
 
@@ -373,6 +460,10 @@ class RedisBus:
                 await self._hub.moved_elsewhere(device_id)
             if self._hub.local_online(account_id):
                 await self._push(account_id)
+        elif kind == "relay-close" and self._hub.relay is not None:
+            await self._hub.relay.close_for(
+                str(msg.get("account")), str(msg.get("device")), str(msg.get("session"))
+            )
         elif kind == "revoked" and isinstance(msg.get("devices"), list):
             ids = [str(d) for d in msg["devices"]]
             await self._hub.disconnect_revoked(ids, local_only=True)

@@ -16,7 +16,7 @@ from aiohttp import web
 from handoffd.server.hub import Hub
 from handoffd.server.ice import IceConfig
 from handoffd.server.pairing import INVITE_TTL
-from handoffd.server.ratelimit import RateLimiter
+from handoffd.server.ratelimit import Limiter
 from handoffd.server.relayconfig import RelayConfig
 from handoffd.server.store import Store
 from handoffd.wire.auth import RequestVerifier
@@ -61,7 +61,7 @@ STORE: web.AppKey[Store] = web.AppKey("handoff_store", Store)
 CONFIG: web.AppKey[ServerConfig] = web.AppKey("handoff_config", ServerConfig)
 HUB: web.AppKey[Hub] = web.AppKey("handoff_hub", Hub)
 VERIFIER: web.AppKey[RequestVerifier] = web.AppKey("handoff_verifier", RequestVerifier)
-JOIN_LIMITER: web.AppKey[RateLimiter] = web.AppKey("handoff_join_limiter", RateLimiter)
+JOIN_LIMITER: web.AppKey[Limiter] = web.AppKey("handoff_join_limiter", Limiter)
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:

@@ -5,7 +5,8 @@ guards (a limiter that only counts failures gives the token back with
 ``refund`` when the work succeeded). The bucket table is bounded without
 letting junk keys push out a bucket that is below full: only full buckets
 (which are the same as absent ones) are forgotten, and while none is, new
-keys are refused.
+keys are refused. With a bus, the app's ``LIMITERS`` factory makes the same
+buckets in Redis instead (``ratelimitredis``), shared by every instance.
 
 The client address is the TCP peer, unless the peer is a configured trusted
 reverse proxy: then the right-most address in ``X-Forwarded-For`` that is not
@@ -18,8 +19,9 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 
@@ -73,6 +75,14 @@ class RateLimiter:
 
     allow = take
 
+    async def acquire(self, key: str, now: float) -> int:
+        """0 if a token was taken for ``key``, else seconds to wait (nothing taken)."""
+        return 0 if self.take(key, now) else max(1, self.retry_after(key, now))
+
+    async def give_back(self, key: str, now: float) -> None:
+        """``refund``, with the shared limiters' signature."""
+        self.refund(key, now)
+
     def refund(self, key: str, now: float) -> None:
         """Give back a token taken for work that turned out not to count (e.g. a success)."""
         if key in self._buckets:
@@ -92,6 +102,31 @@ class RateLimiter:
         return len(self._buckets) < self._max_keys
 
 
+class Limiter(Protocol):
+    """A token-bucket limit: in this process (``RateLimiter``) or shared (``ratelimitredis``)."""
+
+    async def acquire(self, key: str, now: float) -> int: ...
+
+    async def give_back(self, key: str, now: float) -> None: ...
+
+
+LimiterFactory = Callable[[str, float, int], Limiter]
+"""(name, per_minute, burst) → a limiter; the name keys a shared one's buckets."""
+
+
+def local_limiter(name: str, per_minute: float, burst: int) -> Limiter:
+    """The in-process limiter (no bus)."""
+    return RateLimiter(per_minute=per_minute, burst=burst)
+
+
+LIMITERS: web.AppKey[LimiterFactory] = web.AppKey("handoff_limiters", LimiterFactory)  # type: ignore[arg-type]
+
+
+def limiter_factory(app: web.Application) -> LimiterFactory:
+    """The app's limiter factory (in-process unless a bus set a shared one)."""
+    return app.get(LIMITERS, local_limiter)
+
+
 class InviteLimits:
     """Invite creation: per creator (a device, a web session) and per account, ``take`` both."""
 
@@ -99,8 +134,8 @@ class InviteLimits:
         self,
         *,
         per_minute: float = INVITES_PER_MINUTE,
-        per_creator: RateLimiter | None = None,
-        per_account: RateLimiter | None = None,
+        per_creator: Limiter | None = None,
+        per_account: Limiter | None = None,
     ) -> None:
         if per_creator is None:
             per_creator = RateLimiter(per_minute=per_minute, burst=5)
@@ -108,14 +143,25 @@ class InviteLimits:
             per_account = RateLimiter(per_minute=per_minute, burst=10)
         self.per_creator, self.per_account = per_creator, per_account
 
-    def take(self, account_id: str, creator: str, now: float) -> int:
+    async def take(self, account_id: str, creator: str, now: float) -> int:
         """0 if an invite may be made now (both tokens taken), else seconds to wait (none taken)."""
-        if not self.per_creator.take(creator, now):
-            return max(1, self.per_creator.retry_after(creator, now))
-        if not self.per_account.take(account_id, now):
-            self.per_creator.refund(creator, now)
-            return max(1, self.per_account.retry_after(account_id, now))
-        return 0
+        retry = await self.per_creator.acquire(creator, now)
+        if retry:
+            return retry
+        retry = await self.per_account.acquire(account_id, now)
+        if retry:
+            await self.per_creator.give_back(creator, now)
+        return retry
+
+    @classmethod
+    def made_by(
+        cls, factory: LimiterFactory, per_minute: float = INVITES_PER_MINUTE
+    ) -> InviteLimits:
+        """Both limits from ``factory`` (in-process or shared)."""
+        return cls(
+            per_creator=factory("invite-creator", per_minute, 5),
+            per_account=factory("invite-account", per_minute, 10),
+        )
 
 
 INVITE_LIMITS: web.AppKey[InviteLimits] = web.AppKey("handoff_invite_limits", InviteLimits)

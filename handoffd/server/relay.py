@@ -43,7 +43,7 @@ from aiohttp import WSCloseCode, web
 from handoffd.errors import ServerError
 from handoffd.server import ratelimit
 from handoffd.server.hub import Hub
-from handoffd.server.ratelimit import RateLimiter
+from handoffd.server.ratelimit import LimiterFactory, limiter_factory, local_limiter
 from handoffd.server.relaybus import pipe_elsewhere, verify_side
 from handoffd.server.relayconfig import ENV_PREFIX as ENV_PREFIX
 from handoffd.server.relayconfig import RelayConfig
@@ -75,15 +75,18 @@ MAX_ENDED = 4096
 class RelayHub:
     """Relay sessions of the whole server (see the module docstring)."""
 
-    def __init__(self, hub: Hub, config: RelayConfig) -> None:
+    def __init__(
+        self, hub: Hub, config: RelayConfig, limiters: LimiterFactory = local_limiter
+    ) -> None:
         self._hub = hub
         self._config = config
         self._sessions: dict[str, RelaySession] = {}
         self._per_account: dict[str, set[str]] = {}
-        self._opens = RateLimiter(per_minute=config.opens_per_minute, burst=config.open_burst)
-        self._join_failures = RateLimiter(
-            per_minute=config.join_failures_per_minute,
-            burst=max(1, int(config.join_failures_per_minute)),
+        self._opens = limiters("relay-open", config.opens_per_minute, config.open_burst)
+        self._join_failures = limiters(
+            "relay-join",
+            config.join_failures_per_minute,
+            max(1, int(config.join_failures_per_minute)),
         )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._opened_total: dict[str, int] = {}
@@ -123,9 +126,20 @@ class RelayHub:
             session_id = data.get("session")
             if not isinstance(session_id, str) or len(session_id) > 64:
                 raise FrameError("relay-close needs a session")
-            session = self._sessions.get(session_id)
-            if session is not None and conn.device_id in session.devices:
-                await self._end(session, "relay-closed")
+            if session_id in self._sessions:
+                await self.close_for(conn.account_id, conn.device_id, session_id)
+            elif self._hub.bus is not None:  # bus: the session may be held by another instance
+                await self._hub.bus.publish_relay_close(conn.account_id, conn.device_id, session_id)
+
+    async def close_for(self, account_id: str, device_id: str, session_id: str) -> None:
+        """End the session held here if the device is a party to it (in that account)."""
+        session = self._sessions.get(session_id)
+        if (
+            session is not None
+            and session.account_id == account_id
+            and device_id in session.devices
+        ):
+            await self._end(session, "relay-closed")
 
     async def _open(self, conn: Conn, data: dict[str, Any], ref: object) -> None:
         hub, config = self._hub, self._config
@@ -133,7 +147,12 @@ class RelayHub:
         if not isinstance(to, str) or len(to) > 64:
             raise FrameError("relay-open needs to")
         loop = asyncio.get_running_loop()
-        if not self._opens.allow(conn.device_id, loop.time()):
+        try:
+            retry = await self._opens.acquire(conn.device_id, loop.time())
+        except ServerError as exc:  # bus: Redis unreachable, fail closed
+            await hub.send(conn, error_frame(exc.code, exc.message, ref=ref))
+            return
+        if retry:
             await hub.send(
                 conn, error_frame("rate-limited", "too many relay requests; wait", ref=ref)
             )
@@ -147,8 +166,16 @@ class RelayHub:
                 ),
             )
             return
+        session_id = auth.b64e(secrets.token_bytes(SESSION_BYTES))
         live = self._per_account.get(conn.account_id, set())
-        if len(live) >= config.max_per_account:
+        try:
+            full = len(live) >= config.max_per_account or not await self._count(
+                conn.account_id, session_id
+            )
+        except ServerError as exc:  # bus: Redis unreachable, fail closed
+            await hub.send(conn, error_frame(exc.code, exc.message, ref=ref))
+            return
+        if full:
             await hub.send(
                 conn,
                 error_frame(
@@ -163,7 +190,7 @@ class RelayHub:
             ROLE_TARGET: auth.b64e(secrets.token_bytes(TOKEN_BYTES)),
         }
         session = RelaySession(
-            session_id=auth.b64e(secrets.token_bytes(SESSION_BYTES)),
+            session_id=session_id,
             account_id=conn.account_id,
             initiator=conn.device_id,
             target=to,
@@ -213,6 +240,13 @@ class RelayHub:
             },
         )
 
+    async def _count(self, account_id: str, session_id: str) -> bool:
+        """With a bus: count the session against the account's cap on every instance."""
+        bus = self._hub.bus
+        if bus is None:
+            return True
+        return await bus.relay_quota_take(account_id, session_id, self._config.max_per_account)
+
     # ------------------------------------------------------------ /v1/relay
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -224,7 +258,7 @@ class RelayHub:
         key = ratelimit.limit_key(client)
         loop = asyncio.get_running_loop()
         # Taken before the work (a failed device auth counts too), given back once joined.
-        if not self._join_failures.take(key, loop.time()):
+        if await self._join_failures.acquire(key, loop.time()):
             raise ServerError("too many failed relay joins; wait", code="rate-limited", status=429)
         ws = web.WebSocketResponse(
             heartbeat=None,
@@ -253,7 +287,7 @@ class RelayHub:
                 await send_end(ws, exc.code, exc.message)
                 await close_ws(ws, CLOSE_REFUSED, exc.code)
                 return ws
-            self._join_failures.refund(key, loop.time())
+            await self._join_failures.give_back(key, loop.time())
             await self._serve(session, role, ws)
         finally:
             if task is not None:
@@ -367,6 +401,8 @@ class RelayHub:
             ids.discard(session.session_id)
             if not ids:
                 self._per_account.pop(session.account_id, None)
+        if self._hub.bus is not None:  # bus: the account's cap on every instance
+            await self._hub.bus.relay_quota_release(session.account_id, session.session_id)
         logger.info(
             "relay session ended account=%s session=%s reason=%s bytes=%d",
             session.account_id,
@@ -421,7 +457,7 @@ RELAY: web.AppKey[RelayHub] = web.AppKey("handoff_relay", RelayHub)
 
 def setup_relay(app: web.Application, hub: Hub, config: RelayConfig) -> RelayHub:
     """Create the relay, wire it into the hub and add ``/v1/relay`` (``/v1/relays`` is in api.py)."""
-    relay = RelayHub(hub, config)
+    relay = RelayHub(hub, config, limiter_factory(app))
     hub.relay = relay
     app[RELAY] = relay
     app.router.add_get("/v1/relay", relay.handle)

@@ -31,7 +31,6 @@ from handoffd.errors import HandoffError, ServerError
 from handoffd.server import pairing, ratelimit
 from handoffd.server.keys import HUB
 from handoffd.server.passwords import BUSY_RETRY_AFTER, PasswordChecker
-from handoffd.server.ratelimit import RateLimiter
 from handoffd.server.store import Device, Store, check_account_name
 
 logger = logging.getLogger("handoffd.server.web")
@@ -86,11 +85,12 @@ class WebState:
         *,
         name_per_minute: float = 5.0,
         address_per_minute: float = 10.0,
+        limiters: ratelimit.LimiterFactory = ratelimit.local_limiter,
     ) -> None:
         self.clock = clock
         self.sessions: OrderedDict[str, _Session] = OrderedDict()
-        self.by_ip = RateLimiter(per_minute=address_per_minute, burst=10)
-        self.by_name = RateLimiter(per_minute=name_per_minute, burst=5)
+        self.by_ip = limiters("login-address", address_per_minute, 10)
+        self.by_name = limiters("login-name", name_per_minute, 5)
         self.passwords = PasswordChecker()
         self._login_key = secrets.token_bytes(32)
 
@@ -240,9 +240,12 @@ def setup_web(app: web.Application, store: Store, config: object) -> None:
         clock,
         name_per_minute=float(getattr(config, "login_name_per_minute", 5.0)),
         address_per_minute=float(getattr(config, "login_address_per_minute", 10.0)),
+        limiters=ratelimit.limiter_factory(app),
     )
     if ratelimit.INVITE_LIMITS not in app:
-        app[ratelimit.INVITE_LIMITS] = ratelimit.InviteLimits()
+        app[ratelimit.INVITE_LIMITS] = ratelimit.InviteLimits.made_by(
+            ratelimit.limiter_factory(app)
+        )
 
     async def close_checker(app: web.Application) -> None:
         app[WEB].passwords.close()
@@ -295,8 +298,8 @@ def setup_web(app: web.Application, store: Store, config: object) -> None:
         # The address pays first: a refused address creates no per-account bucket, so junk
         # names cannot push a victim's bucket out (and buckets below full are never evicted).
         name_key = _name_key(name)
-        if not state.by_ip.take(ratelimit.client_key(request), now) or (
-            name_key is not None and not state.by_name.take(name_key, now)
+        if await state.by_ip.acquire(ratelimit.client_key(request), now) or (
+            name_key is not None and await state.by_name.acquire(name_key, now)
         ):
             logger.warning("login rate-limited", extra={"client": _client(request)})
             return login_page(
@@ -310,7 +313,7 @@ def setup_web(app: web.Application, store: Store, config: object) -> None:
             except ServerError as exc:
                 if exc.code != "login-busy":
                     raise
-                state.by_name.refund(name_key, now)
+                await state.by_name.give_back(name_key, now)
                 logger.warning("login busy", extra={"client": _client(request)})
                 page = login_page(
                     request, "The server is busy. Wait a few seconds, then try again.", 503, name
@@ -423,7 +426,7 @@ def setup_web(app: web.Application, store: Store, config: object) -> None:
     async def add_device(request: web.Request) -> web.StreamResponse:
         session = _require(request)
         limits = request.app[ratelimit.INVITE_LIMITS]
-        retry = limits.take(session.account_id, f"web:{session.csrf}", clock())
+        retry = await limits.take(session.account_id, f"web:{session.csrf}", clock())
         if retry:
             logger.info("invite rate-limited from the web", extra={"account": session.account_id})
             page = _error_page(

@@ -68,11 +68,15 @@ class RelayControl(Protocol):
 
     def holds(self, session_id: str) -> bool: ...
 
+    async def close_for(self, account_id: str, device_id: str, session_id: str) -> None: ...
+
     async def close_all(self) -> None: ...
 
 
 class LocalHub(Protocol):
     """The hub as the bus calls it: this instance's connections (``handoffd.server.hub.Hub``)."""
+
+    relay: RelayControl | None
 
     def local_online(self, account_id: str) -> frozenset[str]: ...
 

@@ -78,8 +78,7 @@ class Cluster:
                 self.fingerprint,
                 "--bus",
                 self.redis.url,
-                "--join-failures-per-minute",
-                "1000",
+                *self.limits,
             ),
             database=self.database,
         ).start()
@@ -91,12 +90,21 @@ class Cluster:
 
     ports: list[int] = field(default_factory=list)
     nginx_port: int = 0
+    limits: tuple[str, ...] = ("--join-failures-per-minute", "1000")
 
 
-def make_cluster(root: Path, pg: PostgresServer, redis: RedisServer, n: int) -> Cluster:
-    """Start ``n`` instances and nginx in front of them."""
+def make_cluster(
+    root: Path,
+    pg: PostgresServer,
+    redis: RedisServer,
+    n: int,
+    limits: tuple[str, ...] = ("--join-failures-per-minute", "1000"),
+) -> Cluster:
+    """Start ``n`` instances (with ``limits``: extra ``serve`` options) and nginx in front."""
     tls = tlscert.load_or_create(root / "nginx-tls", now=dt.datetime.now(dt.UTC))
-    cluster = Cluster(root, pg, redis, pg.create_database(), fingerprint=tls.fingerprint)
+    cluster = Cluster(
+        root, pg, redis, pg.create_database(), fingerprint=tls.fingerprint, limits=limits
+    )
     cluster.ports = [free_port() for _ in range(n)]
     cluster.nginx_port = free_port()
     for i in range(n):

@@ -61,15 +61,16 @@ def test_trusted_proxy_headers() -> None:
         TrustedProxies.parse(["proxy.example"])
 
 
-def test_invite_limits_per_creator_and_account() -> None:
+@pytest.mark.asyncio
+async def test_invite_limits_per_creator_and_account() -> None:
     limits = InviteLimits(
         per_creator=RateLimiter(per_minute=1, burst=2),
         per_account=RateLimiter(per_minute=1, burst=3),
     )
-    assert [limits.take("acct", "dev1", 0.0) for _ in range(3)][:2] == [0, 0]
-    assert limits.take("acct", "dev2", 0.0) == 0  # the account's third
-    assert limits.take("acct", "dev3", 0.0) > 0  # the account is out
-    assert limits.take("other", "dev3", 0.0) == 0  # dev3 was not charged by the refusal
+    assert [await limits.take("acct", "dev1", 0.0) for _ in range(3)][:2] == [0, 0]
+    assert await limits.take("acct", "dev2", 0.0) == 0  # the account's third
+    assert await limits.take("acct", "dev3", 0.0) > 0  # the account is out
+    assert await limits.take("other", "dev3", 0.0) == 0  # dev3 was not charged by the refusal
 
 
 @pytest.mark.asyncio
