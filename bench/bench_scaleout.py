@@ -39,18 +39,18 @@ from pathlib import Path
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+import tests.services as services
 from handoffd import identity
 from handoffd.server import tlscert
 from handoffd.server.store import Store
 from handoffd.serverlink import ServerClient, ServerLink
 from handoffd.wire import auth
-import tests.services as services
 from tests.services import NGINX_MAIN, NginxServer, PostgresServer, RedisServer, free_port
 from tests.support.processes import ServerProcess
 
 # The bench's own TLS client sockets (not the servers'): Python 3.11's SSLProtocol
 # allocates a 256 KiB read buffer per connection, 2.5 GiB for 10,000 devices.
-asyncio.sslproto.SSLProtocol.max_size = 16 * 1024
+CLIENT_SSL_BUFFER = 16 * 1024
 
 
 def rss_kib(pid: int) -> int:
@@ -130,8 +130,12 @@ async def drain(ws: aiohttp.ClientWebSocketResponse) -> None:
             return
 
 
-def _ignore(online: frozenset[str]) -> None:
-    del online
+def _sees(peer: str, event: asyncio.Event) -> Callable[[frozenset[str]], None]:
+    def presence(online: frozenset[str]) -> None:
+        if peer in online:
+            event.set()
+
+    return presence
 
 
 def _into(q: asyncio.Queue[bytes]) -> Callable[[str, bytes], None]:
@@ -176,24 +180,23 @@ async def link_pair(
     urls: list[str], devices: list[Device]
 ) -> tuple[list[ServerClient], list[tuple[ServerLink, asyncio.Queue[bytes], str]]]:
     """Two real ServerLinks (the daemon's code), device i straight to ``urls[i]``."""
-    clients, out = [], []
-    for url, dev in zip(urls, devices, strict=True):
+    clients, out, seen = [], [], []
+    for url, dev, peer in zip(urls, devices, reversed(devices), strict=True):
         client = ServerClient(
             url, fingerprint=None, device_key=dev.key, device_cert=identity.load_cert(dev.cert_der)
         )
         q: asyncio.Queue[bytes] = asyncio.Queue()
-        link = client.connect(_ignore, _into(q))
+        event = asyncio.Event()
+        link = client.connect(_sees(peer.device_id, event), _into(q))
         await link.start()
         clients.append(client)
         out.append((link, q, dev.device_id))
+        seen.append(event)
     async with asyncio.timeout(30):
         for link, _, _ in out:
             await link.wait_connected()
-        # both see each other online: the bus knows where each one is
-        while not all(
-            other[2] in link.online for (link, _, _), other in zip(out, reversed(out), strict=True)
-        ):
-            await asyncio.sleep(0.02)
+        for event in seen:  # both see each other online: the bus knows where each one is
+            await event.wait()
     return clients, out
 
 
@@ -213,8 +216,21 @@ def report(label: str, xs: list[float]) -> str:
     )
 
 
-async def run(n: int, per_account: int, rounds: int, sources: int, parallel: int) -> dict[str, float]:
+async def run(
+    n: int, per_account: int, rounds: int, sources: int, parallel: int
+) -> dict[str, float]:
     """The whole bench; the figures (also printed)."""
+    old_size = asyncio.sslproto.SSLProtocol.max_size
+    asyncio.sslproto.SSLProtocol.max_size = CLIENT_SSL_BUFFER
+    try:
+        return await _run(n, per_account, rounds, sources, parallel)
+    finally:
+        asyncio.sslproto.SSLProtocol.max_size = old_size
+
+
+async def _run(
+    n: int, per_account: int, rounds: int, sources: int, parallel: int
+) -> dict[str, float]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 2 * n + 1024)), hard))
     root = Path(tempfile.mkdtemp(prefix="hbench-scale"))
@@ -255,7 +271,9 @@ async def run(n: int, per_account: int, rounds: int, sources: int, parallel: int
         # each device socket is two nginx connections (client + upstream)
         main_conf = NGINX_MAIN.replace(
             "worker_connections 4096;", f"worker_connections {2 * n + 1024}; "
-        ).replace("worker_processes 1;", f"worker_processes 1;\nworker_rlimit_nofile {2 * n + 2048};")
+        ).replace(
+            "worker_processes 1;", f"worker_processes 1;\nworker_rlimit_nofile {2 * n + 2048};"
+        )
         old_main, services.NGINX_MAIN = services.NGINX_MAIN, main_conf
         try:
             nginx.start()
@@ -310,7 +328,9 @@ async def run(n: int, per_account: int, rounds: int, sources: int, parallel: int
             clients, pair = await link_pair(direct, spare[1:3])
             loaded = await round_trips(pair, rounds)
             await close_pair(clients, pair)
-            per_device = [(lo - idle) / (n / 2) for lo, idle in zip(loaded_rss, idle_rss, strict=True)]
+            per_device = [
+                (lo - idle) / (n / 2) for lo, idle in zip(loaded_rss, idle_rss, strict=True)
+            ]
             for i, (idle, lo, pd) in enumerate(zip(idle_rss, loaded_rss, per_device, strict=True)):
                 print(
                     f"instance {i} RSS: {idle / 1024:.1f} MiB idle, {lo / 1024:.1f} MiB loaded;"
@@ -323,6 +343,7 @@ async def run(n: int, per_account: int, rounds: int, sources: int, parallel: int
             print(f"ratio loaded cross-instance / idle one instance: p50 "
                   f"{pct(loaded, 0.5) / pct(baseline, 0.5):.2f}, p99 {ratio:.2f}")  # fmt: skip
             figures = {
+                "devices": float(len(sockets)),
                 "connect_s": connect_s,
                 "per_device_kib": max(per_device),
                 "idle_p50": pct(baseline, 0.5),
@@ -352,6 +373,13 @@ async def run(n: int, per_account: int, rounds: int, sources: int, parallel: int
         pg.destroy()
         shutil.rmtree(root, ignore_errors=True)
     return figures
+
+
+def run_sync(
+    *, devices: int, per_account: int, rounds: int, sources: int, parallel: int
+) -> dict[str, float]:
+    """Run the bench in a new event loop; the figures."""
+    return asyncio.run(run(devices, per_account, rounds, sources, parallel))
 
 
 def main() -> None:
