@@ -32,6 +32,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,8 +232,16 @@ async def run(
 async def _run(
     n: int, per_account: int, rounds: int, sources: int, parallel: int
 ) -> dict[str, float]:
+    # nginx holds two descriptors per device (client and upstream) and inherits ours.
+    want = 2 * n + 4096
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 2 * n + 1024)), hard))
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), max(hard, want)))
+    except (ValueError, OSError):  # not root: the hard limit is the ceiling
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, want)), hard))
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if limit < want:
+        print(f"RLIMIT_NOFILE is {limit}, {want} wanted: nginx will refuse some connections")
     root = Path(tempfile.mkdtemp(prefix="hbench-scale"))
     pg = PostgresServer().init()
     redis = RedisServer().start()
@@ -271,9 +280,7 @@ async def _run(
         # each device socket is two nginx connections (client + upstream)
         main_conf = NGINX_MAIN.replace(
             "worker_connections 4096;", f"worker_connections {2 * n + 1024}; "
-        ).replace(
-            "worker_processes 1;", f"worker_processes 1;\nworker_rlimit_nofile {2 * n + 2048};"
-        )
+        ).replace("worker_processes 1;", f"worker_processes 1;\nworker_rlimit_nofile {limit};")
         old_main, services.NGINX_MAIN = services.NGINX_MAIN, main_conf
         try:
             nginx.start()
@@ -297,22 +304,29 @@ async def _run(
         sockets: list[aiohttp.ClientWebSocketResponse] = []
         readers: list[asyncio.Task[None]] = []
         sem = asyncio.Semaphore(parallel)
-        failures = 0
+        reasons: Counter[str] = Counter()
 
         async def one(i: int, dev: Device) -> None:
-            nonlocal failures
-            for _attempt in range(5):
+            for _attempt in range(10):
                 async with sem:
                     try:
                         ws = await connect_device(sessions[i % sources], ws_url, ssl, dev)
-                    except (aiohttp.ClientError, OSError, TimeoutError, RuntimeError, ValueError):
-                        failures += 1
-                        await asyncio.sleep(0.5)
-                        continue
+                    except (
+                        aiohttp.ClientError,
+                        OSError,
+                        TimeoutError,
+                        RuntimeError,
+                        ValueError,
+                    ) as exc:
+                        reasons[f"{type(exc).__name__}: {exc}"[:120]] += 1
+                        ws = None
+                if ws is None:
+                    await asyncio.sleep(1)
+                    continue
                 sockets.append(ws)
                 readers.append(asyncio.create_task(drain(ws)))
                 return
-            raise RuntimeError(f"device {i} could not connect")
+            raise RuntimeError(f"device {i} could not connect: {dict(reasons)}")
 
         try:
             t0 = time.monotonic()
@@ -320,8 +334,10 @@ async def _run(
             connect_s = time.monotonic() - t0
             print(
                 f"connected {n} WebSockets through nginx in {connect_s:.1f} s"
-                f" ({n / connect_s:.0f}/s, {failures} attempts retried)"
+                f" ({n / connect_s:.0f}/s, {sum(reasons.values())} attempts retried)"
             )
+            for reason, count in reasons.most_common(5):
+                print(f"  retried {count}x: {reason}")
             await asyncio.sleep(3)
             loaded_rss = [rss_kib(p.proc.pid) for p in instances if p.proc]
             nginx_rss = rss_kib(nginx.proc.pid) if nginx.proc else 0
@@ -364,6 +380,15 @@ async def _run(
             await asyncio.gather(*readers, return_exceptions=True)
             for session in sessions:
                 await session.close()
+    except BaseException:
+        if nginx is not None and (nginx.root / "error.log").exists():
+            errors = [
+                ln
+                for ln in (nginx.root / "error.log").read_text().splitlines()
+                if "[error]" in ln or "[alert]" in ln or "[crit]" in ln
+            ]
+            print("nginx errors (last 5):", *errors[-5:], sep="\n  ")
+        raise
     finally:
         if nginx is not None:
             nginx.stop()
