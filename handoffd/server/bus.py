@@ -17,7 +17,8 @@ Keys (all under ``hp:``):
   for the replay window, so a request replayed to another instance is refused.
 - ``hp:rl:<limit>:<key>``: a shared rate-limit bucket (``ratelimitredis``).
 - ``hp:rq:<account>``: the account's relay sessions on every instance, scored
-  by a lease (``RELAY_LEASE`` s) the holder extends on each refresh.
+  by a lease (``RELAY_LEASE`` s) the holder extends on each refresh
+  (``handoffd.server.busrelay``, with the relay holders and piped-join claims).
 
 Channels: ``hp:all`` (presence changes and revocations, for every instance)
 and ``hp:inst:<instance>`` (signals for the devices that instance holds).
@@ -41,6 +42,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from handoffd.errors import ServerError
+from handoffd.server.busrelay import BusRelays
 from handoffd.server.ratelimitredis import SharedRateLimiter, unavailable
 
 if TYPE_CHECKING:
@@ -53,9 +55,6 @@ REFRESH = 2.0
 REDIS_TIMEOUT = 5.0
 RETRY = 1.0
 CH_ALL = "hp:all"
-CLAIM_TTL = 30.0
-RELAY_LEASE = 10.0
-"""A relay session counts against its account's cap this long after its holder last said so."""
 MAX_BUS_MESSAGE = 512 * 1024
 
 # Delete a device's keys only if this instance still holds it (it may have moved on).
@@ -67,39 +66,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-
-# The account's relay sessions: a sorted set scored by lease expiry (Redis's clock).
-# ARGV: session, cap, lease s. 1 if counted (or already), 0 if the account is at its cap.
-_QUOTA_TAKE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local lease = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
-    return 0
-  end
-end
-redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
-redis.call('PEXPIRE', KEYS[1], math.ceil(lease * 1000) + 1000)
-return 1
-"""
-
-# KEYS[i]: the quota set of ARGV[i + 1]'s account; ARGV[1]: lease s.
-_QUOTA_REFRESH = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local lease = tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, now + lease, ARGV[i + 1])
-  redis.call('PEXPIRE', key, math.ceil(lease * 1000) + 1000)
-end
-return #KEYS
-"""
-
-
-def _quota_key(account_id: str) -> str:
-    return f"hp:rq:{account_id}"
 
 
 def _dev_key(device_id: str) -> str:
@@ -127,9 +93,7 @@ class RedisBus:
             socket_connect_timeout=REDIS_TIMEOUT,
         )
         self._release = self._redis.register_script(_RELEASE)
-        self._quota_take = self._redis.register_script(_QUOTA_TAKE)
-        self._quota_refresh = self._redis.register_script(_QUOTA_REFRESH)
-        self._relays: dict[str, str] = {}  # relay session held here → its account (quota)
+        self.relays = BusRelays(self._redis, self.instance)
         self._online: dict[str, frozenset[str]] = {}  # account → online everywhere (last read)
         self._pushed: dict[str, frozenset[str]] = {}  # account → what local devices were told
         self._tasks: set[asyncio.Task[None]] = set()
@@ -225,7 +189,7 @@ class RedisBus:
         conns = self._hub.local_connections()
         if conns:
             await self._write_devices(conns)
-        await self._refresh_relays()
+        await self.relays.refresh()
         if self.internal_url is not None:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(REDIS_TIMEOUT):
@@ -297,38 +261,11 @@ class RedisBus:
 
     async def relay_quota_take(self, account_id: str, session_id: str, cap: int) -> bool:
         """Count a new relay session against the account's cap on every instance; False if full."""
-        self._relays[session_id] = account_id
-        try:
-            async with asyncio.timeout(REDIS_TIMEOUT):
-                ok = await self._quota_take(
-                    keys=[_quota_key(account_id)], args=[session_id, cap, RELAY_LEASE]
-                )
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._relays.pop(session_id, None)
-            logger.warning("bus relay quota failed error=%s", type(exc).__name__)
-            raise unavailable() from None
-        if not ok:
-            self._relays.pop(session_id, None)
-        return bool(ok)
+        return await self.relays.quota_take(account_id, session_id, cap)
 
     async def relay_quota_release(self, account_id: str, session_id: str) -> None:
         """The session ended: it no longer counts (else its lease runs out)."""
-        if self._relays.pop(session_id, None) is None:
-            return
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
-            async with asyncio.timeout(REDIS_TIMEOUT):
-                await self._redis.zrem(_quota_key(account_id), session_id)
-
-    async def _refresh_relays(self) -> None:
-        """Extend the lease of every relay session held here (a dead instance's run out)."""
-        if not self._relays:
-            return
-        held = list(self._relays.items())
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
-            async with asyncio.timeout(REDIS_TIMEOUT):
-                await self._quota_refresh(
-                    keys=[_quota_key(a) for _, a in held], args=[RELAY_LEASE, *(s for s, _ in held)]
-                )
+        await self.relays.quota_release(account_id, session_id)
 
     async def publish_relay_close(self, account_id: str, device_id: str, session_id: str) -> None:
         """Ask the instance holding ``session_id`` to end it (``device_id`` must be a party)."""
@@ -339,49 +276,19 @@ class RedisBus:
 
     async def hold_relay(self, session_id: str, ttl: float) -> None:
         """Name this instance as the session's holder for ``ttl`` s (until both sides joined)."""
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
-            async with asyncio.timeout(REDIS_TIMEOUT), self._redis.pipeline() as pipe:
-                pipe.set(f"hp:relay:{session_id}", self.instance, px=int(ttl * 1000))
-                if self.internal_url is not None:  # so a just-started instance is reachable
-                    pipe.set(f"hp:url:{self.instance}", self.internal_url, px=int(ttl * 1000))
-                await pipe.execute()
+        await self.relays.hold(session_id, ttl, self.internal_url)
 
     async def relay_holder_url(self, session_id: str) -> str | None:
         """The URL of the other instance holding the session, if any."""
-        try:
-            async with asyncio.timeout(REDIS_TIMEOUT):
-                instance = await self._redis.get(f"hp:relay:{session_id}")
-                if instance is None or instance == self.instance:
-                    return None
-                url = await self._redis.get("hp:url:" + str(instance))
-        except (RedisError, OSError, TimeoutError) as exc:
-            logger.warning("bus read failed error=%s", type(exc).__name__)
-            return None
-        return None if url is None else str(url)
+        return await self.relays.holder_url(session_id)
 
     async def put_relay_claim(self, key: str, claim: dict[str, str]) -> None:
         """Store a one-time claim for a piped join (``key`` is 256 random bits)."""
-        async with asyncio.timeout(REDIS_TIMEOUT):
-            await self._redis.set(f"hp:via:{key}", json.dumps(claim), px=int(CLAIM_TTL * 1000))
+        await self.relays.put_claim(key, claim)
 
     async def take_relay_claim(self, key: str) -> dict[str, str] | None:
         """The claim stored under ``key``, removed (so it works once); None if absent."""
-        if len(key) > 64:
-            return None
-        try:
-            async with asyncio.timeout(REDIS_TIMEOUT):
-                raw = await self._redis.getdel(f"hp:via:{key}")
-        except (RedisError, OSError, TimeoutError):
-            return None
-        try:
-            claim = json.loads(raw) if isinstance(raw, str) else None
-        except ValueError:
-            return None
-        if not isinstance(claim, dict) or not all(
-            isinstance(claim.get(k), str) for k in ("device", "session", "token")
-        ):
-            return None
-        return {k: str(claim[k]) for k in ("device", "session", "token")}
+        return await self.relays.take_claim(key)
 
     async def publish_revoked(self, device_ids: list[str]) -> None:
         """Ask every instance to disconnect these revoked devices."""

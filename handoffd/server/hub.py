@@ -27,28 +27,32 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, web
 
-from handoffd import identity
 from handoffd.errors import HandoffError, ServerError
+from handoffd.server import wsauth
+from handoffd.server.hubsignal import forward_signal
 from handoffd.server.store import Device, Store
+from handoffd.server.wsauth import (
+    CLOSE_AUTH,
+    CLOSE_REPLACED,
+    CLOSE_REVOKED,
+    SEND_TIMEOUT,
+    close_ws,
+    fatal,
+    receive,
+    send_ws,
+)
 from handoffd.server.wsconn import Conn, FrameError, RelayControl, RemoteDevice, error_frame
-from handoffd.wire import auth
 
 if TYPE_CHECKING:
     from handoffd.server.bus import RedisBus
 
 logger = logging.getLogger("handoffd.server.hub")
 
-MAX_SIGNAL = 256 * 1024
 MAX_MESSAGE = 512 * 1024
-AUTH_TIMEOUT = 10.0
-SEND_TIMEOUT = 10.0
 HEARTBEAT = 30.0
 RESERVED = frozenset({"relay-open", "relay-data", "relay-close"})
-CLOSE_REVOKED = 4003
-CLOSE_REPLACED = 4000
-CLOSE_AUTH = 4001
 
 
 class Hub:
@@ -101,7 +105,7 @@ class Hub:
             await self._send(
                 old, error_frame("replaced", "a newer connection took over", fatal=True)
             )
-            await self._close(old.ws, CLOSE_REPLACED, b"replaced")
+            await close_ws(old.ws, CLOSE_REPLACED, b"replaced")
 
     # relay: the small surface handoffd.server.relay uses
     @property
@@ -140,7 +144,7 @@ class Hub:
 
     async def refuse(self, ws: web.WebSocketResponse, code: str, message: str) -> None:
         """A fatal error, then close (auth refusals)."""
-        await self._fatal(ws, code, message, CLOSE_AUTH)
+        await fatal(ws, code, message, CLOSE_AUTH)
 
     # ------------------------------------------------------------ sending
 
@@ -153,22 +157,9 @@ class Hub:
                 await conn.ws.send_str(json.dumps(message, separators=(",", ":")))
         except (ConnectionError, TimeoutError, RuntimeError):
             logger.info("dropping slow or gone connection device=%s", conn.device_id)
-            await self._close(conn.ws, WSCloseCode.GOING_AWAY, b"send failed")
+            await close_ws(conn.ws, WSCloseCode.GOING_AWAY, b"send failed")
             return False
         return True
-
-    async def _send_ws(self, ws: web.WebSocketResponse, message: dict[str, Any]) -> None:
-        if ws.closed:
-            return
-        with contextlib.suppress(ConnectionError, TimeoutError, RuntimeError):
-            async with asyncio.timeout(SEND_TIMEOUT):
-                await ws.send_str(json.dumps(message, separators=(",", ":")))
-
-    @staticmethod
-    async def _close(ws: web.WebSocketResponse, code: int, reason: bytes) -> None:
-        with contextlib.suppress(ConnectionError, TimeoutError, RuntimeError):
-            async with asyncio.timeout(5):
-                await ws.close(code=code, message=reason)
 
     async def _presence(self, account_id: str, skip: Conn | None = None) -> None:
         online = sorted(self.online(account_id))
@@ -201,7 +192,7 @@ class Hub:
         finally:
             if task is not None:
                 self._handlers.discard(task)
-            await self._close(ws, WSCloseCode.OK, b"")
+            await close_ws(ws, WSCloseCode.OK, b"")
         return ws
 
     async def _authenticate(self, ws: web.WebSocketResponse, client: str) -> Conn | None:
@@ -233,7 +224,7 @@ class Hub:
             await self._send(
                 old, error_frame("replaced", "a newer connection took over", fatal=True)
             )
-            await self._close(old.ws, CLOSE_REPLACED, b"replaced")
+            await close_ws(old.ws, CLOSE_REPLACED, b"replaced")
         await self._presence(conn.account_id, skip=conn)  # its welcome said it already
         if self.bus is not None:
             await self.bus.announce(conn, online=True)
@@ -247,70 +238,18 @@ class Hub:
         Returns the device and the whole auth message (callers may read more
         fields from it), or None after a refusal was sent and ``ws`` closed.
         """
-        challenge = auth.new_challenge()
-        await self._send_ws(ws, auth.challenge_message(challenge, self._clock()))
-        try:
-            async with asyncio.timeout(AUTH_TIMEOUT):
-                data = await self._receive(ws)
-            if data is None:
-                return None
-            try:
-                device_id, signature = auth.parse_auth(data)
-            except ValueError as exc:
-                raise FrameError(str(exc)) from None
-            device = await asyncio.to_thread(self._store.get_device, device_id)
-            if device is None:
-                raise ServerError("unknown device", code="auth-invalid", status=401)
-            auth.verify_ws_answer(device.public_key, challenge, device_id, signature)
-            if device.revoked:
-                raise ServerError("this device has been revoked", code="device-revoked", status=403)
-            if device.cert_not_after < self._clock() - identity.CLOCK_SKEW.total_seconds():
-                raise ServerError("certificate has expired", code="cert-expired", status=401)
-        except TimeoutError:
-            await self._send_ws(ws, error_frame("auth-timeout", "no auth in time", fatal=True))
-            await self._close(ws, CLOSE_AUTH, b"auth timeout")
-            return None
-        except FrameError as exc:
-            await self._fatal(ws, exc.code, exc.message, WSCloseCode.POLICY_VIOLATION)
-            return None
-        except ServerError as exc:
-            logger.info("ws auth refused code=%s client=%s", exc.code, client)
-            close = CLOSE_REVOKED if exc.code == "device-revoked" else CLOSE_AUTH
-            await self._fatal(ws, exc.code, exc.message, close)
-            return None
-        return device, data
-
-    async def _fatal(self, ws: web.WebSocketResponse, code: str, message: str, close: int) -> None:
-        await self._send_ws(ws, error_frame(code, message, fatal=True))
-        await self._close(ws, close, code.encode("ascii"))
-
-    async def _receive(self, ws: web.WebSocketResponse) -> dict[str, Any] | None:
-        """The next message as a dict; None when the peer closed; FrameError if malformed."""
-        msg = await ws.receive()
-        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
-            return None
-        if msg.type == WSMsgType.ERROR:
-            raise FrameError("frame is malformed or too large")
-        if msg.type != WSMsgType.TEXT:
-            raise FrameError("only JSON text frames are accepted")
-        try:
-            data = json.loads(msg.data)
-        except (ValueError, RecursionError):
-            raise FrameError("frame is not JSON") from None
-        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-            raise FrameError("frame must be a JSON object with a type")
-        return data
+        return await wsauth.verify_device(self._store, self._clock, ws, client)
 
     async def _serve(self, conn: Conn) -> None:
         while True:
             try:
-                data = await self._receive(conn.ws)
+                data = await receive(conn.ws)
                 if data is None:
                     return
                 await self._dispatch(conn, data)
             except FrameError as exc:
                 logger.info("malformed frame device=%s code=%s", conn.device_id, exc.code)
-                await self._fatal(conn.ws, exc.code, exc.message, WSCloseCode.POLICY_VIOLATION)
+                await fatal(conn.ws, exc.code, exc.message, WSCloseCode.POLICY_VIOLATION)
                 return
 
     async def _dispatch(self, conn: Conn, data: dict[str, Any]) -> None:
@@ -323,48 +262,13 @@ class Hub:
         if kind == "ping":
             await self._send(conn, {"type": "pong", "id": ref})
         elif kind == "signal":
-            await self._signal(conn, data, ref)
+            await forward_signal(self, conn, data, ref)
         elif kind in ("relay-open", "relay-close") and self.relay is not None:  # relay
             await self.relay.on_hub_message(conn, kind, data, ref)
         elif kind in RESERVED:
             await self._send(conn, error_frame("unsupported", f"{kind} is not available", ref=ref))
         else:
             raise FrameError("unknown message type")
-
-    async def _signal(self, conn: Conn, data: dict[str, Any], ref: object) -> None:
-        to, payload = data.get("to"), data.get("data")
-        if not isinstance(to, str) or not isinstance(payload, str):
-            raise FrameError("signal needs to and data")
-        try:
-            auth.b64d(payload, max_len=MAX_SIGNAL)
-        except ValueError:
-            raise FrameError("signal data must be base64 of at most 256 KiB") from None
-        target = self._conns.get(to)
-        if (
-            target is None
-            and self.bus is not None  # bus: the target may be held by another instance
-            and to != conn.device_id
-            and await self.bus.forward_signal(conn.account_id, conn.device_id, to, payload)
-        ):
-            return
-        if target is None or target.account_id != conn.account_id or to == conn.device_id:
-            await self._send(
-                conn,
-                error_frame(
-                    "target-unavailable", "that device is not online in this account", ref=ref
-                ),
-            )
-            return
-        delivered = await self._send(
-            target, {"type": "signal", "from": conn.device_id, "data": payload}
-        )
-        if not delivered:
-            await self._send(
-                conn,
-                error_frame(
-                    "target-unavailable", "that device is not online in this account", ref=ref
-                ),
-            )
 
     async def _unregister(self, conn: Conn) -> None:
         if self._conns.get(conn.device_id) is not conn:
@@ -402,10 +306,10 @@ class Hub:
             if conn is None:
                 continue
             logger.info("disconnecting revoked device device=%s", device_id)
-            await self._send_ws(
+            await send_ws(
                 conn.ws, error_frame("device-revoked", "this device has been revoked", fatal=True)
             )
-            await self._close(conn.ws, CLOSE_REVOKED, b"device-revoked")
+            await close_ws(conn.ws, CLOSE_REVOKED, b"device-revoked")
 
     async def check_revocations(self) -> None:
         """Disconnect online devices revoked by another process (the CLI)."""
@@ -437,7 +341,7 @@ class Hub:
             await self.relay.close_all()
         await asyncio.gather(
             *(
-                self._close(c.ws, WSCloseCode.GOING_AWAY, b"server shutdown")
+                close_ws(c.ws, WSCloseCode.GOING_AWAY, b"server shutdown")
                 for c in list(self._conns.values())
             )
         )

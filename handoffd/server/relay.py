@@ -24,17 +24,15 @@ is kept. The relay never parses what it forwards: the devices run TLS 1.3
 inside (``handoffd.transport.relay``).
 
 Parts: ``relayconfig`` (limits), ``relaysession`` (the session record and
-the byte pump), this module (the session table, quotas, control and joins).
+the byte pump), ``relaytable`` (the session table and join checks), this
+module (quotas, control, joins and ending sessions).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hmac
 import logging
 import secrets
-from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -58,7 +56,10 @@ from handoffd.server.relaysession import (
     send_end,
     send_json,
     token_hash,
+    watch,
 )
+from handoffd.server.relaytable import MAX_ENDED as MAX_ENDED
+from handoffd.server.relaytable import SessionTable
 from handoffd.server.wsconn import Conn, FrameError, error_frame
 from handoffd.wire import auth
 
@@ -68,8 +69,6 @@ TOKEN_BYTES = 32
 SESSION_BYTES = 16
 CLOSE_QUOTA = 4008
 CLOSE_REFUSED = 4009
-MAX_ENDED = 4096
-"""Ended sessions remembered (for their token lifetime) to tell a late party why."""
 
 
 class RelayHub:
@@ -80,8 +79,7 @@ class RelayHub:
     ) -> None:
         self._hub = hub
         self._config = config
-        self._sessions: dict[str, RelaySession] = {}
-        self._per_account: dict[str, set[str]] = {}
+        self._table = SessionTable()
         self._opens = limiters("relay-open", config.opens_per_minute, config.open_burst)
         self._join_failures = limiters(
             "relay-join",
@@ -89,8 +87,6 @@ class RelayHub:
             max(1, int(config.join_failures_per_minute)),
         )
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._opened_total: dict[str, int] = {}
-        self._ended: OrderedDict[str, tuple[str, tuple[str, str], str, float]] = OrderedDict()
         if config.tap_dir is not None:
             logger.warning("relay tap enabled dir=%s (tests only)", config.tap_dir)
 
@@ -98,21 +94,15 @@ class RelayHub:
 
     def devices(self) -> set[str]:
         """Every device taking part in a relay session now."""
-        return {d for s in self._sessions.values() for d in s.devices}
+        return self._table.devices()
 
     def holds(self, session_id: str) -> bool:
         """True while this instance holds the session (not ended)."""
-        return session_id in self._sessions
+        return self._table.get(session_id) is not None
 
     def stats(self, account_id: str) -> dict[str, int]:
         """The account's relay sessions: pending (not both joined), active, opened since start."""
-        sessions = [self._sessions[s] for s in self._per_account.get(account_id, ())]
-        active = sum(1 for s in sessions if s.started_at is not None)
-        return {
-            "pending": len(sessions) - active,
-            "active": active,
-            "opened": self._opened_total.get(account_id, 0),
-        }
+        return self._table.stats(account_id)
 
     # ------------------------------------------------------------ control on /v1/ws
 
@@ -126,14 +116,14 @@ class RelayHub:
             session_id = data.get("session")
             if not isinstance(session_id, str) or len(session_id) > 64:
                 raise FrameError("relay-close needs a session")
-            if session_id in self._sessions:
+            if self._table.get(session_id) is not None:
                 await self.close_for(conn.account_id, conn.device_id, session_id)
             elif self._hub.bus is not None:  # bus: the session may be held by another instance
                 await self._hub.bus.publish_relay_close(conn.account_id, conn.device_id, session_id)
 
     async def close_for(self, account_id: str, device_id: str, session_id: str) -> None:
         """End the session held here if the device is a party to it (in that account)."""
-        session = self._sessions.get(session_id)
+        session = self._table.get(session_id)
         if (
             session is not None
             and session.account_id == account_id
@@ -167,11 +157,10 @@ class RelayHub:
             )
             return
         session_id = auth.b64e(secrets.token_bytes(SESSION_BYTES))
-        live = self._per_account.get(conn.account_id, set())
         try:
-            full = len(live) >= config.max_per_account or not await self._count(
-                conn.account_id, session_id
-            )
+            full = self._table.live(
+                conn.account_id
+            ) >= config.max_per_account or not await self._count(conn.account_id, session_id)
         except ServerError as exc:  # bus: Redis unreachable, fail closed
             await hub.send(conn, error_frame(exc.code, exc.message, ref=ref))
             return
@@ -197,10 +186,10 @@ class RelayHub:
             token_hashes={role: token_hash(t) for role, t in tokens.items()},
             expires_at=loop.time() + config.token_ttl,
         )
-        self._sessions[session.session_id] = session
-        self._per_account.setdefault(session.account_id, set()).add(session.session_id)
-        self._opened_total[session.account_id] = self._opened_total.get(session.account_id, 0) + 1
-        session.watcher = self._spawn(self._watch(session), f"relay-watch-{session.session_id}")
+        self._table.add(session)
+        session.watcher = self._spawn(
+            watch(session, self._config, self._end), f"relay-watch-{session.session_id}"
+        )
         logger.info(
             "relay session opened account=%s session=%s initiator=%s target=%s",
             session.account_id,
@@ -276,7 +265,7 @@ class RelayHub:
                 return ws
             device, data = verified
             try:
-                session, role = self._join(device.device_id, device.account_id, data)
+                session, role = self._table.join(device.device_id, device.account_id, data)
             except ServerError as exc:
                 logger.info(
                     "relay join refused code=%s device=%s client=%s",
@@ -294,40 +283,6 @@ class RelayHub:
                 self._tasks.discard(task)
             await close_ws(ws, WSCloseCode.OK, "")
         return ws
-
-    def _join(
-        self, device_id: str, account_id: str, data: dict[str, Any]
-    ) -> tuple[RelaySession, str]:
-        session_id, token = data.get("session"), data.get("token")
-        if not isinstance(session_id, str) or not isinstance(token, str) or len(token) > 128:
-            raise ServerError("relay auth needs session and token", code="bad-request")
-        session = self._sessions.get(session_id)
-        if session is None:
-            self._explain_ended(session_id, device_id, account_id)
-            raise ServerError("no such relay session (or it expired)", code="relay-unknown")
-        if session.ended is not None or session.started_at is not None:
-            raise ServerError("no such relay session (or it expired)", code="relay-unknown")
-        role = session.role_of(device_id)
-        if account_id != session.account_id or role is None:
-            raise ServerError("not a party to this relay session", code="relay-forbidden")
-        if not hmac.compare_digest(session.token_hashes[role], token_hash(token)):
-            raise ServerError("wrong relay token", code="relay-token-invalid")
-        if role in session.used:
-            raise ServerError("this relay token was used already", code="relay-token-used")
-        if asyncio.get_running_loop().time() > session.expires_at:
-            raise ServerError("no such relay session (or it expired)", code="relay-unknown")
-        session.used.add(role)
-        return session, role
-
-    def _explain_ended(self, session_id: str, device_id: str, account_id: str) -> None:
-        """Raise the reason a recently ended session ended, to one of its parties only."""
-        ended = self._ended.get(session_id)
-        if ended is None:
-            return
-        account, devices, reason, until = ended
-        now = asyncio.get_running_loop().time()
-        if account == account_id and device_id in devices and now <= until:
-            raise ServerError(MESSAGES.get(reason, reason), code=reason)
 
     async def _serve(self, session: RelaySession, role: str, ws: web.WebSocketResponse) -> None:
         peer = session.target if role == ROLE_INITIATOR else session.initiator
@@ -352,55 +307,14 @@ class RelayHub:
         await self._end(session, reason)
         await session.finished.wait()
 
-    async def _watch(self, session: RelaySession) -> None:
-        """End the session on token expiry (not both joined), idleness or its time quota."""
-        config = self._config
-        loop = asyncio.get_running_loop()
-        while session.ended is None:
-            now = loop.time()
-            if session.started_at is None:
-                if now >= session.expires_at:
-                    await self._end(session, "relay-peer-absent")
-                    return
-                # Until both joined; the idle and time limits count from then, and may be
-                # shorter than the token's life.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(0.01, session.expires_at - now)):
-                        await session.start.wait()
-                continue
-            idle_at = session.last_activity + config.idle_timeout
-            quota_at = session.started_at + config.max_seconds
-            if now >= quota_at:
-                await self._end(session, "relay-time-quota")
-                return
-            if now >= idle_at:
-                await self._end(session, "relay-idle-timeout")
-                return
-            wake = min(idle_at, quota_at)
-            await asyncio.sleep(max(0.01, wake - now))
-
     async def _end(self, session: RelaySession, reason: str) -> None:
         """End ``session`` once: tell and close both sides, forget it."""
         if session.ended is not None:
             return
         session.ended = reason
-        self._sessions.pop(session.session_id, None)
+        self._table.remove(session, reason)
         if session.watcher is not None and session.watcher is not asyncio.current_task():
             session.watcher.cancel()  # it has nothing left to watch
-        if session.started_at is None:
-            self._ended[session.session_id] = (
-                session.account_id,
-                session.devices,
-                reason,
-                session.expires_at,
-            )
-            while len(self._ended) > MAX_ENDED:
-                self._ended.popitem(last=False)
-        ids = self._per_account.get(session.account_id)
-        if ids is not None:
-            ids.discard(session.session_id)
-            if not ids:
-                self._per_account.pop(session.account_id, None)
         if self._hub.bus is not None:  # bus: the account's cap on every instance
             await self._hub.bus.relay_quota_release(session.account_id, session.session_id)
         logger.info(
@@ -428,13 +342,12 @@ class RelayHub:
 
     async def disconnect_devices(self, device_ids: Iterable[str], reason: str) -> None:
         """End every session one of ``device_ids`` takes part in."""
-        ids = set(device_ids)
-        for session in [s for s in self._sessions.values() if ids & set(s.devices)]:
+        for session in self._table.of_devices(device_ids):
             await self._end(session, reason)
 
     async def close_all(self) -> None:
         """End every session and wait for the handlers (server shutdown)."""
-        for session in list(self._sessions.values()):
+        for session in self._table.all():
             await self._end(session, "shutting-down")
         tasks = list(self._tasks)
         for task in tasks:

@@ -1,4 +1,4 @@
-"""One relay session and its byte path: the session record, the pump forwarding one side's frames, the socket helpers."""
+"""One relay session and its byte path: the session record, the pump forwarding one side's frames, the watcher ending it, the socket helpers."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,35 @@ async def pump(session: RelaySession, role: str, config: RelayConfig) -> str:
             return "relay-send-stalled"
         except (ConnectionError, RuntimeError):
             return "relay-peer-closed"
+
+
+async def watch(
+    session: RelaySession, config: RelayConfig, end: Callable[[RelaySession, str], Awaitable[None]]
+) -> None:
+    """End (via ``end``) the session on token expiry (not both joined), idleness or its time quota."""
+    loop = asyncio.get_running_loop()
+    while session.ended is None:
+        now = loop.time()
+        if session.started_at is None:
+            if now >= session.expires_at:
+                await end(session, "relay-peer-absent")
+                return
+            # Until both joined; the idle and time limits count from then, and may be
+            # shorter than the token's life.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.01, session.expires_at - now)):
+                    await session.start.wait()
+            continue
+        idle_at = session.last_activity + config.idle_timeout
+        quota_at = session.started_at + config.max_seconds
+        if now >= quota_at:
+            await end(session, "relay-time-quota")
+            return
+        if now >= idle_at:
+            await end(session, "relay-idle-timeout")
+            return
+        wake = min(idle_at, quota_at)
+        await asyncio.sleep(max(0.01, wake - now))
 
 
 def tap(session: RelaySession, role: str, data: bytes, tap_dir: Path | None) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import datetime as dt
 import logging
 import re
 import ssl
@@ -38,6 +37,7 @@ from handoffd.transport.base import (
     PeerRefusedError,
     check_message,
 )
+from handoffd.transport.relaypeer import verify_peer
 from handoffd.wire import relayhello
 
 logger = logging.getLogger("handoffd.transport.relay")
@@ -109,6 +109,27 @@ def _tls_error(exc: ssl.SSLError) -> TransportError:
 
 
 # ---------------------------------------------------------------- the channel
+
+
+def _stream_error(stream: ByteStream, default: str) -> TransportError:
+    error = stream.error
+    if error is None or error.code in ("relay-lost",):
+        return TransportError("the relay stream ended", code=default)
+    return TransportError(error.message, code=error.code)
+
+
+async def _stop_task(task: asyncio.Task[None] | None) -> None:
+    """Cancel ``task`` (unless it is the caller) and wait for it; an outer cancel propagates."""
+    if task is None or task is asyncio.current_task():
+        return
+    if not task.done():
+        task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
 
 
 class RelayChannel(Channel):
@@ -229,36 +250,18 @@ class RelayChannel(Channel):
                 return
             data = await self._stream.recv()
             if data is None:
-                raise self._stream_error("peer-closed-handshake")
+                raise _stream_error(self._stream, "peer-closed-handshake")
             self._in.write(data)
 
     async def _check_peer(self, local: LocalIdentity, expected: str) -> identity.PeerIdentity:
-        der = self._ssl.getpeercert(binary_form=True)
         try:
-            if der is None:
-                raise PeerAuthError("peer sent no certificate", code="cert-missing")
-            try:
-                return identity.verify_device_cert(
-                    identity.load_cert(der),
-                    local.current_trust(),
-                    now=dt.datetime.now(dt.UTC),
-                    expected_device=expected,
-                    self_device=local.device_id,
-                )
-            except HandoffError as exc:
-                raise PeerAuthError(exc.message, code=exc.code) from None
+            return verify_peer(self._ssl.getpeercert(binary_form=True), local, expected)
         except PeerAuthError as exc:
             with contextlib.suppress(HandoffError, ssl.SSLError):
                 await self._send_raw(relayhello.encode_hello(exc.code))
             raise
 
     # -- plumbing
-
-    def _stream_error(self, default: str) -> TransportError:
-        error = self._stream.error
-        if error is None or error.code in ("relay-lost",):
-            return TransportError("the relay stream ended", code=default)
-        return TransportError(error.message, code=error.code)
 
     async def _flush(self) -> None:
         """Send what TLS wrote, in order (one flusher at a time)."""
@@ -336,7 +339,7 @@ class RelayChannel(Channel):
                     await self._space.wait()
                 data = await self._stream.recv()
                 if data is None:
-                    self._fail(self._stream_error("relay-lost"))
+                    self._fail(_stream_error(self._stream, "relay-lost"))
                     return
                 self._in.write(data)
         except ProtocolError as exc:
@@ -360,16 +363,7 @@ class RelayChannel(Channel):
 
     async def _stop_reader(self) -> None:
         task, self._reader = self._reader, None
-        if task is None or task is asyncio.current_task():
-            return
-        if not task.done():
-            task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
+        await _stop_task(task)
 
     async def _abandon(self) -> None:
         self._released = True
