@@ -120,7 +120,7 @@ class LabServer(ServerProcess):
         if self.host is None:
             raise RuntimeError("a LabServer needs a host")
         argv = [sys.executable, "-m", "handoffd.server.cli", "serve", "--data", str(self.data),
-                "--listen", f"{self.host.address}:{self.port}"]  # fmt: skip
+                "--listen", f"{self.host.address}:{self.port}", *self.extra]  # fmt: skip
         env = {**os.environ, **self.env}
         with self.log.open("a") as log:
             self.proc = self.host.popen(
