@@ -122,13 +122,16 @@ def _scalar(kind: str, schema: dict[str, Any]) -> st.SearchStrategy[Any]:
 def _object(schema: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
     props: dict[str, Any] = schema.get("properties", {})
     required = set(schema.get("required", []))
+    # Sorted everywhere: set order follows PYTHONHASHSEED, and the draws must not.
     branches = [set(b.get("required", [])) for b in schema.get("oneOf", [])] or [set()]
     alternatives = set().union(*branches)
 
     def build(branch: set[str]) -> st.SearchStrategy[dict[str, Any]]:
-        must = {k: strategy_for(props.get(k, {})) for k in (required | branch)}
+        must = {k: strategy_for(props.get(k, {})) for k in sorted(required | branch)}
         may = {
-            k: strategy_for(v) for k, v in props.items() if k not in must and k not in alternatives
+            k: strategy_for(v)
+            for k, v in sorted(props.items())
+            if k not in must and k not in alternatives
         }
         if not props and schema.get("additionalProperties", True) is not False:
             return st.dictionaries(

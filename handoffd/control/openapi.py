@@ -13,6 +13,7 @@ from handoffd.control.limits import (
     MAX_NAME_BYTES,
     MAX_TEXT_ITEM,
     MAX_TITLE,
+    MIME_RE,
 )
 from handoffd.items import DEFAULT_MIME
 
@@ -102,9 +103,17 @@ SCHEMAS: dict[str, Any] = {
         {
             "type": _ITEM_TYPE,
             "name": {"type": "string", "minLength": 1, "maxLength": MAX_NAME_BYTES},
-            "mime": {"type": "string", "default": DEFAULT_MIME},
+            "mime": {
+                "type": "string",
+                "pattern": "^" + MIME_RE.pattern + "$",
+                "default": DEFAULT_MIME,
+            },
             "text": {"type": "string", "maxLength": MAX_TEXT_ITEM},
-            "data_base64": {"type": "string", "contentEncoding": "base64"},
+            "data_base64": {
+                "type": "string",
+                "contentEncoding": "base64",
+                "pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+            },
             "path": {"type": "string", "description": "absolute path of a regular readable file"},
         },
         ["type", "name"],
