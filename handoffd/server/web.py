@@ -1,6 +1,8 @@
-"""The server's web pages: log in, the account's devices (rename, revoke), add a device.
+"""The server's web pages: log in, the account's devices (rename, revoke), add a device,
+change the password. Pages are jinja2 templates (``webview``: autoescaped, static files).
 
-No JavaScript. Sessions are random 256-bit ids held server-side (a restart logs
+Nothing needs JavaScript (one static script only shows times in the browser's zone).
+Sessions are random 256-bit ids held server-side (a restart logs
 everyone out); the cookie is HttpOnly, SameSite=Strict, Secure under HTTPS.
 Every form carries a CSRF token: the session's synchronizer token, or for the
 login form a token bound by HMAC to a pre-login cookie. Logins are rate-limited
@@ -12,26 +14,24 @@ full. Every value shown is HTML-escaped.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
-import html
 import logging
 import secrets
 import time
-from base64 import b64encode
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import segno
 from aiohttp import web
+from markupsafe import Markup
 
-from handoffd import identity
 from handoffd.errors import HandoffError, ServerError
 from handoffd.server import pairing, ratelimit
 from handoffd.server.keys import HUB
 from handoffd.server.passwords import BUSY_RETRY_AFTER, PasswordChecker
-from handoffd.server.store import Device, Store, check_account_name
+from handoffd.server.store import Store, check_account_name
+from handoffd.server.webview import SECURITY_HEADERS, render, setup_views
 
 logger = logging.getLogger("handoffd.server.web")
 
@@ -43,35 +43,15 @@ MAX_SESSIONS = 10_000
 MAX_FORM = 16 * 1024
 MAX_NAME = 128
 MAX_PASSWORD = 1024
-
-CSS = """
-body{font-family:system-ui,sans-serif;max-width:62rem;margin:2rem auto;padding:0 1rem;color:#1b1f24;line-height:1.45}
-h1{font-size:1.4rem}nav{margin-bottom:1rem}nav a,nav form{margin-right:1rem;display:inline}
-table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.4rem;border-bottom:1px solid #d0d7de;vertical-align:top}
-td form{display:inline-block;margin:0 .3rem .3rem 0;white-space:nowrap}
-.code{font-family:ui-monospace,monospace;font-size:1.6rem;letter-spacing:.1em}
-.qr svg{width:18rem;height:18rem;display:block;shape-rendering:crispEdges}.err{color:#a40000}.muted{color:#57606a}
-.revoked{color:#a40000}.online{color:#116329}
-button{padding:.3rem .7rem}input{padding:.3rem}label{display:block;margin-bottom:.6rem}
-button.danger{background:#a40000;color:#fff;border:1px solid #8a0000;border-radius:3px}
-"""
-CSS_HASH = "sha256-" + b64encode(hashlib.sha256(CSS.encode()).digest()).decode()
-CSP = (
-    f"default-src 'none'; style-src '{CSS_HASH}'; form-action 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'"
-)
-SECURITY_HEADERS = {
-    "Content-Security-Policy": CSP,
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-    "Cache-Control": "no-store",
-}
+MIN_NEW_PASSWORD = 8
+TOO_MANY = "Too many login attempts. Wait a minute, then try again."
+BUSY = "The server is busy. Wait a few seconds, then try again."
 
 
 @dataclass
 class _Session:
     account_id: str
+    account_name: str
     csrf: str
     expires: float
 
@@ -94,10 +74,12 @@ class WebState:
         self.passwords = PasswordChecker()
         self._login_key = secrets.token_bytes(32)
 
-    def new(self, account_id: str) -> tuple[str, _Session]:
+    def new(self, account_id: str, account_name: str = "") -> tuple[str, _Session]:
         """A fresh session for ``account_id`` (the oldest is dropped past the bound)."""
         sid = secrets.token_urlsafe(32)
-        session = _Session(account_id, secrets.token_urlsafe(32), self.clock() + SESSION_TTL)
+        session = _Session(
+            account_id, account_name, secrets.token_urlsafe(32), self.clock() + SESSION_TTL
+        )
         self.sessions[sid] = session
         while len(self.sessions) > MAX_SESSIONS:
             self.sessions.popitem(last=False)
@@ -117,6 +99,13 @@ class WebState:
         """Forget a session (logout)."""
         if sid:
             self.sessions.pop(sid, None)
+
+    def drop_others(self, account_id: str, keep: str | None) -> int:
+        """Forget every session of ``account_id`` but ``keep`` (after a password change)."""
+        gone = [s for s, v in self.sessions.items() if v.account_id == account_id and s != keep]
+        for sid in gone:
+            del self.sessions[sid]
+        return len(gone)
 
     def login_token(self, nonce: str) -> str:
         """The login form's CSRF token for the pre-login cookie ``nonce``."""
@@ -141,39 +130,12 @@ def _same_text(given: str, expected: str) -> bool:
 WEB: web.AppKey[WebState] = web.AppKey("handoff_web", WebState)
 
 
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _utc(ts: float | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
-    return time.strftime(fmt, time.gmtime(ts)) + " UTC" if ts else "-"
-
-
-def _csrf_field(token: str) -> str:
-    return f'<input type="hidden" name="csrf" value="{_e(token)}">'
-
-
-def _page(
-    title: str, body: str, *, session: _Session | None = None, status: int = 200
+def _error_page(
+    request: web.Request, session: _Session, message: str, status: int = 400
 ) -> web.Response:
-    nav = ""
-    if session is not None:
-        nav = (
-            '<nav><a href="/devices">Devices</a><a href="/add-device">Add a device</a>'
-            f'<form method="post" action="/logout">{_csrf_field(session.csrf)}'
-            "<button>Log out</button></form></nav>"
-        )
-    text = (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)} · handoff</title>'
-        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'
-        f"<body>{nav}<main><h1>{_e(title)}</h1>{body}</main></body></html>"
+    return render(
+        request, "error.html", title="Devices", session=session, message=message, status=status
     )
-    return web.Response(text=text, content_type="text/html", status=status)
-
-
-def _error_page(session: _Session, message: str, status: int = 400) -> web.Response:
-    body = f'<p class="err" role="alert">{_e(message)}</p><p><a href="/devices">Back to the devices</a></p>'
-    return _page("Devices", body, session=session, status=status)
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -233,9 +195,11 @@ async def _checked_form(request: web.Request, session: _Session) -> dict[str, st
 
 
 def setup_web(app: web.Application, store: Store, config: object) -> None:
-    """Add the web pages (``/``, ``/login``, ``/logout``, ``/devices``, ``/add-device``) to ``app``."""
+    """Add the web pages (``/``, ``/login``, ``/logout``, ``/devices``, ``/add-device``,
+    ``/account``) and ``/static/`` to ``app``."""
     clock: Callable[[], float] = getattr(config, "clock", time.time)
     invite_ttl = float(getattr(config, "invite_ttl", pairing.INVITE_TTL))
+    setup_views(app)
     app[WEB] = WebState(
         clock,
         name_per_minute=float(getattr(config, "login_name_per_minute", 5.0)),
@@ -261,6 +225,25 @@ def setup_web(app: web.Application, store: Store, config: object) -> None:
         # Behind a TLS proxy (--insecure-http --public-url https://...) the browser sees HTTPS.
         return request.secure or public_url(request).startswith("https:")
 
+    async def limited(request: web.Request, name_key: str | None) -> bool:
+        """True when the client's address or the account name is over its password-try limit."""
+        state, now = request.app[WEB], clock()
+        if await state.by_ip.acquire(ratelimit.client_key(request), now):
+            return True
+        return name_key is not None and await state.by_name.acquire(name_key, now) > 0
+
+    async def password_ok(name_key: str, name: str, password: str) -> str | None:
+        """The account id if ``password`` is right for ``name``; ServerError ``login-busy``."""
+        state = app[WEB]
+        record = await asyncio.to_thread(store.login_record, name)
+        try:
+            ok = await state.passwords.check(password, None if record is None else record[1])
+        except ServerError as exc:
+            if exc.code == "login-busy":
+                await state.by_name.give_back(name_key, clock())
+            raise
+        return record[0] if ok and record is not None else None
+
     async def index(request: web.Request) -> web.StreamResponse:
         raise web.HTTPSeeOther("/devices" if _session(request) else "/login")
 
@@ -268,16 +251,11 @@ def setup_web(app: web.Application, store: Store, config: object) -> None:
         request: web.Request, error: str = "", status: int = 200, account: str = ""
     ) -> web.Response:
         nonce = secrets.token_urlsafe(32)
-        err = f'<p class="err" role="alert">{_e(error)}</p>' if error else ""
-        body = (
-            f'{err}<form method="post" action="/login">{_csrf_field(request.app[WEB].login_token(nonce))}'
-            f'<label>Account <input name="account" autocomplete="username" value="{_e(account)}" '
-            f'maxlength="{MAX_NAME}" required></label>'
-            '<label>Password <input name="password" type="password" autocomplete="current-password" '
-            f'maxlength="{MAX_PASSWORD}" required></label>'
-            "<p><button>Log in</button></p></form>"
-        )
-        response = _page("Log in", body, status=status)
+        response = render(
+            request, "login.html", title="Log in", status=status, error=error, account=account,
+            token=request.app[WEB].login_token(nonce), max_name=MAX_NAME,
+            max_password=MAX_PASSWORD,
+        )  # fmt: skip
         response.set_cookie(
             LOGIN_COOKIE, nonce, httponly=True, samesite="Strict", secure=secure(request),
             path="/login", max_age=LOGIN_FORM_TTL,
@@ -291,42 +269,34 @@ def setup_web(app: web.Application, store: Store, config: object) -> None:
 
     async def login_post(request: web.Request) -> web.StreamResponse:
         form = await _form(request)
-        state, now = request.app[WEB], clock()
+        state = request.app[WEB]
         if not state.check_login_token(request.cookies.get(LOGIN_COOKIE), form.get("csrf", "")):
             raise _forbidden()
         name, password = form.get("account", "")[:MAX_NAME], form.get("password", "")[:MAX_PASSWORD]
         # The address pays first: a refused address creates no per-account bucket, so junk
         # names cannot push a victim's bucket out (and buckets below full are never evicted).
         name_key = _name_key(name)
-        if await state.by_ip.acquire(ratelimit.client_key(request), now) or (
-            name_key is not None and await state.by_name.acquire(name_key, now)
-        ):
+        if await limited(request, name_key):
             logger.warning("login rate-limited", extra={"client": _client(request)})
-            return login_page(
-                request, "Too many login attempts. Wait a minute, then try again.", 429, name
-            )
+            return login_page(request, TOO_MANY, 429, name)
         account = None
         if name_key is not None:
-            record = await asyncio.to_thread(store.login_record, name)
             try:
-                ok = await state.passwords.check(password, None if record is None else record[1])
+                account_id = await password_ok(name_key, name, password)
             except ServerError as exc:
                 if exc.code != "login-busy":
                     raise
-                await state.by_name.give_back(name_key, now)
                 logger.warning("login busy", extra={"client": _client(request)})
-                page = login_page(
-                    request, "The server is busy. Wait a few seconds, then try again.", 503, name
-                )
+                page = login_page(request, BUSY, 503, name)
                 page.headers["Retry-After"] = str(BUSY_RETRY_AFTER)
                 return page
-            if ok and record is not None:
-                account = await asyncio.to_thread(store.get_account, record[0])
+            if account_id is not None:
+                account = await asyncio.to_thread(store.get_account, account_id)
         if account is None:
             logger.info("login failed", extra={"client": _client(request)})
             return login_page(request, "Wrong account name or password.", 401, name)
         state.drop(request.cookies.get(COOKIE))
-        sid, _ = state.new(account.account_id)
+        sid, _ = state.new(account.account_id, account.name)
         logger.info("login", extra={"account": account.account_id, "client": _client(request)})
         response = web.HTTPSeeOther("/devices")
         response.set_cookie(
@@ -344,43 +314,16 @@ def setup_web(app: web.Application, store: Store, config: object) -> None:
         response.del_cookie(COOKIE, path="/")
         raise response
 
-    def device_row(d: Device, online: frozenset[str], csrf: str) -> str:
-        if d.revoked:
-            state = f'<span class="revoked">revoked {_e(_utc(d.revoked_at))}</span>'
-        elif d.device_id in online:
-            state = '<span class="online">online</span>'
-        else:
-            state = "offline"
-        actions = ""
-        if not d.revoked:
-            path = f"/devices/{_e(d.device_id)}"
-            actions = (
-                f'<form method="post" action="{path}/rename">{_csrf_field(csrf)}'
-                f'<input name="name" value="{_e(d.name)}" aria-label="New name for {_e(d.name)}" '
-                'size="12" maxlength="64" required> <button>Rename</button></form>'
-                f'<form method="post" action="{path}/revoke">{_csrf_field(csrf)}'
-                f'<button aria-label="Revoke {_e(d.name)}">Revoke</button></form>'
-            )
-        return (
-            f"<tr><td>{_e(d.name)}</td><td><code>{_e(identity.format_device_id(d.device_id))}</code></td>"
-            f"<td>{_e(d.platform)}</td><td>{_e(_utc(d.created_at))}</td>"
-            f"<td>{_e(_utc(d.last_seen))}</td><td>{state}</td><td>{actions}</td></tr>"
-        )
-
     async def devices(request: web.Request) -> web.StreamResponse:
         session = _require(request)
         rows = await asyncio.to_thread(store.list_devices, session.account_id)
         hub = request.app.get(HUB)
         online = hub.online(session.account_id) if hub is not None else frozenset()
-        lines = [device_row(d, online, session.csrf) for d in rows]
-        body = (
-            "<table><thead><tr><th>Name</th><th>Id</th><th>Platform</th><th>Created</th>"
-            '<th>Last seen</th><th>State</th><th><span class="muted">Actions</span></th></tr></thead>'
-            f"<tbody>{''.join(lines)}</tbody></table>"
-            if lines
-            else '<p class="muted">No devices yet. <a href="/add-device">Add one</a>.</p>'
-        )
-        return _page("Devices", body, session=session)
+        return render(
+            request, "devices.html", title="Devices", session=session, csrf=session.csrf,
+            online=online, active=[d for d in rows if not d.revoked],
+            revoked=sorted((d for d in rows if d.revoked), key=lambda d: -(d.revoked_at or 0)),
+        )  # fmt: skip
 
     async def rename(request: web.Request) -> web.StreamResponse:
         session = _require(request)
@@ -393,7 +336,7 @@ def setup_web(app: web.Application, store: Store, config: object) -> None:
                 form.get("name", "")[:MAX_NAME],
             )
         except HandoffError as exc:
-            return _error_page(session, exc.message)
+            return _error_page(request, session, exc.message)
         raise web.HTTPSeeOther("/devices")
 
     async def revoke(request: web.Request) -> web.StreamResponse:
@@ -402,21 +345,15 @@ def setup_web(app: web.Application, store: Store, config: object) -> None:
         device_id = request.match_info["device"]
         device = await asyncio.to_thread(store.get_device, device_id)
         if device is None or device.account_id != session.account_id:
-            return _error_page(session, "No such device in this account.", 404)
+            return _error_page(request, session, "No such device in this account.", 404)
         if form.get("confirm") != "yes":
-            body = (
-                f"<p>Revoke <strong>{_e(device.name)}</strong> "
-                f"(<code>{_e(identity.format_device_id(device.device_id))}</code>)? "
-                "It is cut off at once and can never connect again; to use it again, pair it anew.</p>"
-                f'<form method="post" action="/devices/{_e(device.device_id)}/revoke">'
-                f'{_csrf_field(session.csrf)}<input type="hidden" name="confirm" value="yes">'
-                '<button class="danger">Yes, revoke it</button> <a href="/devices">Cancel</a></form>'
+            return render(
+                request, "revoke.html", title="Revoke a device", session=session, device=device
             )
-            return _page("Revoke a device", body, session=session)
         try:
             await asyncio.to_thread(store.revoke_device, session.account_id, device_id)
         except HandoffError as exc:
-            return _error_page(session, exc.message)
+            return _error_page(request, session, exc.message)
         hub = request.app.get(HUB)
         if hub is not None:
             await hub.disconnect_revoked([device_id])
@@ -430,7 +367,7 @@ def setup_web(app: web.Application, store: Store, config: object) -> None:
         if retry:
             logger.info("invite rate-limited from the web", extra={"account": session.account_id})
             page = _error_page(
-                session, "Too many invites made. Wait a minute, then try again.", 429
+                request, session, "Too many invites made. Wait a minute, then try again.", 429
             )
             page.headers["Retry-After"] = str(retry)
             return page
@@ -440,20 +377,58 @@ def setup_web(app: web.Application, store: Store, config: object) -> None:
         fingerprint = getattr(config, "fingerprint", None)
         server = public_url(request)
         view = pairing.present(server, fingerprint, invite.secrets, invite.expires_at)
-        command = f"handoff pair {view.code} --server {server}"
-        if fingerprint:
-            command += f" --fingerprint {fingerprint}"
-        minutes = max(1, round((view.expires_at - clock()) / 60))
-        body = (
-            "<p>Scan this code with the new device's camera, or type the short code there.</p>"
-            f'<div class="qr">{_qr_svg(view.url)}</div>'
-            f'<p>Code: <span class="code">{_e(view.code)}</span></p>'
-            f"<p>Single use; expires at {_e(_utc(view.expires_at, '%H:%M'))} "
-            f"(in {minutes} minute{'s' if minutes != 1 else ''}).</p>"
-            f'<p class="muted">Or, on the new device, run:<br><code>{_e(command)}</code></p>'
-            '<p><a href="/add-device">Make another invite</a> · <a href="/devices">Back to the devices</a></p>'
-        )
-        return _page("Add a device", body, session=session)
+        return render(
+            request, "add_device.html", title="Add a device", session=session, view=view,
+            qr=_qr_svg(view.url), server=server, code=view.code, fingerprint=fingerprint,
+            minutes=max(1, round((view.expires_at - clock()) / 60)),
+        )  # fmt: skip
+
+    def account_page(
+        request: web.Request, session: _Session, *, error: str = "", status: int = 200,
+        done: bool = False,
+    ) -> web.Response:  # fmt: skip
+        return render(
+            request, "account.html", title="Account", session=session, error=error, done=done,
+            status=status, min_password=MIN_NEW_PASSWORD, max_password=MAX_PASSWORD,
+        )  # fmt: skip
+
+    async def account_get(request: web.Request) -> web.StreamResponse:
+        return account_page(request, _require(request))
+
+    async def change_password(request: web.Request) -> web.StreamResponse:
+        session = _require(request)
+        form = await _checked_form(request, session)
+        current = form.get("current", "")[:MAX_PASSWORD]
+        new, repeat = form.get("new", ""), form.get("repeat", "")
+        if len(new) < MIN_NEW_PASSWORD or len(new) > MAX_PASSWORD:
+            why = f"The new password needs {MIN_NEW_PASSWORD} to {MAX_PASSWORD} characters."
+            return account_page(request, session, error=why, status=400)
+        if new != repeat:
+            why = "The new password and its repetition differ."
+            return account_page(request, session, error=why, status=400)
+        name_key = _name_key(session.account_name)
+        if name_key is None or await limited(request, name_key):
+            return account_page(request, session, error=TOO_MANY, status=429)
+        try:
+            account_id = await password_ok(name_key, session.account_name, current)
+        except ServerError as exc:
+            if exc.code != "login-busy":
+                raise
+            page = account_page(request, session, error=BUSY, status=503)
+            page.headers["Retry-After"] = str(BUSY_RETRY_AFTER)
+            return page
+        if account_id != session.account_id:
+            logger.info("password change refused", extra={"client": _client(request)})
+            return account_page(
+                request, session, error="The current password is wrong.", status=403
+            )
+        await asyncio.to_thread(store.set_password, session.account_id, new)
+        gone = request.app[WEB].drop_others(session.account_id, request.cookies.get(COOKIE))
+        logger.info(
+            "password changed from the web sessions_ended=%d", gone,
+            extra={"account": session.account_id, "client": _client(request)},
+        )  # fmt: skip
+        return account_page(request, session, done=True)
 
     app.router.add_get("/", index)
     app.router.add_get("/login", login_get)
@@ -463,11 +438,14 @@ def setup_web(app: web.Application, store: Store, config: object) -> None:
     app.router.add_post("/devices/{device}/rename", rename)
     app.router.add_post("/devices/{device}/revoke", revoke)
     app.router.add_get("/add-device", add_device)
+    app.router.add_get("/account", account_get)
+    app.router.add_post("/account/password", change_password)
 
 
-def _qr_svg(url: str) -> str:
+def _qr_svg(url: str) -> Markup:
     """``url`` as an inline SVG QR code (a viewBox, no fixed size: the stylesheet sizes it)."""
     svg = segno.make(url, error="m").svg_inline(
         border=4, omitsize=True, light="#fff", svgclass="qr-code", lineclass=None
     )
-    return svg.replace("<svg ", '<svg role="img" aria-label="QR code of the invite" ', 1)
+    # segno writes the SVG itself from the URL (its own escaping): trusted markup.
+    return Markup(svg.replace("<svg ", '<svg role="img" aria-label="QR code of the invite" ', 1))  # noqa: S704

@@ -108,7 +108,7 @@ def test_login_add_device_scan_join_revoke(web_server: ServerProcess, tmp_path: 
                 forged = page.request.post(f"{base}/devices/{joined.device_id}/revoke", form=form)
                 assert forged.status == 403
             page.goto(f"{base}/devices")
-            assert "revoked" not in page.inner_text("tbody")
+            assert "revoked" not in page.inner_text("ul.devices")
 
             page.screenshot(path=str(tmp_path / "devices-before.png"), full_page=True)
             page.click("button:has-text('Revoke')")
@@ -116,7 +116,7 @@ def test_login_add_device_scan_join_revoke(web_server: ServerProcess, tmp_path: 
             assert "revoked" not in page.inner_text("body")
             page.click("text=Yes, revoke it")
             assert page.url.endswith("/devices")
-            assert "revoked" in page.inner_text("tbody")
+            assert "Revoked devices (1)" in page.inner_text("details.revoked-list summary")
             page.screenshot(path=str(tmp_path / "devices.png"), full_page=True)
             headers = page.request.get(f"{base}/devices").headers
             assert "frame-ancestors 'none'" in headers["content-security-policy"]
