@@ -32,7 +32,7 @@ from handoffd.subcommands import Command, LocalCommand
 
 # Modules that add subcommands: each defines ``register(add: AddCommand) -> None``.
 # ``demo`` registers itself this way so that nothing imports it (it uses ``console``).
-BUILTIN_COMMAND_MODULES: tuple[str, ...] = ("handoffd.demo",)
+BUILTIN_COMMAND_MODULES: tuple[str, ...] = ("handoffd.demo", "handoffd.servicecli")
 COMMAND_MODULES: tuple[str, ...] = ()
 
 
@@ -302,19 +302,6 @@ async def cmd_send(client: HandoffClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_service(args: argparse.Namespace) -> int:
-    """Install, uninstall, show or render the user service."""
-    from handoffd import service
-
-    return service.main(
-        args.action,
-        home=args.home,
-        enable=not args.no_enable,
-        dry_run=args.dry_run,
-        server=args.server,
-    )
-
-
 # ---------------------------------------------------------------- parser
 
 
@@ -373,11 +360,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, help="target device name or id")
     p.add_argument("--types", help="comma-separated item types to send (default: all)")
     p.add_argument("--no-wait", action="store_true", help="print the handoff id and return")
-    p = add("service", cmd_service, "install, uninstall or show the user service", daemon=False)
-    p.add_argument("action", choices=("install", "uninstall", "status", "render"))
-    p.add_argument("--no-enable", action="store_true", help="write the file; do not enable it")
-    p.add_argument("--dry-run", action="store_true", help="print what install would do; no change")
-    p.add_argument("--server", action="store_true", help="render: the server's unit/plist")
     for module in (*BUILTIN_COMMAND_MODULES, *COMMAND_MODULES):
         importlib.import_module(module).register(add)
     return parser

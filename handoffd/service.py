@@ -3,10 +3,12 @@
 Linux: a systemd user unit in ``~/.config/systemd/user/handoffd.service``,
 enabled with ``systemctl --user``. macOS: a LaunchAgent in
 ``~/Library/LaunchAgents/org.handoffd.handoffd.plist``, loaded with
-``launchctl bootstrap gui/<uid>``. The files are rendered from the templates in
-``systemd/`` and ``launchd/`` (shipped as ``handoffd/units/``) with absolute
-paths to the installed programs. Every command run goes through an injectable
-``Runner`` so tests check the plan without a service manager.
+``launchctl bootstrap gui/<uid>``. The files are rendered from the one copy of
+each template, ``handoffd/units/`` (package data), with absolute paths to the
+installed programs; a program the unit's own sandbox would hide
+(``ProtectHome=``, ``PrivateTmp=``) is refused with what to do instead. Every
+command run goes through an injectable ``Runner`` so tests check the plan
+without a service manager.
 """
 
 from __future__ import annotations
@@ -35,12 +37,9 @@ UNIT_DEFAULTS = {
     "handoffd": "%h/.local/bin/handoffd",
     "handoff-server": "/usr/local/bin/handoff-server",
 }
-# The values the checked-in launchd/*.plist examples are rendered with.
-EXAMPLE_HOME = Path("/Users/alice")
-EXAMPLE_PROGRAMS = {
-    "handoffd": "/Users/alice/.local/bin/handoffd",
-    "handoff-server": "/usr/local/bin/handoff-server",
-}
+# What a unit's own sandbox hides from its processes.
+HOME_DIRS = ("/home", "/root", "/run/user")
+TMP_DIRS = ("/tmp", "/var/tmp")  # noqa: S108 - paths to refuse, not to use
 
 Runner = Callable[[Sequence[str]], subprocess.CompletedProcess[str]]
 
@@ -133,6 +132,80 @@ def render(name: str, *, home: Path, programs: Mapping[str, str] | None = None) 
 
 def _placeholder(name: str) -> str:
     return "@" + name.upper().replace("-", "_") + "@"
+
+
+def _service_settings(text: str) -> dict[str, str]:
+    """The last value of each ``Key=value`` line of a unit (comments skipped)."""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and not key.startswith(("#", ";")):
+            found[key.strip()] = value.strip()
+    return found
+
+
+def hidden_dirs(unit_text: str) -> tuple[str, ...]:
+    """The directories a unit's own ``ProtectHome=``/``PrivateTmp=`` hide from its programs."""
+    settings = _service_settings(unit_text)
+    hidden: list[str] = []
+    if settings.get("ProtectHome", "no").lower() in ("yes", "true", "on", "1", "tmpfs"):
+        hidden.extend(HOME_DIRS)
+    if settings.get("PrivateTmp", "no").lower() in ("yes", "true", "on", "1"):
+        hidden.extend(TMP_DIRS)
+    return tuple(hidden)
+
+
+def _interpreter(path: str) -> str | None:
+    """The ``#!`` interpreter of a script (a console script's Python), if it has one."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(512)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode("utf-8", "replace").split()
+    return words[0] if words else None
+
+
+def hidden_program(path: str, unit_text: str) -> str | None:
+    """The path (the program, its real path, or its interpreter) the unit would hide, if any."""
+    hidden = hidden_dirs(unit_text)
+    candidates = [path, os.path.realpath(path)]
+    interpreter = _interpreter(path)
+    if interpreter:
+        candidates += [interpreter, os.path.realpath(interpreter)]
+    for candidate in candidates:
+        for d in hidden:
+            if candidate == d or candidate.startswith(d + "/"):
+                return candidate
+    return None
+
+
+def check_visible(name: str, programs: Mapping[str, str] | None = None) -> None:
+    """HandoffError when the rendered unit ``name`` runs a program its own sandbox hides."""
+    if not name.endswith(".service"):
+        return
+    text = template(name)
+    for prog, default in UNIT_DEFAULTS.items():
+        if f"ExecStart={default}" not in text:
+            continue
+        path = (programs or {}).get(prog) or program(prog)
+        seen = hidden_program(path, text)
+        if seen is None:
+            continue
+        where = "a system-wide place such as /usr/local or /opt" + (
+            ""
+            if prog == "handoffd"
+            else " (e.g. `sudo python3 -m venv /opt/handoffd && "
+            "sudo /opt/handoffd/bin/pip install handoffd`)"
+        )
+        raise HandoffError(
+            f"{prog} is installed at {path}, but the unit's sandbox hides {seen} from the "
+            f"service (ProtectHome=/PrivateTmp= in {name}); install it in {where} and run "
+            f"this command from that installation",
+            code="service-hidden-program",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +394,8 @@ def main(
             code="service-home",
         )
     if action == "install":
+        if sys.platform != "darwin":
+            check_visible(UNIT)
         return install(enable=enable, dry_run=dry_run)
     if action == "uninstall":
         return uninstall()
@@ -328,6 +403,7 @@ def main(
         name = SERVER_UNIT if server else UNIT
         if sys.platform == "darwin":
             name = f"{SERVER_LABEL if server else LABEL}.plist"
+        check_visible(name)
         print(render(name, home=Path.home()), end="")
         return 0
     return status()

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 from handoffd.config import SettingsFile
 from handoffd.events import EventBus
+from handoffd.handoff.applaunch import AppStarter
 from handoffd.handoff.launcher import Launcher, LaunchRequest
 from handoffd.handoff.tables import EngineDB, InboxEntry
 from handoffd.handoff.timings import Clock
@@ -50,6 +51,7 @@ class Apps:
             on_failed=self._failed,
             interval=launch_interval,
             clock=clock.mono,
+            starter=AppStarter.from_env(environ),
         )
 
     async def received(self, entry: InboxEntry) -> None:

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from handoffd.handoff.applaunch import AppStarter
+
 logger = logging.getLogger("handoffd.launcher")
 
 Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
@@ -43,8 +45,11 @@ class Launcher:
         on_failed: Callable[[LaunchRequest], None],
         interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        starter: AppStarter | None = None,
     ) -> None:
+        """``starter``: how an app is started (default: a plain child process)."""
         self._clock = clock
+        self._starter = starter or AppStarter()
         self._spawn = spawn
         self._still_wanted = still_wanted
         self._on_failed = on_failed
@@ -84,17 +89,19 @@ class Launcher:
 
     async def _start(self, req: LaunchRequest) -> str:
         self._last[req.app_id] = self._clock()
+        argv, env = self._starter.command(req.app_id, req.handoff_id, req.argv, req.env)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *req.argv, env=dict(req.env), stdin=asyncio.subprocess.DEVNULL
+                *argv, env=env, stdin=asyncio.subprocess.DEVNULL
             )
         except OSError as exc:
             logger.warning("app launch failed app=%s error=%s", req.app_id, exc.strerror)
             self._on_failed(req)
             return "failed"
         logger.info(
-            "app launched app=%s pid=%d", req.app_id, proc.pid, extra={"handoff": req.handoff_id}
-        )
+            "app launched app=%s pid=%d via=%s", req.app_id, proc.pid, self._starter.mode,
+            extra={"handoff": req.handoff_id},
+        )  # fmt: skip
         self.live[req.app_id] = proc
         self._spawn(self._reap(req.app_id, proc), "reap")
         return "launched"

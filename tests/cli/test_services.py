@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import plistlib
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from handoffd import service
+from handoffd.errors import HandoffError
 from tests.server.helpers import cli_invite, create_account
 from tests.support.processes import READY_PREFIX, DaemonProcess
 
@@ -55,7 +57,7 @@ def test_verify_checks_the_program_so_the_checked_in_default_needs_rendering(
     tmp_path: Path, runtime: Path
 ) -> None:
     unit = tmp_path / USER_UNIT
-    unit.write_text((ROOT / "systemd" / USER_UNIT).read_text())
+    unit.write_text(service.template(USER_UNIT))
     done = _verify(unit, user=True, runtime=runtime)  # %h is tmp_path: nothing installed there
     assert done.returncode != 0
     assert f"{tmp_path}/.local/bin/handoffd is not executable" in done.stderr
@@ -77,14 +79,77 @@ def test_odd_program_paths_are_quoted_and_verify(tmp_path: Path, runtime: Path) 
     assert done.returncode == 0, done.stderr
 
 
+def test_one_copy_of_each_unit() -> None:
+    units = ROOT / "handoffd" / "units"
+    names = sorted(p.name for p in units.iterdir())
+    assert names == sorted(
+        [USER_UNIT, SERVER_UNIT, f"{service.LABEL}.plist.in", f"{service.SERVER_LABEL}.plist.in"]
+    )
+    assert not any(p.is_symlink() for p in units.iterdir())
+    assert not (ROOT / "systemd").exists()
+    assert not (ROOT / "launchd").exists()
+
+
 @pytest.mark.parametrize("name", [USER_UNIT, SERVER_UNIT])
-def test_checked_in_units_are_their_own_templates(name: str) -> None:
-    checked_in = (ROOT / "systemd" / name).read_text()
-    assert service.template(name) == checked_in  # what the package ships
+def test_rendering_changes_only_the_program(name: str) -> None:
+    source = service.template(name)
     rendered = service.render(name, home=ROOT)
-    changed = set(rendered.splitlines()) ^ set(checked_in.splitlines())
+    changed = set(rendered.splitlines()) ^ set(source.splitlines())
     assert len(changed) == 2  # the ExecStart= line, and nothing else
     assert all(line.startswith("ExecStart=") for line in changed)
+
+
+def _exposure(unit: Path, *, user: bool, runtime: Path) -> float:
+    argv = ["systemd-analyze", *(["--user"] if user else []), "security", "--offline=true"]
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "HOME": str(runtime.parent)}
+    done = subprocess.run(
+        [*argv, str(unit)], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", done.stdout)
+    assert m is not None, done.stdout + done.stderr
+    return float(m.group(1))
+
+
+@pytest.mark.parametrize(
+    ("name", "user", "limit"), [(USER_UNIT, True, 4.0), (SERVER_UNIT, False, 2.0)]
+)
+def test_exposure_scores(
+    name: str, user: bool, limit: float, tmp_path: Path, runtime: Path
+) -> None:
+    unit = tmp_path / name
+    unit.write_text(service.render(name, home=tmp_path))
+    score = _exposure(unit, user=user, runtime=runtime)
+    assert score <= limit, score
+    # The score reads the file: without the sandbox the same unit rates far worse.
+    bare = "\n".join(
+        line for line in unit.read_text().splitlines()
+        if line.startswith(("[", "Description=", "Type=", "ExecStart=", "WantedBy="))
+    )  # fmt: skip
+    unit.write_text(bare + "\n")
+    assert _exposure(unit, user=user, runtime=runtime) > 8.0
+
+
+def test_a_program_the_sandbox_hides_is_refused(tmp_path: Path) -> None:
+    server_unit = service.template(SERVER_UNIT)
+    user_unit = service.template(USER_UNIT)
+    assert service.hidden_program("/home/alice/venv/bin/handoff-server", server_unit) == (
+        "/home/alice/venv/bin/handoff-server"
+    )
+    assert service.hidden_program("/usr/local/bin/handoff-server", server_unit) is None
+    # The user unit reads home (ProtectHome=read-only) but has its own /tmp.
+    assert service.hidden_program("/home/alice/.local/bin/handoffd", user_unit) is None
+    assert service.hidden_program("/tmp/venv/bin/handoffd", user_unit) == "/tmp/venv/bin/handoffd"
+    # A script in a visible place whose interpreter is not (a venv made under /root).
+    script = tmp_path / "handoff-server"
+    script.write_text("#!/root/venv/bin/python3\nimport sys\n")
+    script.chmod(0o755)
+    assert service.hidden_program(str(script), server_unit) in (
+        str(script),
+        "/root/venv/bin/python3",
+    )
+    with pytest.raises(HandoffError, match="sandbox hides /tmp/x/handoff-server"):
+        service.check_visible(SERVER_UNIT, {"handoff-server": "/tmp/x/handoff-server"})
+    service.check_visible(SERVER_UNIT, {"handoff-server": "/usr/local/bin/handoff-server"})
 
 
 def _lines(text: str) -> set[str]:
@@ -99,8 +164,10 @@ def test_user_unit_settings(tmp_path: Path) -> None:
         "ReadWritePaths=-%h/.local/share/handoffd -%h/.config/handoffd",
         "RuntimeDirectory=handoffd", "RuntimeDirectoryMode=0700",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
-        "SystemCallArchitectures=native", "LockPersonality=yes", "KillMode=process",
-        "WantedBy=default.target", "LimitNOFILE=8192",
+        "SystemCallArchitectures=native", "LockPersonality=yes", "KillMode=mixed",
+        "WantedBy=default.target", "LimitNOFILE=8192", "PrivateUsers=yes",
+        "CapabilityBoundingSet=", "ProtectHome=read-only", "PrivateDevices=yes",
+        "SystemCallFilter=~@privileged @resources", "Environment=HANDOFF_APP_LAUNCH=systemd-run",
     ):  # fmt: skip
         assert line in lines, line
     exec_start = next(x for x in lines if x.startswith("ExecStart="))
@@ -144,15 +211,6 @@ def test_plists_parse_with_required_keys(label: str, tmp_path: Path) -> None:
     else:
         assert data["ProgramArguments"][1] == "serve"
         assert data["UserName"] == "_handoff"
-
-
-@pytest.mark.parametrize("label", [service.LABEL, service.SERVER_LABEL])
-def test_checked_in_plist_examples_are_rendered_templates(label: str) -> None:
-    example = (ROOT / "launchd" / f"{label}.plist").read_text()
-    assert example == service.render(
-        f"{label}.plist", home=service.EXAMPLE_HOME, programs=service.EXAMPLE_PROGRAMS
-    )
-    assert "@" not in example
 
 
 def test_plist_values_are_xml_escaped(tmp_path: Path) -> None:
@@ -292,8 +350,13 @@ def test_cli_install_no_enable_and_dry_run(tmp_path: Path) -> None:
     assert f"installed: {unit}" in status.stdout
 
     rendered = _cli(tmp_path, "render", "--server")
-    assert rendered.returncode == 0, rendered.stderr
-    assert "ExecStart=" + service.program("handoff-server") + " serve" in rendered.stdout
+    server = service.program("handoff-server")
+    if service.hidden_program(server, service.template(SERVER_UNIT)) is None:
+        assert rendered.returncode == 0, rendered.stderr
+        assert "ExecStart=" + server + " serve" in rendered.stdout
+    else:  # this checkout lives where the server's sandbox would hide it
+        assert rendered.returncode == 1
+        assert "the unit's sandbox hides" in rendered.stderr
 
     with_home = subprocess.run(
         [sys.executable, "-m", "handoffd.cli", "--home", str(tmp_path), "service", "install"],
@@ -301,6 +364,23 @@ def test_cli_install_no_enable_and_dry_run(tmp_path: Path) -> None:
     )  # fmt: skip
     assert with_home.returncode == 1
     assert "drop --home" in with_home.stderr
+
+
+def test_each_action_has_its_own_options(tmp_path: Path) -> None:
+    helps = {a: _cli(tmp_path, a, "--help") for a in ("install", "uninstall", "status", "render")}
+    for action, done in helps.items():
+        assert done.returncode == 0, done.stderr
+        assert f"handoff service {action}" in done.stdout
+    assert "--dry-run" in helps["install"].stdout
+    assert "--no-enable" in helps["install"].stdout
+    assert "--server" not in helps["install"].stdout
+    assert "--server" in helps["render"].stdout
+    assert "--dry-run" not in helps["render"].stdout
+    for action in ("uninstall", "status"):
+        assert "--" not in helps[action].stdout.replace("--help", "")
+    wrong = _cli(tmp_path, "status", "--dry-run")
+    assert wrong.returncode == 2
+    assert "unrecognized arguments: --dry-run" in wrong.stderr
 
 
 # PR_SET_MDWE (Linux >= 6.3) is the kernel's own MemoryDenyWriteExecute: mappings
