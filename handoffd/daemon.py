@@ -17,6 +17,8 @@ import argparse
 import asyncio
 import contextlib
 import fcntl
+import functools
+import ipaddress
 import logging
 import os
 import signal
@@ -118,6 +120,27 @@ def acquire_lock(paths: Paths) -> IO[str]:
 
 
 # ---------------------------------------------------------------- the daemon
+
+MDNS_INTERFACES_ENV = "HANDOFF_MDNS_INTERFACES"
+
+
+def mdns_interfaces(environ: Mapping[str, str]) -> tuple[str, ...] | None:
+    """The IPv4 addresses mDNS is limited to (``HANDOFF_MDNS_INTERFACES=127.0.0.1,…``), or
+    None for every interface. ``handoff demo`` sets it to loopback: a demo never announces
+    itself on the real network. ConfigError for anything but IPv4 addresses."""
+    raw = environ.get(MDNS_INTERFACES_ENV, "").strip()
+    if not raw:
+        return None
+    found: list[str] = []
+    for word in raw.split(","):
+        try:
+            found.append(str(ipaddress.IPv4Address(word.strip())))
+        except ValueError:
+            raise ConfigError(
+                f"{MDNS_INTERFACES_ENV}: {word.strip()!r:.40} is not an IPv4 address",
+                code="bad-env",
+            ) from None
+    return tuple(dict.fromkeys(found))
 
 
 class Daemon:
@@ -253,6 +276,10 @@ class Daemon:
             port = self.timings.signaling_port
             return LanListener("0.0.0.0", port, on_offer, local=local)  # noqa: S104
 
+        interfaces = mdns_interfaces(self.environ)
+        make_discovery = (
+            Discovery if interfaces is None else functools.partial(Discovery, interfaces=interfaces)
+        )
         return Engine(
             EngineInputs(
                 store=ctx.store,
@@ -265,7 +292,7 @@ class Daemon:
                 clock=SystemClock(),
                 environ=self.environ,
                 make_signaling=make_signaling,
-                make_discovery=Discovery,
+                make_discovery=make_discovery,
                 make_server_path=ServerPath,
                 accept_offer=webrtc.accept,
             )

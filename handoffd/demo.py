@@ -1,7 +1,7 @@
 """``handoff demo``: a server and two daemons on this machine, and one session handed over.
 
 Everything runs as separate processes on loopback with their own homes under a
-temporary folder: an embedded ``handoff-server`` (SQLite), a daemon "laptop" and
+temporary folder (the daemons' mDNS too: nothing is announced on the real network): an embedded ``handoff-server`` (SQLite), a daemon "laptop" and
 a daemon "desk". Both pair through the invite flow, the example notes app
 publishes a session on laptop, it is handed to desk with a progress bar, desk
 launches the notes app, which prints the resumed context and confirms; laptop
@@ -39,6 +39,9 @@ HANDOFF_TIMEOUT = 120.0
 MESSAGES = 100
 _READY = re.compile(r"handoff-server listening url=(\S+) fingerprint=(\S+)")
 _URL = re.compile(r"^url:\s+(\S+)", re.MULTILINE)
+# The demo's daemons find each other over mDNS on loopback only: a demo never announces
+# itself on the network this machine is on (handoffd.daemon.mdns_interfaces).
+DAEMON_ENV = {"HANDOFF_MDNS_INTERFACES": "127.0.0.1"}
 
 
 class DemoError(HandoffError):
@@ -227,6 +230,7 @@ async def _run_demo(demo: Demo) -> int:
             [sys.executable, "-m", "handoffd.daemon", "--home", str(home)],
             log=name,
             stdout_to_terminal=True,
+            env=DAEMON_ENV,
         )
         daemons[name] = proc
     for name, proc in daemons.items():
