@@ -263,6 +263,8 @@ def _parse_setting(key: str, value: str, current: object) -> object:
 
 async def cmd_settings(client: HandoffClient, args: argparse.Namespace) -> int:
     """Show settings, one setting, or set one (`handoff settings KEY VALUE`)."""
+    from handoffd.config import show_value  # true/false, lists comma-separated
+
     current = (await client.settings()).to_json()
     if args.key is not None and args.key not in current:
         known = ", ".join(sorted(current))
@@ -278,8 +280,7 @@ async def cmd_settings(client: HandoffClient, args: argparse.Namespace) -> int:
         _print_json(current)
         return 0
     for k, v in sorted(current.items()):
-        shown = ",".join(map(str, v)) if isinstance(v, list) else v
-        print(f"{k} = {clean(shown)}")
+        print(f"{k} = {clean(show_value(v))}")
     return 0
 
 

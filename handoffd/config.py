@@ -2,8 +2,9 @@
 
 ``accept_types`` lists the item types this device accepts in a handoff; the
 single entry ``"*"`` (the default) means every type, including app-defined ones.
-Values are flat (bool, int, str, list of str), so the file is written by a
-tiny TOML emitter here and read with ``tomllib``.
+Values are flat (bool, int, str, list of str). The file is read with ``tomllib`` and
+written with ``tomlkit`` into the document already there, so the user's comments, order
+and layout stay; only changed values are rewritten (new keys go at the end).
 """
 
 from __future__ import annotations
@@ -192,45 +193,79 @@ def load_settings(path: Path) -> Settings:
         raise ConfigError(f"{path}: {exc.message}", code=exc.code) from exc
 
 
+HEADER = "# handoffd settings (written by handoffd; edits are read on SIGHUP or restart)"
+
+
 def save_settings(path: Path, settings: Settings) -> None:
-    """Write ``settings`` to ``path`` atomically, mode 0600."""
-    write_private_file(path, dumps_toml(settings.to_json()).encode("utf-8"))
+    """Write ``settings`` to ``path`` atomically, mode 0600, keeping the file's comments and
+    order (only the values that changed are rewritten)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        old = None
+    else:
+        old = data.decode("utf-8", "replace") if len(data) <= MAX_CONFIG_BYTES else None
+    write_private_file(path, update_toml(old, settings.to_json()).encode("utf-8"))
+
+
+def update_toml(text: str | None, table: Mapping[str, Any]) -> str:
+    """``text`` (a TOML document, or None for a new one) with the keys of ``table`` set.
+
+    Keys whose value is unchanged keep their exact text; changed ones keep their place and
+    their trailing comment; new ones are appended. A document tomlkit cannot parse is
+    replaced by a fresh one (the daemon could not have loaded it either).
+    """
+    import tomlkit  # only when writing: the CLI reads settings without it
+    from tomlkit.exceptions import TOMLKitError
+
+    doc: tomlkit.TOMLDocument | None = None
+    if text is not None:
+        try:
+            doc = tomlkit.parse(text)
+        except TOMLKitError:
+            doc = None
+    if doc is None:
+        doc = tomlkit.document()
+        doc.add(tomlkit.comment(HEADER.removeprefix("# ")))
+    for key, value in table.items():
+        if key in doc and _unwrap(doc[key]) == _plain(value):
+            continue
+        doc[key] = _plain(value)
+    return tomlkit.dumps(doc)
 
 
 def dumps_toml(table: Mapping[str, Any]) -> str:
-    """A flat TOML document of bool, int, finite float, str and lists of those."""
-    lines = ["# handoffd settings (written by handoffd; edits are read on SIGHUP or restart)"]
-    lines.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())
-    return "\n".join(lines) + "\n"
+    """A new flat TOML document of bool, int, finite float, str and lists of those."""
+    for value in table.values():
+        _check_value(value)
+    return update_toml(None, table)
 
 
-def _toml_value(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A setting's value for people: ``true``/``false``, lists comma-separated."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float) and math.isfinite(value):
-        return repr(value)
-    if isinstance(value, str):
-        return _toml_string(value)
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+        return ",".join(show_value(v) for v in value)
+    return str(value)
 
 
-def _toml_string(text: str) -> str:
-    out = ['"']
-    for ch in text:
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04X}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
+def _unwrap(item: Any) -> Any:
+    return item.unwrap() if hasattr(item, "unwrap") else item
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _check_value(value: Any) -> None:
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            _check_value(v)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise TypeError("cannot write a non-finite float as TOML")
+    elif not isinstance(value, (bool, int, float, str)):
+        raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
 class SettingsFile:
