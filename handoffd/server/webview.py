@@ -16,7 +16,7 @@ from typing import Any
 
 import jinja2
 from aiohttp import web
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 from handoffd import identity
 
@@ -117,8 +117,3 @@ def render(
     values.setdefault("session", None)
     text = request.app[TEMPLATES].get_template(name).render(title=title, **values)
     return web.Response(text=text, content_type="text/html", status=status)
-
-
-def escape_text(value: object) -> str:
-    """``value`` HTML-escaped (for the rare string built outside a template)."""
-    return str(escape(str(value)))

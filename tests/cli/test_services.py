@@ -337,6 +337,12 @@ def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_install_no_enable_and_dry_run(tmp_path: Path) -> None:
     unit = tmp_path / ".config/systemd/user/handoffd.service"
     dry = _cli(tmp_path, "install", "--dry-run")
+    if service.hidden_program(service.program("handoffd"), service.template(USER_UNIT)):
+        # This checkout lives where the unit's PrivateTmp would hide it: refused, said why.
+        assert dry.returncode == 1
+        assert "the unit's sandbox hides" in dry.stderr
+        assert not unit.exists()
+        return
     assert dry.returncode == 0, dry.stderr
     assert "ExecStart=" + service.program("handoffd") in dry.stdout
     assert "would run systemctl --user enable --now handoffd.service" in dry.stdout
