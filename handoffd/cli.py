@@ -25,14 +25,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from handoffd import __version__, identity
-from handoffd.console import clean, follow, human_size, state_text, table
+from handoffd.console import clean, human_size, state_text, table
 from handoffd.control.client import HandoffClient
 from handoffd.errors import HandoffError
 from handoffd.subcommands import Command, LocalCommand
 
 # Modules that add subcommands: each defines ``register(add: AddCommand) -> None``.
 # ``demo`` registers itself this way so that nothing imports it (it uses ``console``).
-BUILTIN_COMMAND_MODULES: tuple[str, ...] = ("handoffd.demo",)
+BUILTIN_COMMAND_MODULES: tuple[str, ...] = ("handoffd.demo", "handoffd.cli_send")
 COMMAND_MODULES: tuple[str, ...] = ()
 
 
@@ -283,25 +283,6 @@ async def cmd_settings(client: HandoffClient, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_send(client: HandoffClient, args: argparse.Namespace) -> int:
-    """Hand a session to another device, with a progress bar until it is resumed or fails."""
-    types = [t for t in args.types.split(",") if t] if args.types else None
-    handoff_id = (await client.send(args.session, args.to, types=types)).id
-    if args.no_wait:
-        print(handoff_id)
-        return 0
-    h = await follow(client, handoff_id)
-    state = str(h.get("state"))
-    if state != "resumed":
-        err = h.get("error") or {}
-        raise HandoffError(
-            f"handoff {state}: {clean(err.get('message') or err.get('code') or state)}",
-            code=str(err.get("code") or state),
-        )
-    print(f"resumed on {clean((h.get('peer') or {}).get('name') or args.to)}")
-    return 0
-
-
 def cmd_service(args: argparse.Namespace) -> int:
     """Install, uninstall, show or render the user service."""
     from handoffd import service
@@ -368,11 +349,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("settings", cmd_settings, "show or change settings", listing=True)
     p.add_argument("key", nargs="?", help="one setting")
     p.add_argument("value", nargs="?", help="its new value (lists comma-separated)")
-    p = add("send", cmd_send, "hand a session to another device")
-    p.add_argument("session", help="session id")
-    p.add_argument("--to", required=True, help="target device name or id")
-    p.add_argument("--types", help="comma-separated item types to send (default: all)")
-    p.add_argument("--no-wait", action="store_true", help="print the handoff id and return")
     p = add("service", cmd_service, "install, uninstall or show the user service", daemon=False)
     p.add_argument("action", choices=("install", "uninstall", "status", "render"))
     p.add_argument("--no-enable", action="store_true", help="write the file; do not enable it")

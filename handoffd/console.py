@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from handoffd.control.client import HandoffClient
@@ -57,8 +57,15 @@ def human_size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-async def follow(client: HandoffClient, handoff_id: str, *, prefix: str = "") -> dict[str, Any]:
-    """Draw the handoff's progress (bytes, rate, time left, state, path) until it ends; its record.
+async def follow(
+    client: HandoffClient,
+    handoff_id: str,
+    *,
+    prefix: str = "",
+    until: Callable[[Mapping[str, Any]], bool] | None = None,
+) -> dict[str, Any]:
+    """Draw the handoff's progress (bytes, rate, time left, state, path) until it ends (or
+    ``until`` says it is enough); its record.
 
     On a terminal the bar is redrawn in place; otherwise one line per state.
     """
@@ -88,7 +95,7 @@ async def follow(client: HandoffClient, handoff_id: str, *, prefix: str = "") ->
         elif (state, path) != last_state:
             print(line, flush=True)
         last_line, last_state = line, (state, path)
-        if state in FINAL_STATES:
+        if state in FINAL_STATES or (until is not None and until(h)):
             if tty:
                 print()
             return h

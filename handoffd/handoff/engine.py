@@ -32,8 +32,10 @@ from handoffd.handoff.local import LocalDevice
 from handoffd.handoff.notices import Notices
 from handoffd.handoff.outgoing import Outgoing
 from handoffd.handoff.presence import Board, MakeDiscovery, MakeServerPath, Presence, Signaling
+from handoffd.handoff.receivers import Receivers
 from handoffd.handoff.records import Records
 from handoffd.handoff.refusals import RefusalLog
+from handoffd.handoff.sendables import BUILTIN_APPS, Sendable
 from handoffd.handoff.staging import Staging
 from handoffd.handoff.tables import EngineDB, InboxEntry
 from handoffd.handoff.timings import Clock, Timings
@@ -163,8 +165,9 @@ class Engine:
             clock=i.clock,
             timings=t,
             tasks=self.tasks,
-            on_received=self.apps.received,
+            on_received=self._on_received,
         )
+        self.receivers = Receivers(i.settings)
         self.notices = Notices(
             store=i.store,
             records=self.records,
@@ -228,6 +231,19 @@ class Engine:
         """Validate, record (``pending``) and start a handoff of ``session_id`` to ``target``."""
         return await self.outgoing.start(session_id, target, types)
 
+    async def send_content(self, content: Sendable, target: str) -> HandoffRecord:
+        """Publish ``content`` as a session and hand it to ``target`` at once (the session is
+        withdrawn again if the handoff cannot start)."""
+        store = self.outgoing.store
+        session = await store.run(
+            store.create_session, content.app_id, content.title, content.context, content.items
+        )
+        try:
+            return await self.outgoing.start(session.id, target, None)
+        except BaseException:
+            await store.run(store.set_session_state, session.id, "withdrawn")
+            raise
+
     async def cancel(self, handoff_id: str) -> HandoffRecord:
         """Cancel an outgoing handoff that is not yet delivered (idempotent once cancelled)."""
         return await self.outgoing.cancel(handoff_id)
@@ -258,6 +274,19 @@ class Engine:
         return self.apps.clients
 
     # ------------------------------------------------------------ dispatch
+
+    async def _on_received(self, entry: InboxEntry) -> None:
+        """A session arrived: its app (launched if need be), else a built-in receiver."""
+        if entry.app_id in BUILTIN_APPS and self.apps.clients[entry.app_id] == 0:
+            store = self.outgoing.store
+            if await store.run(store.get_app, entry.app_id) is None:
+                self.tasks.spawn(self._builtin(entry), "built-in-receiver")
+                return
+        await self.apps.received(entry)
+
+    async def _builtin(self, entry: InboxEntry) -> None:
+        if await self.receivers.take(entry):
+            await self.notices.confirm_resumed(entry.id)
 
     def _on_link_event(self, event: LinkEvent) -> None:
         if isinstance(event, IncomingExchange):

@@ -13,6 +13,7 @@ from handoffd.config import SettingsFile
 from handoffd.errors import (
     ConflictError,
     HandoffError,
+    InvalidRequestError,
     NotFoundError,
     PathSwitchError,
     StoreError,
@@ -42,6 +43,7 @@ from handoffd.handoff.presence import Presence
 from handoffd.handoff.records import OUT_ACTIVE, Records, error_text
 from handoffd.handoff.targets import resolve_target
 from handoffd.handoff.timings import Clock, Timings
+from handoffd.items import Item
 from handoffd.proto import codec
 from handoffd.proto import messages as m
 from handoffd.store import HandoffRecord, Store
@@ -97,7 +99,7 @@ class Outgoing:
             my_name=self.settings.current.device_name,
             refresh=self.presence.refresh_devices,
         )
-        chosen = None if types is None else set(types)
+        chosen = None if types is None else set(check_types(types, session.items))
         items = [i for i in session.items if chosen is None or i.type in chosen]
         handoff_id = new_handoff_id()
         manifest, _sources = await asyncio.to_thread(
@@ -344,6 +346,20 @@ class Outgoing:
         )
         await asyncio.sleep(delay)
         return True
+
+
+def check_types(types: Sequence[str], items: Sequence[Item]) -> list[str]:
+    """``types`` if the session has items of each; InvalidRequestError(type-not-in-session)
+    naming the session's types otherwise (nothing is sent, the session stays as it is)."""
+    have = sorted({i.type for i in items})
+    missing = [t for t in types if t not in have]
+    if not types or missing:
+        what = ", ".join(missing) if missing else "no type"
+        raise InvalidRequestError(
+            f"the session has no items of type {what} (its types: {', '.join(have) or 'none'})",
+            code="type-not-in-session",
+        )
+    return list(types)
 
 
 def _switch_check(upgrader: Upgrader | None) -> Callable[[], bool]:
