@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import getpass
 import importlib
 import json
@@ -32,7 +31,11 @@ from handoffd.subcommands import Command, LocalCommand
 
 # Modules that add subcommands: each defines ``register(add: AddCommand) -> None``.
 # ``demo`` registers itself this way so that nothing imports it (it uses ``console``).
-BUILTIN_COMMAND_MODULES: tuple[str, ...] = ("handoffd.demo", "handoffd.cli_send")
+BUILTIN_COMMAND_MODULES: tuple[str, ...] = (
+    "handoffd.demo",
+    "handoffd.cli_send",
+    "handoffd.cli_inbox",
+)
 COMMAND_MODULES: tuple[str, ...] = ()
 
 
@@ -182,36 +185,6 @@ async def cmd_sessions(client: HandoffClient, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_inbox(client: HandoffClient, args: argparse.Namespace) -> int:
-    """Sessions received from other devices."""
-    entries = await client.inbox()
-    if args.json:
-        _print_json(
-            [
-                {
-                    "id": e.id,
-                    "session_id": e.session_id,
-                    "app_id": e.app_id,
-                    "title": e.title,
-                    "from": {"device_id": e.sender.device_id, "name": e.sender.name},
-                    "state": e.state,
-                    "items": [dataclasses.asdict(i) for i in e.items],
-                    "context": dict(e.context),
-                    "received_at": e.received_at,
-                    "resumed_at": e.resumed_at,
-                }
-                for e in entries
-            ]
-        )
-        return 0
-    rows = [
-        (e.id, e.app_id, e.title, e.sender.name or "-", e.state, len(e.items), _ago(e.received_at))
-        for e in entries
-    ]
-    print(table(rows, ("ID", "APP", "TITLE", "FROM", "STATE", "ITEMS", "RECEIVED")))
-    return 0
-
-
 async def cmd_handoffs(client: HandoffClient, args: argparse.Namespace) -> int:
     """Handoffs in both directions, newest first."""
     handoffs = await client.handoffs()
@@ -342,7 +315,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("device", help="device name or id")
     p = add("sessions", cmd_sessions, "list published sessions", listing=True)
     p.add_argument("--all", action="store_true", help="include withdrawn and handed-off sessions")
-    add("inbox", cmd_inbox, "list received sessions", listing=True)
     add("handoffs", cmd_handoffs, "list handoffs (state, path, bytes)", listing=True)
     p = add("cancel", cmd_cancel, "cancel an outgoing handoff")
     p.add_argument("handoff", help="handoff id")

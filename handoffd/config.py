@@ -67,6 +67,17 @@ class Settings:
     open_command: tuple[str, ...] = ()
     text_to_clipboard: bool = True
     clipboard_command: tuple[str, ...] = ()
+    # Consent, decided on the offer before any byte of the session moves: an app rule
+    # ("APP_ID=POLICY"), else a device rule ("DEVICE=POLICY", device id or name), else
+    # consent_builtin for the built-in receivers and accept for registered apps. POLICY is
+    # ask, accept or decline; ask waits consent_timeout seconds for an answer (a desktop
+    # notification, `handoff accept|decline ID`), then declines.
+    consent_builtin: str = "ask"
+    consent_apps: tuple[str, ...] = ()
+    consent_devices: tuple[str, ...] = ()
+    consent_timeout: int = 120
+    # Desktop notifications (received, resumed, failed, asking); off: none are shown.
+    notifications: bool = True
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -198,7 +209,50 @@ def _check_argv(value: Any, name: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+CONSENT_POLICIES = ("ask", "accept", "decline")
+
+
+def _check_policy(value: Any, name: str) -> str:
+    if value not in CONSENT_POLICIES:
+        raise _bad(name, "must be ask, accept or decline")
+    return str(value)
+
+
+def _check_rules(value: Any, name: str) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise _bad(name, "must be a list of NAME=POLICY strings")
+    if len(value) > 256:
+        raise _bad(name, "at most 256 rules")
+    for rule in value:
+        key, sep, policy = rule.rpartition("=")
+        if not sep or not key or len(key) > 128 or policy not in CONSENT_POLICIES:
+            raise _bad(name, f"{rule!r:.80} is not NAME=ask|accept|decline")
+        if name_problem(key) is not None:
+            raise _bad(name, f"{rule!r:.80}: {name_problem(key)}")
+    return tuple(value)
+
+
+def _check_seconds(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 3600:
+        raise _bad(name, "must be a whole number of seconds from 1 to 3600")
+    return value
+
+
+def rule_for(rules: tuple[str, ...], *keys: str) -> str | None:
+    """The policy of the first rule whose name is one of ``keys`` (None if none)."""
+    for rule in rules:
+        key, _sep, policy = rule.rpartition("=")
+        if key in keys:
+            return policy
+    return None
+
+
 _VALIDATORS: dict[str, Any] = {
+    "consent_builtin": _check_policy,
+    "consent_apps": _check_rules,
+    "consent_devices": _check_rules,
+    "consent_timeout": _check_seconds,
+    "notifications": _check_bool,
     "send_max_files": _check_count,
     "send_max_bytes": _check_bytes,
     "receive_files": _check_bool,

@@ -23,8 +23,12 @@ from handoffd.config import SettingsFile
 from handoffd.devicestate import DeviceState
 from handoffd.errors import EnvelopeError, HandoffError
 from handoffd.events import EventBus
+from handoffd.handoff.alerts import Alerts
 from handoffd.handoff.apps import Apps
+from handoffd.handoff.consent import Consent
+from handoffd.handoff.desktop import Desktop
 from handoffd.handoff.expiry import Expiry
+from handoffd.handoff.inboxops import InboxOps
 from handoffd.handoff.incoming import Incoming
 from handoffd.handoff.link import IncomingExchange, LinkEvent, ResumedOnLink
 from handoffd.handoff.links import LinkPool
@@ -154,6 +158,9 @@ class Engine:
             timings=t,
             tasks=self.tasks,
         )
+        self.desktop = Desktop(i.settings)
+        self.consent = Consent(i.settings, self.desktop, i.events, i.clock, self.tasks.spawn)
+        self.alerts = Alerts(i.events, self.desktop, self.records)
         self.incoming = Incoming(
             store=i.store,
             records=self.records,
@@ -166,6 +173,7 @@ class Engine:
             timings=t,
             tasks=self.tasks,
             on_received=self._on_received,
+            consent=self.consent,
         )
         self.receivers = Receivers(i.settings)
         self.notices = Notices(
@@ -188,6 +196,16 @@ class Engine:
             clock=i.clock,
             interval=t.sweep_interval,
         )
+        self.inbox_ops = InboxOps(
+            store=i.store,
+            records=self.records,
+            staging=self.staging,
+            notices=self.notices,
+            receivers=self.receivers,
+            apps=self.apps,
+            consent=self.consent,
+            clock=i.clock,
+        )
         self._accept_offer = i.accept_offer
         self.ready = asyncio.Event()
 
@@ -205,6 +223,7 @@ class Engine:
                     "expiry": self.expiry.loop,
                     "notices": self.notices.loop,
                     "warm-links": self.links.janitor_loop,
+                    "notifications": self.alerts.loop,
                 }
                 for name, loop in loops.items():
                     tg.create_task(supervise(loop, name), name=name)

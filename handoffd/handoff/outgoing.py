@@ -268,6 +268,7 @@ class Outgoing:
                     cancelled=lambda: handoff_id in self._cancelled,
                     switch=_switch_check(up),
                     stall=t.stall_timeout,
+                    answer_wait=t.offer_answer,
                 )
                 logger.info(
                     "handoff sent data_bytes=%d skipped=%d",

@@ -23,7 +23,7 @@ from typing import Any
 
 import platformdirs
 
-from handoffd.config import Settings
+from handoffd.config import Settings, SettingsFile
 from handoffd.errors import HandoffError
 from handoffd.handoff import sendables
 from handoffd.handoff.tables import InboxEntry
@@ -179,19 +179,20 @@ async def _run(argv: Sequence[str], stdin: bytes | None) -> bool:
 class Receivers:
     """Takes a received built-in session if its setting allows; True if it was taken."""
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: SettingsFile) -> None:
         self.settings = settings
 
-    async def take(self, entry: InboxEntry) -> bool:
-        """Save, open or copy ``entry``; False leaves it in the inbox."""
+    async def take(self, entry: InboxEntry, *, force: bool = False) -> bool:
+        """Save, open or copy ``entry`` (if its setting allows, or ``force``); False leaves it
+        in the inbox."""
         s: Settings = self.settings.current
         try:
             if entry.app_id == sendables.APP_FILES:
-                return s.receive_files and await self._files(entry, receive_dir(s))
+                return (force or s.receive_files) and await self._files(entry, receive_dir(s))
             if entry.app_id == sendables.APP_URL:
-                return s.open_urls and await self._url(entry, s)
+                return (force or s.open_urls) and await self._url(entry, s)
             if entry.app_id in (sendables.APP_TEXT, sendables.APP_CLIPBOARD):
-                return s.text_to_clipboard and await self._clipboard(entry, s)
+                return (force or s.text_to_clipboard) and await self._clipboard(entry, s)
         except (OSError, HandoffError) as exc:
             logger.warning(
                 "built-in receiver failed error=%s",

@@ -43,6 +43,7 @@ def pair() -> Iterator[Pair]:
         recorder.write_text(RECORDER)
         settings = {
             "receive_dir": str(p.root / "received"),
+            "consent_builtin": "accept",  # asking is tests/handoff/test_consent.py's
             "open_command": [sys.executable, str(recorder), str(p.root / "opened.txt")],
             "clipboard_command": [sys.executable, str(recorder), str(p.root / "clipboard.txt")],
         }
