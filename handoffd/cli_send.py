@@ -104,6 +104,8 @@ async def cmd_send(client: HandoffClient, args: argparse.Namespace) -> int:
     delivered_at: list[float] = []
 
     def enough(h: Mapping[str, Any]) -> bool:
+        if h.get("state") == "waiting-for-device":
+            return bool(args.wait == "auto")
         if h.get("state") != "delivered" or args.wait == "resumed":
             return False
         if args.wait == "delivered":
@@ -117,6 +119,14 @@ async def cmd_send(client: HandoffClient, args: argparse.Namespace) -> int:
     peer = clean((h.get("peer") or {}).get("name") or args.to)
     if state == "delivered":
         print(f"delivered; waiting for {peer} to open it")
+        return 0
+    if state == "waiting-for-device":
+        until = float(h.get("waiting_until") or h.get("next_retry_at") or time.time())
+        hours = max(0, int(until - time.time())) / 3600
+        print(
+            f"{peer} is offline: queued; it goes when {peer} comes online (waits up to "
+            f"{hours:.0f} h; handoff cancel {handoff_id})"
+        )
         return 0
     if state != "resumed":
         err = h.get("error") or {}
@@ -145,8 +155,9 @@ def register(add: AddCommand) -> None:
         "--wait",
         choices=("auto", "delivered", "resumed"),
         default="auto",
-        help="wait until resumed, or delivered; auto (default): resumed, or delivered and "
-        "kept in the target's inbox",
+        help="wait until resumed, or delivered (also through a wait for an offline target); "
+        "auto (default): resumed, or delivered and kept in the target's inbox, or queued "
+        "for an offline target",
     )
     p.add_argument(
         "--grace",

@@ -78,6 +78,9 @@ class Settings:
     consent_timeout: int = 120
     # Desktop notifications (received, resumed, failed, asking); off: none are shown.
     notifications: bool = True
+    # A handoff to a device known to be offline waits for it this long (0: tried and retried
+    # at once, as if it were online).
+    offline_wait: int = 24 * 3600
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -238,6 +241,12 @@ def _check_seconds(value: Any, name: str) -> int:
     return value
 
 
+def _check_wait(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 30 * 86400:
+        raise _bad(name, "must be a whole number of seconds from 0 to 30 days")
+    return value
+
+
 def rule_for(rules: tuple[str, ...], *keys: str) -> str | None:
     """The policy of the first rule whose name is one of ``keys`` (None if none)."""
     for rule in rules:
@@ -253,6 +262,7 @@ _VALIDATORS: dict[str, Any] = {
     "consent_devices": _check_rules,
     "consent_timeout": _check_seconds,
     "notifications": _check_bool,
+    "offline_wait": _check_wait,
     "send_max_files": _check_count,
     "send_max_bytes": _check_bytes,
     "receive_files": _check_bool,

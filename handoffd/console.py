@@ -39,6 +39,9 @@ def state_text(
             else f", next in {max(0, int(next_retry_at - time.time()))}s"
         )
         return f"retrying (attempt {attempts}{wait}{': ' + reason if reason else ''})"
+    if state == "waiting-for-device" and next_retry_at is not None:
+        hours, rest = divmod(max(0, int(next_retry_at - time.time())), 3600)
+        return f"{state} (waits up to {hours}h{rest // 60:02d}m)"
     if state in ("failed", "declined") and reason:
         return f"{state}: {reason}"
     return state

@@ -30,4 +30,5 @@ SETTINGS_PROPERTIES: dict[str, Any] = {
     "consent_devices": {**_RULES, "description": "DEVICE=POLICY, device id or name"},
     "consent_timeout": {"type": "integer", "minimum": 1, "maximum": 3600},
     "notifications": {"type": "boolean"},
+    "offline_wait": {"type": "integer", "minimum": 0, "maximum": 30 * 86400},
 }

@@ -43,6 +43,7 @@ from handoffd.handoff.presence import Presence
 from handoffd.handoff.records import OUT_ACTIVE, Records, error_text
 from handoffd.handoff.targets import resolve_target
 from handoffd.handoff.timings import Clock, Timings
+from handoffd.handoff.waiting import DeviceWait
 from handoffd.items import Item
 from handoffd.proto import codec
 from handoffd.proto import messages as m
@@ -80,6 +81,9 @@ class Outgoing:
         self.timings = timings
         self.tasks = tasks
         self.running: dict[str, asyncio.Task[None]] = {}
+        self.waiting = DeviceWait(
+            presence=presence, records=records, settings=settings, clock=clock
+        )
         self._cancelled: set[str] = set()
 
     async def start(
@@ -233,6 +237,10 @@ class Outgoing:
         manifest = codec.decode(offer.manifest)
         if not isinstance(manifest, m.Manifest):  # pragma: no cover - we wrote it
             raise TransferError("bad offer recorded", code="internal", retry=False)
+        if self.waiting.should_wait(record):
+            if not await self.waiting.wait(record):
+                return
+            record = await self.records.require(handoff_id)
         attempts = record.attempts
         moved: Link | None = None  # a better link taken at a chunk boundary
         t = self.timings
