@@ -108,7 +108,7 @@ async def cmd_send(client: HandoffClient, args: argparse.Namespace) -> int:
             return bool(args.wait == "auto")
         if h.get("state") != "delivered" or args.wait == "resumed":
             return False
-        if args.wait == "delivered":
+        if args.wait == "delivered" or h.get("kept_in_inbox"):
             return True
         if not delivered_at:
             delivered_at.append(time.monotonic())

@@ -52,14 +52,15 @@ class Apps:
             clock=clock.mono,
         )
 
-    async def received(self, entry: InboxEntry) -> None:
-        """Launch the registered app for ``entry`` unless one of its clients is connected."""
-        if not self.settings.current.auto_accept:
-            return
+    async def received(self, entry: InboxEntry) -> bool:
+        """Launch the registered app for ``entry`` unless one of its clients is connected;
+        False if no app will resume it (none registered, or ``auto_accept`` off)."""
         if self.clients[entry.app_id] > 0:
             logger.info("app connected; not launching", extra={"app": entry.app_id})
-            return
-        await self.launch(entry)
+            return True
+        if not self.settings.current.auto_accept:
+            return False
+        return await self.launch(entry)
 
     async def launch(self, entry: InboxEntry) -> bool:
         """Launch the registered app for ``entry`` (False if none is registered)."""

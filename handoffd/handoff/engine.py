@@ -30,6 +30,7 @@ from handoffd.handoff.desktop import Desktop
 from handoffd.handoff.expiry import Expiry
 from handoffd.handoff.inboxops import InboxOps
 from handoffd.handoff.incoming import Incoming
+from handoffd.handoff.kept import Kept
 from handoffd.handoff.link import IncomingExchange, LinkEvent, ResumedOnLink
 from handoffd.handoff.links import LinkPool
 from handoffd.handoff.local import LocalDevice
@@ -206,6 +207,13 @@ class Engine:
             consent=self.consent,
             clock=i.clock,
         )
+        self.kept = Kept(
+            notices=self.notices,
+            records=self.records,
+            local=self.local,
+            events=i.events,
+            clock=i.clock,
+        )
         self._accept_offer = i.accept_offer
         self.ready = asyncio.Event()
 
@@ -269,11 +277,15 @@ class Engine:
 
     async def list_handoffs(self) -> list[dict[str, Any]]:
         """Every handoff as the API shows it."""
-        return await self.records.list_json()
+        return [self._with_kept(h) for h in await self.records.list_json()]
 
     async def get_handoff(self, handoff_id: str) -> dict[str, Any]:
         """One handoff as the API shows it."""
-        return await self.records.get_json(handoff_id)
+        return self._with_kept(await self.records.get_json(handoff_id))
+
+    def _with_kept(self, h: dict[str, Any]) -> dict[str, Any]:
+        h["kept_in_inbox"] = h["id"] in self.kept.kept
+        return h
 
     async def inbox(self) -> list[InboxEntry]:
         """Received sessions still in the inbox."""
@@ -301,11 +313,14 @@ class Engine:
             if await store.run(store.get_app, entry.app_id) is None:
                 self.tasks.spawn(self._builtin(entry), "built-in-receiver")
                 return
-        await self.apps.received(entry)
+        if not await self.apps.received(entry):
+            self.tasks.spawn(self.kept.tell(entry), "kept-notice")
 
     async def _builtin(self, entry: InboxEntry) -> None:
         if await self.receivers.take(entry):
             await self.notices.confirm_resumed(entry.id)
+        else:
+            await self.kept.tell(entry)
 
     def _on_link_event(self, event: LinkEvent) -> None:
         if isinstance(event, IncomingExchange):
@@ -326,12 +341,13 @@ class Engine:
         """An envelope on the signaling port or through the server: a resume notice (its
         purpose says so), or a WebRTC offer."""
         local = self.local.identity()
-        try:
-            return await self.notices.on_notice(local, data)
-        except EnvelopeError as exc:
-            if exc.code != "envelope-wrong-context":
-                self.refusals.add(exc.code, path)
-                raise
+        for on_notice in (self.notices.on_notice, self.kept.on_notice):
+            try:
+                return await on_notice(local, data)
+            except EnvelopeError as exc:
+                if exc.code != "envelope-wrong-context":
+                    self.refusals.add(exc.code, path)
+                    raise
         try:
             accepted = await self._accept_offer(
                 local=local,

@@ -148,12 +148,25 @@ async def test_text_without_a_clipboard_stays_in_the_inbox_and_send_says_so(pair
     assert status == 200
     try:
         done = await asyncio.to_thread(
-            handoff, pair.a, "send", "--text", "kept for later", "--to", "desk", "--grace", "2"
+            # The target tells it keeps the text: send stops at once, not after --grace.
+            handoff,
+            pair.a,
+            "send",
+            "--text",
+            "kept for later",
+            "--to",
+            "desk",
+            "--grace",
+            "600",
         )
     finally:
         pair.b.curl("PATCH", "/v1/settings", {"text_to_clipboard": True})
     assert done.returncode == 0, done.stderr
     assert "delivered; waiting for desk to open it" in done.stdout
+    async with pair.client(pair.a) as a:
+        sent = [h for h in await a.handoffs() if h.raw.get("kept_in_inbox")]
+        assert len(sent) == 1
+        assert sent[0].state == "delivered"
     async with pair.client(pair.b) as b:
         entries = [e for e in await b.inbox() if e.title == "kept for later"]
         assert len(entries) == 1
