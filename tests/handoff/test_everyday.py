@@ -38,7 +38,8 @@ def handoff(
 @pytest.fixture(scope="module")
 def pair() -> Iterator[Pair]:
     """Laptop (a) and desk (b); desk's receivers write into files under the test's root."""
-    with paired_daemons() as p:
+    no_bus = {"DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent/handoff-test-bus"}
+    with paired_daemons(env_a=no_bus, env_b=no_bus) as p:
         recorder = p.root / "recorder.py"
         recorder.write_text(RECORDER)
         settings = {
@@ -233,3 +234,9 @@ async def test_send_content_is_one_sdk_call(pair: Pair) -> None:
 
         await wait_for(resumed, within=120, what="the SDK send resumed")
     assert (pair.root / "received" / "sdk.txt").read_text() == "through the SDK"
+
+
+def test_without_a_notification_server_it_is_logged_once(pair: Pair) -> None:
+    """Both daemons had handoffs (notifications to show) and no notification server."""
+    for d in (pair.a, pair.b):
+        assert d.log.read_text().count("desktop notifications unavailable") == 1
