@@ -28,6 +28,8 @@ from handoffd.proto import messages as m
 logger = logging.getLogger("handoffd.handoff.consent")
 
 POLL = 0.5
+MAX_ASKING = 32
+"""Open questions at most: more offers that would ask are declined (``consent-busy``)."""
 APP_LABELS = {
     sendables.APP_FILES: "files",
     sendables.APP_TEXT: "text",
@@ -128,6 +130,8 @@ class Consent:
             return ("declined-by-policy", f"{me} does not take this from this device")
         asking = self.asking.get(manifest.handoff_id)
         if asking is None:
+            if len(self.asking) >= MAX_ASKING:
+                return ("consent-busy", f"too many offers wait for an answer on {me}")
             asking = self._ask(manifest, peer, peer_name)
         while not asking.answer.done():
             if self.clock.wall() >= asking.deadline:
