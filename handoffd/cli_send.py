@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -69,6 +70,16 @@ def _is_session(args: argparse.Namespace) -> bool:
     )
 
 
+def _read_stdin() -> str:
+    data = sys.stdin.buffer.read(MAX_CLIPBOARD + 1)
+    if len(data) > MAX_CLIPBOARD:
+        raise HandoffError("the text on stdin is too long to send", code="text-too-large")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise HandoffError("the text on stdin is not UTF-8", code="text-not-utf8") from None
+
+
 def _absolute(paths: list[str]) -> list[str]:
     return [os.path.abspath(p) for p in paths]
 
@@ -88,7 +99,8 @@ async def _start(client: HandoffClient, args: argparse.Namespace) -> str:
         paths = _absolute(args.paths)
         return (await client.send_content(args.to, paths=paths)).id
     if args.text is not None:
-        return (await client.send_content(args.to, text=args.text)).id
+        text = await asyncio.to_thread(_read_stdin) if args.text == "-" else args.text
+        return (await client.send_content(args.to, text=text)).id
     if args.url is not None:
         return (await client.send_content(args.to, url=args.url)).id
     text = await asyncio.to_thread(read_clipboard)
@@ -145,7 +157,7 @@ def register(add: AddCommand) -> None:
         "paths", nargs="*", metavar="PATH", help="files and folders to send, or one session id"
     )
     p.add_argument("--to", required=True, help="target device name or id")
-    p.add_argument("--text", help="send this text")
+    p.add_argument("--text", help="send this text ('-': read it from stdin)")
     p.add_argument("--url", help="send this http(s) URL (opened on the target)")
     p.add_argument("--clipboard", action="store_true", help="send the clipboard's text")
     p.add_argument(

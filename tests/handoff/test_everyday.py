@@ -26,12 +26,13 @@ with open(sys.argv[1], "a", encoding="utf-8") as f:
 
 
 def handoff(
-    d: DaemonProcess, *args: str, env: dict[str, str] | None = None
+    d: DaemonProcess, *args: str, env: dict[str, str] | None = None, stdin: str = ""
 ) -> subprocess.CompletedProcess[str]:
     """The ``handoff`` CLI against daemon ``d``."""
     return subprocess.run(
         [sys.executable, "-m", "handoffd.cli", "--home", str(d.home), *args],
-        capture_output=True, text=True, timeout=180, check=False, env={**os.environ, **(env or {})},
+        capture_output=True, text=True, timeout=180, check=False, input=stdin,
+        env={**os.environ, **(env or {})},
     )  # fmt: skip
 
 
@@ -126,6 +127,13 @@ async def test_text_url_and_clipboard_reach_the_clipboard_and_the_browser(pair: 
     done = await asyncio.to_thread(handoff, pair.a, "send", "--text", text, "--to", "desk")
     assert done.returncode == 0, done.stderr
     assert _recorded(pair.root / "clipboard.txt")[-1] == text
+
+    long_text = "line of a long text\n" * 20_000  # longer than one argument may be
+    done = await asyncio.to_thread(
+        handoff, pair.a, "send", "--text", "-", "--to", "desk", stdin=long_text
+    )
+    assert done.returncode == 0, done.stderr
+    assert _recorded(pair.root / "clipboard.txt")[-1] == long_text
 
     url = "https://example.org/path?q=1#frag"
     done = await asyncio.to_thread(handoff, pair.a, "send", "--url", url, "--to", "desk")
