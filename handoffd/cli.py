@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import getpass
 import importlib
 import json
@@ -25,14 +24,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from handoffd import __version__, identity
-from handoffd.console import clean, follow, human_size, state_text, table
+from handoffd.console import clean, human_size, state_text, table
 from handoffd.control.client import HandoffClient
 from handoffd.errors import HandoffError
 from handoffd.subcommands import Command, LocalCommand
 
 # Modules that add subcommands: each defines ``register(add: AddCommand) -> None``.
 # ``demo`` registers itself this way so that nothing imports it (it uses ``console``).
-BUILTIN_COMMAND_MODULES: tuple[str, ...] = ("handoffd.demo", "handoffd.servicecli")
+BUILTIN_COMMAND_MODULES: tuple[str, ...] = (
+    "handoffd.demo",
+    "handoffd.servicecli",
+    "handoffd.cli_send",
+    "handoffd.cli_inbox",
+)
 COMMAND_MODULES: tuple[str, ...] = ()
 
 
@@ -182,36 +186,6 @@ async def cmd_sessions(client: HandoffClient, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_inbox(client: HandoffClient, args: argparse.Namespace) -> int:
-    """Sessions received from other devices."""
-    entries = await client.inbox()
-    if args.json:
-        _print_json(
-            [
-                {
-                    "id": e.id,
-                    "session_id": e.session_id,
-                    "app_id": e.app_id,
-                    "title": e.title,
-                    "from": {"device_id": e.sender.device_id, "name": e.sender.name},
-                    "state": e.state,
-                    "items": [dataclasses.asdict(i) for i in e.items],
-                    "context": dict(e.context),
-                    "received_at": e.received_at,
-                    "resumed_at": e.resumed_at,
-                }
-                for e in entries
-            ]
-        )
-        return 0
-    rows = [
-        (e.id, e.app_id, e.title, e.sender.name or "-", e.state, len(e.items), _ago(e.received_at))
-        for e in entries
-    ]
-    print(table(rows, ("ID", "APP", "TITLE", "FROM", "STATE", "ITEMS", "RECEIVED")))
-    return 0
-
-
 async def cmd_handoffs(client: HandoffClient, args: argparse.Namespace) -> int:
     """Handoffs in both directions, newest first."""
     handoffs = await client.handoffs()
@@ -284,25 +258,6 @@ async def cmd_settings(client: HandoffClient, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_send(client: HandoffClient, args: argparse.Namespace) -> int:
-    """Hand a session to another device, with a progress bar until it is resumed or fails."""
-    types = [t for t in args.types.split(",") if t] if args.types else None
-    handoff_id = (await client.send(args.session, args.to, types=types)).id
-    if args.no_wait:
-        print(handoff_id)
-        return 0
-    h = await follow(client, handoff_id)
-    state = str(h.get("state"))
-    if state != "resumed":
-        err = h.get("error") or {}
-        raise HandoffError(
-            f"handoff {state}: {clean(err.get('message') or err.get('code') or state)}",
-            code=str(err.get("code") or state),
-        )
-    print(f"resumed on {clean((h.get('peer') or {}).get('name') or args.to)}")
-    return 0
-
-
 # ---------------------------------------------------------------- parser
 
 
@@ -349,18 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("device", help="device name or id")
     p = add("sessions", cmd_sessions, "list published sessions", listing=True)
     p.add_argument("--all", action="store_true", help="include withdrawn and handed-off sessions")
-    add("inbox", cmd_inbox, "list received sessions", listing=True)
     add("handoffs", cmd_handoffs, "list handoffs (state, path, bytes)", listing=True)
     p = add("cancel", cmd_cancel, "cancel an outgoing handoff")
     p.add_argument("handoff", help="handoff id")
     p = add("settings", cmd_settings, "show or change settings", listing=True)
     p.add_argument("key", nargs="?", help="one setting")
     p.add_argument("value", nargs="?", help="its new value (lists comma-separated)")
-    p = add("send", cmd_send, "hand a session to another device")
-    p.add_argument("session", help="session id")
-    p.add_argument("--to", required=True, help="target device name or id")
-    p.add_argument("--types", help="comma-separated item types to send (default: all)")
-    p.add_argument("--no-wait", action="store_true", help="print the handoff id and return")
     for module in (*BUILTIN_COMMAND_MODULES, *COMMAND_MODULES):
         importlib.import_module(module).register(add)
     return parser

@@ -54,6 +54,34 @@ class Settings:
     unicast_peers: tuple[str, ...] = ()
     # Advertise and browse with mDNS; off: peers are reached through the server (and unicast_peers).
     lan_discovery: bool = True
+    # `handoff send PATH…`: at most this many files and bytes in one handoff.
+    send_max_files: int = 1000
+    send_max_bytes: int = 4 * 1024**3
+    # Built-in receivers (sessions sent with `handoff send`, no app claims them): files into
+    # receive_dir ("" = the user's download directory, subfolder Handoff); URLs opened with
+    # open_command ([] = xdg-open / open) when open_urls; text and clipboard given to
+    # clipboard_command ([] = wl-copy / xclip / pbcopy, whichever is present) when
+    # text_to_clipboard, else kept in the inbox.
+    receive_files: bool = True
+    receive_dir: str = ""
+    open_urls: bool = True
+    open_command: tuple[str, ...] = ()
+    text_to_clipboard: bool = True
+    clipboard_command: tuple[str, ...] = ()
+    # Consent, decided on the offer before any byte of the session moves: an app rule
+    # ("APP_ID=POLICY"), else a device rule ("DEVICE=POLICY", device id or name), else
+    # consent_builtin for the built-in receivers and accept for registered apps. POLICY is
+    # ask, accept or decline; ask waits consent_timeout seconds for an answer (a desktop
+    # notification, `handoff accept|decline ID`), then declines.
+    consent_builtin: str = "ask"
+    consent_apps: tuple[str, ...] = ()
+    consent_devices: tuple[str, ...] = ()
+    consent_timeout: int = 120
+    # Desktop notifications (received, resumed, failed, asking); off: none are shown.
+    notifications: bool = True
+    # A handoff to a device known to be offline waits for it this long (0: tried and retried
+    # at once, as if it were online).
+    offline_wait: int = 24 * 3600
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -157,7 +185,93 @@ def is_type_word(word: str) -> bool:
     return TYPE_RE.fullmatch(word) is not None
 
 
+def _check_count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+        raise _bad(name, "must be a whole number from 1 to 1024")
+    return value
+
+
+def _check_bytes(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64 * 1024**3:
+        raise _bad(name, "must be a whole number of bytes from 1 to 64 GiB")
+    return value
+
+
+def _check_dir(value: Any, name: str) -> str:
+    if not isinstance(value, str) or len(value) > 4096:
+        raise _bad(name, "must be an absolute path, or empty for the default")
+    if value and (not value.startswith("/") or name_problem(value) is not None):
+        raise _bad(name, "must be an absolute path, or empty for the default")
+    return value
+
+
+def _check_argv(value: Any, name: str) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise _bad(name, "must be a list of strings (a program and its arguments), or empty")
+    if len(value) > 32 or any(not v or len(v) > 4096 or "\x00" in v for v in value):
+        raise _bad(name, "must be a list of at most 32 non-empty strings")
+    return tuple(value)
+
+
+CONSENT_POLICIES = ("ask", "accept", "decline")
+
+
+def _check_policy(value: Any, name: str) -> str:
+    if value not in CONSENT_POLICIES:
+        raise _bad(name, "must be ask, accept or decline")
+    return str(value)
+
+
+def _check_rules(value: Any, name: str) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise _bad(name, "must be a list of NAME=POLICY strings")
+    if len(value) > 256:
+        raise _bad(name, "at most 256 rules")
+    for rule in value:
+        key, sep, policy = rule.rpartition("=")
+        if not sep or not key or len(key) > 128 or policy not in CONSENT_POLICIES:
+            raise _bad(name, f"{rule!r:.80} is not NAME=ask|accept|decline")
+        if name_problem(key) is not None:
+            raise _bad(name, f"{rule!r:.80}: {name_problem(key)}")
+    return tuple(value)
+
+
+def _check_seconds(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 3600:
+        raise _bad(name, "must be a whole number of seconds from 1 to 3600")
+    return value
+
+
+def _check_wait(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 30 * 86400:
+        raise _bad(name, "must be a whole number of seconds from 0 to 30 days")
+    return value
+
+
+def rule_for(rules: tuple[str, ...], *keys: str) -> str | None:
+    """The policy of the first rule whose name is one of ``keys`` (None if none)."""
+    for rule in rules:
+        key, _sep, policy = rule.rpartition("=")
+        if key in keys:
+            return policy
+    return None
+
+
 _VALIDATORS: dict[str, Any] = {
+    "consent_builtin": _check_policy,
+    "consent_apps": _check_rules,
+    "consent_devices": _check_rules,
+    "consent_timeout": _check_seconds,
+    "notifications": _check_bool,
+    "offline_wait": _check_wait,
+    "send_max_files": _check_count,
+    "send_max_bytes": _check_bytes,
+    "receive_files": _check_bool,
+    "receive_dir": _check_dir,
+    "open_urls": _check_bool,
+    "open_command": _check_argv,
+    "text_to_clipboard": _check_bool,
+    "clipboard_command": _check_argv,
     "handoff_enabled": _check_bool,
     "accept_types": _check_types,
     "auto_accept": _check_bool,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from handoffd.control.client import HandoffClient
@@ -39,6 +39,9 @@ def state_text(
             else f", next in {max(0, int(next_retry_at - time.time()))}s"
         )
         return f"retrying (attempt {attempts}{wait}{': ' + reason if reason else ''})"
+    if state == "waiting-for-device" and next_retry_at is not None:
+        hours, rest = divmod(max(0, int(next_retry_at - time.time())), 3600)
+        return f"{state} (waits up to {hours}h{rest // 60:02d}m)"
     if state in ("failed", "declined") and reason:
         return f"{state}: {reason}"
     return state
@@ -57,8 +60,15 @@ def human_size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-async def follow(client: HandoffClient, handoff_id: str, *, prefix: str = "") -> dict[str, Any]:
-    """Draw the handoff's progress (bytes, rate, time left, state, path) until it ends; its record.
+async def follow(
+    client: HandoffClient,
+    handoff_id: str,
+    *,
+    prefix: str = "",
+    until: Callable[[Mapping[str, Any]], bool] | None = None,
+) -> dict[str, Any]:
+    """Draw the handoff's progress (bytes, rate, time left, state, path) until it ends (or
+    ``until`` says it is enough); its record.
 
     On a terminal the bar is redrawn in place; otherwise one line per state.
     """
@@ -88,7 +98,7 @@ async def follow(client: HandoffClient, handoff_id: str, *, prefix: str = "") ->
         elif (state, path) != last_state:
             print(line, flush=True)
         last_line, last_state = line, (state, path)
-        if state in FINAL_STATES:
+        if state in FINAL_STATES or (until is not None and until(h)):
             if tty:
                 print()
             return h

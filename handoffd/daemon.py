@@ -32,6 +32,8 @@ from aiohttp import web
 from handoffd import __version__
 from handoffd.config import SettingsFile, save_settings
 from handoffd.control.handoff_routes import setup_handoff_routes
+from handoffd.control.inbox_routes import setup_inbox_routes
+from handoffd.control.send_routes import setup_send_routes
 from handoffd.control.server import (
     HEARTBEAT,
     ControlContext,
@@ -221,6 +223,8 @@ class Daemon:
 
         def engine_routes(app: web.Application, ctx: ControlContext) -> None:
             setup_handoff_routes(app, ctx, engine)
+            setup_send_routes(app, ctx, engine)
+            setup_inbox_routes(app, ctx, engine)
 
         app = make_app(ctx, [engine_routes])
         server = ControlServer(app, self.paths.control_socket)

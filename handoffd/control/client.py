@@ -232,6 +232,26 @@ class HandoffClient(ControlTransport):
             body["types"] = list(types)
         return handoff_from_json(await self.request("POST", "/v1/handoffs", body))
 
+    async def send_content(
+        self,
+        target: str,
+        *,
+        paths: Sequence[str] | None = None,
+        text: str | None = None,
+        url: str | None = None,
+        clipboard: str | None = None,
+    ) -> Handoff:
+        """Hand files and folders (absolute ``paths``), a ``text``, a ``url`` or ``clipboard``
+        text to ``target`` in one call: the daemon builds the session (``POST /v1/send``)."""
+        given = {"text": text, "url": url, "clipboard": clipboard}
+        body: dict[str, Any] = {
+            "target": target,
+            **{k: v for k, v in given.items() if v is not None},
+        }
+        if paths is not None:
+            body["paths"] = list(paths)
+        return handoff_from_json(await self.request("POST", "/v1/send", body))
+
     async def handoffs(self) -> list[Handoff]:
         """Handoffs in both directions, most recently updated first."""
         result = await self.request("GET", "/v1/handoffs")

@@ -131,6 +131,7 @@ _PEER = {
 }
 HANDOFF_STATES = [
     "pending",
+    "waiting-for-device",
     "connecting",
     "transferring",
     "delivered",
@@ -170,6 +171,16 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
             "bytes_total": _INT,
             "attempts": _INT,
             "next_retry_at": {"type": ["number", "null"]},
+            "kept_in_inbox": {
+                "type": "boolean",
+                "description": "sender side: the target said it keeps the session in its inbox "
+                "for its person (no app will resume it)",
+            },
+            "waiting_until": {
+                "type": ["number", "null"],
+                "description": "waiting-for-device: the handoff fails if the device is not "
+                "online by then",
+            },
             "error": {
                 "oneOf": [
                     {"type": "null"},

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from handoffd.config import APP_ID_RE
+from handoffd.control.everyday_settings import SETTINGS_PROPERTIES
 from handoffd.control.limits import (
     MAX_ARGV,
     MAX_CONTEXT,
@@ -185,6 +186,7 @@ SCHEMAS: dict[str, Any] = {
                 "type": "boolean",
                 "description": "advertise and browse with mDNS (off: reach peers via the server)",
             },
+            **SETTINGS_PROPERTIES,
         }
     ),
     "Pair": _obj(

@@ -54,16 +54,21 @@ class Apps:
             starter=AppStarter.from_env(environ),
         )
 
-    async def received(self, entry: InboxEntry) -> None:
-        """Launch the registered app for ``entry`` unless one of its clients is connected."""
-        if not self.settings.current.auto_accept:
-            return
+    async def received(self, entry: InboxEntry) -> bool:
+        """Launch the registered app for ``entry`` unless one of its clients is connected;
+        False if no app will resume it (none registered, or ``auto_accept`` off)."""
         if self.clients[entry.app_id] > 0:
             logger.info("app connected; not launching", extra={"app": entry.app_id})
-            return
+            return True
+        if not self.settings.current.auto_accept:
+            return False
+        return await self.launch(entry)
+
+    async def launch(self, entry: InboxEntry) -> bool:
+        """Launch the registered app for ``entry`` (False if none is registered)."""
         app = await self.store.run(self.store.get_app, entry.app_id)
         if app is None:
-            return
+            return False
         paths = self.paths
         has_home = (
             paths.config_dir == paths.data_dir and paths.runtime_dir == paths.data_dir / "run"
@@ -74,6 +79,7 @@ class Apps:
             "HANDOFF_HOME": os.fspath(paths.data_dir) if has_home else "",
         }
         await self.launcher.launch(entry.app_id, entry.id, app.launch, env)
+        return True
 
     async def _still_wanted(self, req: LaunchRequest) -> bool:
         """A deferred launch still makes sense: auto_accept, no client, the entry unresumed."""

@@ -120,6 +120,7 @@ async def run_sender(
     cancelled: Callable[[], bool] = lambda: False,
     switch: Callable[[], bool] = lambda: False,
     stall: float,
+    answer_wait: float = OFFER_TIMEOUT,
 ) -> SendReport:
     """One sending exchange: offer, stream, until delivered (then linger for ``resumed``).
 
@@ -139,7 +140,7 @@ async def run_sender(
     report = SendReport()
     start_bytes = link.channel.bytes_sent
     delivered_at: float | None = None
-    answer_by = loop.time() + OFFER_TIMEOUT
+    answer_by = loop.time() + answer_wait  # the receiver's person may be asked
     watch = StallWatch(loop.time())
     try:
         c.start(loop.time())

@@ -23,17 +23,24 @@ from handoffd.config import SettingsFile
 from handoffd.devicestate import DeviceState
 from handoffd.errors import EnvelopeError, HandoffError
 from handoffd.events import EventBus
+from handoffd.handoff.alerts import Alerts
 from handoffd.handoff.apps import Apps
+from handoffd.handoff.consent import Consent
+from handoffd.handoff.desktop import Desktop
 from handoffd.handoff.expiry import Expiry
+from handoffd.handoff.inboxops import InboxOps
 from handoffd.handoff.incoming import Incoming
+from handoffd.handoff.kept import Kept
 from handoffd.handoff.link import IncomingExchange, LinkEvent, ResumedOnLink
 from handoffd.handoff.links import LinkPool
 from handoffd.handoff.local import LocalDevice
 from handoffd.handoff.notices import Notices
 from handoffd.handoff.outgoing import Outgoing
 from handoffd.handoff.presence import Board, MakeDiscovery, MakeServerPath, Presence, Signaling
+from handoffd.handoff.receivers import Receivers
 from handoffd.handoff.records import Records
 from handoffd.handoff.refusals import RefusalLog
+from handoffd.handoff.sendables import BUILTIN_APPS, Sendable
 from handoffd.handoff.staging import Staging
 from handoffd.handoff.tables import EngineDB, InboxEntry
 from handoffd.handoff.timings import Clock, Timings
@@ -152,6 +159,9 @@ class Engine:
             timings=t,
             tasks=self.tasks,
         )
+        self.desktop = Desktop(i.settings)
+        self.consent = Consent(i.settings, self.desktop, i.events, i.clock, self.tasks.spawn)
+        self.alerts = Alerts(i.events, self.desktop, self.records)
         self.incoming = Incoming(
             store=i.store,
             records=self.records,
@@ -163,8 +173,10 @@ class Engine:
             clock=i.clock,
             timings=t,
             tasks=self.tasks,
-            on_received=self.apps.received,
+            on_received=self._on_received,
+            consent=self.consent,
         )
+        self.receivers = Receivers(i.settings)
         self.notices = Notices(
             store=i.store,
             records=self.records,
@@ -185,6 +197,23 @@ class Engine:
             clock=i.clock,
             interval=t.sweep_interval,
         )
+        self.inbox_ops = InboxOps(
+            store=i.store,
+            records=self.records,
+            staging=self.staging,
+            notices=self.notices,
+            receivers=self.receivers,
+            apps=self.apps,
+            consent=self.consent,
+            clock=i.clock,
+        )
+        self.kept = Kept(
+            notices=self.notices,
+            records=self.records,
+            local=self.local,
+            events=i.events,
+            clock=i.clock,
+        )
         self._accept_offer = i.accept_offer
         self.ready = asyncio.Event()
 
@@ -202,6 +231,7 @@ class Engine:
                     "expiry": self.expiry.loop,
                     "notices": self.notices.loop,
                     "warm-links": self.links.janitor_loop,
+                    "notifications": self.alerts.loop,
                 }
                 for name, loop in loops.items():
                     tg.create_task(supervise(loop, name), name=name)
@@ -228,17 +258,34 @@ class Engine:
         """Validate, record (``pending``) and start a handoff of ``session_id`` to ``target``."""
         return await self.outgoing.start(session_id, target, types)
 
+    async def send_content(self, content: Sendable, target: str) -> HandoffRecord:
+        """Publish ``content`` as a session and hand it to ``target`` at once (the session is
+        withdrawn again if the handoff cannot start)."""
+        store = self.outgoing.store
+        session = await store.run(
+            store.create_session, content.app_id, content.title, content.context, content.items
+        )
+        try:
+            return await self.outgoing.start(session.id, target, None)
+        except BaseException:
+            await store.run(store.set_session_state, session.id, "withdrawn")
+            raise
+
     async def cancel(self, handoff_id: str) -> HandoffRecord:
         """Cancel an outgoing handoff that is not yet delivered (idempotent once cancelled)."""
         return await self.outgoing.cancel(handoff_id)
 
     async def list_handoffs(self) -> list[dict[str, Any]]:
         """Every handoff as the API shows it."""
-        return await self.records.list_json()
+        return [self._with_kept(h) for h in await self.records.list_json()]
 
     async def get_handoff(self, handoff_id: str) -> dict[str, Any]:
         """One handoff as the API shows it."""
-        return await self.records.get_json(handoff_id)
+        return self._with_kept(await self.records.get_json(handoff_id))
+
+    def _with_kept(self, h: dict[str, Any]) -> dict[str, Any]:
+        h["kept_in_inbox"] = h["id"] in self.kept.kept
+        return h
 
     async def inbox(self) -> list[InboxEntry]:
         """Received sessions still in the inbox."""
@@ -259,6 +306,22 @@ class Engine:
 
     # ------------------------------------------------------------ dispatch
 
+    async def _on_received(self, entry: InboxEntry) -> None:
+        """A session arrived: its app (launched if need be), else a built-in receiver."""
+        if entry.app_id in BUILTIN_APPS and self.apps.clients[entry.app_id] == 0:
+            store = self.outgoing.store
+            if await store.run(store.get_app, entry.app_id) is None:
+                self.tasks.spawn(self._builtin(entry), "built-in-receiver")
+                return
+        if not await self.apps.received(entry):
+            self.tasks.spawn(self.kept.tell(entry), "kept-notice")
+
+    async def _builtin(self, entry: InboxEntry) -> None:
+        if await self.receivers.take(entry):
+            await self.notices.confirm_resumed(entry.id)
+        else:
+            await self.kept.tell(entry)
+
     def _on_link_event(self, event: LinkEvent) -> None:
         if isinstance(event, IncomingExchange):
             self.incoming.receive(event.link, event.exchange, event.first)
@@ -278,12 +341,13 @@ class Engine:
         """An envelope on the signaling port or through the server: a resume notice (its
         purpose says so), or a WebRTC offer."""
         local = self.local.identity()
-        try:
-            return await self.notices.on_notice(local, data)
-        except EnvelopeError as exc:
-            if exc.code != "envelope-wrong-context":
-                self.refusals.add(exc.code, path)
-                raise
+        for on_notice in (self.notices.on_notice, self.kept.on_notice):
+            try:
+                return await on_notice(local, data)
+            except EnvelopeError as exc:
+                if exc.code != "envelope-wrong-context":
+                    self.refusals.add(exc.code, path)
+                    raise
         try:
             accepted = await self._accept_offer(
                 local=local,

@@ -14,6 +14,7 @@ from handoffd.config import SettingsFile
 from handoffd.devicestate import DeviceState
 from handoffd.errors import ProtocolError, StoreError
 from handoffd.handoff import inboxcap
+from handoffd.handoff.consent import Consent
 from handoffd.handoff.driver import run_receiver
 from handoffd.handoff.driver_events import (
     Checkpoint,
@@ -59,7 +60,9 @@ class Incoming:
         timings: Timings,
         tasks: TaskSet,
         on_received: Callable[[InboxEntry], Awaitable[None]],
+        consent: Consent | None = None,
     ) -> None:
+        self.consent = consent
         self.store = store
         self.records = records
         self.db = records.db
@@ -169,6 +172,17 @@ class Incoming:
             except StoreError as exc:
                 logger.warning("decline not recorded error=%s", exc.code, extra={"handoff": hid})
             return Verdict(decline=(decision.reason, decision.message))
+        if self.consent is not None and (
+            record is None or record.state in ("declined", "cancelled", "failed")
+        ):
+            refused = await self.consent.check(
+                manifest, link.peer_id, peer_name, lambda: link.closed
+            )
+            if refused is not None:
+                if refused[0] != "connection-lost":
+                    await self._record_decline(link, manifest, offer, record, peer_name, *refused)
+                return Verdict(decline=refused)
+            record = await self.records.get(hid)
         if record is None:
             record = await self._new_incoming(link, manifest)
         stored = await self.store.run(self.db.meta, hid)

@@ -176,7 +176,8 @@ class Notices:
         next_at = await self.store.run(self.db.next_notice_at)
         return 60.0 if next_at is None else max(0.05, min(60.0, next_at - self.clock.wall()))
 
-    def _routes(self, local: LocalIdentity, device_id: str) -> list[Route]:
+    def routes(self, local: LocalIdentity, device_id: str) -> list[Route]:
+        """Where to reach ``device_id``'s signaling: its LAN addresses, then the server."""
         routes: list[Route] = []
         timeout = self.timings.notice_timeout
         for host, port in self.presence.addresses(device_id):
@@ -201,7 +202,7 @@ class Notices:
         """One signed ``handoff-resumed`` envelope to the source (LAN, else through the server)."""
         local = self.local.identity()
         payload = codec.encode(m.Resumed(handoff_id=handoff_id))
-        routes = self._routes(local, device_id)
+        routes = self.routes(local, device_id)
         if not routes:
             raise TransportError("the source is not nearby or online", code="peer-not-found")
         last: HandoffError | None = None

@@ -13,6 +13,7 @@ from handoffd.config import SettingsFile
 from handoffd.errors import (
     ConflictError,
     HandoffError,
+    InvalidRequestError,
     NotFoundError,
     PathSwitchError,
     StoreError,
@@ -42,6 +43,8 @@ from handoffd.handoff.presence import Presence
 from handoffd.handoff.records import OUT_ACTIVE, Records, error_text
 from handoffd.handoff.targets import resolve_target
 from handoffd.handoff.timings import Clock, Timings
+from handoffd.handoff.waiting import DeviceWait
+from handoffd.items import Item
 from handoffd.proto import codec
 from handoffd.proto import messages as m
 from handoffd.store import HandoffRecord, Store
@@ -78,6 +81,9 @@ class Outgoing:
         self.timings = timings
         self.tasks = tasks
         self.running: dict[str, asyncio.Task[None]] = {}
+        self.waiting = DeviceWait(
+            presence=presence, records=records, settings=settings, clock=clock
+        )
         self._cancelled: set[str] = set()
 
     async def start(
@@ -97,7 +103,7 @@ class Outgoing:
             my_name=self.settings.current.device_name,
             refresh=self.presence.refresh_devices,
         )
-        chosen = None if types is None else set(types)
+        chosen = None if types is None else set(check_types(types, session.items))
         items = [i for i in session.items if chosen is None or i.type in chosen]
         handoff_id = new_handoff_id()
         manifest, _sources = await asyncio.to_thread(
@@ -231,6 +237,10 @@ class Outgoing:
         manifest = codec.decode(offer.manifest)
         if not isinstance(manifest, m.Manifest):  # pragma: no cover - we wrote it
             raise TransferError("bad offer recorded", code="internal", retry=False)
+        if self.waiting.should_wait(record):
+            if not await self.waiting.wait(record):
+                return
+            record = await self.records.require(handoff_id)
         attempts = record.attempts
         moved: Link | None = None  # a better link taken at a chunk boundary
         t = self.timings
@@ -266,6 +276,7 @@ class Outgoing:
                     cancelled=lambda: handoff_id in self._cancelled,
                     switch=_switch_check(up),
                     stall=t.stall_timeout,
+                    answer_wait=t.offer_answer,
                 )
                 logger.info(
                     "handoff sent data_bytes=%d skipped=%d",
@@ -344,6 +355,20 @@ class Outgoing:
         )
         await asyncio.sleep(delay)
         return True
+
+
+def check_types(types: Sequence[str], items: Sequence[Item]) -> list[str]:
+    """``types`` if the session has items of each; InvalidRequestError(type-not-in-session)
+    naming the session's types otherwise (nothing is sent, the session stays as it is)."""
+    have = sorted({i.type for i in items})
+    missing = [t for t in types if t not in have]
+    if not types or missing:
+        what = ", ".join(missing) if missing else "no type"
+        raise InvalidRequestError(
+            f"the session has no items of type {what} (its types: {', '.join(have) or 'none'})",
+            code="type-not-in-session",
+        )
+    return list(types)
 
 
 def _switch_check(upgrader: Upgrader | None) -> Callable[[], bool]:

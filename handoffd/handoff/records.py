@@ -19,14 +19,17 @@ from handoffd.tasks import TaskSet
 
 logger = logging.getLogger("handoffd.handoff.records")
 
-OUT_ACTIVE = ("pending", "connecting", "transferring", "retrying")
+OUT_ACTIVE = ("pending", "waiting-for-device", "connecting", "transferring", "retrying")
 TERMINAL = ("resumed", "declined", "cancelled", "failed")
 
 _ANY_OUT = frozenset({*OUT_ACTIVE, "delivered", "resumed", "declined", "cancelled", "failed"})
 
 # (direction, from) → the states it may go to (staying in a state is always allowed).
 TRANSITIONS: Mapping[tuple[str, str], frozenset[str]] = {
-    ("out", "pending"): frozenset({"connecting", "cancelled", "failed", "declined", "resumed"}),
+    ("out", "pending"): frozenset(
+        {"waiting-for-device", "connecting", "cancelled", "failed", "declined", "resumed"}
+    ),
+    ("out", "waiting-for-device"): frozenset({"connecting", "cancelled", "failed", "resumed"}),
     ("out", "connecting"): frozenset(
         {"transferring", "delivered", "retrying", "failed", "declined", "cancelled", "resumed"}
     ),
@@ -131,6 +134,7 @@ def handoff_json(record: HandoffRecord, meta: HandoffMeta) -> dict[str, Any]:
         "bytes_total": record.bytes_total,
         "attempts": record.attempts,
         "next_retry_at": meta.next_retry_at,
+        "waiting_until": meta.next_retry_at if record.state == "waiting-for-device" else None,
         "error": error_json(record.error),
         "created_at": record.created_at,
         "updated_at": record.updated_at,

@@ -26,6 +26,9 @@ class Timings:
     """A sender lingers this long on a delivered exchange for the receiver's ``resumed``."""
     receiver_resumed_wait: float = 60.0
     """A receiver keeps a delivered exchange open this long for the app's ``resumed``."""
+    offer_answer: float = 3660.0
+    """A sender waits this long for the answer to its offer (the receiver may ask its person:
+    at most consent_timeout, up to an hour)."""
     stall_timeout: float = 60.0
     """An exchange that makes no progress for this long ends (retried)."""
     warm_idle: float = 60.0

@@ -161,7 +161,7 @@ def test_user_unit_settings(tmp_path: Path) -> None:
     for line in (
         "Type=notify", "NotifyAccess=main", "Restart=on-failure", "WatchdogSec=30",
         "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes",
-        "ReadWritePaths=-%h/.local/share/handoffd -%h/.config/handoffd",
+        "ReadWritePaths=-%h/.local/share/handoffd -%h/.config/handoffd -%h/Downloads",
         "RuntimeDirectory=handoffd", "RuntimeDirectoryMode=0700",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
         "SystemCallArchitectures=native", "LockPersonality=yes", "KillMode=mixed",
