@@ -28,7 +28,7 @@ from pathlib import Path
 import platformdirs
 from aiohttp import web
 
-from handoffd import identity, netguard, ownership
+from handoffd import identity, logfmt, netguard, ownership
 from handoffd.errors import ConfigError, HandoffError
 from handoffd.server import listener, pairing, scaleopts, tlscert
 from handoffd.server.app import HUB, ServerConfig, make_app
@@ -40,38 +40,8 @@ from handoffd.server.store import Store
 logger = logging.getLogger("handoffd.server")
 
 DEFAULT_LISTEN = "0.0.0.0:8443"
-_LOG_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
-
-
-class KeyValueFormatter(logging.Formatter):
-    """One line per event: ``ts=... level=... logger=... event="..." key=value ...``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        """Render the record (message words become ``event``, its ``k=v`` parts stay fields)."""
-        message = record.getMessage().replace("\n", " ")
-        words = message.split(" ")
-        split = next((i for i, w in enumerate(words) if "=" in w), len(words))
-        event, fields = " ".join(words[:split]), " ".join(words[split:])
-        ts = dt.datetime.fromtimestamp(record.created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        parts = [f"ts={ts}", f"level={record.levelname.lower()}", f"logger={record.name}"]
-        parts.append(f"event={json.dumps(event)}")
-        if fields:
-            parts.append(fields)
-        extra = {k: v for k, v in record.__dict__.items() if k not in _LOG_FIELDS}
-        parts.extend(f"{k}={json.dumps(str(v))}" for k, v in extra.items())
-        if record.exc_info:
-            parts.append(f"exc={json.dumps(self.formatException(record.exc_info))}")
-        return " ".join(parts)
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    """Structured logs on stderr."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(KeyValueFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+KeyValueFormatter = logfmt.KeyValueFormatter  # the one log format (daemon and server)
+setup_logging = logfmt.setup_logging
 
 
 def default_data_dir() -> Path:
@@ -263,10 +233,11 @@ def cmd_invite(args: argparse.Namespace) -> int:
     view = pairing.present(server_url, fingerprint, invite.secrets, invite.expires_at)
     if not args.no_qr:
         pairing.qr_terminal(view.url, sys.stdout)
-    expires = dt.datetime.fromtimestamp(view.expires_at).astimezone()
+    print(f"pair:    {view.command}")
     print(f"code:    {view.code}")
     print(f"url:     {view.url}")
-    print(f"expires: {expires.isoformat(timespec='seconds')}")
+    print(f"expires: {pairing.expiry_text(view.expires_at, time.time())}")
+    print("on the new device, run the `pair` line above, or scan the QR code")
     return 0
 
 

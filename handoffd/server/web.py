@@ -440,9 +440,7 @@ def setup_web(app: web.Application, store: Store, config: object) -> None:
         fingerprint = getattr(config, "fingerprint", None)
         server = public_url(request)
         view = pairing.present(server, fingerprint, invite.secrets, invite.expires_at)
-        command = f"handoff pair {view.code} --server {server}"
-        if fingerprint:
-            command += f" --fingerprint {fingerprint}"
+        command = view.command
         minutes = max(1, round((view.expires_at - clock()) / 60))
         body = (
             "<p>Scan this code with the new device's camera, or type the short code there.</p>"
