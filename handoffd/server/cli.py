@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import getpass
 import json
 import logging
 import os
@@ -28,9 +27,9 @@ from pathlib import Path
 import platformdirs
 from aiohttp import web
 
-from handoffd import identity, logfmt, netguard, ownership
+from handoffd import __version__, identity, logfmt, netguard, ownership
 from handoffd.errors import ConfigError, HandoffError
-from handoffd.server import listener, pairing, scaleopts, tlscert
+from handoffd.server import admin, listener, pairing, scaleopts, tlscert
 from handoffd.server.app import HUB, ServerConfig, make_app
 from handoffd.server.ice import DEFAULT_TTL, IceConfig, read_secret_file
 from handoffd.server.ratelimit import TrustedProxies
@@ -183,33 +182,6 @@ async def serve(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- admin commands
 
 
-def _read_password(args: argparse.Namespace) -> str | None:
-    if args.no_password:
-        return None
-    if args.password_file:
-        text = Path(args.password_file).read_text(encoding="utf-8")
-        password = text.splitlines()[0] if text else ""
-    else:
-        password = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != password:
-            raise HandoffError("the passwords differ", code="password-mismatch")
-    if not password:
-        raise HandoffError("the password is empty", code="password-empty")
-    return password
-
-
-def cmd_account_create(args: argparse.Namespace) -> int:
-    """``account create NAME``: prints the account id."""
-    password = _read_password(args)
-    store = Store.open(args.data, database=args.database)
-    try:
-        account = store.create_account(args.name, password)
-    finally:
-        store.close()
-    print(account.account_id)
-    return 0
-
-
 def cmd_invite(args: argparse.Namespace) -> int:
     """``invite ACCOUNT``: QR in the terminal, code, URL, expiry."""
     store = Store.open(args.data, database=args.database)
@@ -320,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="handoff-server", description="handoff authorization server"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"handoff-server {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", parents=[common], help="run the server")
     p.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (port 0: any free port)")
@@ -403,12 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("migrate", parents=[common], help="create or upgrade the schema, then exit")
 
-    p = sub.add_parser("account", help="manage accounts")
-    account_sub = p.add_subparsers(dest="account_command", required=True)
-    p = account_sub.add_parser("create", parents=[common], help="create an account; prints its id")
-    p.add_argument("name")
-    p.add_argument("--password-file", default=None, help="read the password from this file")
-    p.add_argument("--no-password", action="store_true", help="no web login for this account")
+    admin.add_account_commands(sub, common)
 
     p = sub.add_parser("invite", parents=[common], help="make a pairing invite")
     p.add_argument("account", help="account name or id")
@@ -436,7 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return asyncio.run(serve(args))
         if args.command == "account":
-            return cmd_account_create(args)
+            result: int = args.func(args)
+            return result
         commands = {
             "invite": cmd_invite,
             "devices": cmd_devices,
