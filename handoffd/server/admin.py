@@ -16,6 +16,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from handoffd.errors import HandoffError
 from handoffd.server.store import Store
@@ -95,7 +96,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     """``account list [--json]``: name, id, devices (active/all), web login, created."""
     store = _open(args)
     try:
-        rows = []
+        rows: list[dict[str, Any]] = []
         for account in store.list_accounts():
             devices = store.list_devices(account.account_id)
             rows.append(
@@ -116,16 +117,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not rows:
         print("no accounts (create one: handoff-server account create NAME)")
         return 0
-    header = ("NAME", "ID", "DEVICES", "WEB LOGIN", "CREATED")
-    table = [header] + [
-        (
-            r["name"],
-            r["account_id"],
-            f"{r['active_devices']}/{r['devices']}",
-            "yes" if r["web_login"] else "no",
-            dt.datetime.fromtimestamp(r["created_at"]).astimezone().strftime("%Y-%m-%d %H:%M"),
-        )
-        for r in rows
+    header: tuple[str, ...] = ("NAME", "ID", "DEVICES", "WEB LOGIN", "CREATED")
+    table: list[tuple[str, ...]] = [
+        header,
+        *[
+            (
+                str(r["name"]),
+                str(r["account_id"]),
+                f"{r['active_devices']}/{r['devices']}",
+                "yes" if r["web_login"] else "no",
+                dt.datetime.fromtimestamp(r["created_at"]).astimezone().strftime("%Y-%m-%d %H:%M"),
+            )
+            for r in rows
+        ],
     ]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:
