@@ -313,19 +313,24 @@ class DeviceState:
         except (OSError, ValueError, HandoffError):
             return None
 
-    def _forget_pairing(self) -> None:
+    def _forget_pairing(self) -> Ed25519PrivateKey:
         # device.crt first: without it the device is unpaired, whatever else is left.
         self.paths.device_cert.unlink(missing_ok=True)
         if self.paths.server_json.exists():
             os.replace(self.paths.server_json, self.paths.identity_dir / LAST_SERVER)
         for path in (self.paths.account_ca, self.paths.crl):
             path.unlink(missing_ok=True)
+        # A new key, so a new device id: the old one is revoked, and stays so.
+        key = identity.generate_device_key()
+        identity.save_private_key(self.paths.device_key, key)
+        return key
 
     async def unpair(self) -> bool:
-        """Forget the account (keeping the key); True if the server revoked us first.
+        """Forget the account; True if the server revoked us first.
 
         The server is asked to revoke this device (best effort, unless it already
         is): an unpaired device should not stay listed as active in the account.
+        The device gets a new key (a new id): a revoked id never comes back.
         """
         async with self._lock:
             if not self.paired:
@@ -339,7 +344,8 @@ class DeviceState:
                 except (ServerError, TimeoutError) as exc:
                     logger.info("self-revocation not done code=%s", getattr(exc, "code", "timeout"))
             await self.close()
-            await asyncio.to_thread(self._forget_pairing)
+            key = await asyncio.to_thread(self._forget_pairing)
+            self.key, self.device_id = key, identity.device_id_for(key.public_key())
             self.cert, self.trust, self.server = None, None, None
             self.revoked_by_server = False
             self.server_reachable, self.server_error = None, None
