@@ -441,13 +441,11 @@ def setup_web(app: web.Application, store: Store, config: object) -> None:
         server = public_url(request)
         view = pairing.present(server, fingerprint, invite.secrets, invite.expires_at)
         command = view.command
-        minutes = max(1, round((view.expires_at - clock()) / 60))
         body = (
             "<p>Scan this code with the new device's camera, or type the short code there.</p>"
             f'<div class="qr">{_qr_svg(view.url)}</div>'
             f'<p>Code: <span class="code">{_e(view.code)}</span></p>'
-            f"<p>Single use; expires at {_e(_utc(view.expires_at, '%H:%M'))} "
-            f"(in {minutes} minute{'s' if minutes != 1 else ''}).</p>"
+            f"<p>Expires {_e(pairing.expiry_text(view.expires_at, clock()))}.</p>"
             f'<p class="muted">Or, on the new device, run:<br><code>{_e(command)}</code></p>'
             '<p><a href="/add-device">Make another invite</a> · <a href="/devices">Back to the devices</a></p>'
         )

@@ -83,6 +83,7 @@ def test_events_stream_text_and_json(daemons: Callable[..., DaemonProcess]) -> N
                 nonlocal seen
                 # The stream may start after the first change: change again until one is seen.
                 assert handoff(d.home, "settings", "inbox_ttl", "3600").returncode == 0
+                assert proc.stdout is not None
                 ready, _, _ = select.select([proc.stdout], [], [], 1.0)
                 if ready:
                     seen = _read_line(proc, "out")
