@@ -200,7 +200,7 @@ async def _progress(client: HandoffClient, handoff_id: str) -> dict[str, Any]:
     """Draw the progress bar of ``handoff send`` until the handoff ends (or time runs out)."""
     try:
         async with asyncio.timeout(HANDOFF_TIMEOUT):
-            return await console.follow(client, handoff_id, prefix="demo: ")
+            return await console.follow(client, handoff_id, prefix="demo: ", out=sys.stdout)
     except TimeoutError:
         raise DemoError("the handoff did not finish in time") from None
 
