@@ -84,8 +84,8 @@ class Rate:
 
     def update(self, now: float, done: int) -> None:
         """Note ``done`` bytes at ``now`` (monotonic)."""
-        if self.first is None:
-            self.first = (now, done)
+        if self.first is None or (self.last is None and done == self.first[1]):
+            self.first = (now, done)  # nothing moved yet: the clock starts at the last still count
         elif self.last is None or done != self.last[1]:
             self.last = (now, done)
 

@@ -155,6 +155,7 @@ def test_progress_line_fits_and_the_rate_leaves_out_the_waits() -> None:
     h = {"state": "transferring", "bytes_done": 0, "bytes_total": 300 * 2**20, "path": "relay",
          "attempts": 1, "next_retry_at": None, "error": None}  # fmt: skip
     rate = Rate()
+    rate.update(90.0, 0)  # connecting: nothing moves for 10 s
     rate.update(100.0, 0)
     assert rate.per_second() is None
     line = progress_line(h, rate.per_second(), 80)
