@@ -3,6 +3,7 @@ and the live progress of one handoff."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -119,6 +120,14 @@ def progress_line(h: Mapping[str, Any], rate: float | None, width: int, prefix: 
     return (head + bar + tail)[: max(1, width - 1)]
 
 
+def _columns(out: TextIO) -> int:
+    """The width of the terminal ``out`` writes to (stdout may be redirected), else 80."""
+    try:
+        return os.get_terminal_size(out.fileno()).columns or 80
+    except (OSError, ValueError):
+        return shutil.get_terminal_size((80, 24)).columns
+
+
 async def follow(
     client: HandoffClient, handoff_id: str, *, prefix: str = "", out: TextIO | None = None
 ) -> dict[str, Any]:
@@ -138,7 +147,7 @@ async def follow(
         h: dict[str, Any] = await client.request("GET", f"/v1/handoffs/{handoff_id}")
         state, path = str(h.get("state")), str(h.get("path") or "-")
         rate.update(time.monotonic(), int(h.get("bytes_done") or 0))
-        width = shutil.get_terminal_size((80, 24)).columns if tty else 10_000
+        width = _columns(out) if tty else 10_000
         line = progress_line(h, rate.per_second(), width, prefix)
         if tty:
             if (state, path) != last_state and last_state:
