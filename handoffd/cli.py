@@ -72,7 +72,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     reachable = st.get("server_reachable")
     rows = [
         ("device", f"{clean(st.get('device_name'))} ({grouped_id(str(st.get('device_id')))})"),
-        ("paired", "yes" if st.get("paired") else "no (run `handoff pair <code>`)"),
+        (
+            "paired",
+            "yes"
+            if st.get("paired")
+            else "no (run `handoff pair CODE@SERVER` as `handoff invite` on a paired device "
+            "or `handoff-server invite` prints it)",
+        ),
         ("account", account or "-"),
         ("server", st.get("server_url") or "-"),
         ("server reachable", "-" if reachable is None else ("yes" if reachable else "no")),
