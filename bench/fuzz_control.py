@@ -207,7 +207,7 @@ def defuse(body: Any, op: Operation) -> Any:
             or "://" in body.get("invite", "")
         ):
             body["server"] = f"https://{CLOSED}"
-        if isinstance(body.get("invite"), str) and ":" in body["invite"]:
+        if isinstance(body.get("invite"), str) and (":" in body["invite"] or "@" in body["invite"]):
             body["invite"] = (
                 f"handoff://pair?server=https%3A%2F%2F{CLOSED}&token="
                 + urllib.parse.quote(body["invite"][-20:], errors="surrogatepass")

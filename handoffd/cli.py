@@ -13,26 +13,29 @@ daemon, ``f(args) -> int`` when it does not (``daemon=False``).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import getpass
 import importlib
 import json
 import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from handoffd import __version__, identity
-from handoffd.console import clean, human_size, state_text, table
-from handoffd.control.client import HandoffClient
+from handoffd import __version__
+from handoffd.console import clean, grouped_id, human_size, state_text, table
 from handoffd.errors import HandoffError
 from handoffd.subcommands import Command, LocalCommand
 
+if TYPE_CHECKING:  # imported when a command talks to the daemon (it loads aiohttp)
+    from handoffd.control.client import HandoffClient
+
 # Modules that add subcommands: each defines ``register(add: AddCommand) -> None``.
-# ``demo`` registers itself this way so that nothing imports it (it uses ``console``).
+# Each imports only what its commands need when they run (``handoff status`` stays quick).
 BUILTIN_COMMAND_MODULES: tuple[str, ...] = (
-    "handoffd.demo",
+    "handoffd.commands.demo",
+    "handoffd.commands.pairing",
+    "handoffd.commands.events",
+    "handoffd.commands.completion",
     "handoffd.servicecli",
     "handoffd.cli_send",
     "handoffd.cli_inbox",
@@ -57,110 +60,86 @@ def _ago(ts: float | None) -> str:
 # ---------------------------------------------------------------- commands
 
 
-async def cmd_status(client: HandoffClient, args: argparse.Namespace) -> int:
-    """Device, account, pairing and server state."""
-    st = await client.status()
+def cmd_status(args: argparse.Namespace) -> int:
+    """Device, account, pairing and server state (a quick read: no aiohttp)."""
+    from handoffd.commands import quick
+
+    st = quick.get("/v1/status", home=args.home)
     if args.json:
-        _print_json(dict(st.raw))
+        _print_json(st)
         return 0
+    account = st.get("account_id")
+    if account and st.get("account_name"):
+        account = f"{st['account_name']} ({account})"
+    reachable = st.get("server_reachable")
     rows = [
-        ("device", f"{clean(st.device_name)} ({identity.format_device_id(st.device_id)})"),
-        ("paired", "yes" if st.paired else "no (run `handoff pair <invite>`)"),
-        ("account", st.account_id or "-"),
-        ("server", st.server_url or "-"),
-        ("server reachable", {True: "yes", False: "no", None: "-"}[st.server_reachable]),
-        ("handoff enabled", "yes" if st.handoff_enabled else "no"),
-        ("revoked", "YES" if st.revoked else "no"),
-        ("version", st.version),
+        ("device", f"{clean(st.get('device_name'))} ({grouped_id(str(st.get('device_id')))})"),
+        (
+            "paired",
+            "yes"
+            if st.get("paired")
+            else "no (run `handoff pair CODE@SERVER` as `handoff invite` on a paired device "
+            "or `handoff-server invite` prints it)",
+        ),
+        ("account", account or "-"),
+        ("server", st.get("server_url") or "-"),
+        ("server reachable", "-" if reachable is None else ("yes" if reachable else "no")),
+        ("handoff enabled", "yes" if st.get("handoff_enabled") else "no"),
+        ("revoked", "YES (run `handoff unpair`, then pair again)" if st.get("revoked") else "no"),
+        ("version", st.get("version")),
     ]
     print(table(rows, ("", "")).split("\n", 1)[1])
     return 0
 
 
-async def cmd_devices(client: HandoffClient, args: argparse.Namespace) -> int:
-    """The account's devices."""
-    devices = await client.devices()
+def cmd_devices(args: argparse.Namespace) -> int:
+    """The account's devices (a quick read); cached data is marked when the server is down."""
+    from handoffd.commands import quick
+
+    answer = quick.get("/v1/devices", home=args.home)
+    devices: list[dict[str, Any]] = answer.get("devices") or []
+    cached = answer.get("source") == "cache"
     if args.json:
-        _print_json([_device_json(d) for d in devices])
+        body = {"devices": [_device_json(d) for d in devices], "source": answer.get("source")}
+        if "server_error" in answer:
+            body["server_error"] = answer["server_error"]
+        _print_json(body)
         return 0
     rows = [
         (
-            d.name + (" (this device)" if d.self else ""),
-            identity.format_device_id(d.device_id),
-            d.platform,
-            "revoked" if d.revoked else ("nearby" if d.nearby else ("online" if d.online else "-")),
-            ", ".join(d.addresses) or "-",
-            _ago(d.last_seen),
+            str(d.get("name")) + (" (this device)" if d.get("self") else ""),
+            grouped_id(str(d.get("device_id"))),
+            d.get("platform"),
+            _device_state(d, cached),
+            ", ".join(d.get("addresses") or ()) or "-",
+            _ago(d.get("last_seen")),
         )
         for d in devices
     ]
     print(table(rows, ("NAME", "ID", "PLATFORM", "STATE", "ADDRESSES", "LAST SEEN")))
+    if cached:
+        print(
+            f"handoff: the server could not be reached ({clean(answer.get('server_error'))}): "
+            "this list is cached; online states are as last known",
+            file=sys.stderr,
+        )
     return 0
 
 
-def _device_json(d: Any) -> dict[str, Any]:
+def _device_state(d: dict[str, Any], cached: bool) -> str:
+    if d.get("revoked"):
+        return "revoked"
+    if d.get("nearby"):
+        return "nearby"
+    if d.get("online"):
+        return "online (cached)" if cached else "online"
+    return "-"
+
+
+def _device_json(d: dict[str, Any]) -> dict[str, Any]:
     fields = ("device_id", "name", "platform", "self", "online", "nearby", "addresses",
               "last_seen", "revoked")  # fmt: skip
-    return {f: list(v) if isinstance(v := getattr(d, f), tuple) else v for f in fields}
-
-
-async def cmd_pair(client: HandoffClient, args: argparse.Namespace) -> int:
-    """Join an account with an invite (URL or short code; '-' reads it from stdin)."""
-    invite = args.invite
-    if invite == "-":
-        # At a terminal, ask without echo; otherwise read one line (a pipe, a file).
-        invite = getpass.getpass("invite: ") if sys.stdin.isatty() else sys.stdin.readline()
-        invite = invite.strip()
-        if not invite:
-            raise HandoffError("no invite on stdin", code="invite-missing")
-    st = await client.pair(invite, server=args.server, fingerprint=args.fingerprint, name=args.name)
-    print(f"paired: {clean(st.device_name)} is in account {clean(st.account_id)}")
-    return 0
-
-
-async def cmd_invite(client: HandoffClient, args: argparse.Namespace) -> int:
-    """Make an invite for a new device of this account."""
-    inv = await client.create_invite()
-    if args.json:
-        _print_json({"url": inv.url, "code": inv.code, "expires_at": inv.expires_at})
-        return 0
-    import segno
-
-    segno.make(inv.url, error="m").terminal(compact=True)
-    expires = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(inv.expires_at))
-    minutes = max(0, round((inv.expires_at - time.time()) / 60))
-    print(f"code:    {clean(inv.code)}")
-    print(f"url:     {clean(inv.url)}")
-    print(f"expires: {expires} (in {minutes} min; single use)")
-    print("on the new device: handoff pair <code> --server <server url>, or scan the QR")
-    return 0
-
-
-async def _resolve_device(client: HandoffClient, text: str) -> str:
-    devices = await client.devices()
-    by_name = [d for d in devices if d.name == text]
-    if len(by_name) == 1:
-        return by_name[0].device_id
-    try:
-        wanted = identity.parse_device_id(text)
-    except HandoffError:
-        wanted = ""
-    for d in devices:
-        if d.device_id == wanted:
-            return d.device_id
-    if len(by_name) > 1:
-        raise HandoffError(
-            f"several devices are named {text!r}: use the id", code="device-ambiguous"
-        )
-    raise HandoffError(f"no device {clean(text)!r} in this account", code="device-unknown")
-
-
-async def cmd_revoke(client: HandoffClient, args: argparse.Namespace) -> int:
-    """Revoke a device of the account."""
-    device_id = await _resolve_device(client, args.device)
-    d = await client.revoke(device_id)
-    print(f"revoked {clean(d.name)} ({identity.format_device_id(d.device_id)})")
-    return 0
+    return {f: d.get(f) for f in fields}
 
 
 async def cmd_sessions(client: HandoffClient, args: argparse.Namespace) -> int:
@@ -235,6 +214,15 @@ def _parse_setting(key: str, value: str, current: object) -> object:
     return value
 
 
+def _setting_text(value: object) -> str:
+    """A value as the config file writes it: ``true``/``false``, lists comma-separated."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ",".join(_setting_text(v) for v in value)
+    return str(value)
+
+
 async def cmd_settings(client: HandoffClient, args: argparse.Namespace) -> int:
     """Show settings, one setting, or set one (`handoff settings KEY VALUE`)."""
     from handoffd.config import show_value  # true/false, lists comma-separated
@@ -262,16 +250,19 @@ async def cmd_settings(client: HandoffClient, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``handoff`` (with the subcommands of ``COMMAND_MODULES``)."""
+    """The argument parser of ``handoff`` (with the subcommands of ``COMMAND_MODULES``).
+
+    ``--home`` is accepted before or after the subcommand (the one after wins).
+    """
     parser = argparse.ArgumentParser(
         prog="handoff", description="Hand app sessions between your devices."
     )
-    parser.add_argument(
-        "--home",
-        default=None,
-        help="daemon home directory (default: $HANDOFF_HOME or the user dirs)",
-    )
+    home_help = "daemon home directory (default: $HANDOFF_HOME or the user dirs)"
+    parser.add_argument("--home", default=None, help=home_help)
     parser.add_argument("--version", action="version", version=f"handoff {__version__}")
+    # The same option after the subcommand; SUPPRESS: absent there, the first one stays.
+    home_after = argparse.ArgumentParser(add_help=False)
+    home_after.add_argument("--home", default=argparse.SUPPRESS, help=home_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(
@@ -282,26 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
         listing: bool = False,
         daemon: bool = True,
     ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[home_after])
         p.set_defaults(func=func, daemon=daemon)
         if listing:
             p.add_argument("--json", action="store_true", help="machine-readable output")
         return p
 
-    add("status", cmd_status, "show this device's state", listing=True)
-    add("devices", cmd_devices, "list the account's devices", listing=True)
-    p = add("pair", cmd_pair, "join an account with an invite")
-    p.add_argument(
-        "invite",
-        help="handoff://pair?... URL or short code; '-' reads it from stdin "
-        "(keeps the token out of the process list and shell history)",
-    )
-    p.add_argument("--server", help="server URL (with a short code)")
-    p.add_argument("--fingerprint", help="server TLS fingerprint sha256:... (with a short code)")
-    p.add_argument("--name", help="name for this device")
-    add("invite", cmd_invite, "make an invite for a new device (QR in the terminal)", listing=True)
-    p = add("revoke", cmd_revoke, "revoke a device")
-    p.add_argument("device", help="device name or id")
+    add("status", cmd_status, "show this device's state", listing=True, daemon=False)
+    add("devices", cmd_devices, "list the account's devices", listing=True, daemon=False)
     p = add("sessions", cmd_sessions, "list published sessions", listing=True)
     p.add_argument("--all", action="store_true", help="include withdrawn and handed-off sessions")
     add("handoffs", cmd_handoffs, "list handoffs (state, path, bytes)", listing=True)
@@ -312,10 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("value", nargs="?", help="its new value (lists comma-separated)")
     for module in (*BUILTIN_COMMAND_MODULES, *COMMAND_MODULES):
         importlib.import_module(module).register(add)
+    parser.set_defaults(root_parser=parser)
     return parser
 
 
 async def _run(args: argparse.Namespace) -> int:
+    from handoffd.control.client import HandoffClient
+
     async with HandoffClient(home=args.home) as client:
         result: int = await args.func(client, args)
         return result
@@ -323,6 +305,9 @@ async def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``handoff`` console script."""
+    if list(sys.argv[1:] if argv is None else argv) == ["--version"]:
+        print(f"handoff {__version__}")  # at once: no parser, no command modules
+        return 0
     args = build_parser().parse_args(argv)
     if args.home is not None:
         os.environ["HANDOFF_HOME"] = args.home
@@ -330,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.daemon:
             local: LocalCommand = args.func
             return local(args)
+        import asyncio
+
         return asyncio.run(_run(args))
     except HandoffError as exc:
         print(f"handoff: {clean(exc.message)}", file=sys.stderr)
@@ -342,7 +329,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except KeyboardInterrupt:
-        print("handoff: interrupted", file=sys.stderr)
+        note = getattr(args, "interrupt_note", None) or "interrupted"
+        end_line = "\n" if sys.stderr.isatty() else ""  # after a progress line drawn in place
+        print(f"{end_line}handoff: {note}", file=sys.stderr)
         return 130
 
 

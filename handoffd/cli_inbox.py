@@ -8,12 +8,14 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from handoffd.console import clean, human_size, table
-from handoffd.control.client import HandoffClient, InboxEntry
 from handoffd.errors import ApiError, HandoffError
 from handoffd.subcommands import AddCommand
+
+if TYPE_CHECKING:  # loaded when the command runs (every command imports this module)
+    from handoffd.control.client import HandoffClient, InboxEntry
 
 TEXT_APPS = ("handoff.text", "handoff.clipboard")
 

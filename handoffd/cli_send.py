@@ -11,7 +11,6 @@ keeps it in its inbox (no app to resume it, or its person decides).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import shutil
@@ -19,12 +18,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from handoffd.console import clean, follow
-from handoffd.control.client import HandoffClient
 from handoffd.errors import HandoffError
 from handoffd.subcommands import AddCommand
+
+if TYPE_CHECKING:  # loaded when the command runs (every command imports this module)
+    from handoffd.control.client import HandoffClient
 
 SESSION_ID_RE = re.compile(r"[0-9a-f]{32}")
 PASTE_COMMANDS = (("wl-paste", "--no-newline"), ("xclip", "-o", "-selection", "clipboard"),
@@ -99,10 +100,14 @@ async def _start(client: HandoffClient, args: argparse.Namespace) -> str:
         paths = _absolute(args.paths)
         return (await client.send_content(args.to, paths=paths)).id
     if args.text is not None:
+        import asyncio
+
         text = await asyncio.to_thread(_read_stdin) if args.text == "-" else args.text
         return (await client.send_content(args.to, text=text)).id
     if args.url is not None:
         return (await client.send_content(args.to, url=args.url)).id
+    import asyncio
+
     text = await asyncio.to_thread(read_clipboard)
     return (await client.send_content(args.to, clipboard=text)).id
 
@@ -113,6 +118,10 @@ async def cmd_send(client: HandoffClient, args: argparse.Namespace) -> int:
     if args.no_wait:
         print(handoff_id)
         return 0
+    args.interrupt_note = (
+        f"stopped watching; handoff {handoff_id} goes on in the daemon "
+        f"(`handoff handoffs` shows it, `handoff cancel {handoff_id}` stops it)"
+    )
     delivered_at: list[float] = []
 
     def enough(h: Mapping[str, Any]) -> bool:
@@ -156,7 +165,7 @@ def register(add: AddCommand) -> None:
     p.add_argument(
         "paths", nargs="*", metavar="PATH", help="files and folders to send, or one session id"
     )
-    p.add_argument("--to", required=True, help="target device name or id")
+    p.add_argument("--to", required=True, help="target device name (any case) or id")
     p.add_argument("--text", help="send this text ('-': read it from stdin)")
     p.add_argument("--url", help="send this http(s) URL (opened on the target)")
     p.add_argument("--clipboard", action="store_true", help="send the clipboard's text")

@@ -29,7 +29,7 @@ from typing import IO, Any
 
 from aiohttp import web
 
-from handoffd import __version__
+from handoffd import __version__, logfmt
 from handoffd.config import SettingsFile, save_settings
 from handoffd.control.handoff_routes import setup_handoff_routes
 from handoffd.control.inbox_routes import setup_inbox_routes
@@ -57,41 +57,10 @@ from handoffd.transport.lanlistener import LanListener
 
 logger = logging.getLogger("handoffd.daemon")
 
-_LOG_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
-_SYSLOG_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
-
-
 # ---------------------------------------------------------------- logging
 
-
-class DaemonFormatter(logging.Formatter):
-    """One line per record; under journald ``<priority>logger: message`` and no timestamp."""
-
-    def __init__(self, *, journal: bool) -> None:
-        super().__init__()
-        self.journal = journal
-
-    def format(self, record: logging.LogRecord) -> str:
-        """Render ``record`` with its ``extra`` fields as ``key=value``."""
-        message = record.getMessage().replace("\n", " ")
-        extra = {k: v for k, v in record.__dict__.items() if k not in _LOG_FIELDS}
-        if extra:
-            message += " " + " ".join(f"{k}={v}" for k, v in extra.items())
-        if record.exc_info:
-            message += " exc=" + self.formatException(record.exc_info).replace("\n", "\\n")
-        if self.journal:
-            return f"<{_SYSLOG_PRIORITY.get(record.levelname, 6)}>{record.name}: {message}"
-        return f"{self.formatTime(record)} {record.levelname.lower()} {record.name}: {message}"
-
-
-def setup_logging(level: str = "info") -> None:
-    """Logs on stderr, journald-friendly when ``JOURNAL_STREAM`` is set."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(DaemonFormatter(journal=bool(os.environ.get("JOURNAL_STREAM"))))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+setup_logging = logfmt.setup_logging
+"""Logs on stderr in the one format of daemon and server (``handoffd.logfmt``)."""
 
 
 # ---------------------------------------------------------------- the lock

@@ -25,12 +25,21 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from handoffd import console
-from handoffd.control.client import HandoffClient
 from handoffd.errors import HandoffError
-from handoffd.subcommands import AddCommand
+
+if TYPE_CHECKING:
+    from handoffd.control.client import HandoffClient
+
+
+def _client(**kwargs: Any) -> HandoffClient:
+    """The SDK client (imported on use: ``handoff --help`` does not load aiohttp)."""
+    from handoffd.control.client import HandoffClient
+
+    return HandoffClient(**kwargs)
+
 
 ACCOUNT = "demo"
 START_TIMEOUT = 30.0
@@ -158,7 +167,7 @@ def _start_server(demo: Demo) -> tuple[str, str]:
 
 async def _wait_daemon(home: Path, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + START_TIMEOUT
-    async with HandoffClient(home=home, timeout=5) as client:
+    async with _client(home=home, timeout=5) as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise DemoError(f"daemon in {home} exited with {proc.returncode}")
@@ -194,7 +203,7 @@ async def _progress(client: HandoffClient, handoff_id: str) -> dict[str, Any]:
     """Draw the progress bar of ``handoff send`` until the handoff ends (or time runs out)."""
     try:
         async with asyncio.timeout(HANDOFF_TIMEOUT):
-            return await console.follow(client, handoff_id, prefix="demo: ")
+            return await console.follow(client, handoff_id, prefix="demo: ", out=sys.stdout)
     except TimeoutError:
         raise DemoError("the handoff did not finish in time") from None
 
@@ -239,7 +248,7 @@ async def _run_demo(demo: Demo) -> int:
 
     for i, name in enumerate(("laptop", "desk")):
         invite = _invite(demo, show_qr=i == 0)
-        async with HandoffClient(home=demo.home(name)) as client:
+        async with _client(home=demo.home(name)) as client:
             await client.pair(invite, name=name)
         _say(f"{name} paired through the invite")
 
@@ -261,7 +270,7 @@ async def _run_demo(demo: Demo) -> int:
     ).strip()
     _say(f"laptop published session {session_id} ({MESSAGES} messages and a document)")
 
-    async with HandoffClient(home=demo.home("laptop")) as laptop:
+    async with _client(home=demo.home("laptop")) as laptop:
         target = await _wait_for_peer(laptop, "desk")
         started: dict[str, Any] = await laptop.request(
             "POST", "/v1/handoffs", {"session_id": session_id, "target": target}
@@ -309,14 +318,6 @@ def run(*, keep: bool = False) -> int:
     if not keep_files:
         shutil.rmtree(root, ignore_errors=True)
     return code
-
-
-def register(add: AddCommand) -> None:
-    """Add ``handoff demo`` (the CLI loads this module through its command-module list)."""
-    p = add(
-        "demo", cmd_demo, "run the demo: a server and two daemons on this machine", daemon=False
-    )
-    p.add_argument("--keep", action="store_true", help="leave everything running afterwards")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hmac
 import json
 import logging
 import os
@@ -30,25 +31,31 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from handoffd import identity
 from handoffd.errors import ApiError, ConfigError, HandoffError, ServerError
 from handoffd.paths import Paths
-from handoffd.serverlink import CreatedInvite, DeviceRecord, ServerClient, parse_invite
+from handoffd.serverlink import CreatedInvite, DeviceRecord, Invite, ServerClient, parse_invite
+from handoffd.serverlink.reach import server_fingerprint
+from handoffd.wire.invite import pin_tag
 
 logger = logging.getLogger("handoffd.device")
 
 RENEW_BEFORE = dt.timedelta(days=10)
 MAX_SERVER_JSON = 16 * 1024
 SERVER_TIMEOUT = 5.0
+LAST_SERVER = "last-server.json"
+"""The server of the pairing ``unpair`` ended: ``handoff pair CODE`` alone goes there again."""
 
 
 @dataclass(frozen=True, slots=True)
 class ServerPin:
-    """The server this device is paired with: URL and pinned TLS fingerprint (None for http)."""
+    """The server this device is paired with: URL and pinned TLS fingerprint (None for http),
+    and the account's name as the server said at pairing (for display only)."""
 
     url: str
     fingerprint: str | None
+    account_name: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """As stored in server.json."""
-        return {"url": self.url, "fingerprint": self.fingerprint}
+        return {"url": self.url, "fingerprint": self.fingerprint, "account_name": self.account_name}
 
     @classmethod
     def from_json(cls, data: Any) -> ServerPin:
@@ -59,7 +66,12 @@ class ServerPin:
             or not isinstance(data.get("fingerprint"), (str, type(None)))
         ):
             raise ConfigError("server.json is malformed", code="server-json-invalid")
-        return cls(url=data["url"], fingerprint=data["fingerprint"])
+        name = data.get("account_name")
+        return cls(
+            url=data["url"],
+            fingerprint=data["fingerprint"],
+            account_name=name if isinstance(name, str) else None,
+        )
 
 
 def _write_public(path: Path, data: bytes) -> None:
@@ -71,6 +83,25 @@ def _write_public(path: Path, data: bytes) -> None:
 def platform_name() -> str:
     """``linux``, ``macos`` or Python's platform string."""
     return {"darwin": "macos"}.get(sys.platform, sys.platform)
+
+
+def _bare_code(text: str) -> bool:
+    """A code typed without its server (no ``@``, not a URL)."""
+    return "@" not in text and ":" not in text
+
+
+async def _pinned_fingerprint(invite: Invite) -> str | None:
+    """The fingerprint to pin: the invite's, or the server's if the code's pin tag matches it."""
+    if invite.tag is None or invite.code is None:
+        return invite.fingerprint
+    seen = invite.fingerprint or await server_fingerprint(invite.server_url, timeout=SERVER_TIMEOUT)
+    if not hmac.compare_digest(pin_tag(invite.code, seen), invite.tag):
+        raise ServerError(
+            f"the certificate of {invite.server_url} does not match the code: check the code "
+            "and the server (another server, or someone in between); nothing was sent",
+            code="server-fingerprint-mismatch",
+        )
+    return seen
 
 
 class DeviceState:
@@ -92,6 +123,8 @@ class DeviceState:
         self.server = server
         self.server_reachable: bool | None = None
         self.server_error: str | None = None
+        # The server refused us as revoked (before our CRL says so): we are revoked.
+        self.revoked_by_server = False
         self._client: ServerClient | None = None
         self._lock = asyncio.Lock()
         # Called after the certificate, CRL or pairing changed (e.g. to publish an event).
@@ -161,8 +194,12 @@ class DeviceState:
 
     @property
     def revoked(self) -> bool:
-        """True if the CRL held lists our own certificate."""
-        if self.cert is None or self.trust is None or self.trust.crl is None:
+        """True if the CRL held lists our own certificate, or the server refused us as revoked."""
+        if self.cert is None or self.trust is None:
+            return False
+        if self.revoked_by_server:
+            return True
+        if self.trust.crl is None:
             return False
         return (
             self.trust.crl.get_revoked_certificate_by_serial_number(self.cert.serial_number)
@@ -206,6 +243,9 @@ class DeviceState:
         """Record whether the server answered (a refusal is an answer)."""
         if exc is None:
             self.server_reachable, self.server_error = True, None
+        elif exc.code == "device-revoked":
+            self.server_reachable, self.server_error = True, exc.code
+            self.note_revoked()
         else:
             self.server_reachable = exc.code not in ("server-unreachable", "server-bad-response")
             self.server_error = exc.code
@@ -230,11 +270,15 @@ class DeviceState:
                     code="already-paired",
                     status=409,
                 )
+            if server is None and fingerprint is None and _bare_code(invite_text):
+                remembered = await asyncio.to_thread(self.last_server)
+                if remembered is not None:
+                    server, fingerprint = remembered.url, remembered.fingerprint
             try:
                 invite = parse_invite(invite_text, server, fingerprint)
             except HandoffError as exc:
                 raise ApiError(exc.message, code=exc.code, status=400) from None
-            pin = ServerPin(invite.server_url, invite.fingerprint)
+            pin = ServerPin(invite.server_url, await _pinned_fingerprint(invite))
             async with ServerClient(pin.url, fingerprint=pin.fingerprint) as joiner:
                 try:
                     result = await joiner.join(
@@ -244,6 +288,7 @@ class DeviceState:
                     self._note(exc)
                     raise
             self._note(None)
+            pin = ServerPin(pin.url, pin.fingerprint, result.account_name)
             await asyncio.to_thread(
                 self._save_pairing, result.device_cert, result.account_ca, result.crl, pin
             )
@@ -252,6 +297,65 @@ class DeviceState:
             self.server = pin
             logger.info("paired account=%s device=%s", result.account_id, self.device_id)
         self._changed("paired")
+
+    def note_revoked(self) -> None:
+        """The server refused this device as revoked: stop using the account at once."""
+        if self.paired and not self.revoked_by_server:
+            self.revoked_by_server = True
+            logger.warning("this device was revoked (the server said so)")
+            self._changed("revoked")
+
+    def last_server(self) -> ServerPin | None:
+        """The server this device was paired with before ``unpair`` (blocking read), if any."""
+        try:
+            raw = (self.paths.identity_dir / LAST_SERVER).read_bytes()[:MAX_SERVER_JSON]
+            return ServerPin.from_json(json.loads(raw))
+        except (OSError, ValueError, HandoffError):
+            return None
+
+    def _forget_pairing(self) -> Ed25519PrivateKey:
+        # device.crt first: without it the device is unpaired, whatever else is left.
+        self.paths.device_cert.unlink(missing_ok=True)
+        if self.paths.server_json.exists():
+            os.replace(self.paths.server_json, self.paths.identity_dir / LAST_SERVER)
+        for path in (self.paths.account_ca, self.paths.crl):
+            path.unlink(missing_ok=True)
+        # A new key, so a new device id: the old one is revoked, and stays so.
+        key = identity.generate_device_key()
+        identity.save_private_key(self.paths.device_key, key)
+        return key
+
+    async def unpair(self) -> bool:
+        """Forget the account; True if the server revoked us first.
+
+        The server is asked to revoke this device (best effort, unless it already
+        is): an unpaired device should not stay listed as active in the account.
+        The device gets a new key (a new id): a revoked id never comes back.
+        """
+        async with self._lock:
+            if not self.paired:
+                raise ApiError("this device is not paired", code="not-paired", status=409)
+            at_server = self.revoked
+            if not at_server:
+                try:
+                    async with asyncio.timeout(SERVER_TIMEOUT):
+                        await self.client().revoke(self.device_id)
+                    at_server = True
+                except (ServerError, TimeoutError) as exc:
+                    logger.info("self-revocation not done code=%s", getattr(exc, "code", "timeout"))
+            await self.close()
+            key = await asyncio.to_thread(self._forget_pairing)
+            self.key, self.device_id = key, identity.device_id_for(key.public_key())
+            self.cert, self.trust, self.server = None, None, None
+            self.revoked_by_server = False
+            self.server_reachable, self.server_error = None, None
+            logger.info("unpaired device=%s revoked_at_server=%s", self.device_id, at_server)
+        self._changed("unpaired")
+        return at_server
+
+    async def rename(self, name: str) -> None:
+        """Tell the server this device's new name (peers list it)."""
+        await self._call(lambda c: c.rename(self.device_id, name))
 
     async def create_invite(self) -> CreatedInvite:
         """A new invite to the account."""

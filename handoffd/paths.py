@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +33,15 @@ class Paths:
         if chosen:
             root = Path(chosen).expanduser().absolute()
             return cls(data_dir=root, config_dir=root, runtime_dir=root / "run")
+        with warnings.catch_warnings():
+            # Without XDG_RUNTIME_DIR platformdirs warns and falls back to /tmp/runtime-UID;
+            # the path is then named in any error, a warning before it only confuses.
+            warnings.simplefilter("ignore")
+            runtime_dir = platformdirs.user_runtime_dir(APP, appauthor=False)
         return cls(
             data_dir=Path(platformdirs.user_data_dir(APP, appauthor=False)),
             config_dir=Path(platformdirs.user_config_dir(APP, appauthor=False)),
-            runtime_dir=Path(platformdirs.user_runtime_dir(APP, appauthor=False)),
+            runtime_dir=Path(runtime_dir),
         )
 
     @property

@@ -285,6 +285,8 @@ class ServerPath:
 
     def _error(self, error: ServerError) -> None:
         logger.info("server reported code=%s", error.code)
+        if error.code == "device-revoked" and self._on_refused is not None:
+            self._on_refused(error.code)  # this device itself: it must know at once
 
 
 # ---------------------------------------------------------------- the direct dialer

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from handoffd.control.client import HandoffClient
+if TYPE_CHECKING:  # the CLI imports the client only for commands that talk to the daemon
+    from handoffd.control.client import HandoffClient
 
-Command = Callable[[HandoffClient, argparse.Namespace], Awaitable[int]]
+Command = Callable[["HandoffClient", argparse.Namespace], Awaitable[int]]
 LocalCommand = Callable[[argparse.Namespace], int]
 
 

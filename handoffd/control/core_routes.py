@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from handoffd.control.account_routes import rename_at_server, setup_account_routes
 from handoffd.control.context import ControlContext, context_of
 from handoffd.control.device_routes import setup_device_routes
 from handoffd.control.openapi import openapi_document
@@ -27,6 +28,8 @@ async def patch_settings(request: web.Request) -> web.Response:
     ctx = context_of(request)
     body = await read_json(request)
     updated = await ctx.settings.update(body)
+    if "device_name" in body:
+        await rename_at_server(ctx, updated.device_name)
     ctx.events.publish({"type": "settings.changed", "changed": sorted(body)})
     return json_response(updated.to_json())
 
@@ -73,6 +76,7 @@ async def get_openapi(request: web.Request) -> web.Response:
 def setup_core_routes(app: web.Application, ctx: ControlContext) -> None:
     """The core routes (device and session groups, settings, events, OpenAPI)."""
     setup_device_routes(app, ctx)
+    setup_account_routes(app, ctx)
     setup_session_routes(app, ctx)
     r = app.router
     r.add_get("/v1/settings", get_settings)

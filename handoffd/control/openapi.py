@@ -66,6 +66,7 @@ SCHEMAS: dict[str, Any] = {
             "device_name": _STR,
             "paired": _BOOL,
             "account_id": {"type": ["string", "null"]},
+            "account_name": {"type": ["string", "null"]},
             "server_url": {"type": ["string", "null"]},
             "server_reachable": {"type": ["boolean", "null"]},
             "handoff_enabled": _BOOL,

@@ -68,6 +68,7 @@ def status_json(ctx: ControlContext) -> dict[str, Any]:
         "device_name": ctx.settings.current.device_name,
         "paired": device.paired,
         "account_id": device.account_id,
+        "account_name": None if device.server is None else device.server.account_name,
         "server_url": None if device.server is None else device.server.url,
         "server_reachable": device.server_reachable,
         "handoff_enabled": ctx.settings.current.handoff_enabled,

@@ -91,6 +91,12 @@ class Outgoing:
     ) -> HandoffRecord:
         """Validate, record (``pending``) and start a handoff of ``session_id`` to ``target``."""
         self.local.identity()  # not paired: a conflict
+        if self.local.device.revoked:
+            raise ConflictError(
+                "this device was revoked: it can no longer hand off; run `handoff unpair`, "
+                "then pair it again",
+                code="device-self-revoked",
+            )
         session = await self.store.run(self.store.get_session, session_id)
         if session is None:
             raise NotFoundError("no such session", code="session-not-found")

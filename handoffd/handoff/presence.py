@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -22,7 +23,7 @@ from handoffd.handoff.local import LocalDevice
 from handoffd.handoff.refusals import RefusalLog
 from handoffd.handoff.timings import Clock, Timings
 from handoffd.peering import ServerPath
-from handoffd.serverlink import ServerClient
+from handoffd.serverlink import DeviceRecord, ServerClient
 from handoffd.store import Store
 from handoffd.transport.base import LocalIdentity
 from handoffd.transport.relay import RelayChannel
@@ -204,11 +205,26 @@ class Presence:
         except (HandoffError, TimeoutError) as exc:
             logger.info("device list not refreshed: %s", getattr(exc, "code", "timeout"))
             return
+        records = await self._push_name(records)
         try:
             rows = cache_records(records, self.clock.wall())
             await self.store.run(self.store.replace_devices, rows)
         except StoreError as exc:  # a full disk: the cache stays as it was, discovery goes on
             logger.warning("device list not stored error=%s", exc.code)
+
+    async def _push_name(self, records: list[DeviceRecord]) -> list[DeviceRecord]:
+        """Rename this device at the server if the server still lists an older name."""
+        name = self.settings.current.device_name
+        me = self.device.device_id
+        if all(r.name == name for r in records if r.device_id == me):
+            return records
+        try:
+            async with asyncio.timeout(5.0):
+                await self.device.rename(name)
+        except (HandoffError, TimeoutError) as exc:
+            logger.info("name not sent to the server: %s", getattr(exc, "code", "timeout"))
+            return records
+        return [dataclasses.replace(r, name=name) if r.device_id == me else r for r in records]
 
     async def _close_discovery(self) -> None:
         disc, self.discovery = self.discovery, None
@@ -320,7 +336,7 @@ class Presence:
                 on_request=self.on_server_request,
                 on_channel=self.on_relay_channel,
                 on_presence=self.on_presence,
-                on_refused=lambda code: self.refusals.add(code, "relay"),
+                on_refused=self._server_refused,
             )
         except HandoffError as exc:
             logger.info("no server link code=%s", exc.code)
@@ -328,6 +344,12 @@ class Presence:
         self.server, self._server_local = path, local
         await path.start()
         logger.info("server link started")
+
+    def _server_refused(self, code: str) -> None:
+        if code == "device-revoked":
+            self.device.note_revoked()  # the server says this device itself is revoked
+            return
+        self.refusals.add(code, "relay")
 
     async def stop_server_path(self) -> None:
         """Close the server link (if any); nobody is online any more."""

@@ -25,7 +25,9 @@ async def resolve_target(
         parsed = identity.parse_device_id(wanted)
     for attempt in range(2):
         devices = await store.run(store.list_devices)
-        match = [d for d in devices if d.device_id == parsed or d.name == wanted]
+        exact = [d for d in devices if d.device_id == parsed or d.name == wanted]
+        # Names match without regard to case unless one matches exactly.
+        match = exact or [d for d in devices if d.name.casefold() == wanted.casefold()]
         # A revoked device may share its name with the one that replaced it.
         match = [d for d in match if not d.revoked] or match
         if match:
@@ -37,11 +39,15 @@ async def resolve_target(
     itself = InvalidRequestError(
         "cannot hand a session to this device itself", code="target-is-self"
     )
-    if (parsed is not None and parsed == me) or (not match and wanted == my_name):
+    if (parsed is not None and parsed == me) or (
+        not match and wanted.casefold() == my_name.casefold()
+    ):
         raise itself
     if len(match) > 1:
         raise ConflictError(
-            f"several devices are named {wanted!r}: use the device id", code="target-ambiguous"
+            f"several devices are named {wanted!r} (ignoring case): use the exact name or the "
+            "device id (`handoff devices`)",
+            code="target-ambiguous",
         )
     if not match:
         if parsed is not None:

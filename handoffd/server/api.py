@@ -177,7 +177,11 @@ async def join(request: web.Request) -> web.Response:
     logger.info(
         "device joined account=%s device=%s client=%s", issued.account_id, issued.device_id, client
     )
-    return json_response(_issued_json(issued), status=201)
+    account = await asyncio.to_thread(request.app[STORE].get_account, issued.account_id)
+    body = _issued_json(issued)
+    if account is not None:
+        body["account_name"] = account.name  # shown by the device (`handoff status`)
+    return json_response(body, status=201)
 
 
 async def _join(request: web.Request) -> Issued:

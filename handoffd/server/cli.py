@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import getpass
 import json
 import logging
 import os
@@ -28,9 +27,9 @@ from pathlib import Path
 import platformdirs
 from aiohttp import web
 
-from handoffd import identity, netguard, ownership
+from handoffd import __version__, identity, logfmt, netguard, ownership
 from handoffd.errors import ConfigError, HandoffError
-from handoffd.server import listener, pairing, scaleopts, tlscert
+from handoffd.server import admin, listener, pairing, scaleopts, tlscert
 from handoffd.server.app import HUB, ServerConfig, make_app
 from handoffd.server.ice import DEFAULT_TTL, IceConfig, read_secret_file
 from handoffd.server.ratelimit import TrustedProxies
@@ -40,38 +39,8 @@ from handoffd.server.store import Store
 logger = logging.getLogger("handoffd.server")
 
 DEFAULT_LISTEN = "0.0.0.0:8443"
-_LOG_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
-
-
-class KeyValueFormatter(logging.Formatter):
-    """One line per event: ``ts=... level=... logger=... event="..." key=value ...``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        """Render the record (message words become ``event``, its ``k=v`` parts stay fields)."""
-        message = record.getMessage().replace("\n", " ")
-        words = message.split(" ")
-        split = next((i for i, w in enumerate(words) if "=" in w), len(words))
-        event, fields = " ".join(words[:split]), " ".join(words[split:])
-        ts = dt.datetime.fromtimestamp(record.created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        parts = [f"ts={ts}", f"level={record.levelname.lower()}", f"logger={record.name}"]
-        parts.append(f"event={json.dumps(event)}")
-        if fields:
-            parts.append(fields)
-        extra = {k: v for k, v in record.__dict__.items() if k not in _LOG_FIELDS}
-        parts.extend(f"{k}={json.dumps(str(v))}" for k, v in extra.items())
-        if record.exc_info:
-            parts.append(f"exc={json.dumps(self.formatException(record.exc_info))}")
-        return " ".join(parts)
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    """Structured logs on stderr."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(KeyValueFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+KeyValueFormatter = logfmt.KeyValueFormatter  # the one log format (daemon and server)
+setup_logging = logfmt.setup_logging
 
 
 def default_data_dir() -> Path:
@@ -213,33 +182,6 @@ async def serve(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- admin commands
 
 
-def _read_password(args: argparse.Namespace) -> str | None:
-    if args.no_password:
-        return None
-    if args.password_file:
-        text = Path(args.password_file).read_text(encoding="utf-8")
-        password = text.splitlines()[0] if text else ""
-    else:
-        password = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != password:
-            raise HandoffError("the passwords differ", code="password-mismatch")
-    if not password:
-        raise HandoffError("the password is empty", code="password-empty")
-    return password
-
-
-def cmd_account_create(args: argparse.Namespace) -> int:
-    """``account create NAME``: prints the account id."""
-    password = _read_password(args)
-    store = Store.open(args.data, database=args.database)
-    try:
-        account = store.create_account(args.name, password)
-    finally:
-        store.close()
-    print(account.account_id)
-    return 0
-
-
 def cmd_invite(args: argparse.Namespace) -> int:
     """``invite ACCOUNT``: QR in the terminal, code, URL, expiry."""
     store = Store.open(args.data, database=args.database)
@@ -263,10 +205,11 @@ def cmd_invite(args: argparse.Namespace) -> int:
     view = pairing.present(server_url, fingerprint, invite.secrets, invite.expires_at)
     if not args.no_qr:
         pairing.qr_terminal(view.url, sys.stdout)
-    expires = dt.datetime.fromtimestamp(view.expires_at).astimezone()
+    print(f"pair:    {view.command}")
     print(f"code:    {view.code}")
     print(f"url:     {view.url}")
-    print(f"expires: {expires.isoformat(timespec='seconds')}")
+    print(f"expires: {pairing.expiry_text(view.expires_at, time.time())}")
+    print("on the new device, run the `pair` line above, or scan the QR code")
     return 0
 
 
@@ -349,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="handoff-server", description="handoff authorization server"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"handoff-server {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", parents=[common], help="run the server")
     p.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (port 0: any free port)")
@@ -432,12 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("migrate", parents=[common], help="create or upgrade the schema, then exit")
 
-    p = sub.add_parser("account", help="manage accounts")
-    account_sub = p.add_subparsers(dest="account_command", required=True)
-    p = account_sub.add_parser("create", parents=[common], help="create an account; prints its id")
-    p.add_argument("name")
-    p.add_argument("--password-file", default=None, help="read the password from this file")
-    p.add_argument("--no-password", action="store_true", help="no web login for this account")
+    admin.add_account_commands(sub, common)
 
     p = sub.add_parser("invite", parents=[common], help="make a pairing invite")
     p.add_argument("account", help="account name or id")
@@ -465,7 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return asyncio.run(serve(args))
         if args.command == "account":
-            return cmd_account_create(args)
+            result: int = args.func(args)
+            return result
         commands = {
             "invite": cmd_invite,
             "devices": cmd_devices,

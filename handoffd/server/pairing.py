@@ -23,10 +23,12 @@ from handoffd.wire.invite import (
     Invite,
     check_fingerprint,
     check_server_url,
+    expiry_text,
     format_code,
     invite_url,
     is_token,
     normalize_code,
+    pair_command,
     parse_invite,
 )
 from handoffd.wire.qr import qr_svg, qr_terminal
@@ -44,11 +46,13 @@ __all__ = [
     "RateLimiter",
     "check_fingerprint",
     "check_server_url",
+    "expiry_text",
     "format_code",
     "invite_url",
     "is_token",
     "new_secrets",
     "normalize_code",
+    "pair_command",
     "parse_invite",
     "present",
     "qr_svg",
@@ -76,12 +80,14 @@ class InviteSecrets:
 
 @dataclass(frozen=True)
 class InviteView:
-    """What a user is shown for an invite: URL (for the QR), short code, expiry, QR as SVG."""
+    """What a user is shown for an invite: URL (for the QR), short code, expiry, QR as SVG,
+    and the whole command to type on the new device (``handoff pair CODE-TAG@server``)."""
 
     url: str
     code: str
     expires_at: float
     qr_svg: str
+    command: str
 
 
 def new_secrets() -> InviteSecrets:
@@ -104,5 +110,9 @@ def present(
     """Everything to show for a new invite."""
     url = invite_url(server_url, invite_secrets.token, fingerprint)
     return InviteView(
-        url=url, code=format_code(invite_secrets.code), expires_at=expires_at, qr_svg=qr_svg(url)
+        url=url,
+        code=format_code(invite_secrets.code),
+        expires_at=expires_at,
+        qr_svg=qr_svg(url),
+        command=pair_command(server_url, invite_secrets.code, fingerprint),
     )

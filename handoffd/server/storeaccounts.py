@@ -83,6 +83,23 @@ class AccountStore(StoreCore):
             if cur.rowcount != 1:
                 raise refuse("no such account", "account-unknown", 404)
 
+    def delete_account(self, account_id: str) -> int:
+        """Delete the account with its devices, certificates and invites; the number of devices.
+
+        A running server refuses the deleted devices at their next request and
+        disconnects them within its revocation poll (gone counts as revoked).
+        """
+        with self._tx() as db:
+            devices = db.execute(
+                "SELECT COUNT(*) FROM devices WHERE account_id = ?", (account_id,)
+            ).fetchone()[0]
+            for table in ("invites", "certs", "devices"):
+                db.execute(f"DELETE FROM {table} WHERE account_id = ?", (account_id,))  # noqa: S608
+            cur = db.execute("DELETE FROM accounts WHERE id = ?", (account_id,))
+            if cur.rowcount != 1:
+                raise refuse("no such account", "account-unknown", 404)
+        return int(devices)
+
     def login_record(self, name: str) -> tuple[str, str | None] | None:
         """(account id, password hash or None) for the account ``name``, if any (no hashing here)."""
         with self._read() as db:

@@ -22,6 +22,7 @@ import yarl
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from handoffd.errors import HandoffError, ServerError
+from handoffd.serverlink import reach
 from handoffd.wire import auth
 from handoffd.wire.invite import check_fingerprint, check_server_url
 from handoffd.wire.messages import bad_response
@@ -116,9 +117,7 @@ class ServerHttp:
         except aiohttp.ServerFingerprintMismatch:
             raise fingerprint_mismatch() from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise ServerError(
-                f"cannot reach {self.url}: {type(exc).__name__}", code="server-unreachable"
-            ) from exc
+            raise reach.unreachable(self.url, exc) from exc
         if raw:
             return payload
         try:

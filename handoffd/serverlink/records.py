@@ -43,6 +43,7 @@ class JoinResult:
     device_cert: x509.Certificate
     account_ca: x509.Certificate
     crl: x509.CertificateRevocationList
+    account_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,14 @@ def check_join(result: Any, key: Ed25519PrivateKey, *, now: dt.datetime) -> Join
         account_id
     ):
         raise bad_response("join result (ids)")
+    name = result.get("account_name")
     return JoinResult(
-        device_id=peer.device_id, account_id=account_id, device_cert=cert, account_ca=ca, crl=crl
+        device_id=peer.device_id,
+        account_id=account_id,
+        device_cert=cert,
+        account_ca=ca,
+        crl=crl,
+        account_name=name if isinstance(name, str) and 0 < len(name) <= 128 else None,
     )
 
 

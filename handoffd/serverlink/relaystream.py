@@ -14,6 +14,7 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from handoffd.errors import ServerError
+from handoffd.serverlink import reach
 from handoffd.serverlink.http import ServerHttp, fingerprint_mismatch
 from handoffd.wire import auth
 from handoffd.wire.messages import RelayTicket, bad_response, json_message, server_error
@@ -138,9 +139,7 @@ async def join_relay(
         code = "rate-limited" if exc.status == 429 else "server-ws-refused"
         raise ServerError(f"relay refused with HTTP {exc.status}", code=code) from None
     except (aiohttp.ClientError, OSError) as exc:
-        raise ServerError(
-            f"cannot reach {http.url}: {type(exc).__name__}", code="server-unreachable"
-        ) from exc
+        raise reach.unreachable(http.url, exc) from exc
     except TimeoutError:
         raise ServerError("relay connect timed out", code="server-unreachable") from None
     stream = RelayStream(ws, ticket)

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from handoffd import backoff, identity
 from handoffd.errors import ServerError
+from handoffd.serverlink import reach
 from handoffd.serverlink.http import ServerHttp, fingerprint_mismatch
 from handoffd.wire import auth
 from handoffd.wire.messages import (
@@ -209,9 +210,7 @@ class ServerLink:
                 self.last_error = exc
                 logger.info("server link lost code=%s", exc.code)
             except (aiohttp.ClientError, ConnectionError, TimeoutError, OSError) as exc:
-                self.last_error = ServerError(
-                    f"server connection failed: {type(exc).__name__}", code="server-unreachable"
-                )
+                self.last_error = reach.unreachable(self._http.url, exc)
                 logger.info("server link lost error=%s", type(exc).__name__)
             finally:
                 self._ws = None

@@ -8,12 +8,24 @@ Pure. An invite has two secrets, either of which lets one device join once:
   ``LLLL-SSSS-SSSS``: the first group (20 bits) locates the invite, the other
   two (40 bits) are the secret.
 
+A **pairing code** is the short code with a fourth group, the **pin tag**
+(20 bits of ``HMAC-SHA256(key=secret, "handoff-pin-v1:" + fingerprint)``), and
+the server after an ``@``: ``LLLL-SSSS-SSSS-TTTT@host:8443``. It is one word
+a person can type, and it pins the server's self-signed certificate without
+its 64-hex fingerprint: the device reads the certificate's fingerprint, and
+sends the code only if the tag matches it (docs/security.md, "Pairing codes").
+A bare ``host[:port]`` after the ``@`` means https; ``http://`` must be
+written out.
+
 The server makes invites (``handoffd.server.pairing``); a device parses them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
+import time
 import urllib.parse
 from dataclasses import dataclass
 
@@ -25,20 +37,27 @@ __all__ = [
     "LOCATOR_LEN",
     "MAX_INVITE_TEXT",
     "SECRET_LEN",
+    "TAG_LEN",
     "Invite",
     "check_fingerprint",
     "check_server_url",
+    "expiry_text",
     "format_code",
     "invite_url",
     "is_token",
     "normalize_code",
+    "pair_command",
+    "pairing_code",
     "parse_invite",
+    "pin_tag",
+    "short_server",
 ]
 
 CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford: no I, L, O, U
 LOCATOR_LEN = 4
 SECRET_LEN = 8
 CODE_LEN = LOCATOR_LEN + SECRET_LEN
+TAG_LEN = 4
 MAX_INVITE_TEXT = 2048
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{22,128}")
 _FP_RE = re.compile(r"sha256:[0-9a-f]{64}")
@@ -58,6 +77,8 @@ class Invite:
     token: str | None
     code: str | None
     fingerprint: str | None
+    tag: str | None = None
+    """The pin tag of a pairing code: the fingerprint is learnt from the server and checked."""
 
 
 def format_code(code: str) -> str:
@@ -69,8 +90,65 @@ def normalize_code(text: str) -> str:
     """Canonical code from what a human typed (case, dashes, spaces, O/I/L); raise if invalid."""
     cleaned = text.strip().upper().replace("-", "").replace(" ", "").translate(_CONFUSABLE)
     if len(cleaned) != CODE_LEN or not set(cleaned) <= set(CODE_ALPHABET):
-        raise _malformed(f"not an invite code: expected {CODE_LEN} characters like K7QF-2M9X-HT4P")
+        raise _malformed(
+            "not an invite code: expected a code like K7QF-2M9X-HT4P-9Q2C@example.org:8443 "
+            "or a handoff://pair link"
+        )
     return cleaned
+
+
+def pin_tag(code: str, fingerprint: str) -> str:
+    """The 4-character tag binding the code's secret to ``fingerprint`` (``sha256:<hex>``)."""
+    secret = normalize_code(code)[LOCATOR_LEN:].encode("ascii")
+    mac = hmac.new(secret, b"handoff-pin-v1:" + fingerprint.encode("ascii"), hashlib.sha256)
+    bits = int.from_bytes(mac.digest()[:3], "big") >> 4  # the first 20 bits
+    return "".join(CODE_ALPHABET[(bits >> shift) & 31] for shift in (15, 10, 5, 0))
+
+
+def short_server(server_url: str) -> str:
+    """The server as written after ``@`` in a pairing code: ``host[:port]`` for https, else the URL."""
+    url = check_server_url(server_url)
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https" and parts.path in ("", "/"):
+        return parts.netloc
+    return url
+
+
+def pairing_code(server_url: str, code: str, fingerprint: str | None) -> str:
+    """``LLLL-SSSS-SSSS-TTTT@host:port`` (no tag without a fingerprint to pin)."""
+    shown = normalize_code(code) + (pin_tag(code, fingerprint) if fingerprint else "")
+    return f"{format_code(shown)}@{short_server(server_url)}"
+
+
+def pair_command(server_url: str, code: str, fingerprint: str | None) -> str:
+    """The whole command to type on the new device."""
+    return f"handoff pair {pairing_code(server_url, code, fingerprint)}"
+
+
+def _split_code(text: str) -> tuple[str, str | None]:
+    """(canonical 12-character code, pin tag or None) from what a human typed."""
+    cleaned = text.strip().upper().replace("-", "").replace(" ", "").translate(_CONFUSABLE)
+    if len(cleaned) == CODE_LEN + TAG_LEN and set(cleaned) <= set(CODE_ALPHABET):
+        return cleaned[:CODE_LEN], cleaned[CODE_LEN:]
+    return normalize_code(text), None
+
+
+def _server_from_code(text: str) -> str:
+    """The server URL written after ``@`` (https unless the scheme is given)."""
+    text = text.strip()
+    if not text:
+        raise _malformed("nothing after '@': expected the server, like CODE@example.org:8443")
+    if "://" not in text:
+        text = "https://" + text
+    return check_server_url(text)
+
+
+def expiry_text(expires_at: float, now: float) -> str:
+    """How every ``handoff``/``handoff-server`` output writes an invite's expiry (local time):
+    ``in 10 min (at 14:05), single use``."""
+    minutes = max(0, round((expires_at - now) / 60))
+    at = time.strftime("%H:%M", time.localtime(expires_at))
+    return f"in {minutes} min (at {at}), single use"
 
 
 def is_token(text: str) -> bool:
@@ -113,22 +191,39 @@ def invite_url(server_url: str, token: str, fingerprint: str | None) -> str:
 def parse_invite(
     text: str, server_url: str | None = None, fingerprint: str | None = None
 ) -> Invite:
-    """Parse an invite URL, or a short code with ``server_url`` (and the pin, if https).
+    """Parse an invite URL, a pairing code (``CODE@server``), or a code with ``server_url``.
 
-    Raises HandoffError(code="invite-malformed") for anything else.
+    Raises HandoffError(code="invite-malformed") for anything else, saying what
+    the text looks like (a web address, not a code, a code without its server).
     """
     text = text.strip()
     if not text or len(text) > MAX_INVITE_TEXT:
         raise _malformed("invite is empty or too long")
-    if text.lower().startswith("handoff:"):
+    lowered = text.lower()
+    if lowered.startswith("handoff:"):
         return _parse_url(text)
+    if lowered.startswith(("https:", "http:")):
+        raise _malformed(
+            "that is a web address, not an invite: use the code the server shows "
+            "(like K7QF-2M9X-HT4P-9Q2C@example.org:8443) or its handoff://pair link; "
+            "make one with `handoff invite` on a paired device or `handoff-server invite ACCOUNT`"
+        )
+    code_text, at, server_text = text.partition("@")
+    code, tag = _split_code(code_text)
+    if at:
+        server_url = _server_from_code(server_text)
     if server_url is None:
-        raise _malformed("a short code needs the server URL")
+        raise _malformed(
+            "this code does not say which server to join: type it whole, as shown "
+            "(CODE@server), or add --server URL"
+        )
+    url = check_server_url(server_url)
     return Invite(
-        server_url=check_server_url(server_url),
+        server_url=url,
         token=None,
-        code=normalize_code(text),
+        code=code,
         fingerprint=check_fingerprint(fingerprint) if fingerprint else None,
+        tag=tag if url.startswith("https:") else None,
     )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,15 +13,13 @@ import pytest
 
 from handoffd import cli
 from handoffd.console import clean, table
+from tests.cli import run
 from tests.daemon.helpers import DaemonProcess
 from tests.server.helpers import ServerProcess, cli_invite, create_account
 
 
 def handoff(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "handoffd.cli", "--home", str(home), *args],
-        capture_output=True, text=True, timeout=60, input=stdin, check=False,
-    )  # fmt: skip
+    return run.handoff(home, *args, stdin=stdin)
 
 
 def test_not_running_is_one_clear_line(short_dir: Path) -> None:
@@ -89,14 +86,14 @@ def test_pair_invite_devices_revoke(
     listing = handoff(a.home, "devices")
     assert "laptop (this device)" in listing.stdout
     assert "desk" in listing.stdout
-    rows = json.loads(handoff(a.home, "devices", "--json").stdout)
+    rows = json.loads(handoff(a.home, "devices", "--json").stdout)["devices"]
     assert {r["name"] for r in rows} == {"laptop", "desk"}
     unknown = handoff(a.home, "revoke", "nosuch")
     assert unknown.returncode == 1
     assert "no device" in unknown.stderr
-    revoked = handoff(a.home, "revoke", "desk")
+    revoked = handoff(a.home, "revoke", "desk", "--yes")
     assert revoked.returncode == 0, revoked.stderr
-    rows = json.loads(handoff(a.home, "devices", "--json").stdout)
+    rows = json.loads(handoff(a.home, "devices", "--json").stdout)["devices"]
     assert [r["revoked"] for r in rows if r["name"] == "desk"] == [True]
 
 
@@ -121,7 +118,7 @@ def test_errors_settings_and_empty_listings(daemons: Callable[..., DaemonProcess
     assert "no device 'nosuch'" in _one_error_line(handoff(d.home, "revoke", "nosuch"))
     assert "no invite on stdin" in _one_error_line(handoff(d.home, "pair", "-", stdin=""))
     no_server = _one_error_line(handoff(d.home, "pair", "-", stdin="K7QF-2M9X-HT4P\n"))
-    assert "needs the server URL" in no_server
+    assert "does not say which server" in no_server
 
     # Values take the type of the setting; the daemon validates the rest.
     assert handoff(d.home, "settings", "inbox_ttl", "3600").returncode == 0
@@ -148,7 +145,7 @@ def test_errors_settings_and_empty_listings(daemons: Callable[..., DaemonProcess
 def test_home_from_the_environment(daemons: Callable[..., DaemonProcess]) -> None:
     d = daemons("a").start()
     done = subprocess.run(
-        [sys.executable, "-m", "handoffd.cli", "status", "--json"],
+        [run.HANDOFF, "status", "--json"],
         capture_output=True, text=True, timeout=60, check=False,
         env={**os.environ, "HANDOFF_HOME": str(d.home)},
     )  # fmt: skip

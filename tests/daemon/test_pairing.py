@@ -60,6 +60,7 @@ async def test_two_daemons_pair_list_revoke(server: ServerProcess, daemons: Fact
     assert json.loads(p.server_json.read_text()) == {
         "url": server.url,
         "fingerprint": server.fingerprint,
+        "account_name": "ana",  # shown by `handoff status`
     }
 
     # B publishes a session, crashes and comes back: identity and session survive.

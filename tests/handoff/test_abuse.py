@@ -64,7 +64,7 @@ async def _wait_in(client: Any, handoff_id: str, states: set[str], within: float
 
 def _b_port(pair: Pair) -> int:
     """b's LAN signaling port (ephemeral), from its log."""
-    ports = re.findall(r"signaling listener started signaling_port=(\d+)", pair.b.log.read_text())
+    ports = re.findall(r'signaling listener started" signaling_port=(\d+)', pair.b.log.read_text())
     assert ports, "b logged no signaling port"
     return int(ports[-1])
 

@@ -658,7 +658,7 @@ async def test_target_home_on_a_full_disk_ends_clearly_stays_up_and_recovers(
         lines = [x for x in log.splitlines() if "receive failed on" in x or "not recorded" in x]
         print("home full: target log:", *lines, sep="\n  ")
         assert any("receive failed on" in x for x in lines), log
-        assert " exc=Traceback" not in log, log
+        assert ' exc="Traceback' not in log, log
 
         # Space freed: a new handoff of the same session goes through.
         filler.unlink()
@@ -684,7 +684,7 @@ async def test_target_home_on_a_full_disk_ends_clearly_stays_up_and_recovers(
             assert after[key] == before[key], (key, before, after)
         assert [(e.id, e.state) for e in await t.inbox()] == inbox
         assert {h.id: h.state for h in await t.handoffs()} == handoffs
-    assert " exc=Traceback" not in stick.daemon.log_text()
+    assert ' exc="Traceback' not in stick.daemon.log_text()
 
 
 # ---------------------------------------------------------------- 6. load

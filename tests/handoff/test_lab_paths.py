@@ -159,4 +159,4 @@ async def test_relay_when_udp_is_blocked_then_direct_mid_transfer(world: World) 
         resent_bound = size - first["bytes_done"] + 2 * DEFAULT_WINDOW
         assert 0 < done["wire"]["data_bytes_sent"] <= resent_bound, (done, first)
     log = world.a.log.read_text()
-    assert "transfer moves to a better path path=direct" in log
+    assert 'event="transfer moves to a better path" path=direct' in log

@@ -44,7 +44,7 @@ def pair() -> Iterator[Pair]:
 
 def _signaling_port(log: Path) -> int:
     ports = re.findall(
-        r"signaling listener started signaling_port=(\d+)", log.read_text(errors="replace")
+        r'signaling listener started" signaling_port=(\d+)', log.read_text(errors="replace")
     )
     assert ports, "the daemon logged no signaling port"
     return int(ports[-1])

@@ -238,8 +238,8 @@ async def test_add_device_shows_qr_code_and_command(site: tuple[Client, Store]) 
     assert "<?xml" not in page
     code = re.search(r'class="code">([0-9A-Z]{4}(?:-[0-9A-Z]{4})+)<', page)
     assert code is not None
-    assert f"handoff pair {code.group(1)} --server http://" in page
-    assert "in 5 minutes" in page
+    assert f"handoff pair {code.group(1)}@http://" in page  # the whole command, as printed
+    assert "in 5 min (at " in page  # the expiry as every other place writes it
 
 
 @pytest.mark.asyncio

@@ -16,6 +16,7 @@ SHARED: tuple[str, ...] = (
     "handoffd.identity",
     "handoffd.envelope",
     "handoffd.text",
+    "handoffd.logfmt",
     "handoffd.ownership",
     "handoffd.netguard",
     "handoffd.wire",
