@@ -146,8 +146,8 @@ def test_pages_at_desktop_and_phone_widths(server: ServerProcess, tmp_path: Path
                 _fully_in_view(page, ".code")  # the code, without scrolling
                 _no_horizontal_scroll(page)
                 command = page.inner_text("pre.command")
-                assert command.startswith(f"handoff pair {page.inner_text('.code')} --server ")
-                assert f"--fingerprint {server.fingerprint}" in command
+                assert command.startswith(f"handoff pair {page.inner_text('.code')}-")
+                assert "@127.0.0.1:" in command  # the pin tag and the server: one word to type
                 page.screenshot(path=str(shots / f"add-device-{label}.png"), full_page=True)
 
                 page.goto(f"{base}/account")

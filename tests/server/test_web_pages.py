@@ -4,6 +4,7 @@ static files."""
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
@@ -66,15 +67,16 @@ async def test_add_device_command_is_complete_and_in_one_template(
     assert code is not None
     command = re.search(r'<pre class="command"><code>([^<]+)</code></pre>', page)
     assert command is not None
-    server = f"http://{client.host}:{client.port}"
-    assert command.group(1) == f"handoff pair {code.group(1)} --server {server}"
+    # The code (a pin tag only with a TLS fingerprint) and the server: one word to type.
+    pattern = rf"handoff pair {code.group(1)}(?:-[0-9A-Z]{{4}})?@http://{client.host}:{client.port}"
+    assert re.fullmatch(pattern, command.group(1)), command.group(1)
     # The code comes before the QR code (visible first on a phone).
     assert page.index('class="code"') < page.index("<svg")
     env = make_environment()
     text = env.get_template("pair_command.html").render(
-        code="ABCD-EFGH", server="https://h:8443", fingerprint="sha256:ab"
+        view=SimpleNamespace(command="handoff pair ABCD-EFGH-JKLM-NPQR@h:8443")
     )
-    assert "handoff pair ABCD-EFGH --server https://h:8443 --fingerprint sha256:ab" in text
+    assert "<code>handoff pair ABCD-EFGH-JKLM-NPQR@h:8443</code>" in text
 
 
 @pytest.mark.asyncio
