@@ -23,6 +23,14 @@ from typing import Any
 import aiohttp
 
 from handoffd.config import Settings
+from handoffd.control.answers import (
+    AppList,
+    DeviceList,
+    HandoffList,
+    InboxList,
+    RevokedDevice,
+    SessionList,
+)
 from handoffd.control.client_results import (
     App,
     Device,
@@ -32,13 +40,9 @@ from handoffd.control.client_results import (
     Invite,
     Peer,
     Session,
+    SessionItem,
     Status,
-    device_from_json,
-    handoff_from_json,
-    inbox_entry_from_json,
     items_json,
-    session_from_json,
-    status_from_json,
 )
 from handoffd.control.client_transport import (
     MAX_EVENT_LINE,
@@ -62,6 +66,7 @@ __all__ = [
     "Item",
     "Peer",
     "Session",
+    "SessionItem",
     "Settings",
     "Status",
 ]
@@ -74,12 +79,11 @@ class HandoffClient(ControlTransport):
 
     async def status(self) -> Status:
         """Device id and name, account, paired?, server reachable?, handoff enabled?, version."""
-        return status_from_json(await self.request("GET", "/v1/status"))
+        return await self.request_as(Status, "GET", "/v1/status")
 
     async def devices(self) -> list[Device]:
         """The account's devices (from the server when reachable, else the local cache)."""
-        result = await self.request("GET", "/v1/devices")
-        return [device_from_json(d) for d in result["devices"]]
+        return list((await self.request_as(DeviceList, "GET", "/v1/devices")).devices)
 
     async def pair(
         self,
@@ -97,18 +101,15 @@ class HandoffClient(ControlTransport):
             body["fingerprint"] = fingerprint
         if name is not None:
             body["name"] = name
-        return status_from_json(await self.request("POST", "/v1/pair", body))
+        return await self.request_as(Status, "POST", "/v1/pair", body)
 
     async def create_invite(self) -> Invite:
         """A new single-use invite to this device's account (URL, code, expiry, QR as SVG)."""
-        d = await self.request("POST", "/v1/invites", {})
-        return Invite(url=d["url"], code=d["code"], expires_at=d["expires_at"], qr_svg=d["qr_svg"])
+        return await self.request_as(Invite, "POST", "/v1/invites", {})
 
     async def revoke(self, device_id: str) -> Device:
         """Revoke a device of the account through the server; the device as now known."""
-        return device_from_json(
-            (await self.request("DELETE", f"/v1/devices/{device_id}"))["device"]
-        )
+        return (await self.request_as(RevokedDevice, "DELETE", f"/v1/devices/{device_id}")).device
 
     # ------------------------------------------------------------ sessions
 
@@ -127,17 +128,17 @@ class HandoffClient(ControlTransport):
             "context": dict(context or {}),
             "items": items_json(items),
         }
-        return session_from_json(await self.request("POST", "/v1/sessions", body))
+        return await self.request_as(Session, "POST", "/v1/sessions", body)
 
     async def sessions(self, *, include_withdrawn: bool = False) -> list[Session]:
         """Published sessions (items without their content)."""
         params = {"state": "all"} if include_withdrawn else None
-        result = await self.request("GET", "/v1/sessions", params=params)
-        return [session_from_json(s) for s in result["sessions"]]
+        result = await self.request_as(SessionList, "GET", "/v1/sessions", params=params)
+        return list(result.sessions)
 
     async def session(self, session_id: str) -> Session:
         """One session with its items' text and data."""
-        return session_from_json(await self.request("GET", f"/v1/sessions/{session_id}"))
+        return await self.request_as(Session, "GET", f"/v1/sessions/{session_id}")
 
     async def update_session(
         self,
@@ -155,23 +156,22 @@ class HandoffClient(ControlTransport):
             body["context"] = dict(context)
         if items is not None:
             body["items"] = items_json(items)
-        return session_from_json(await self.request("PUT", f"/v1/sessions/{session_id}", body))
+        return await self.request_as(Session, "PUT", f"/v1/sessions/{session_id}", body)
 
     async def withdraw(self, session_id: str) -> Session:
         """Withdraw a session: it can no longer be handed off; its stored content is dropped."""
-        return session_from_json(await self.request("DELETE", f"/v1/sessions/{session_id}"))
+        return await self.request_as(Session, "DELETE", f"/v1/sessions/{session_id}")
 
     # ------------------------------------------------------------ apps and settings
 
     async def register_app(self, app_id: str, launch: Sequence[str]) -> App:
         """Register (or replace) the argv that launches ``app_id`` to resume a session."""
-        d = await self.request("POST", "/v1/apps", {"app_id": app_id, "launch": list(launch)})
-        return App(app_id=d["app_id"], launch=tuple(d["launch"]))
+        body = {"app_id": app_id, "launch": list(launch)}
+        return await self.request_as(App, "POST", "/v1/apps", body)
 
     async def apps(self) -> list[App]:
         """Registered apps."""
-        result = await self.request("GET", "/v1/apps")
-        return [App(app_id=a["app_id"], launch=tuple(a["launch"])) for a in result["apps"]]
+        return list((await self.request_as(AppList, "GET", "/v1/apps")).apps)
 
     async def settings(self) -> Settings:
         """Current settings."""
@@ -230,34 +230,28 @@ class HandoffClient(ControlTransport):
         body: dict[str, Any] = {"session_id": session_id, "target": target}
         if types is not None:
             body["types"] = list(types)
-        return handoff_from_json(await self.request("POST", "/v1/handoffs", body))
+        return await self.request_as(Handoff, "POST", "/v1/handoffs", body)
 
     async def handoffs(self) -> list[Handoff]:
         """Handoffs in both directions, most recently updated first."""
-        result = await self.request("GET", "/v1/handoffs")
-        return [handoff_from_json(h) for h in result["handoffs"]]
+        return list((await self.request_as(HandoffList, "GET", "/v1/handoffs")).handoffs)
 
     async def handoff(self, handoff_id: str) -> Handoff:
         """One handoff."""
-        return handoff_from_json(await self.request("GET", f"/v1/handoffs/{handoff_id}"))
+        return await self.request_as(Handoff, "GET", f"/v1/handoffs/{handoff_id}")
 
     async def cancel(self, handoff_id: str) -> Handoff:
         """Cancel an outgoing handoff not yet delivered."""
-        return handoff_from_json(
-            await self.request("POST", f"/v1/handoffs/{handoff_id}/cancel", {})
-        )
+        return await self.request_as(Handoff, "POST", f"/v1/handoffs/{handoff_id}/cancel", {})
 
     async def inbox(self) -> list[InboxEntry]:
         """Sessions received from other devices."""
-        result = await self.request("GET", "/v1/inbox")
-        return [inbox_entry_from_json(e) for e in result["inbox"]]
+        return list((await self.request_as(InboxList, "GET", "/v1/inbox")).inbox)
 
     async def inbox_entry(self, handoff_id: str) -> InboxEntry:
         """One received session (its items are files under the inbox)."""
-        return inbox_entry_from_json(await self.request("GET", f"/v1/inbox/{handoff_id}"))
+        return await self.request_as(InboxEntry, "GET", f"/v1/inbox/{handoff_id}")
 
     async def confirm_resumed(self, handoff_id: str) -> InboxEntry:
         """Tell the daemon (and through it the source device) that the app resumed the session."""
-        return inbox_entry_from_json(
-            await self.request("POST", f"/v1/inbox/{handoff_id}/resumed", {})
-        )
+        return await self.request_as(InboxEntry, "POST", f"/v1/inbox/{handoff_id}/resumed", {})

@@ -6,9 +6,10 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import aiohttp
+import msgspec
 
 from handoffd.control.connector import OwnSocketConnector
 from handoffd.errors import ApiError, HandoffError
@@ -17,6 +18,7 @@ from handoffd.paths import Paths
 MAX_RESPONSE = 64 * 1024 * 1024
 MAX_EVENT_LINE = 1024 * 1024
 BASE_URL = "http://handoff"
+T = TypeVar("T")
 
 
 class DaemonNotRunning(HandoffError):  # noqa: N818 - the name is the API
@@ -90,6 +92,29 @@ class ControlTransport:
         params: Mapping[str, str] | None = None,
     ) -> Any:
         """One request; the decoded JSON answer; ApiError with the daemon's code on an error."""
+        status, payload = await self._exchange(method, path, body, params)
+        return decode_answer(status, payload)
+
+    async def request_as(
+        self,
+        model: type[T],
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        params: Mapping[str, str] | None = None,
+    ) -> T:
+        """One request; the answer decoded as ``model`` (``models``); errors as ``request``."""
+        status, payload = await self._exchange(method, path, body, params)
+        return decode_as(model, status, payload)
+
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+        params: Mapping[str, str] | None,
+    ) -> tuple[int, bytes]:
         session = self._get_session()
         data = None if body is None else json.dumps(body).encode("utf-8")
         headers = {"Content-Type": "application/json"} if data is not None else None
@@ -97,8 +122,7 @@ class ControlTransport:
             async with session.request(
                 method, path, data=data, headers=headers, params=params
             ) as resp:
-                payload = await read_bounded(resp)
-                return decode_answer(resp.status, payload)
+                return resp.status, await read_bounded(resp)
         except (aiohttp.ClientConnectorError, FileNotFoundError, ConnectionRefusedError) as exc:
             raise self._not_running(exc) from None
         except aiohttp.ServerDisconnectedError as exc:
@@ -133,3 +157,15 @@ def decode_answer(status: int, payload: bytes) -> Any:
     if result is None and payload:
         raise ApiError("the daemon sent malformed JSON", code="bad-response", status=status)
     return result
+
+
+def decode_as(model: type[T], status: int, payload: bytes) -> T:
+    """The answer as ``model``; the daemon's error (or ``bad-response``) as ApiError."""
+    if status >= 400:
+        decode_answer(status, payload)
+    try:
+        return msgspec.json.decode(payload, type=model)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ApiError(
+            f"the daemon's answer is not as documented: {exc}", code="bad-response", status=status
+        ) from None
