@@ -16,11 +16,10 @@ escape hatch for endpoints without a typed method yet.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
-
-import aiohttp
 
 from handoffd.config import Settings
 from handoffd.control.answers import (
@@ -44,13 +43,7 @@ from handoffd.control.client_results import (
     Status,
     items_json,
 )
-from handoffd.control.client_transport import (
-    MAX_EVENT_LINE,
-    ControlTransport,
-    DaemonNotRunning,
-    decode_answer,
-    read_bounded,
-)
+from handoffd.control.client_transport import ControlTransport, DaemonNotRunning
 from handoffd.errors import ApiError
 from handoffd.items import Item
 
@@ -186,29 +179,18 @@ class HandoffClient(ControlTransport):
 
     # ------------------------------------------------------------ events
 
-    async def events(self, *, heartbeats: bool = False) -> AsyncGenerator[dict[str, Any], None]:
-        """The daemon's event stream, one dict per event, until the daemon closes it."""
-        session = self._get_session()
-        try:
-            resp = await session.get(
-                "/v1/events", timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout)
-            )
-        except (aiohttp.ClientConnectorError, FileNotFoundError, ConnectionRefusedError) as exc:
-            raise self._not_running(exc) from None
-        async with resp:
-            if resp.status >= 400:
-                decode_answer(resp.status, await read_bounded(resp))
-            while True:
-                try:
-                    line = await resp.content.readuntil(b"\n")
-                except ValueError as exc:
-                    raise ApiError("event line too long", code="bad-response", status=0) from exc
-                except aiohttp.ClientPayloadError:
-                    return
-                if not line:
-                    return
-                if len(line) > MAX_EVENT_LINE:
-                    raise ApiError("event line too long", code="bad-response", status=0)
+    async def events(
+        self, *, heartbeats: bool = False, app_id: str | None = None
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """The daemon's event stream, one dict per event, until the daemon closes it.
+
+        With ``app_id`` the app counts as connected while it listens: the daemon then leaves
+        received sessions of that app to it (an ``inbox.received`` event) rather than launching
+        a second copy. The first item, once the subscription exists, is a heartbeat (shown with
+        ``heartbeats=True``): what happens after it is not missed."""
+        params = None if app_id is None else {"app_id": app_id}
+        async with contextlib.aclosing(self.stream_lines("/v1/events", params)) as lines:
+            async for line in lines:
                 try:
                     event = json.loads(line)
                 except ValueError as exc:
