@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncGenerator, Mapping, Sequence
+import time
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from typing import Any
 
 from handoffd.config import Settings
@@ -44,10 +45,17 @@ from handoffd.control.client_results import (
     items_json,
 )
 from handoffd.control.client_transport import ControlTransport, DaemonNotRunning
-from handoffd.errors import ApiError
+from handoffd.errors import ApiError, HandoffError
 from handoffd.items import Item
 
+FINAL_STATES = ("resumed", "declined", "cancelled", "failed")
+"""States a handoff never leaves."""
+END_STATES = ("delivered", *FINAL_STATES)
+"""What ``wait_handoff`` waits for by default: the session is on the target, or it never will be."""
+
 __all__ = [
+    "END_STATES",
+    "FINAL_STATES",
     "App",
     "DaemonNotRunning",
     "Device",
@@ -237,3 +245,76 @@ class HandoffClient(ControlTransport):
     async def confirm_resumed(self, handoff_id: str) -> InboxEntry:
         """Tell the daemon (and through it the source device) that the app resumed the session."""
         return await self.request_as(InboxEntry, "POST", f"/v1/inbox/{handoff_id}/resumed", {})
+
+    # ------------------------------------------------------------ waiting (no event missed)
+
+    async def wait_handoff(
+        self,
+        handoff_id: str,
+        *,
+        states: Iterable[str] = END_STATES,
+    ) -> Handoff:
+        """Wait until handoff ``handoff_id`` is in one of ``states`` (by default: delivered or
+        ended) or can change no more (resumed, declined, cancelled, failed); the handoff then.
+
+        It subscribes to the events before it reads the state, so a change that happens at
+        once is not missed: ``await client.wait_handoff((await client.send(...)).id)`` is safe.
+        It waits as long as it takes: bound it with ``asyncio.timeout``."""
+        wanted = set(states) | set(FINAL_STATES)
+        while True:
+            async with contextlib.aclosing(self.events(heartbeats=True)) as events:
+                await _subscribed(events)
+                handoff = await self.handoff(handoff_id)
+                if handoff.state in wanted:
+                    return handoff
+                async for event in events:
+                    if event.get("handoff_id") == handoff_id and event.get("type") in (
+                        "handoff.state",
+                        "handoff.resumed",
+                    ):
+                        handoff = await self.handoff(handoff_id)
+                        if handoff.state in wanted:
+                            return handoff
+            # The stream ended (this subscriber fell behind): subscribe again.
+
+    async def next_received(
+        self,
+        *,
+        app_id: str | None = None,
+        since: float | None = None,
+    ) -> InboxEntry:
+        """The next session this device receives (of ``app_id`` if given), once it is in the
+        inbox.
+
+        It subscribes before it looks, so nothing received while it waits is missed; with
+        ``since`` (a Unix time), a session already received at or after it is returned at
+        once (call ``time.time()`` before the sender starts). With ``app_id`` the app counts
+        as connected while it waits (see ``events``): the daemon does not launch it.
+        It waits as long as it takes: bound it with ``asyncio.timeout``."""
+        while True:
+            async with contextlib.aclosing(self.events(heartbeats=True, app_id=app_id)) as events:
+                started = time.time()
+                await _subscribed(events)
+                if since is not None:
+                    entries = sorted(await self.inbox(), key=lambda e: e.received_at)
+                    for entry in entries:
+                        if entry.received_at >= since and app_id in (None, entry.app_id):
+                            return entry
+                async for event in events:
+                    if event.get("type") == "handoff.received" and app_id in (
+                        None,
+                        event.get("app_id"),
+                    ):
+                        return await self.inbox_entry(str(event["handoff_id"]))
+            # The stream ended (this subscriber fell behind): look again from when it began.
+            since = started if since is None else since
+
+
+async def _subscribed(events: AsyncGenerator[dict[str, Any], None]) -> None:
+    """Wait for the stream's first heartbeat: from then on, no event is missed."""
+    try:
+        await anext(events)
+    except StopAsyncIteration:
+        raise HandoffError(
+            "the daemon closed the event stream", code="daemon-disconnected"
+        ) from None
