@@ -20,9 +20,8 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from handoffd.config import Settings
 from handoffd.control.answers import (
     AppList,
     DeviceList,
@@ -47,6 +46,9 @@ from handoffd.control.client_results import (
 from handoffd.control.client_transport import ControlTransport, DaemonNotRunning
 from handoffd.errors import ApiError, HandoffError
 from handoffd.items import Item
+
+if TYPE_CHECKING:
+    from handoffd.config import Settings
 
 FINAL_STATES = ("resumed", "declined", "cancelled", "failed")
 """States a handoff never leaves."""
@@ -176,11 +178,15 @@ class HandoffClient(ControlTransport):
 
     async def settings(self) -> Settings:
         """Current settings."""
+        from handoffd.config import Settings
+
         return Settings.from_mapping(await self.request("GET", "/v1/settings"), strict=False)
 
     async def update_settings(self, **changes: Any) -> Settings:
         """Change some settings (persisted by the daemon); the settings now in force."""
         body = {k: list(v) if isinstance(v, tuple) else v for k, v in changes.items()}
+        from handoffd.config import Settings
+
         return Settings.from_mapping(
             await self.request("PATCH", "/v1/settings", body), strict=False
         )
@@ -318,3 +324,12 @@ async def _subscribed(events: AsyncGenerator[dict[str, Any], None]) -> None:
         raise HandoffError(
             "the daemon closed the event stream", code="daemon-disconnected"
         ) from None
+
+
+def __getattr__(name: str) -> Any:
+    """``Settings`` (from ``handoffd.config``) on first use: it imports the identity code."""
+    if name == "Settings":
+        from handoffd.config import Settings
+
+        return Settings
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

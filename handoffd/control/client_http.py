@@ -16,6 +16,7 @@ from handoffd.errors import ApiError
 
 MAX_HEAD_LINE = 8 * 1024
 MAX_HEADERS = 64
+MAX_INFORMATIONAL = 4
 HOST = "handoff"
 
 
@@ -72,7 +73,16 @@ async def _line(reader: asyncio.StreamReader) -> bytes:
 
 
 async def read_head(reader: asyncio.StreamReader) -> Head:
-    """The status line and headers (``IncompleteReadError`` if the connection ends first)."""
+    """The status line and headers (``IncompleteReadError`` if the connection ends first);
+    informational answers (``100 Continue``) before it are skipped, a few at most."""
+    for _ in range(MAX_INFORMATIONAL):
+        head = await _read_one_head(reader)
+        if head.status // 100 != 1:
+            return head
+    raise bad_response("too many informational answers")
+
+
+async def _read_one_head(reader: asyncio.StreamReader) -> Head:
     parts = (await _line(reader)).split(b" ", 2)
     if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0") or not parts[1].isdigit():
         raise bad_response("the answer is not HTTP/1.1")
@@ -87,8 +97,6 @@ async def read_head(reader: asyncio.StreamReader) -> Head:
         if not sep:
             raise bad_response("a malformed header in the answer", status)
         headers[name.strip().lower()] = value.strip()
-    if status // 100 == 1:  # 100 Continue and the like: the real answer follows
-        return await read_head(reader)
     return Head(status, headers)
 
 

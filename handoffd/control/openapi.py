@@ -29,6 +29,11 @@ EXTRA = {
 }
 
 
+# Properties a component gets besides its model's fields, by component name: for the settings,
+# whose checks live with the settings (handoffd.config), not in a request model.
+EXTRA_PROPERTIES: dict[str, dict[str, Any]] = {}
+
+
 def ref(name: str) -> dict[str, str]:
     """A reference to the component ``name``."""
     return {"$ref": REF.format(name=name)}
@@ -110,6 +115,8 @@ def _schemas() -> dict[str, Any]:
     for name, schema in components.items():
         name = RENAMED.get(name, name)
         schemas[name] = _rename(schema) | {"title": name} | EXTRA.get(name, {})
+        if name in EXTRA_PROPERTIES:
+            schemas[name]["properties"] = schemas[name]["properties"] | EXTRA_PROPERTIES[name]
     return schemas
 
 

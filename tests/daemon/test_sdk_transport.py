@@ -43,7 +43,9 @@ def test_request_bytes() -> None:
 
 @pytest.mark.asyncio
 async def test_answers_by_length_chunks_and_eof() -> None:
-    reader = _reader(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\n\r\n{}rest")
+    reader = _reader(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\n\r\n{}rest"
+    )
     head = await read_head(reader)
     assert (head.status, head.headers["x-a"], head.keep_alive) == (200, "b", True)
     assert await read_body(reader, head, 100) == b"{}"
@@ -77,6 +79,7 @@ async def test_answers_by_length_chunks_and_eof() -> None:
         b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
         b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 65 + b"\r\n",
         b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"x" * 101,
+        b"HTTP/1.1 100 Continue\r\n\r\n" * 5,
     ],
 )
 async def test_malformed_or_oversized_answers_are_bad_response(raw: bytes) -> None:
