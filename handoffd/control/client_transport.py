@@ -16,8 +16,7 @@ from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-import msgspec
-
+from handoffd.control.client_decode import DaemonNotRunning, decode_answer, decode_as, not_running
 from handoffd.control.client_http import (
     iter_lines,
     read_body,
@@ -25,20 +24,23 @@ from handoffd.control.client_http import (
     request_bytes,
 )
 from handoffd.control.connector import open_own_socket
-from handoffd.errors import ApiError, HandoffError
+from handoffd.errors import HandoffError
 from handoffd.paths import Paths
+
+__all__ = [
+    "MAX_EVENT_LINE",
+    "MAX_RESPONSE",
+    "ControlTransport",
+    "DaemonNotRunning",
+    "decode_answer",
+    "decode_as",
+]
 
 MAX_RESPONSE = 64 * 1024 * 1024
 MAX_EVENT_LINE = 1024 * 1024
 T = TypeVar("T")
 
 _Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-class DaemonNotRunning(HandoffError):  # noqa: N818 - the name is the API
-    """Nothing answers on the control socket: the daemon is not running (for this home)."""
-
-    default_code = "daemon-not-running"
 
 
 class ControlTransport:
@@ -80,18 +82,8 @@ class ControlTransport:
         try:
             async with asyncio.timeout(self._timeout):
                 return await open_own_socket(self.socket_path)
-        except PermissionError:
-            raise HandoffError(
-                f"no permission to use the control socket {self.socket_path}: "
-                "it belongs to another user",
-                code="daemon-permission-denied",
-            ) from None
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise DaemonNotRunning(
-                f"handoffd is not running (nothing listens on {self.socket_path}); "
-                "start it with `handoffd` (add --home DIR if you use one) "
-                "or install the service with `handoff service install`"
-            ) from None
+        except (PermissionError, FileNotFoundError, ConnectionRefusedError) as exc:
+            raise not_running(self.socket_path, exc) from None
         except TimeoutError:
             raise self._timed_out() from None
 
@@ -200,31 +192,3 @@ def _target(path: str, params: Mapping[str, str] | None) -> str:
 
 def _json(body: Mapping[str, Any] | None) -> bytes | None:
     return None if body is None else json.dumps(body).encode("utf-8")
-
-
-def decode_answer(status: int, payload: bytes) -> Any:
-    """The decoded JSON answer; the daemon's error (or ``bad-response``) as ApiError."""
-    try:
-        result = json.loads(payload) if payload else None
-    except ValueError:
-        result = None
-    if status >= 400:
-        error = result.get("error") if isinstance(result, dict) else None
-        if isinstance(error, dict) and isinstance(error.get("code"), str):
-            raise ApiError(str(error.get("message", "")), code=error["code"], status=status)
-        raise ApiError(f"the daemon answered HTTP {status}", code="bad-response", status=status)
-    if result is None and payload:
-        raise ApiError("the daemon sent malformed JSON", code="bad-response", status=status)
-    return result
-
-
-def decode_as(model: type[T], status: int, payload: bytes) -> T:
-    """The answer as ``model``; the daemon's error (or ``bad-response``) as ApiError."""
-    if status >= 400:
-        decode_answer(status, payload)
-    try:
-        return msgspec.json.decode(payload, type=model)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise ApiError(
-            f"the daemon's answer is not as documented: {exc}", code="bad-response", status=status
-        ) from None

@@ -12,8 +12,7 @@ from handoffd.control.client_http import iter_lines, read_body, read_head, reque
 from handoffd.errors import ApiError
 
 
-@pytest.mark.parametrize("module", ["handoffd.control.client", "handoffd.control"])
-def test_sdk_import_does_not_import_aiohttp(module: str) -> None:
+def _imported(module: str) -> set[str]:
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", f"import {module}"],
         capture_output=True,
@@ -23,7 +22,20 @@ def test_sdk_import_does_not_import_aiohttp(module: str) -> None:
     )
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
     assert module in imported  # the check can see what was imported
+    return imported
+
+
+@pytest.mark.parametrize("module", ["handoffd.control.client", "handoffd.control"])
+def test_sdk_import_does_not_import_aiohttp(module: str) -> None:
+    imported = _imported(module)
     assert not {m for m in imported if m.split(".")[0] in ("aiohttp", "yarl", "multidict")}
+    assert not {m for m in imported if m.split(".")[0] == "cryptography"}
+
+
+@pytest.mark.parametrize("module", ["handoffd.control.answers", "handoffd.control.client_decode"])
+def test_models_and_decoding_do_not_import_asyncio(module: str) -> None:
+    # A synchronous client (the CLI's quick reads) can decode answers as the SDK does.
+    assert "asyncio" not in _imported(module)
 
 
 def _reader(data: bytes) -> asyncio.StreamReader:
