@@ -4,6 +4,7 @@ some). ``App`` is also the body of ``POST /v1/apps``."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any
 
 import msgspec
@@ -242,7 +243,10 @@ class HandoffList(Answer, frozen=True):
     handoffs: tuple[Handoff, ...]
 
 
-class InboxItem(Answer, frozen=True):
+# A frozen dataclass (msgspec decodes those too), as before the models: callers use
+# dataclasses.asdict on it.
+@dataclasses.dataclass(frozen=True, slots=True)
+class InboxItem:
     """A received item: a file at ``path`` inside the inbox."""
 
     type: str
@@ -251,6 +255,11 @@ class InboxItem(Answer, frozen=True):
     size: int
     sha256: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
     path: Annotated[str, Meta(description="absolute, inside inbox/<id>/")]
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The item as plain JSON values."""
+        return dataclasses.asdict(self)
 
 
 class InboxEntry(Answer, frozen=True, kw_only=True):

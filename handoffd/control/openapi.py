@@ -78,7 +78,7 @@ def _rename(node: Any) -> Any:
     return node
 
 
-MODELS: tuple[type[msgspec.Struct], ...] = (
+MODELS: tuple[type[Any], ...] = (  # msgspec structs (InboxItem: a dataclass)
     answers.Error,
     answers.Status,
     answers.Device,

@@ -4,6 +4,7 @@ SDK's waiting helpers and connected apps (``events(app_id=...)``)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import subprocess
 import sys
@@ -69,6 +70,8 @@ async def test_waits_and_a_connected_app(pair: Pair) -> None:
         assert (delivered.state, again.state) == ("delivered", "delivered")
         assert isinstance(entry, InboxEntry)
         assert isinstance(entry.items[0], InboxItem)
+        assert dataclasses.asdict(entry.items[0]) == entry.items[0].raw  # as the CLI prints it
+        assert entry.items[0].raw["name"] == "m.txt"
         assert (entry.id, entry.app_id, entry.sender.name) == (sent.id, APP, "laptop")
         event = None
         async with asyncio.timeout(60):
