@@ -146,6 +146,8 @@ def strategy_for(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
     """Values valid for ``schema`` (the keywords the control API's document uses)."""
     if "enum" in schema:
         return st.sampled_from(schema["enum"])
+    if "anyOf" in schema:
+        return st.one_of([strategy_for(alternative) for alternative in schema["anyOf"]])
     kind = schema.get("type")
     if kind is None:
         kind = "object" if "properties" in schema or "oneOf" in schema else None

@@ -20,7 +20,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from handoffd.control.client import HandoffClient, Item
 from handoffd.errors import HandoffError
@@ -77,22 +76,20 @@ async def resume(home: str | None, handoff_id: str | None) -> int:
         print("notes: no handoff to resume (HANDOFF_ID is not set)", file=sys.stderr)
         return 2
     async with HandoffClient(home=home) as client:
-        entry: dict[str, Any] = await client.request("GET", f"/v1/inbox/{handoff_id}")
-        context = entry.get("context", {})
-        items = entry.get("items", [])
-        messages = [i for i in items if i.get("type") == "message"]
-        documents = [i for i in items if i.get("type") == "document"]
-        origin = entry.get("from", {}).get("name", "another device")
-        print(f"notes: resumed {_clean(str(entry.get('title')))!r} from {_clean(str(origin))}")
-        print(f"notes: context {_clean(json.dumps(context, sort_keys=True))}")
+        entry = await client.inbox_entry(handoff_id)
+        messages = [i for i in entry.items if i.type == "message"]
+        documents = [i for i in entry.items if i.type == "document"]
+        origin = entry.sender.name or "another device"
+        print(f"notes: resumed {_clean(entry.title)!r} from {_clean(origin)}")
+        print(f"notes: context {_clean(json.dumps(entry.context, sort_keys=True))}")
         print(f"notes: {len(messages)} message(s), {len(documents)} document(s)")
         if messages:
-            last = await asyncio.to_thread(Path(messages[-1]["path"]).read_text, "utf-8")
+            last = await asyncio.to_thread(Path(messages[-1].path).read_text, "utf-8")
             print(f"notes: last message: {_clean(last)}")
         for doc in documents:
-            digest = await asyncio.to_thread(_sha256, Path(doc["path"]))
-            print(f"notes: document {_clean(doc['name'])} {doc['size']} bytes sha256={digest}")
-        await client.request("POST", f"/v1/inbox/{handoff_id}/resumed", {})
+            digest = await asyncio.to_thread(_sha256, Path(doc.path))
+            print(f"notes: document {_clean(doc.name)} {doc.size} bytes sha256={digest}")
+        await client.confirm_resumed(handoff_id)
     print("notes: confirmed; the source device has been told")
     return 0
 

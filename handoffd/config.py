@@ -22,12 +22,13 @@ from typing import Any
 
 from handoffd.errors import ConfigError
 from handoffd.identity import write_private_file
+from handoffd.names import APP_ID_RE as APP_ID_RE  # re-exported: older importers
+from handoffd.names import KNOWN_TYPES as KNOWN_TYPES
+from handoffd.names import TYPE_RE as TYPE_RE
+from handoffd.names import is_type_word as is_type_word
 from handoffd.text import name_problem
 
 ALL_TYPES = "*"
-KNOWN_TYPES = ("message", "document", "clipboard", "url")
-TYPE_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
-APP_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_DEVICE_NAME = 64
 MAX_UNICAST_PEERS = 32
 MAX_TTL = 365 * 24 * 3600
@@ -178,11 +179,6 @@ def parse_host_port(text: str, name: str = "address") -> tuple[str, int]:
     if not 1 <= int(port) <= 65535:
         raise _bad(name, f"{text!r:.80}: port out of range")
     return host.strip("[]"), int(port)
-
-
-def is_type_word(word: str) -> bool:
-    """True for a valid item type: a known one or an app-defined ``[a-z][a-z0-9_-]{0,31}``."""
-    return TYPE_RE.fullmatch(word) is not None
 
 
 def _check_count(value: Any, name: str) -> int:

@@ -1,10 +1,18 @@
-"""Request bodies: strict, bounded JSON parsing and the field checkers the request schemas build on."""
+"""Request bodies: strict, bounded JSON parsing, the field checkers, and ``request_fields``, which
+checks a body against a request model (``models``: msgspec structs whose fields carry their
+checkers as ``Annotated[..., Check(fn)]``)."""
 
 from __future__ import annotations
 
+import functools
 import json
+import types
+import typing
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from handoffd.control.limits import MAX_BODY, MAX_JSON_DEPTH
 from handoffd.errors import ApiError
@@ -126,3 +134,58 @@ def boolean(value: Any, where: str) -> bool:
 def any_value(value: Any, where: str) -> Any:
     """Anything (checked later by its consumer)."""
     return value
+
+
+# ---------------------------------------------------------------- request models
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """A request model field's checker, as ``Annotated`` metadata: ``(value, where) -> value``.
+
+    A field without one is checked by its type: ``str`` by the lengths of its ``msgspec.Meta``
+    (``string``), ``bool`` by ``boolean``.
+    """
+
+    fn: Checker
+
+
+def request_fields(model: type[msgspec.Struct], obj: Any, what: str) -> dict[str, Any]:
+    """Check ``obj`` against ``model``'s fields (see ``fields``); the checked values by name."""
+    required, optional = model_checkers(model)
+    return fields(obj, what, required, optional)
+
+
+@functools.cache
+def model_checkers(model: type[msgspec.Struct]) -> tuple[dict[str, Checker], dict[str, Checker]]:
+    """The checkers of ``model``'s required and optional fields, by JSON name."""
+    hints = typing.get_type_hints(model, include_extras=True)
+    required: dict[str, Checker] = {}
+    optional: dict[str, Checker] = {}
+    for f in msgspec.structs.fields(model):
+        checker = _checker_of(hints[f.name], f"{model.__name__}.{f.name}")
+        (required if f.required else optional)[f.encode_name] = checker
+    return required, optional
+
+
+def _checker_of(hint: Any, name: str) -> Checker:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        kept = [a for a in typing.get_args(hint) if a not in (type(None), msgspec.UnsetType)]
+        if len(kept) != 1:
+            raise TypeError(f"{name}: a request field has one type (optional: | UnsetType)")
+        hint = kept[0]
+    base: Any = hint
+    extras: tuple[Any, ...] = ()
+    if typing.get_origin(hint) is typing.Annotated:
+        base, *rest = typing.get_args(hint)
+        extras = tuple(rest)
+    for extra in extras:
+        if isinstance(extra, Check):
+            return extra.fn
+    if base is bool:
+        return boolean
+    if base is str:
+        meta: Any = next((m for m in extras if isinstance(m, msgspec.Meta)), None)
+        if meta is not None and meta.max_length is not None:
+            return string(meta.max_length, min_len=meta.min_length or 0)
+    raise TypeError(f"{name}: a request field needs a Check or a bounded str or a bool")

@@ -16,13 +16,20 @@ escape hatch for endpoints without a typed method yet.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncGenerator, Mapping, Sequence
-from typing import Any
+import time
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
-from handoffd.config import Settings
+from handoffd.control.answers import (
+    AppList,
+    DeviceList,
+    HandoffList,
+    InboxList,
+    RevokedDevice,
+    SessionList,
+)
 from handoffd.control.client_results import (
     App,
     Device,
@@ -32,25 +39,25 @@ from handoffd.control.client_results import (
     Invite,
     Peer,
     Session,
+    SessionItem,
     Status,
-    device_from_json,
-    handoff_from_json,
-    inbox_entry_from_json,
     items_json,
-    session_from_json,
-    status_from_json,
 )
-from handoffd.control.client_transport import (
-    MAX_EVENT_LINE,
-    ControlTransport,
-    DaemonNotRunning,
-    decode_answer,
-    read_bounded,
-)
-from handoffd.errors import ApiError
+from handoffd.control.client_transport import ControlTransport, DaemonNotRunning
+from handoffd.errors import ApiError, HandoffError
 from handoffd.items import Item
 
+if TYPE_CHECKING:
+    from handoffd.config import Settings
+
+FINAL_STATES = ("resumed", "declined", "cancelled", "failed")
+"""States a handoff never leaves."""
+END_STATES = ("delivered", *FINAL_STATES)
+"""What ``wait_handoff`` waits for by default: the session is on the target, or it never will be."""
+
 __all__ = [
+    "END_STATES",
+    "FINAL_STATES",
     "App",
     "DaemonNotRunning",
     "Device",
@@ -62,6 +69,7 @@ __all__ = [
     "Item",
     "Peer",
     "Session",
+    "SessionItem",
     "Settings",
     "Status",
 ]
@@ -74,12 +82,11 @@ class HandoffClient(ControlTransport):
 
     async def status(self) -> Status:
         """Device id and name, account, paired?, server reachable?, handoff enabled?, version."""
-        return status_from_json(await self.request("GET", "/v1/status"))
+        return await self.request_as(Status, "GET", "/v1/status")
 
     async def devices(self) -> list[Device]:
         """The account's devices (from the server when reachable, else the local cache)."""
-        result = await self.request("GET", "/v1/devices")
-        return [device_from_json(d) for d in result["devices"]]
+        return list((await self.request_as(DeviceList, "GET", "/v1/devices")).devices)
 
     async def pair(
         self,
@@ -97,18 +104,15 @@ class HandoffClient(ControlTransport):
             body["fingerprint"] = fingerprint
         if name is not None:
             body["name"] = name
-        return status_from_json(await self.request("POST", "/v1/pair", body))
+        return await self.request_as(Status, "POST", "/v1/pair", body)
 
     async def create_invite(self) -> Invite:
         """A new single-use invite to this device's account (URL, code, expiry, QR as SVG)."""
-        d = await self.request("POST", "/v1/invites", {})
-        return Invite(url=d["url"], code=d["code"], expires_at=d["expires_at"], qr_svg=d["qr_svg"])
+        return await self.request_as(Invite, "POST", "/v1/invites", {})
 
     async def revoke(self, device_id: str) -> Device:
         """Revoke a device of the account through the server; the device as now known."""
-        return device_from_json(
-            (await self.request("DELETE", f"/v1/devices/{device_id}"))["device"]
-        )
+        return (await self.request_as(RevokedDevice, "DELETE", f"/v1/devices/{device_id}")).device
 
     # ------------------------------------------------------------ sessions
 
@@ -127,17 +131,17 @@ class HandoffClient(ControlTransport):
             "context": dict(context or {}),
             "items": items_json(items),
         }
-        return session_from_json(await self.request("POST", "/v1/sessions", body))
+        return await self.request_as(Session, "POST", "/v1/sessions", body)
 
     async def sessions(self, *, include_withdrawn: bool = False) -> list[Session]:
         """Published sessions (items without their content)."""
         params = {"state": "all"} if include_withdrawn else None
-        result = await self.request("GET", "/v1/sessions", params=params)
-        return [session_from_json(s) for s in result["sessions"]]
+        result = await self.request_as(SessionList, "GET", "/v1/sessions", params=params)
+        return list(result.sessions)
 
     async def session(self, session_id: str) -> Session:
         """One session with its items' text and data."""
-        return session_from_json(await self.request("GET", f"/v1/sessions/{session_id}"))
+        return await self.request_as(Session, "GET", f"/v1/sessions/{session_id}")
 
     async def update_session(
         self,
@@ -155,60 +159,52 @@ class HandoffClient(ControlTransport):
             body["context"] = dict(context)
         if items is not None:
             body["items"] = items_json(items)
-        return session_from_json(await self.request("PUT", f"/v1/sessions/{session_id}", body))
+        return await self.request_as(Session, "PUT", f"/v1/sessions/{session_id}", body)
 
     async def withdraw(self, session_id: str) -> Session:
         """Withdraw a session: it can no longer be handed off; its stored content is dropped."""
-        return session_from_json(await self.request("DELETE", f"/v1/sessions/{session_id}"))
+        return await self.request_as(Session, "DELETE", f"/v1/sessions/{session_id}")
 
     # ------------------------------------------------------------ apps and settings
 
     async def register_app(self, app_id: str, launch: Sequence[str]) -> App:
         """Register (or replace) the argv that launches ``app_id`` to resume a session."""
-        d = await self.request("POST", "/v1/apps", {"app_id": app_id, "launch": list(launch)})
-        return App(app_id=d["app_id"], launch=tuple(d["launch"]))
+        body = {"app_id": app_id, "launch": list(launch)}
+        return await self.request_as(App, "POST", "/v1/apps", body)
 
     async def apps(self) -> list[App]:
         """Registered apps."""
-        result = await self.request("GET", "/v1/apps")
-        return [App(app_id=a["app_id"], launch=tuple(a["launch"])) for a in result["apps"]]
+        return list((await self.request_as(AppList, "GET", "/v1/apps")).apps)
 
     async def settings(self) -> Settings:
         """Current settings."""
+        from handoffd.config import Settings
+
         return Settings.from_mapping(await self.request("GET", "/v1/settings"), strict=False)
 
     async def update_settings(self, **changes: Any) -> Settings:
         """Change some settings (persisted by the daemon); the settings now in force."""
         body = {k: list(v) if isinstance(v, tuple) else v for k, v in changes.items()}
+        from handoffd.config import Settings
+
         return Settings.from_mapping(
             await self.request("PATCH", "/v1/settings", body), strict=False
         )
 
     # ------------------------------------------------------------ events
 
-    async def events(self, *, heartbeats: bool = False) -> AsyncGenerator[dict[str, Any], None]:
-        """The daemon's event stream, one dict per event, until the daemon closes it."""
-        session = self._get_session()
-        try:
-            resp = await session.get(
-                "/v1/events", timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout)
-            )
-        except (aiohttp.ClientConnectorError, FileNotFoundError, ConnectionRefusedError) as exc:
-            raise self._not_running(exc) from None
-        async with resp:
-            if resp.status >= 400:
-                decode_answer(resp.status, await read_bounded(resp))
-            while True:
-                try:
-                    line = await resp.content.readuntil(b"\n")
-                except ValueError as exc:
-                    raise ApiError("event line too long", code="bad-response", status=0) from exc
-                except aiohttp.ClientPayloadError:
-                    return
-                if not line:
-                    return
-                if len(line) > MAX_EVENT_LINE:
-                    raise ApiError("event line too long", code="bad-response", status=0)
+    async def events(
+        self, *, heartbeats: bool = False, app_id: str | None = None
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """The daemon's event stream, one dict per event, until the daemon closes it.
+
+        With ``app_id`` the app counts as connected while it listens: the daemon then leaves
+        received sessions of that app to it (an ``inbox.received`` event) rather than launching
+        a second copy. The first item, once the subscription exists, is a heartbeat (shown with
+        ``heartbeats=True``): what happens after it is not missed."""
+        params = None if app_id is None else {"app_id": app_id}
+        async with contextlib.aclosing(self.stream_lines("/v1/events", params)) as lines:
+            async for line in lines:
                 try:
                     event = json.loads(line)
                 except ValueError as exc:
@@ -230,7 +226,7 @@ class HandoffClient(ControlTransport):
         body: dict[str, Any] = {"session_id": session_id, "target": target}
         if types is not None:
             body["types"] = list(types)
-        return handoff_from_json(await self.request("POST", "/v1/handoffs", body))
+        return await self.request_as(Handoff, "POST", "/v1/handoffs", body)
 
     async def send_content(
         self,
@@ -250,34 +246,110 @@ class HandoffClient(ControlTransport):
         }
         if paths is not None:
             body["paths"] = list(paths)
-        return handoff_from_json(await self.request("POST", "/v1/send", body))
+        return await self.request_as(Handoff, "POST", "/v1/send", body)
 
     async def handoffs(self) -> list[Handoff]:
         """Handoffs in both directions, most recently updated first."""
-        result = await self.request("GET", "/v1/handoffs")
-        return [handoff_from_json(h) for h in result["handoffs"]]
+        return list((await self.request_as(HandoffList, "GET", "/v1/handoffs")).handoffs)
 
     async def handoff(self, handoff_id: str) -> Handoff:
         """One handoff."""
-        return handoff_from_json(await self.request("GET", f"/v1/handoffs/{handoff_id}"))
+        return await self.request_as(Handoff, "GET", f"/v1/handoffs/{handoff_id}")
 
     async def cancel(self, handoff_id: str) -> Handoff:
         """Cancel an outgoing handoff not yet delivered."""
-        return handoff_from_json(
-            await self.request("POST", f"/v1/handoffs/{handoff_id}/cancel", {})
-        )
+        return await self.request_as(Handoff, "POST", f"/v1/handoffs/{handoff_id}/cancel", {})
 
     async def inbox(self) -> list[InboxEntry]:
         """Sessions received from other devices."""
-        result = await self.request("GET", "/v1/inbox")
-        return [inbox_entry_from_json(e) for e in result["inbox"]]
+        return list((await self.request_as(InboxList, "GET", "/v1/inbox")).inbox)
 
     async def inbox_entry(self, handoff_id: str) -> InboxEntry:
         """One received session (its items are files under the inbox)."""
-        return inbox_entry_from_json(await self.request("GET", f"/v1/inbox/{handoff_id}"))
+        return await self.request_as(InboxEntry, "GET", f"/v1/inbox/{handoff_id}")
 
     async def confirm_resumed(self, handoff_id: str) -> InboxEntry:
         """Tell the daemon (and through it the source device) that the app resumed the session."""
-        return inbox_entry_from_json(
-            await self.request("POST", f"/v1/inbox/{handoff_id}/resumed", {})
-        )
+        return await self.request_as(InboxEntry, "POST", f"/v1/inbox/{handoff_id}/resumed", {})
+
+    # ------------------------------------------------------------ waiting (no event missed)
+
+    async def wait_handoff(
+        self,
+        handoff_id: str,
+        *,
+        states: Iterable[str] = END_STATES,
+    ) -> Handoff:
+        """Wait until handoff ``handoff_id`` is in one of ``states`` (by default: delivered or
+        ended) or can change no more (resumed, declined, cancelled, failed); the handoff then.
+
+        It subscribes to the events before it reads the state, so a change that happens at
+        once is not missed: ``await client.wait_handoff((await client.send(...)).id)`` is safe.
+        It waits as long as it takes: bound it with ``asyncio.timeout``."""
+        wanted = set(states) | set(FINAL_STATES)
+        while True:
+            async with contextlib.aclosing(self.events(heartbeats=True)) as events:
+                await _subscribed(events)
+                handoff = await self.handoff(handoff_id)
+                if handoff.state in wanted:
+                    return handoff
+                async for event in events:
+                    if event.get("handoff_id") == handoff_id and event.get("type") in (
+                        "handoff.state",
+                        "handoff.resumed",
+                    ):
+                        handoff = await self.handoff(handoff_id)
+                        if handoff.state in wanted:
+                            return handoff
+            # The stream ended (this subscriber fell behind): subscribe again.
+
+    async def next_received(
+        self,
+        *,
+        app_id: str | None = None,
+        since: float | None = None,
+    ) -> InboxEntry:
+        """The next session this device receives (of ``app_id`` if given), once it is in the
+        inbox.
+
+        It subscribes before it looks, so nothing received while it waits is missed; with
+        ``since`` (a Unix time), a session already received at or after it is returned at
+        once (call ``time.time()`` before the sender starts). With ``app_id`` the app counts
+        as connected while it waits (see ``events``): the daemon does not launch it.
+        It waits as long as it takes: bound it with ``asyncio.timeout``."""
+        while True:
+            async with contextlib.aclosing(self.events(heartbeats=True, app_id=app_id)) as events:
+                started = time.time()
+                await _subscribed(events)
+                if since is not None:
+                    entries = sorted(await self.inbox(), key=lambda e: e.received_at)
+                    for entry in entries:
+                        if entry.received_at >= since and app_id in (None, entry.app_id):
+                            return entry
+                async for event in events:
+                    if event.get("type") == "handoff.received" and app_id in (
+                        None,
+                        event.get("app_id"),
+                    ):
+                        return await self.inbox_entry(str(event["handoff_id"]))
+            # The stream ended (this subscriber fell behind): look again from when it began.
+            since = started if since is None else since
+
+
+async def _subscribed(events: AsyncGenerator[dict[str, Any], None]) -> None:
+    """Wait for the stream's first heartbeat: from then on, no event is missed."""
+    try:
+        await anext(events)
+    except StopAsyncIteration:
+        raise HandoffError(
+            "the daemon closed the event stream", code="daemon-disconnected"
+        ) from None
+
+
+def __getattr__(name: str) -> Any:
+    """``Settings`` (from ``handoffd.config``) on first use: it imports the identity code."""
+    if name == "Settings":
+        from handoffd.config import Settings
+
+        return Settings
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,31 +15,17 @@ from aiohttp import web
 
 from handoffd.control import schema
 from handoffd.control.context import ControlContext
+from handoffd.control.models import HandoffIn
+from handoffd.control.openapi import ID_PARAM, op
 from handoffd.control.responses import json_response, read_json
-from handoffd.errors import ApiError
 
 if TYPE_CHECKING:
     from handoffd.handoff.engine import Engine
 
-MAX_TYPES = 64
-
-
-def _types(value: Any, where: str) -> list[str]:
-    if not isinstance(value, list):
-        raise ApiError(f"{where} must be a list of item types", code="wrong-type")
-    if len(value) > MAX_TYPES:
-        raise ApiError(f"{where}: at most {MAX_TYPES} types", code="value-invalid")
-    return list(dict.fromkeys(schema.check_item_type(v, f"{where}[]") for v in value))
-
 
 def handoff_request(body: Any) -> tuple[str, str, list[str] | None]:
-    """``POST /v1/handoffs``: ``{"session_id", "target", "types"?}``."""
-    f = schema.fields(
-        body,
-        "handoff",
-        {"session_id": schema.string(64), "target": schema.string(128)},
-        {"types": _types},
-    )
+    """``POST /v1/handoffs``: ``{"session_id", "target", "types"?}`` (``models.HandoffIn``)."""
+    f = schema.request_fields(HandoffIn, body, "handoff")
     return schema.check_session_id(f["session_id"]), f["target"], f.get("types")
 
 
@@ -100,187 +86,25 @@ def setup_handoff_routes(app: web.Application, ctx: ControlContext, service: Eng
     r.add_get("/v1/inbox/{id}", get_inbox)
     r.add_post("/v1/inbox/{id}/resumed", post_resumed)
     ctx.openapi_paths.update(OPENAPI_PATHS)
-    ctx.openapi_schemas.update(OPENAPI_SCHEMAS)
 
 
 # ---------------------------------------------------------------- OpenAPI
 
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json(s: dict[str, Any], description: str = "OK") -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": s}}}
-
-
-_ERR = {"4XX": _json(_ref("Error"), "error"), "5XX": _json(_ref("Error"), "error")}
-_STR = {"type": "string"}
-_INT = {"type": "integer"}
-_NUM = {"type": "number"}
-_ID_PARAM = {
-    "name": "id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-}
-_PEER = {
-    "type": "object",
-    "properties": {"device_id": _STR, "name": _STR},
-    "required": ["device_id", "name"],
-}
-HANDOFF_STATES = [
-    "pending",
-    "waiting-for-device",
-    "connecting",
-    "transferring",
-    "delivered",
-    "resumed",
-    "retrying",
-    "declined",
-    "cancelled",
-    "failed",
-]
-
-OPENAPI_SCHEMAS: dict[str, Any] = {
-    "HandoffIn": {
-        "type": "object",
-        "properties": {
-            "session_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-            "target": {"type": "string", "description": "device id or device name"},
-            "types": {
-                "type": "array",
-                "items": _STR,
-                "description": "item types to send (default: all)",
-            },
-        },
-        "required": ["session_id", "target"],
-        "additionalProperties": False,
-    },
-    "Handoff": {
-        "type": "object",
-        "properties": {
-            "id": _STR,
-            "direction": {"enum": ["out", "in"]},
-            "session_id": {"type": ["string", "null"]},
-            "peer": _PEER,
-            "state": {"enum": HANDOFF_STATES},
-            "path": {"enum": ["direct", "relay", None]},
-            "types": {"type": "array", "items": _STR},
-            "bytes_done": _INT,
-            "bytes_total": _INT,
-            "attempts": _INT,
-            "next_retry_at": {"type": ["number", "null"]},
-            "kept_in_inbox": {
-                "type": "boolean",
-                "description": "sender side: the target said it keeps the session in its inbox "
-                "for its person (no app will resume it)",
-            },
-            "waiting_until": {
-                "type": ["number", "null"],
-                "description": "waiting-for-device: the handoff fails if the device is not "
-                "online by then",
-            },
-            "error": {
-                "oneOf": [
-                    {"type": "null"},
-                    {
-                        "type": "object",
-                        "properties": {
-                            "code": _STR,
-                            "message": _STR,
-                            "reason": {
-                                **_STR,
-                                "description": "the reason the peer gave for refusing us",
-                            },
-                        },
-                        "required": ["code", "message"],
-                    },
-                ]
-            },
-            "created_at": _NUM,
-            "updated_at": _NUM,
-            "wire": {
-                "type": "object",
-                "description": "what crossed the wire (sender side)",
-                "properties": {
-                    "data_bytes_sent": _INT,
-                    "channel_bytes_sent": _INT,
-                    "bytes_already_held": _INT,
-                },
-            },
-        },
-        "required": ["id", "direction", "peer", "state", "bytes_done", "bytes_total", "attempts"],
-    },
-    "InboxItem": {
-        "type": "object",
-        "properties": {
-            "type": _STR,
-            "name": _STR,
-            "mime": _STR,
-            "size": _INT,
-            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-            "path": {"type": "string", "description": "absolute, inside inbox/<id>/"},
-        },
-    },
-    "InboxEntry": {
-        "type": "object",
-        "properties": {
-            "id": _STR,
-            "session_id": _STR,
-            "app_id": _STR,
-            "title": _STR,
-            "context": {"type": "object"},
-            "from": _PEER,
-            "items": {"type": "array", "items": _ref("InboxItem")},
-            "state": {"enum": ["received", "resumed"]},
-            "received_at": _NUM,
-            "resumed_at": {"type": ["number", "null"]},
-        },
-    },
-}
-
-
-def _op(
-    summary: str, response: dict[str, Any], status: str = "200", body: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": {status: _json(response), **_ERR}}
-    if body is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-    return op
-
-
 OPENAPI_PATHS: dict[str, Any] = {
     "/v1/handoffs": {
-        "get": _op(
-            "Handoffs in both directions",
-            {
-                "type": "object",
-                "properties": {"handoffs": {"type": "array", "items": _ref("Handoff")}},
-            },
-        ),
-        "post": _op("Start a handoff", _ref("Handoff"), "202", _ref("HandoffIn")),
+        "get": op("Handoffs in both directions", "HandoffList"),
+        "post": op("Start a handoff", "Handoff", "HandoffIn", status="202"),
     },
-    "/v1/handoffs/{id}": {"parameters": [_ID_PARAM], "get": _op("One handoff", _ref("Handoff"))},
+    "/v1/handoffs/{id}": {"parameters": [ID_PARAM], "get": op("One handoff", "Handoff")},
     "/v1/handoffs/{id}/cancel": {
-        "parameters": [_ID_PARAM],
-        "post": _op("Cancel a handoff not yet delivered", _ref("Handoff")),
+        "parameters": [ID_PARAM],
+        "post": op("Cancel a handoff not yet delivered", "Handoff", "Empty"),
     },
-    "/v1/inbox": {
-        "get": _op(
-            "Received sessions",
-            {
-                "type": "object",
-                "properties": {"inbox": {"type": "array", "items": _ref("InboxEntry")}},
-            },
-        )
-    },
-    "/v1/inbox/{id}": {
-        "parameters": [_ID_PARAM],
-        "get": _op("One received session", _ref("InboxEntry")),
-    },
+    "/v1/inbox": {"get": op("Received sessions", "InboxList")},
+    "/v1/inbox/{id}": {"parameters": [ID_PARAM], "get": op("One received session", "InboxEntry")},
     "/v1/inbox/{id}/resumed": {
-        "parameters": [_ID_PARAM],
-        "post": _op("The app resumed the session; the source is told", _ref("InboxEntry")),
+        "parameters": [ID_PARAM],
+        "post": op("The app resumed the session; the source is told", "InboxEntry", "Empty"),
     },
 }
+"""The routes' operations; their schemas are models (``models.Handoff``, ``InboxEntry``...)."""

@@ -18,3 +18,4 @@ MAX_INVITE = 2048
 MAX_JSON_DEPTH = 64
 MIME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}")
 SESSION_ID_RE = re.compile(r"[0-9a-f]{32}")
+MAX_TYPES = 64  # item types a handoff may be limited to

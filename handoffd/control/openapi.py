@@ -1,259 +1,188 @@
-"""The control API's OpenAPI 3.1 document."""
+"""The control API's OpenAPI 3.1 document, generated: the schemas from the models (``models``,
+through ``msgspec.json.schema_components``), the operations listed here.
+
+Route setups add their operations with ``op`` (``ctx.openapi_paths``); their schemas are
+models too (``models.MODELS``).
+"""
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Mapping
 from typing import Any
 
-from handoffd.config import APP_ID_RE
+import msgspec
+
+from handoffd.control import answers, models
 from handoffd.control.everyday_settings import SETTINGS_PROPERTIES
-from handoffd.control.limits import (
-    MAX_ARGV,
-    MAX_CONTEXT,
-    MAX_ITEMS,
-    MAX_NAME_BYTES,
-    MAX_TEXT_ITEM,
-    MAX_TITLE,
-    MIME_RE,
-)
-from handoffd.items import DEFAULT_MIME
+from handoffd.control.models import ID_PATTERN
+from handoffd.names import APP_ID_RE
+
+REF = "#/components/schemas/{name}"
+# Models whose class name is not their name in the document.
+RENAMED = {"SessionItem": "Item", "SettingsFields": "Settings"}
+# What JSON Schema says and a msgspec type cannot: one content source per item.
+EXTRA = {
+    "ItemIn": {
+        "oneOf": [{"required": ["text"]}, {"required": ["data_base64"]}, {"required": ["path"]}]
+    }
+}
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+# Properties a component gets besides its model's fields, by component name: for the settings,
+# whose checks live with the settings (handoffd.config), not in a request model.
+EXTRA_PROPERTIES: dict[str, dict[str, Any]] = {"Settings": SETTINGS_PROPERTIES}
+
+
+def ref(name: str) -> dict[str, str]:
+    """A reference to the component ``name``."""
+    return {"$ref": REF.format(name=name)}
 
 
 def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-_ERR = {"4XX": _json(_ref("Error"), "error"), "5XX": _json(_ref("Error"), "error")}
-
-
-def _op(
-    summary: str, response: dict[str, Any], body: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": {"200": _json(response), **_ERR}}
-    if body is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-    return op
-
-
-def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
-    if required:
-        schema["required"] = required
-    return schema
-
-
-_STR = {"type": "string"}
-_NUM = {"type": "number"}
-_BOOL = {"type": "boolean"}
-_ITEM_TYPE = {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,31}$"}
-_SESSION_ID_PARAM = {
+ERRORS = {"4XX": _json(ref("Error"), "error"), "5XX": _json(ref("Error"), "error")}
+ID_PARAM = {
     "name": "id",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+    "schema": {"type": "string", "pattern": ID_PATTERN},
 }
 
-SCHEMAS: dict[str, Any] = {
-    "Error": _obj({"error": _obj({"code": _STR, "message": _STR}, ["code", "message"])}, ["error"]),
-    "Status": _obj(
-        {
-            "device_id": _STR,
-            "device_id_display": _STR,
-            "device_name": _STR,
-            "paired": _BOOL,
-            "account_id": {"type": ["string", "null"]},
-            "account_name": {"type": ["string", "null"]},
-            "server_url": {"type": ["string", "null"]},
-            "server_reachable": {"type": ["boolean", "null"]},
-            "handoff_enabled": _BOOL,
-            "cert_not_after": {"type": ["number", "null"]},
-            "crl_number": {"type": "integer"},
-            "revoked": _BOOL,
-            "server_connected": _BOOL,
-            "refused": {
-                "type": "array",
-                "description": "the last connections this device refused, newest last "
-                "(coalesced per path and code: count, the newest at)",
-                "items": _obj(
-                    {"at": _NUM, "code": _STR, "path": _STR, "count": {"type": "integer"}},
-                    ["at", "code", "path"],
-                ),
-            },
-            "version": _STR,
-            "pid": {"type": "integer"},
+
+def op(
+    summary: str, answer: str, body: str | None = None, *, status: str = "200"
+) -> dict[str, Any]:
+    """An operation answering the model ``answer`` (and taking the model ``body``)."""
+    out: dict[str, Any] = {"summary": summary, "responses": {status: _json(ref(answer)), **ERRORS}}
+    if body is not None:
+        out["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": ref(body)}},
         }
-    ),
-    "Device": _obj(
-        {
-            "device_id": _STR,
-            "name": _STR,
-            "platform": _STR,
-            "self": _BOOL,
-            "nearby": _BOOL,
-            "online": {"type": ["boolean", "null"]},
-            "addresses": {"type": "array", "items": _STR},
-            "last_seen": {"type": ["number", "null"]},
-            "revoked": _BOOL,
-        }
-    ),
-    "Invite": _obj({"url": _STR, "code": _STR, "expires_at": _NUM, "qr_svg": _STR}),
-    "ItemIn": _obj(
-        {
-            "type": _ITEM_TYPE,
-            "name": {"type": "string", "minLength": 1, "maxLength": MAX_NAME_BYTES},
-            "mime": {
-                "type": "string",
-                "pattern": "^" + MIME_RE.pattern + "$",
-                "default": DEFAULT_MIME,
-            },
-            "text": {"type": "string", "maxLength": MAX_TEXT_ITEM},
-            "data_base64": {
-                "type": "string",
-                "contentEncoding": "base64",
-                "pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
-            },
-            "path": {"type": "string", "description": "absolute path of a regular readable file"},
-        },
-        ["type", "name"],
-    )
-    | {"oneOf": [{"required": ["text"]}, {"required": ["data_base64"]}, {"required": ["path"]}]},
-    "Item": _obj(
-        {
-            "type": _STR,
-            "name": _STR,
-            "mime": _STR,
-            "size": {"type": "integer"},
-            "source": {"enum": ["text", "data", "path"]},
-            "text": _STR,
-            "data_base64": _STR,
-            "path": _STR,
-            "available": _BOOL,
-        }
-    ),
-    "SessionIn": _obj(
-        {
-            "app_id": {"type": "string", "pattern": "^" + APP_ID_RE.pattern + "$"},
-            "title": {"type": "string", "maxLength": MAX_TITLE},
-            "context": {"type": "object", "description": f"at most {MAX_CONTEXT} bytes"},
-            "items": {"type": "array", "maxItems": MAX_ITEMS, "items": _ref("ItemIn")},
-        },
-        ["app_id", "title"],
-    ),
-    "SessionUpdate": _obj(
-        {
-            "app_id": _STR,
-            "title": {"type": "string", "maxLength": MAX_TITLE},
-            "context": {"type": "object"},
-            "items": {"type": "array", "maxItems": MAX_ITEMS, "items": _ref("ItemIn")},
-        }
-    ),
-    "Session": _obj(
-        {
-            "id": _STR,
-            "app_id": _STR,
-            "title": _STR,
-            "context": {"type": "object"},
-            "items": {"type": "array", "items": _ref("Item")},
-            "state": {"enum": ["active", "handed-off", "withdrawn"]},
-            "created_at": _NUM,
-            "updated_at": _NUM,
-        }
-    ),
-    "App": _obj(
-        {
-            "app_id": _STR,
-            "launch": {"type": "array", "items": _STR, "minItems": 1, "maxItems": MAX_ARGV},
-        },
-        ["app_id", "launch"],
-    ),
-    "Settings": _obj(
-        {
-            "handoff_enabled": _BOOL,
-            "accept_types": {
-                "type": "array",
-                "items": _STR,
-                "description": '["*"] accepts every type',
-            },
-            "auto_accept": _BOOL,
-            "device_name": {"type": "string", "minLength": 1, "maxLength": 64},
-            "inbox_ttl": {"type": "integer", "minimum": 60},
-            "partial_ttl": {"type": "integer", "minimum": 60},
-            "unicast_peers": {"type": "array", "items": {"type": "string"}},
-            "lan_discovery": {
-                "type": "boolean",
-                "description": "advertise and browse with mDNS (off: reach peers via the server)",
-            },
-            **SETTINGS_PROPERTIES,
-        }
-    ),
-    "Pair": _obj(
-        {
-            "invite": {"type": "string", "description": "handoff://pair?... URL or short code"},
-            "server": {"type": "string", "description": "server URL (with a short code)"},
-            "fingerprint": {"type": "string", "description": "sha256:<hex> (with a short code)"},
-            "name": {"type": "string", "maxLength": 64},
-        },
-        ["invite"],
-    ),
-    "Event": {
-        "type": "object",
-        "properties": {"type": _STR, "seq": {"type": "integer"}, "ts": _NUM},
-        "required": ["type"],
-    },
-}
+    return out
+
+
+def _rename(node: Any) -> Any:
+    if isinstance(node, dict):
+        out = {k: _rename(v) for k, v in node.items()}
+        target = out.get("$ref")
+        if isinstance(target, str):
+            name = target.rsplit("/", 1)[-1]
+            out["$ref"] = REF.format(name=RENAMED.get(name, name))
+        return out
+    if isinstance(node, list):
+        return [_rename(v) for v in node]
+    return node
+
+
+MODELS: tuple[type[Any], ...] = (  # msgspec structs (InboxItem: a dataclass)
+    answers.Error,
+    answers.Status,
+    answers.Device,
+    answers.DeviceList,
+    answers.RevokedDevice,
+    answers.Invite,
+    models.ItemIn,
+    answers.SessionItem,
+    models.SessionIn,
+    models.SessionUpdate,
+    answers.Session,
+    answers.SessionList,
+    answers.App,
+    answers.AppList,
+    answers.SettingsFields,
+    models.Pair,
+    answers.Event,
+    models.Empty,
+    models.HandoffIn,
+    answers.Handoff,
+    answers.HandoffList,
+    answers.InboxItem,
+    answers.InboxEntry,
+    answers.InboxList,
+)
+"""Every model, in the document's ``components.schemas`` (route setups' models too)."""
+
+
+@functools.cache
+def _schemas() -> dict[str, Any]:
+    _, generated = msgspec.json.schema_components(MODELS, ref_template=REF)
+    components = msgspec.json.decode(msgspec.json.encode(generated))  # JSON values: () -> []
+    schemas: dict[str, Any] = {}
+    for name, schema in components.items():
+        name = RENAMED.get(name, name)
+        schemas[name] = _rename(schema) | {"title": name} | EXTRA.get(name, {})
+        if name in EXTRA_PROPERTIES:
+            schemas[name]["properties"] = schemas[name]["properties"] | EXTRA_PROPERTIES[name]
+    return schemas
+
+
+def schemas() -> dict[str, Any]:
+    """The document's ``components.schemas`` (a fresh copy)."""
+    return copy.deepcopy(_schemas())
+
 
 PATHS: dict[str, Any] = {
-    "/v1/status": {"get": _op("This device and daemon", _ref("Status"))},
-    "/v1/devices": {
-        "get": _op(
-            "The account's devices",
-            _obj({"devices": {"type": "array", "items": _ref("Device")}, "source": _STR}),
-        )
-    },
+    "/v1/status": {"get": op("This device and daemon", "Status")},
+    "/v1/devices": {"get": op("The account's devices", "DeviceList")},
     "/v1/devices/{id}": {
-        "delete": _op("Revoke a device", _obj({"device": _ref("Device")}))
-        | {"parameters": [{"name": "id", "in": "path", "required": True, "schema": _STR}]}
+        "parameters": [
+            {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+        ],
+        "delete": op("Revoke a device", "RevokedDevice"),
     },
-    "/v1/pair": {"post": _op("Join an account", _ref("Status"), _ref("Pair"))},
-    "/v1/invites": {"post": _op("Create an invite", _ref("Invite"), _obj({}))},
+    "/v1/pair": {"post": op("Join an account", "Status", "Pair")},
+    "/v1/invites": {"post": op("Create an invite", "Invite", "Empty")},
     "/v1/sessions": {
-        "get": _op(
-            "Published sessions (add ?state=all for withdrawn ones)",
-            _obj({"sessions": {"type": "array", "items": _ref("Session")}}),
-        ),
-        "post": _op("Publish a session", _ref("Session"), _ref("SessionIn")),
+        "get": op("Published sessions (add ?state=all for withdrawn ones)", "SessionList")
+        | {"parameters": [{"name": "state", "in": "query", "schema": {"enum": ["active", "all"]}}]},
+        "post": op("Publish a session", "Session", "SessionIn", status="201"),
     },
     "/v1/sessions/{id}": {
-        "parameters": [_SESSION_ID_PARAM],
-        "get": _op("One session with content", _ref("Session")),
-        "put": _op("Update a session", _ref("Session"), _ref("SessionUpdate")),
-        "delete": _op("Withdraw a session", _ref("Session")),
+        "parameters": [ID_PARAM],
+        "get": op("One session with content", "Session"),
+        "put": op("Update a session", "Session", "SessionUpdate"),
+        "delete": op("Withdraw a session", "Session"),
     },
     "/v1/apps": {
-        "get": _op("Registered apps", _obj({"apps": {"type": "array", "items": _ref("App")}})),
-        "post": _op("Register how to launch an app", _ref("App"), _ref("App")),
+        "get": op("Registered apps", "AppList"),
+        "post": op("Register how to launch an app", "App", "App"),
     },
     "/v1/settings": {
-        "get": _op("Settings", _ref("Settings")),
-        "patch": _op("Change settings", _ref("Settings"), _ref("Settings")),
+        "get": op("Settings", "Settings"),
+        "patch": op("Change settings", "Settings", "Settings"),
     },
     "/v1/events": {
         "get": {
             "summary": "Event stream: one JSON object per line; heartbeat lines keep it alive",
+            "parameters": [
+                {
+                    "name": "app_id",
+                    "in": "query",
+                    "description": "the app listening: while connected, the daemon hands "
+                    "received sessions of this app to it rather than launching a second copy",
+                    "schema": {"type": "string", "pattern": "^" + APP_ID_RE.pattern + "$"},
+                }
+            ],
             "responses": {
                 "200": {
                     "description": "NDJSON",
-                    "content": {"application/x-ndjson": {"schema": _ref("Event")}},
+                    "content": {"application/x-ndjson": {"schema": ref("Event")}},
                 },
-                **_ERR,
+                **ERRORS,
             },
         }
     },
-    "/v1/openapi.json": {"get": _op("This document", {"type": "object"})},
+    "/v1/openapi.json": {
+        "get": {
+            "summary": "This document",
+            "responses": {"200": _json({"type": "object"}), **ERRORS},
+        }
+    },
 }
 
 
@@ -273,5 +202,5 @@ def openapi_document(
         },
         "servers": [{"url": "http://handoff"}],
         "paths": {**PATHS, **(extra_paths or {})},
-        "components": {"schemas": {**SCHEMAS, **(extra_schemas or {})}},
+        "components": {"schemas": {**schemas(), **(extra_schemas or {})}},
     }
