@@ -34,9 +34,9 @@ from handoffd.transport.base import (
     LocalIdentity,
     PeerAuthError,
     PeerRefusedError,
-    QueuedChannel,
     check_message,
 )
+from handoffd.transport.chanqueue import QueuedChannel
 from handoffd.transport.relaypeer import verify_peer
 from handoffd.wire import relayhello
 

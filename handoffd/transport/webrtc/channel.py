@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from handoffd import identity
 from handoffd.errors import TransportError
-from handoffd.transport.base import PATH_DIRECT, PeerAuthError, QueuedChannel, check_message
+from handoffd.transport.base import PATH_DIRECT, PeerAuthError, check_message
+from handoffd.transport.chanqueue import QueuedChannel
 from handoffd.transport.webrtc.binding import (
     EXPORTER_LABEL,
     EXPORTER_LEN,
