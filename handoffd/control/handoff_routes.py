@@ -164,7 +164,7 @@ OPENAPI_SCHEMAS: dict[str, Any] = {
             "session_id": {"type": ["string", "null"]},
             "peer": _PEER,
             "state": {"enum": HANDOFF_STATES},
-            "path": {"enum": ["direct", "relay", None]},
+            "path": {"enum": ["direct", "relay", "lane", None]},
             "types": {"type": "array", "items": _STR},
             "bytes_done": _INT,
             "bytes_total": _INT,

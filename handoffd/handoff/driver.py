@@ -29,6 +29,7 @@ from handoffd.handoff.driver_events import (
     Commit,
     Delivered,
     Failed,
+    LaneOffer,
     OfferReceived,
     PeerHello,
     Progress,
@@ -166,6 +167,8 @@ async def run_sender(
                 elif isinstance(event, core.Resumed):
                     await consumer(Resumed(manifest.handoff_id))
                     return report
+                elif isinstance(event, core.LaneOffered):
+                    await consumer(LaneOffer(event.lane))
                 elif isinstance(event, core.Declined):
                     raise TransferError(event.message or "declined", code=event.reason, retry=False)
                 elif isinstance(event, core.Cancelled):
@@ -255,6 +258,9 @@ async def run_receiver(
             events = c.events()
             await rx.handle(events)
             await _flush(link, c)
+            if rx.lane is not None:  # after the accept: the lane for the rest of the data
+                lane, rx.lane = rx.lane, None
+                await link.send(lane)
             if c.finished:
                 return
             if events:
@@ -328,6 +334,7 @@ class _Receiving:
         self.unsynced: dict[int, int] = {}
         self.manifest: m.Manifest | None = None
         self.names: Mapping[int, str] = {}
+        self.lane: m.Lane | None = None
 
     def close(self) -> None:
         for writer in self.writers.values():
@@ -387,6 +394,7 @@ class _Receiving:
             if offset != verdict.resume[index]:
                 await self.consumer.handle(Checkpoint(manifest.handoff_id, index, offset))
         self.c.accept(resume, self.now())
+        self.lane = verdict.lane
 
     async def checkpoint(self, index: int) -> None:
         """fsync, record the checkpoint, and only then let the core acknowledge."""

@@ -26,6 +26,7 @@ from handoffd.events import EventBus
 from handoffd.handoff.apps import Apps
 from handoffd.handoff.expiry import Expiry
 from handoffd.handoff.incoming import Incoming
+from handoffd.handoff.lanes import LaneService
 from handoffd.handoff.link import IncomingExchange, LinkEvent, ResumedOnLink
 from handoffd.handoff.links import LinkPool
 from handoffd.handoff.local import LocalDevice
@@ -130,6 +131,10 @@ class Engine:
         )
         self.presence.on_server_request = self._on_server_signal
         self.presence.on_relay_channel = self.links.adopt_relay
+        self.lanes = LaneService(
+            local=self.local, timings=t, refusals=self.refusals, on_channel=self.links.adopt_lane
+        )
+        self.presence.lane = self.lanes
         self.apps = Apps(
             store=i.store,
             db=self.db,
@@ -165,6 +170,7 @@ class Engine:
             tasks=self.tasks,
             on_received=self.apps.received,
         )
+        self.incoming.lanes = self.lanes
         self.notices = Notices(
             store=i.store,
             records=self.records,
@@ -214,6 +220,11 @@ class Engine:
             await self.tasks.close()
             await self.links.close()
             await self.presence.close()
+
+    @property
+    def lane_port(self) -> int | None:
+        """The LAN lane's port (None while not listening)."""
+        return self.lanes.port
 
     @property
     def signaling_port(self) -> int | None:

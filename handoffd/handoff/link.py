@@ -292,7 +292,7 @@ def _ready_for_next(ex: Exchange, data: bytes) -> bool:
 
 
 def make_hello(device_id: str, trust: identity.TrustAnchor | None) -> m.Hello:
-    """Our hello, carrying our CRL for gossip."""
+    """Our hello, carrying our CRL for gossip and the features we speak (the LAN lane)."""
     crl = None if trust is None or trust.crl is None else identity.crl_to_der(trust.crl)
     if crl is not None and len(crl) > m.MAX_CRL:
         crl = None  # too large to gossip: peers fetch it from the server instead
@@ -301,7 +301,7 @@ def make_hello(device_id: str, trust: identity.TrustAnchor | None) -> m.Hello:
         device_id=device_id,
         crl_number=0 if trust is None else trust.crl_number,
         crl=crl,
-        features=(),
+        features=(m.FEATURE_LANE,),
     )
 
 
