@@ -40,7 +40,7 @@ from handoffd.handoff.driver_events import (
     Transferring,
     Verdict,
 )
-from handoffd.handoff.link import Exchange, Link
+from handoffd.handoff.link import WINDOW, Exchange, Link
 from handoffd.handoff.offer import SourceItem, read_chunks
 from handoffd.handoff.staging import ItemWriter, Staging
 from handoffd.proto import messages as m
@@ -51,7 +51,9 @@ logger = logging.getLogger("handoffd.handoff.driver")
 SenderConsumer = Callable[[SenderEvent], Awaitable[None]]
 """The one consumer of a sender driver's events."""
 
-CHECKPOINT_EVERY = 1024 * 1024
+CHECKPOINT_EVERY = 4 * 1024 * 1024
+"""Bytes of an item written between two fsync + checkpoint + ack (the core also asks for one
+at half the window)."""
 OFFER_TIMEOUT = 30.0
 
 
@@ -135,7 +137,7 @@ async def run_sender(
     """
     loop = asyncio.get_running_loop()
     ex = link.begin(manifest.handoff_id, "sender")
-    c = core.SenderCore(hello, offer, manifest, now=loop.time())
+    c = core.SenderCore(hello, offer, manifest, now=loop.time(), window=WINDOW)
     ex.core = c
     report = SendReport()
     start_bytes = link.channel.bytes_sent
@@ -247,7 +249,7 @@ async def run_receiver(
     """One receiving exchange on ``link``, starting with the peer's hello ``first``; it ends
     after ``stall`` seconds without progress (``stalled``), or ``resumed_wait`` after delivery."""
     loop = asyncio.get_running_loop()
-    c = core.ReceiverCore(hello, now=loop.time())
+    c = core.ReceiverCore(hello, now=loop.time(), window=WINDOW)
     ex.core = c
     rx = _Receiving(c, ex, staging, consumer, loop.time)
     watch = StallWatch(loop.time())

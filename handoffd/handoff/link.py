@@ -24,8 +24,13 @@ from handoffd.transport.base import Channel
 logger = logging.getLogger("handoffd.handoff.link")
 
 SEND_TIMEOUT = 60.0
+WINDOW = 8 * 1024 * 1024
+"""The flow-control window this engine asks for (both cores; the peer's hello may lower it).
+
+Twice the protocol's default: at line rate on the lane a 4 MiB window with an fsync per
+checkpoint left the sender waiting for acknowledgements (docs/benchmarks.md)."""
 # A peer may not run ahead of the window by more than this (bytes queued to one exchange).
-MAX_QUEUED = 2 * core.DEFAULT_WINDOW + 1024 * 1024
+MAX_QUEUED = 2 * WINDOW + 1024 * 1024
 
 
 class _Wake:
