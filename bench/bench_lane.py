@@ -109,7 +109,9 @@ class ProfiledDaemon(LabDaemon):
         return self.proc
 
 
-async def main_async(big_mib: int, huge_mib: int, repeat: int, profile: Path | None) -> None:
+async def main_async(
+    big_mib: int, huge_mib: int, repeat: int, profile: Path | None, verbose: bool = False
+) -> None:
     """Run the measurements and print the figures."""
     lab = Lab.create(2)
     root = Path(tempfile.mkdtemp(prefix="hn", dir="/tmp"))
@@ -138,11 +140,22 @@ async def main_async(big_mib: int, huge_mib: int, repeat: int, profile: Path | N
             await one_handoff(ca, wa, b_id, small)
             big = root / "big.bin"
             await asyncio.to_thread(write_random, big, big_mib * MiB)
+            moved: list[float] = []
+
+            async def on_path() -> None:
+                async for event in ca.events():
+                    if event.get("type") == "handoff.path" and event.get("path") == "lane":
+                        moved.append(time.perf_counter())  # noqa: PERF401
+
+            path_watch = asyncio.create_task(on_path())
+            await asyncio.sleep(0.2)
             for run in range(repeat):
                 cpu_a, cpu_b = cpu_seconds(a.pid), cpu_seconds(b.pid)
+                moved.clear()
                 t, t_tr, t_done = await one_handoff(
                     ca, wa, b_id, [Item.of_path("document", "big.bin", big)]
                 )
+                on_lane = f"{(moved[0] - t) * 1000:.0f} ms" if moved else "never"
                 cpu_a, cpu_b = cpu_seconds(a.pid) - cpu_a, cpu_seconds(b.pid) - cpu_b
                 handoffs = (await ca.request("GET", "/v1/handoffs"))["handoffs"]
                 path = handoffs[0]["path"]
@@ -152,7 +165,8 @@ async def main_async(big_mib: int, huge_mib: int, repeat: int, profile: Path | N
                 rate, tls_rate = big_mib / (t_done - t), big_mib / tls_s
                 per = 100 / big_mib
                 print(
-                    f"run {run + 1}: {big_mib} MiB document over {path}: POST -> delivered "
+                    f"run {run + 1}: {big_mib} MiB document over {path} (on the lane "
+                    f"{on_lane} after POST): POST -> delivered "
                     f"{t_done - t:.2f} s = {rate:.1f} MiB/s (transferring -> delivered "
                     f"{t_done - t_tr:.2f} s); raw {tls_what} over TCP {tls_s:.2f} s = "
                     f"{tls_rate:.1f} MiB/s; ratio {rate / tls_rate:.3f}; CPU s per 100 MiB: "
@@ -160,6 +174,14 @@ async def main_async(big_mib: int, huge_mib: int, repeat: int, profile: Path | N
                     f"sender {tls_ca * per:.2f}, receiver {tls_cb * per:.2f}",
                     flush=True,
                 )
+            if verbose:
+                for name, d in (("sender", a), ("receiver", b)):
+                    for line in d.log_text().splitlines():
+                        if "lane" in line or "connected" in line or "handoff" in line:
+                            print(f"  {name}: {line[:200]}")
+            path_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await path_watch
             big.unlink()
             if huge_mib:
                 huge = root / "huge.bin"
@@ -204,9 +226,10 @@ def main() -> None:
     parser.add_argument("--rss-mib", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", type=Path, default=None)
+    parser.add_argument("--verbose", action="store_true", help="print the daemons' lane log lines")
     args = parser.parse_args()
     started = time.perf_counter()
-    asyncio.run(main_async(args.big_mib, args.rss_mib, args.repeat, args.profile))
+    asyncio.run(main_async(args.big_mib, args.rss_mib, args.repeat, args.profile, args.verbose))
     print(f"bench took {time.perf_counter() - started:.0f} s")
 
 

@@ -123,6 +123,7 @@ async def run_sender(
     cancelled: Callable[[], bool] = lambda: False,
     switch: Callable[[], bool] = lambda: False,
     stall: float,
+    lane_offered: Callable[[m.Lane], None] | None = None,
 ) -> SendReport:
     """One sending exchange: offer, stream, until delivered (then linger for ``resumed``).
 
@@ -137,6 +138,7 @@ async def run_sender(
     """
     loop = asyncio.get_running_loop()
     ex = link.begin(manifest.handoff_id, "sender")
+    ex.on_lane = lane_offered
     c = core.SenderCore(hello, offer, manifest, now=loop.time(), window=WINDOW)
     ex.core = c
     report = SendReport()
@@ -181,6 +183,13 @@ async def run_sender(
                     )
                 elif isinstance(event, core.Failed):
                     raise TransferError(event.message, code=event.code)
+            if c.state == core.State.STREAMING:
+                # A chunk boundary after each message: a better path ready stops the flush
+                # (what was not sent is not acknowledged; the next offer resumes from there).
+                for msg in c.outgoing():
+                    if switch():
+                        raise PathSwitchError("a better path is ready", code="path-switch")
+                    await link.send(msg)
             await _flush(link, c)
             report.data_bytes = c.sent_bytes
             report.channel_bytes = link.channel.bytes_sent - start_bytes

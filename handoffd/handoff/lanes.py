@@ -138,6 +138,7 @@ class LaneSwitch:
     async def _dial(self, peer: str, offer: LaneOffer) -> None:
         t = self._timings
         loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             dialer = LaneDialer(
                 self._local.identity(), offer, connect_timeout=t.lane_connect_timeout
@@ -149,7 +150,9 @@ class LaneSwitch:
         if self._closed:
             await channel.close()
             return
-        logger.info("the lane is ready", extra={"peer": peer})
+        logger.info(
+            "the lane is ready dial_ms=%.0f", (loop.time() - started) * 1000, extra={"peer": peer}
+        )
         self._ready = channel
 
     @property

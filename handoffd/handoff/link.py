@@ -31,6 +31,8 @@ Twice the protocol's default: at line rate on the lane a 4 MiB window with an fs
 checkpoint left the sender waiting for acknowledgements (docs/benchmarks.md)."""
 # A peer may not run ahead of the window by more than this (bytes queued to one exchange).
 MAX_QUEUED = 2 * WINDOW + 1024 * 1024
+LANE_PEEK = 1024
+"""A ``lane`` message is far smaller than this."""
 
 
 class _Wake:
@@ -51,6 +53,21 @@ class Exchange:
         self.core: core.SenderCore | core.ReceiverCore | None = None
         self.resume_asked: asyncio.Future[bool] | None = None
         """Set by ``ask_resumed``: the driver tells the peer ``resumed`` and resolves it."""
+        self.on_lane: Callable[[m.Lane], None] | None = None
+        """Set by a sender's driver: told of the receiver's ``lane`` message as soon as it
+        arrives (the driver may be busy pushing a window into a slow channel)."""
+
+    def feed_lane(self, data: bytes) -> None:
+        """Tell ``on_lane`` if ``data`` (small: a sender only receives small messages) is a
+        ``lane`` message; the core still gets it through the queue."""
+        if self.on_lane is None or len(data) > LANE_PEEK or b"lane" not in data:
+            return
+        try:
+            msg = codec.decode(data)
+        except ProtocolError:
+            return  # the core reports it
+        if isinstance(msg, m.Lane):
+            self.on_lane(msg)
 
     def ask_resumed(self) -> asyncio.Future[bool]:
         """Ask this exchange's driver to tell the peer the session was resumed; the future
@@ -232,6 +249,7 @@ class Link:
                     ex.feed(None)
                     self.exchange = ex = None
                 if ex is not None:
+                    ex.feed_lane(data)
                     if not ex.feed(data):
                         logger.warning("peer outran the window", extra={"peer": self.peer_id})
                         break

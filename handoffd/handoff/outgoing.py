@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Sequence
 
@@ -268,6 +269,7 @@ class Outgoing:
                     resumed_wait=0.0 if relayed else t.resumed_wait,
                     cancelled=lambda: handoff_id in self._cancelled,
                     switch=_switch_check(up, lane),
+                    lane_offered=functools.partial(lane.offered, link.peer_id),
                     stall=t.stall_timeout,
                 )
                 logger.info(

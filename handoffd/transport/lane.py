@@ -178,6 +178,11 @@ class LaneDialer(Dialer):
                 last = f"{host}: {getattr(exc, 'strerror', None) or type(exc).__name__}"
                 logger.info("lane address did not answer host=%s", host)
                 continue
+            logger.info(
+                "lane TCP connected host=%s tcp_ms=%.0f",
+                host,
+                (loop.time() - deadline + left) * 1000,
+            )
             stream = TcpStream(reader, writer)
             stream.stall_timeout = self._options.send_stall_timeout
             ticket = LaneTicket(offer.handoff_id, peer_device_id, offer.token)
