@@ -10,10 +10,11 @@ one run:
   hosts (Python ``ssl``, 1 MiB writes), and the ratio;
 - CPU seconds per 100 MiB: each daemon during the handoff, each raw TLS process;
 - VmRSS of both daemons, sampled every 0.5 s during a 1 GiB handoff (growth = max - before);
+- the target SIGKILLed mid-transfer on the lane → the source shows ``retrying``;
 - optionally (``--profile DIR``) both daemons run under cProfile (``DIR/a.prof``,
   ``DIR/b.prof``, written when they stop), for the hot path.
 
-    .venv/bin/python -m bench.bench_lane [--big-mib 200] [--rss-mib 1024] [--repeat 3]
+    .venv/bin/python -m bench.bench_lane [--big-mib 200] [--rss-mib 1024] [--repeat 3] [--kill-mib 400]
 """
 
 from __future__ import annotations
@@ -30,10 +31,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.bench_handoff import cpu_seconds, one_handoff, rss_mib, self_signed, watching
+from bench.bench_handoff import (
+    Watcher,
+    cpu_seconds,
+    one_handoff,
+    rss_mib,
+    self_signed,
+    watching,
+)
 from handoffd.control.client import HandoffClient, Item
 from tests.handoff.helpers import write_random
-from tests.handoff.labkit import LabDaemon, LabServer, MiB, pair_daemon
+from tests.handoff.labkit import LabDaemon, LabServer, MiB, kill_hard, pair_daemon
 from tests.lab import Host, Lab
 from tests.server.helpers import create_account
 
@@ -87,6 +95,30 @@ def raw_tls(
     return float(out[0]), float(out[1]), float(srv_out[1]), f"{out[2]} {out[3]}"
 
 
+async def dead_peer(
+    ca: HandoffClient, wa: Watcher, a: LabDaemon, b: LabDaemon, b_id: str, root: Path, mib: int
+) -> None:
+    """The target SIGKILLed mid-transfer on the lane: seconds until the source is retrying."""
+    doc = root / "kill.bin"
+    await asyncio.to_thread(write_random, doc, mib * MiB)
+    session = await ca.publish(
+        "org.example.bench", "kill", items=[Item.of_path("document", doc.name, doc)]
+    )
+    h = await ca.send(session.id, b_id)
+    async with asyncio.timeout(300):
+        while True:
+            cur = await ca.request("GET", f"/v1/handoffs/{h.id}")
+            if cur["path"] == "lane" and cur["bytes_done"] > mib * MiB // 4:
+                break
+            await asyncio.sleep(0.05)
+    t0 = time.perf_counter()
+    kill_hard(b)
+    took = await wa.wait(h.id, "retrying", within=120) - t0
+    print(f"target SIGKILLed mid-transfer on the lane -> source retrying: {took * 1000:.0f} ms")
+    await ca.cancel(h.id)
+    b.start()
+
+
 @dataclass
 class ProfiledDaemon(LabDaemon):
     """A lab daemon, run under cProfile when ``profile`` names a directory."""
@@ -110,7 +142,12 @@ class ProfiledDaemon(LabDaemon):
 
 
 async def main_async(
-    big_mib: int, huge_mib: int, repeat: int, profile: Path | None, verbose: bool = False
+    big_mib: int,
+    huge_mib: int,
+    repeat: int,
+    profile: Path | None,
+    verbose: bool = False,
+    kill_mib: int = 0,
 ) -> None:
     """Run the measurements and print the figures."""
     lab = Lab.create(2)
@@ -211,6 +248,8 @@ async def main_async(
                     f"{grow_b:.1f} MiB ({before[1]:.0f} -> max {max(s[1] for s in samples):.0f})",
                     flush=True,
                 )
+            if kill_mib:
+                await dead_peer(ca, wa, a, b, b_id, root, kill_mib)
         for d in (a, b):
             d.stop()
         server.stop()
@@ -227,9 +266,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", type=Path, default=None)
     parser.add_argument("--verbose", action="store_true", help="print the daemons' lane log lines")
+    parser.add_argument(
+        "--kill-mib", type=int, default=400, help="document for the dead-peer measurement (0: off)"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
-    asyncio.run(main_async(args.big_mib, args.rss_mib, args.repeat, args.profile, args.verbose))
+    asyncio.run(
+        main_async(
+            args.big_mib, args.rss_mib, args.repeat, args.profile, args.verbose, args.kill_mib
+        )
+    )
     print(f"bench took {time.perf_counter() - started:.0f} s")
 
 
