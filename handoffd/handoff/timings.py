@@ -47,7 +47,7 @@ class Timings:
     """Closing every link at shutdown takes at most this long."""
     device_refresh: float = 60.0
     discovery_grace: float = 5.0
-    head_start: float = 1.75
+    head_start: float = 0.5
     """The direct path gets this long before the relay is tried too."""
     upgrade_first: float = 5.0
     upgrade_every: float = 15.0
