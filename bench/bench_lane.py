@@ -108,9 +108,11 @@ async def dead_peer(
     async with asyncio.timeout(300):
         while True:
             cur = await ca.request("GET", f"/v1/handoffs/{h.id}")
-            if cur["path"] == "lane" and cur["bytes_done"] > mib * MiB // 4:
+            if cur["state"] not in ("pending", "connecting", "transferring"):
+                raise RuntimeError(f"the handoff ended before the kill: {cur['state']}")
+            if cur["path"] == "lane" and cur["bytes_done"] > mib * MiB // 10:
                 break
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)
     t0 = time.perf_counter()
     kill_hard(b)
     took = await wa.wait(h.id, "retrying", within=120) - t0
