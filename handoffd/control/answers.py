@@ -226,7 +226,16 @@ class Handoff(Answer, frozen=True, kw_only=True):
     session_id: str | None = None
     peer: Peer
     state: Annotated[str, Meta(extra_json_schema={"enum": list(HANDOFF_STATES)})]
-    path: Annotated[str, Meta(description="direct or relay, once connected")] | None = None
+    path: (
+        Annotated[
+            str,
+            Meta(
+                description="direct, relay or lane, once connected",
+                extra_json_schema={"enum": ["direct", "relay", "lane"]},
+            ),
+        ]
+        | None
+    ) = None
     types: tuple[str, ...] = ()
     bytes_done: int
     bytes_total: int

@@ -90,6 +90,140 @@ def setup_handoff_routes(app: web.Application, ctx: ControlContext, service: Eng
 
 # ---------------------------------------------------------------- OpenAPI
 
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(s: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": s}}}
+
+
+_ERR = {"4XX": _json(_ref("Error"), "error"), "5XX": _json(_ref("Error"), "error")}
+_STR = {"type": "string"}
+_INT = {"type": "integer"}
+_NUM = {"type": "number"}
+_ID_PARAM = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+}
+_PEER = {
+    "type": "object",
+    "properties": {"device_id": _STR, "name": _STR},
+    "required": ["device_id", "name"],
+}
+HANDOFF_STATES = [
+    "pending",
+    "connecting",
+    "transferring",
+    "delivered",
+    "resumed",
+    "retrying",
+    "declined",
+    "cancelled",
+    "failed",
+]
+
+OPENAPI_SCHEMAS: dict[str, Any] = {
+    "HandoffIn": {
+        "type": "object",
+        "properties": {
+            "session_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+            "target": {"type": "string", "description": "device id or device name"},
+            "types": {
+                "type": "array",
+                "items": _STR,
+                "description": "item types to send (default: all)",
+            },
+        },
+        "required": ["session_id", "target"],
+        "additionalProperties": False,
+    },
+    "Handoff": {
+        "type": "object",
+        "properties": {
+            "id": _STR,
+            "direction": {"enum": ["out", "in"]},
+            "session_id": {"type": ["string", "null"]},
+            "peer": _PEER,
+            "state": {"enum": HANDOFF_STATES},
+            "path": {"enum": ["direct", "relay", "lane", None]},
+            "types": {"type": "array", "items": _STR},
+            "bytes_done": _INT,
+            "bytes_total": _INT,
+            "attempts": _INT,
+            "next_retry_at": {"type": ["number", "null"]},
+            "error": {
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "properties": {
+                            "code": _STR,
+                            "message": _STR,
+                            "reason": {
+                                **_STR,
+                                "description": "the reason the peer gave for refusing us",
+                            },
+                        },
+                        "required": ["code", "message"],
+                    },
+                ]
+            },
+            "created_at": _NUM,
+            "updated_at": _NUM,
+            "wire": {
+                "type": "object",
+                "description": "what crossed the wire (sender side)",
+                "properties": {
+                    "data_bytes_sent": _INT,
+                    "channel_bytes_sent": _INT,
+                    "bytes_already_held": _INT,
+                },
+            },
+        },
+        "required": ["id", "direction", "peer", "state", "bytes_done", "bytes_total", "attempts"],
+    },
+    "InboxItem": {
+        "type": "object",
+        "properties": {
+            "type": _STR,
+            "name": _STR,
+            "mime": _STR,
+            "size": _INT,
+            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "path": {"type": "string", "description": "absolute, inside inbox/<id>/"},
+        },
+    },
+    "InboxEntry": {
+        "type": "object",
+        "properties": {
+            "id": _STR,
+            "session_id": _STR,
+            "app_id": _STR,
+            "title": _STR,
+            "context": {"type": "object"},
+            "from": _PEER,
+            "items": {"type": "array", "items": _ref("InboxItem")},
+            "state": {"enum": ["received", "resumed"]},
+            "received_at": _NUM,
+            "resumed_at": {"type": ["number", "null"]},
+        },
+    },
+}
+
+
+def _op(
+    summary: str, response: dict[str, Any], status: str = "200", body: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {status: _json(response), **_ERR}}
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return op
+
+
 OPENAPI_PATHS: dict[str, Any] = {
     "/v1/handoffs": {
         "get": op("Handoffs in both directions", "HandoffList"),

@@ -19,12 +19,18 @@ Verdict = Literal["alive", "revived", "pending", "gone", "forgotten"]
 
 @dataclass(frozen=True, slots=True)
 class LivenessPolicy:
-    """Liveness timings in seconds."""
+    """Liveness timings in seconds.
 
-    stale_after: float = 10.0
-    check_timeout: float = 1.0
-    retry_after: float = 1.0
-    misses_for_gone: int = 3
+    The defaults make a peer that died without a goodbye gone within 4 s of its last packet
+    (``gone_within``; plus the checker's 0.5 s tick and a fast-failing TCP probe), at the
+    cost of one SRV query and its answer per 2 s per silent live peer (≤ 1 packet/s per
+    peer; a peer heard otherwise is not asked). Before: 10 s, 1 s, 1 s, 3 misses (16 s).
+    """
+
+    stale_after: float = 2.0
+    check_timeout: float = 0.5
+    retry_after: float = 0.5
+    misses_for_gone: int = 2
     lost_recheck: float = 30.0
     forget_after: float = 600.0
 

@@ -29,6 +29,7 @@ from handoffd.handoff.driver_events import (
     Commit,
     Delivered,
     Failed,
+    LaneOffer,
     OfferReceived,
     PeerHello,
     Progress,
@@ -39,7 +40,7 @@ from handoffd.handoff.driver_events import (
     Transferring,
     Verdict,
 )
-from handoffd.handoff.link import Exchange, Link
+from handoffd.handoff.link import WINDOW, Exchange, Link
 from handoffd.handoff.offer import SourceItem, read_chunks
 from handoffd.handoff.staging import ItemWriter, Staging
 from handoffd.proto import messages as m
@@ -50,7 +51,9 @@ logger = logging.getLogger("handoffd.handoff.driver")
 SenderConsumer = Callable[[SenderEvent], Awaitable[None]]
 """The one consumer of a sender driver's events."""
 
-CHECKPOINT_EVERY = 1024 * 1024
+CHECKPOINT_EVERY = 4 * 1024 * 1024
+"""Bytes of an item written between two fsync + checkpoint + ack (the core also asks for one
+at half the window)."""
 OFFER_TIMEOUT = 30.0
 
 
@@ -121,6 +124,7 @@ async def run_sender(
     switch: Callable[[], bool] = lambda: False,
     stall: float,
     answer_wait: float = OFFER_TIMEOUT,
+    lane_offered: Callable[[m.Lane], None] | None = None,
 ) -> SendReport:
     """One sending exchange: offer, stream, until delivered (then linger for ``resumed``).
 
@@ -135,7 +139,8 @@ async def run_sender(
     """
     loop = asyncio.get_running_loop()
     ex = link.begin(manifest.handoff_id, "sender")
-    c = core.SenderCore(hello, offer, manifest, now=loop.time())
+    ex.on_lane = lane_offered
+    c = core.SenderCore(hello, offer, manifest, now=loop.time(), window=WINDOW)
     ex.core = c
     report = SendReport()
     start_bytes = link.channel.bytes_sent
@@ -167,6 +172,8 @@ async def run_sender(
                 elif isinstance(event, core.Resumed):
                     await consumer(Resumed(manifest.handoff_id))
                     return report
+                elif isinstance(event, core.LaneOffered):
+                    await consumer(LaneOffer(event.lane))
                 elif isinstance(event, core.Declined):
                     raise TransferError(event.message or "declined", code=event.reason, retry=False)
                 elif isinstance(event, core.Cancelled):
@@ -177,6 +184,13 @@ async def run_sender(
                     )
                 elif isinstance(event, core.Failed):
                     raise TransferError(event.message, code=event.code)
+            if c.state == core.State.STREAMING:
+                # A chunk boundary after each message: a better path ready stops the flush
+                # (what was not sent is not acknowledged; the next offer resumes from there).
+                for msg in c.outgoing():
+                    if switch():
+                        raise PathSwitchError("a better path is ready", code="path-switch")
+                    await link.send(msg)
             await _flush(link, c)
             report.data_bytes = c.sent_bytes
             report.channel_bytes = link.channel.bytes_sent - start_bytes
@@ -245,7 +259,7 @@ async def run_receiver(
     """One receiving exchange on ``link``, starting with the peer's hello ``first``; it ends
     after ``stall`` seconds without progress (``stalled``), or ``resumed_wait`` after delivery."""
     loop = asyncio.get_running_loop()
-    c = core.ReceiverCore(hello, now=loop.time())
+    c = core.ReceiverCore(hello, now=loop.time(), window=WINDOW)
     ex.core = c
     rx = _Receiving(c, ex, staging, consumer, loop.time)
     watch = StallWatch(loop.time())
@@ -256,6 +270,9 @@ async def run_receiver(
             events = c.events()
             await rx.handle(events)
             await _flush(link, c)
+            if rx.lane is not None:  # after the accept: the lane for the rest of the data
+                lane, rx.lane = rx.lane, None
+                await link.send(lane)
             if c.finished:
                 return
             if events:
@@ -329,6 +346,7 @@ class _Receiving:
         self.unsynced: dict[int, int] = {}
         self.manifest: m.Manifest | None = None
         self.names: Mapping[int, str] = {}
+        self.lane: m.Lane | None = None
 
     def close(self) -> None:
         for writer in self.writers.values():
@@ -388,6 +406,7 @@ class _Receiving:
             if offset != verdict.resume[index]:
                 await self.consumer.handle(Checkpoint(manifest.handoff_id, index, offset))
         self.c.accept(resume, self.now())
+        self.lane = verdict.lane
 
     async def checkpoint(self, index: int) -> None:
         """fsync, record the checkpoint, and only then let the core acknowledge."""

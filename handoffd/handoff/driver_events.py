@@ -29,6 +29,8 @@ class Verdict:
     names: Mapping[int, str] | None = None
     decline: tuple[str, str] | None = None
     delivered: bool = False
+    lane: m.Lane | None = None
+    """Sent to the sender after the accept: the LAN lane for this handoff."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +72,14 @@ class Resumed:
     handoff_id: str
 
 
-SenderEvent = PeerHello | Transferring | Progress | Delivered | Resumed
+@dataclass(frozen=True, slots=True)
+class LaneOffer:
+    """The receiver offers its LAN lane for this handoff (the sender may move onto it)."""
+
+    lane: m.Lane
+
+
+SenderEvent = PeerHello | Transferring | Progress | Delivered | Resumed | LaneOffer
 
 
 @dataclass(frozen=True, slots=True)

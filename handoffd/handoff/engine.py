@@ -31,6 +31,7 @@ from handoffd.handoff.expiry import Expiry
 from handoffd.handoff.inboxops import InboxOps
 from handoffd.handoff.incoming import Incoming
 from handoffd.handoff.kept import Kept
+from handoffd.handoff.lanes import LaneService
 from handoffd.handoff.link import IncomingExchange, LinkEvent, ResumedOnLink
 from handoffd.handoff.links import LinkPool
 from handoffd.handoff.local import LocalDevice
@@ -137,6 +138,10 @@ class Engine:
         )
         self.presence.on_server_request = self._on_server_signal
         self.presence.on_relay_channel = self.links.adopt_relay
+        self.lanes = LaneService(
+            local=self.local, timings=t, refusals=self.refusals, on_channel=self.links.adopt_lane
+        )
+        self.presence.lane = self.lanes
         self.apps = Apps(
             store=i.store,
             db=self.db,
@@ -177,6 +182,7 @@ class Engine:
             consent=self.consent,
         )
         self.receivers = Receivers(i.settings)
+        self.incoming.lanes = self.lanes
         self.notices = Notices(
             store=i.store,
             records=self.records,
@@ -244,6 +250,11 @@ class Engine:
             await self.tasks.close()
             await self.links.close()
             await self.presence.close()
+
+    @property
+    def lane_port(self) -> int | None:
+        """The LAN lane's port (None while not listening)."""
+        return self.lanes.port
 
     @property
     def signaling_port(self) -> int | None:

@@ -5,6 +5,7 @@ items into the inbox and hands the entry to the app launcher."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,6 +27,7 @@ from handoffd.handoff.driver_events import (
     ReceiverEvent,
     Verdict,
 )
+from handoffd.handoff.lanes import LaneService
 from handoffd.handoff.link import Exchange, Link
 from handoffd.handoff.links import LinkPool
 from handoffd.handoff.local import LocalDevice
@@ -77,6 +79,8 @@ class Incoming:
         self.on_received = on_received
         self.reservations = Reservations()
         self.receiving: dict[str, asyncio.Task[None]] = {}
+        self.lanes: LaneService | None = None
+        """The LAN lane's listener and offers (set by the engine)."""
 
     def receive(self, link: Link, ex: Exchange, first: bytes) -> None:
         """Run a receiver driver for the exchange the peer began on ``link``."""
@@ -344,11 +348,29 @@ class ReceiverRecorder:
     def __init__(self, incoming: Incoming, link: Link) -> None:
         self.incoming = incoming
         self.link = link
+        self.features: tuple[str, ...] = ()
+
+    def _with_lane(self, verdict: Verdict, manifest: m.Manifest) -> Verdict:
+        """The verdict with a lane offer when this exchange should move onto the lane."""
+        lanes = self.incoming.lanes
+        if lanes is None or verdict.resume is None or verdict.decline or verdict.delivered:
+            return verdict
+        sizes = {i.index: i.size for i in manifest.items}
+        remaining = sum(sizes.get(i, 0) - off for i, off in verdict.resume.items())
+        lane = lanes.offer(
+            manifest.handoff_id,
+            self.link.peer_id,
+            path=self.link.channel.path,
+            features=self.features,
+            remaining=remaining,
+        )
+        return verdict if lane is None else dataclasses.replace(verdict, lane=lane)
 
     async def decide(self, event: OfferReceived) -> Verdict:
         """The verdict; a state database that cannot grow declines (``no-disk-space``)."""
         try:
-            return await self.incoming.decide(self.link, event.offer, event.manifest)
+            verdict = await self.incoming.decide(self.link, event.offer, event.manifest)
+            return self._with_lane(verdict, event.manifest)
         except StoreError as exc:
             if exc.code != "store-full":
                 raise
@@ -361,6 +383,7 @@ class ReceiverRecorder:
         """Record ``event``."""
         rx = self.incoming
         if isinstance(event, PeerHello):
+            self.features = tuple(event.hello.features)
             await rx.local.gossip(event.hello)
         elif isinstance(event, Progress):
             rx.reservations.progress(event.handoff_id, event.total - event.done)

@@ -24,8 +24,15 @@ from handoffd.transport.base import Channel
 logger = logging.getLogger("handoffd.handoff.link")
 
 SEND_TIMEOUT = 60.0
+WINDOW = 8 * 1024 * 1024
+"""The flow-control window this engine asks for (both cores; the peer's hello may lower it).
+
+Twice the protocol's default: at line rate on the lane a 4 MiB window with an fsync per
+checkpoint left the sender waiting for acknowledgements (docs/benchmarks.md)."""
 # A peer may not run ahead of the window by more than this (bytes queued to one exchange).
-MAX_QUEUED = 2 * core.DEFAULT_WINDOW + 1024 * 1024
+MAX_QUEUED = 2 * WINDOW + 1024 * 1024
+LANE_PEEK = 1024
+"""A ``lane`` message is far smaller than this."""
 
 
 class _Wake:
@@ -46,6 +53,21 @@ class Exchange:
         self.core: core.SenderCore | core.ReceiverCore | None = None
         self.resume_asked: asyncio.Future[bool] | None = None
         """Set by ``ask_resumed``: the driver tells the peer ``resumed`` and resolves it."""
+        self.on_lane: Callable[[m.Lane], None] | None = None
+        """Set by a sender's driver: told of the receiver's ``lane`` message as soon as it
+        arrives (the driver may be busy pushing a window into a slow channel)."""
+
+    def feed_lane(self, data: bytes) -> None:
+        """Tell ``on_lane`` if ``data`` (small: a sender only receives small messages) is a
+        ``lane`` message; the core still gets it through the queue."""
+        if self.on_lane is None or len(data) > LANE_PEEK or b"lane" not in data:
+            return
+        try:
+            msg = codec.decode(data)
+        except ProtocolError:
+            return  # the core reports it
+        if isinstance(msg, m.Lane):
+            self.on_lane(msg)
 
     def ask_resumed(self) -> asyncio.Future[bool]:
         """Ask this exchange's driver to tell the peer the session was resumed; the future
@@ -227,6 +249,7 @@ class Link:
                     ex.feed(None)
                     self.exchange = ex = None
                 if ex is not None:
+                    ex.feed_lane(data)
                     if not ex.feed(data):
                         logger.warning("peer outran the window", extra={"peer": self.peer_id})
                         break
@@ -292,7 +315,7 @@ def _ready_for_next(ex: Exchange, data: bytes) -> bool:
 
 
 def make_hello(device_id: str, trust: identity.TrustAnchor | None) -> m.Hello:
-    """Our hello, carrying our CRL for gossip."""
+    """Our hello, carrying our CRL for gossip and the features we speak (the LAN lane)."""
     crl = None if trust is None or trust.crl is None else identity.crl_to_der(trust.crl)
     if crl is not None and len(crl) > m.MAX_CRL:
         crl = None  # too large to gossip: peers fetch it from the server instead
@@ -301,7 +324,7 @@ def make_hello(device_id: str, trust: identity.TrustAnchor | None) -> m.Hello:
         device_id=device_id,
         crl_number=0 if trust is None else trust.crl_number,
         crl=crl,
-        features=(),
+        features=(m.FEATURE_LANE,),
     )
 
 

@@ -69,6 +69,11 @@ class LinkPool:
         link = self.adopt(channel)
         logger.info("incoming relay link", extra={"peer": link.peer_id})
 
+    async def adopt_lane(self, channel: Channel) -> None:
+        """A lane channel a peer opened to us (its token checked)."""
+        link = self.adopt(channel)
+        logger.info("incoming lane link", extra={"peer": link.peer_id})
+
     async def webrtc_options(self, route: str) -> WebRtcOptions:
         """Off the LAN, with the STUN/TURN servers the server hands out; on it, without."""
         server = self.presence.server

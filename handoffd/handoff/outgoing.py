@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Sequence
 
@@ -23,12 +24,14 @@ from handoffd.handoff import retry
 from handoffd.handoff.driver import run_sender
 from handoffd.handoff.driver_events import (
     Delivered,
+    LaneOffer,
     PeerHello,
     Progress,
     Resumed,
     SenderEvent,
     Transferring,
 )
+from handoffd.handoff.lanes import LaneSwitch
 from handoffd.handoff.link import Link
 from handoffd.handoff.links import LinkPool
 from handoffd.handoff.local import LocalDevice
@@ -259,6 +262,7 @@ class Outgoing:
             link, moved = moved, None
             upgrader: Upgrader | None = None
             upgrading: asyncio.Task[None] | None = None
+            lane = LaneSwitch(local=self.local, timings=t, tasks=self.tasks)
             try:
                 sources = await self._sources(record, manifest)
                 if link is None:
@@ -275,12 +279,13 @@ class Outgoing:
                     offer=offer,
                     manifest=manifest,
                     sources=sources,
-                    consumer=_SenderRecorder(self, handoff_id, up).on_event,
+                    consumer=_SenderRecorder(self, handoff_id, up, lane, link.peer_id).on_event,
                     # A relay session is the server's to share: do not hold one to wait for
                     # `resumed` (it comes by notice) nor keep it warm.
                     resumed_wait=0.0 if relayed else t.resumed_wait,
                     cancelled=lambda: handoff_id in self._cancelled,
-                    switch=_switch_check(up),
+                    switch=_switch_check(up, lane),
+                    lane_offered=functools.partial(lane.offered, link.peer_id),
                     stall=t.stall_timeout,
                     answer_wait=t.offer_answer,
                 )
@@ -295,6 +300,7 @@ class Outgoing:
                 return
             except PathSwitchError:
                 better = None if upgrader is None else upgrader.take()
+                better = better or lane.take()
                 if link is not None:
                     await link.close()
                 if better is not None:
@@ -325,6 +331,7 @@ class Outgoing:
                     upgrading.cancel()
                 if upgrader is not None:
                     await upgrader.close()
+                await lane.close()
             if link is not None and error.code != "link-busy":
                 await link.close()  # never reuse a connection that just failed
             if not await self._retry(handoff_id, error, attempts):
@@ -377,26 +384,37 @@ def check_types(types: Sequence[str], items: Sequence[Item]) -> list[str]:
     return list(types)
 
 
-def _switch_check(upgrader: Upgrader | None) -> Callable[[], bool]:
-    """Asked at each chunk boundary: is a better path ready?"""
+def _switch_check(upgrader: Upgrader | None, lane: LaneSwitch) -> Callable[[], bool]:
+    """Asked at each chunk boundary: is a better path ready (direct while relayed, the lane)?"""
     if upgrader is None:
-        return lambda: False
-    return lambda: upgrader.ready
+        return lambda: lane.ready
+    return lambda: upgrader.ready or lane.ready
 
 
 class _SenderRecorder:
     """The one consumer of a sender driver's events: records them on the handoff."""
 
-    def __init__(self, outgoing: Outgoing, handoff_id: str, upgrader: Upgrader | None) -> None:
+    def __init__(
+        self,
+        outgoing: Outgoing,
+        handoff_id: str,
+        upgrader: Upgrader | None,
+        lane: LaneSwitch,
+        peer: str,
+    ) -> None:
         self.out = outgoing
         self.handoff_id = handoff_id
         self.upgrader = upgrader
+        self.lane = lane
+        self.peer = peer
 
     async def on_event(self, event: SenderEvent) -> None:
         """Record ``event``."""
         records, hid = self.out.records, self.handoff_id
         if isinstance(event, PeerHello):
             await self.out.local.gossip(event.hello)
+        elif isinstance(event, LaneOffer):
+            self.lane.offered(self.peer, event.lane)
         elif isinstance(event, Transferring):
             report = event.report
             await records.set(

@@ -151,6 +151,8 @@ class Presence:
         self._server_local: LocalIdentity | None = None
         self.on_server_request: OnRequest | None = None
         self.on_relay_channel: Callable[[RelayChannel], Awaitable[None]] | None = None
+        self.lane: Signaling | None = None
+        """The LAN lane's listener, started and stopped with the signaling listener."""
 
     @property
     def signaling_port(self) -> int | None:
@@ -170,7 +172,11 @@ class Presence:
                 if not (paired and self.settings.current.lan_discovery):
                     await self.stop_discovery()
                     await self.signaling.close()
+                    if self.lane is not None:
+                        await self.lane.close()
                 elif await self.signaling.start():
+                    if self.lane is not None:
+                        await self.lane.start()
                     now = self.clock.mono()
                     if last_refresh is None or now - last_refresh > self.timings.device_refresh:
                         await self.refresh_devices()
@@ -377,5 +383,7 @@ class Presence:
         """Stop discovery, the listener and the server link (idempotent)."""
         await self._close_discovery()
         await self.signaling.close()
+        if self.lane is not None:
+            await self.lane.close()
         # Last: while the engine is being cancelled, closing the server link re-raises that.
         await self.stop_server_path()

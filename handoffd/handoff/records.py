@@ -197,6 +197,16 @@ class Records:
         record = await self.store.run(self.db.update, handoff_id, meta, **fields)
         if before is None or before.state != record.state:
             self.publish_state(record)
+        elif record.path and before.path != record.path:
+            # The transfer moved to another path (relay -> direct, direct -> lane, back).
+            self.events.publish(
+                {
+                    "type": "handoff.path",
+                    "handoff_id": record.id,
+                    "direction": record.direction,
+                    "path": record.path,
+                }
+            )
         if record.state == "delivered" or record.state in TERMINAL:
             self._progress_at.pop(handoff_id, None)  # no more progress: the limiter forgets it
         return record
@@ -209,6 +219,7 @@ class Records:
                 "handoff_id": record.id,
                 "direction": record.direction,
                 "state": record.state,
+                "path": record.path,
                 "error": error_json(record.error),
             }
         )

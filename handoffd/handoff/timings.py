@@ -50,7 +50,7 @@ class Timings:
     """Closing every link at shutdown takes at most this long."""
     device_refresh: float = 60.0
     discovery_grace: float = 5.0
-    head_start: float = 1.75
+    head_start: float = 0.5
     """The direct path gets this long before the relay is tried too."""
     upgrade_first: float = 5.0
     upgrade_every: float = 15.0
@@ -65,6 +65,16 @@ class Timings:
     """If > 0: at most this many bytes of the disk's free space are counted (bytes)."""
     signaling_port: int = 0
     """The LAN signaling port (0: ephemeral)."""
+    lane_port: int = 0
+    """The LAN lane's TCP port (0: ephemeral); it listens while the signaling port does."""
+    lane_min_bytes: int = 8 * 1024 * 1024
+    """Bytes still to send from which a receiver offers its lane (bytes; -1: no lane at all)."""
+    lane_handshake_timeout: float = 5.0
+    """A lane connection that has not passed TLS, the peer checks and the token by then is closed."""
+    lane_connect_timeout: float = 2.0
+    """TCP connect to one offered lane address."""
+    lane_dial_timeout: float = 5.0
+    """The whole lane dial (every address, TLS, token)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Timings:

@@ -42,6 +42,10 @@ Count = Annotated[int, Range(0, INT_MAX)]
 """A byte count, offset or sequence number: never negative."""
 Index = Annotated[int, Range(0, MAX_ITEMS - 1)]
 Nonce = Annotated[int, Range(0, UINT_MAX)]
+Host = Annotated[str, Min(2), Max(45)]
+"""An IP address literal (checked by the lane dialer)."""
+FEATURE_LANE = "lane"
+"""Hello feature: this device takes (sender) or offers (receiver) the LAN lane."""
 
 
 @message("hello")
@@ -213,6 +217,22 @@ class Pong:
     nonce: Nonce
 
 
+@message("lane")
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """Receiver to sender, after ``accept``: the LAN lane for this handoff (docs/transport.md §5).
+
+    Where the receiver's lane listens (IP literals, a port) and a single-use token bound to
+    the handoff and both devices. Sent only to a sender whose hello lists the ``lane``
+    feature; the sender may ignore it.
+    """
+
+    handoff_id: Id
+    hosts: Annotated[tuple[Host, ...], Min(1), Max(8)]
+    port: Annotated[int, Range(1, 65535)]
+    token: Annotated[bytes, Min(16), Max(32)]
+
+
 Message = (
     Hello
     | Manifest
@@ -228,6 +248,7 @@ Message = (
     | Error
     | Ping
     | Pong
+    | Lane
 )
 
 ENCLOSED: frozenset[type[Message]] = frozenset({Manifest, Offer})

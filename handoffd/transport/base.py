@@ -23,6 +23,8 @@ MAX_MESSAGE = 64 * 1024
 
 PATH_DIRECT = "direct"
 PATH_RELAY = "relay"
+PATH_LANE = "lane"
+"""TLS 1.3 over TCP straight between two devices on one LAN (``handoffd.transport.lane``)."""
 
 
 class PeerAuthError(TransportError):

@@ -1,6 +1,6 @@
 """Races dialers: direct first, the relay after a head start; the first authenticated channel wins.
 
-``Connector([direct, relay], head_start=1.75).connect(peer, deadline=...)``
+``Connector([direct, relay], head_start=0.5).connect(peer, deadline=...)``
 starts ``direct`` at once and ``relay`` ``head_start`` seconds later, or at
 once when every earlier dialer already failed or says no path is plausible
 (a dialer may have ``plausible(peer) -> bool``). The first channel returned
@@ -28,7 +28,10 @@ from handoffd.transport.base import Channel, Dialer, PeerAuthError
 
 logger = logging.getLogger("handoffd.transport.connector")
 
-HEAD_START = 1.75
+HEAD_START = 0.5
+"""A cold direct connection on the LAN returns in ~80-170 ms (p50-p95, lab, loaded): 0.5 s
+keeps it winning (10/10 with UDP open) while a blocked one costs 0.5 s, not 1.75 s
+(docs/benchmarks.md, issue #11)."""
 LOST_HEAD_START = 0.25
 """The head start for a peer whose first dialer lost the last race while still trying."""
 LOST_MEMORY = 600.0

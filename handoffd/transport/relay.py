@@ -16,11 +16,11 @@ neither side hands out a channel before the other accepted it. Then application 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import re
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,12 +31,12 @@ from handoffd.transport import tlskey
 from handoffd.transport.base import (
     MAX_MESSAGE,
     PATH_RELAY,
-    Channel,
     LocalIdentity,
     PeerAuthError,
     PeerRefusedError,
     check_message,
 )
+from handoffd.transport.chanqueue import QueuedChannel
 from handoffd.transport.relaypeer import verify_peer
 from handoffd.wire import relayhello
 
@@ -132,8 +132,17 @@ async def _stop_task(task: asyncio.Task[None] | None) -> None:
             raise
 
 
-class RelayChannel(Channel):
-    """A Channel over TLS 1.3 inside a relay stream (see the module docstring)."""
+FirstCheck = Callable[[identity.PeerIdentity, bytes], None]
+"""The TLS server's check of the client's first frame (the lane's token); raises PeerAuthError."""
+
+
+class RelayChannel(QueuedChannel):
+    """A Channel over TLS 1.3 with the device certificates over a ByteStream.
+
+    Through the server's relay (``path`` relay) or straight over TCP on the LAN (``path``
+    lane, ``handoffd.transport.lane``): one implementation of the devices' TLS, checks and
+    hello for both.
+    """
 
     path = PATH_RELAY
 
@@ -151,20 +160,14 @@ class RelayChannel(Channel):
         self._out = outgoing
         self._options = options
         self._decoder = FrameDecoder(max_frame=MAX_MESSAGE)
-        self._queue: collections.deque[bytes] = collections.deque()
-        self._queued = 0
-        self._readable = asyncio.Event()
+        self._init_queue()
         self._space = asyncio.Event()
         self._send_lock = asyncio.Lock()
         self._flush_lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
-        self._closed = False
         self._released = False
         self._eof = False
-        self._error: TransportError | None = None
         self._authenticated = False
-        self.bytes_sent = 0
-        self.bytes_received = 0
 
     # -- establishing
 
@@ -175,13 +178,19 @@ class RelayChannel(Channel):
         local: LocalIdentity,
         *,
         server_side: bool,
-        expected_peer: str,
+        expected_peer: str | None,
         deadline: float,
         options: RelayOptions | None = None,
+        path: str = PATH_RELAY,
+        first_frame: bytes | None = None,
+        check_first: FirstCheck | None = None,
     ) -> RelayChannel:
         """Run TLS over ``stream``, verify the peer, exchange hellos; the stream is ours now.
 
-        On any failure the stream is closed and PeerAuthError (we refused the
+        ``expected_peer`` None (a TLS server that learns its peer from the certificate)
+        accepts any valid, unrevoked device of the account. ``first_frame`` (client) is sent
+        before the hellos and ``check_first`` (server) decides on it: a refusal goes back in
+        the hello. On any failure the stream is closed and PeerAuthError (we refused the
         peer), PeerRefusedError (it refused us) or TransportError raised.
         """
         try:
@@ -192,11 +201,16 @@ class RelayChannel(Channel):
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         sslobj = ctx.wrap_bio(incoming, outgoing, server_side=server_side)
         channel = cls(stream, sslobj, incoming, outgoing, options or RelayOptions())
+        channel.path = path
         try:
             async with asyncio.timeout_at(deadline):
                 await channel._handshake()
                 peer = await channel._check_peer(local, expected_peer)
-                channel._reader = asyncio.create_task(channel._read_loop(), name="relay-reader")
+                channel._reader = asyncio.create_task(channel._read_loop(), name=f"{path}-reader")
+                if first_frame is not None:
+                    await channel._send_raw(first_frame)
+                if check_first is not None:
+                    await channel._check_first(peer, check_first)
                 sent: TransportError | None = None
                 try:
                     await channel._send_raw(relayhello.encode_hello(None))
@@ -223,7 +237,8 @@ class RelayChannel(Channel):
         channel.peer = peer
         channel._authenticated = True
         logger.info(
-            "relay channel authenticated",
+            "%s channel authenticated",
+            path,
             extra={"peer": peer.device_id, "role": "server" if server_side else "client"},
         )
         return channel
@@ -253,13 +268,25 @@ class RelayChannel(Channel):
                 raise _stream_error(self._stream, "peer-closed-handshake")
             self._in.write(data)
 
-    async def _check_peer(self, local: LocalIdentity, expected: str) -> identity.PeerIdentity:
+    async def _check_peer(
+        self, local: LocalIdentity, expected: str | None
+    ) -> identity.PeerIdentity:
         try:
             return verify_peer(self._ssl.getpeercert(binary_form=True), local, expected)
         except PeerAuthError as exc:
-            with contextlib.suppress(HandoffError, ssl.SSLError):
-                await self._send_raw(relayhello.encode_hello(exc.code))
+            await self._refuse(exc)
             raise
+
+    async def _check_first(self, peer: identity.PeerIdentity, check: FirstCheck) -> None:
+        try:
+            check(peer, await self._recv_raw())
+        except PeerAuthError as exc:
+            await self._refuse(exc)
+            raise
+
+    async def _refuse(self, exc: PeerAuthError) -> None:
+        with contextlib.suppress(HandoffError, ssl.SSLError):
+            await self._send_raw(relayhello.encode_hello(exc.code))
 
     # -- plumbing
 
@@ -291,17 +318,9 @@ class RelayChannel(Channel):
             raise _tls_error(exc) from None
         await self._flush()
 
-    async def _recv_raw(self) -> bytes:
-        while not self._queue:
-            if self._closed:
-                raise self._error or TransportError("channel closed", code="channel-closed")
-            self._readable.clear()
-            await self._readable.wait()
-        data = self._queue.popleft()
-        self._queued -= len(data)
+    def _dequeued(self) -> None:
         if self._queued <= RECV_HIGH // 2:
             self._space.set()
-        return data
 
     def _drain_tls(self) -> None:
         """Decrypt what arrived into whole messages."""
@@ -352,7 +371,7 @@ class RelayChannel(Channel):
     def _fail(self, error: TransportError) -> TransportError:
         if self._error is None and not self._closed:
             self._error = error
-            logger.info("relay channel failed code=%s", error.code)
+            logger.info("%s channel failed code=%s", self.path, error.code)
         self._mark_closed()
         return error
 
@@ -385,18 +404,12 @@ class RelayChannel(Channel):
         check_message(data)
         async with self._send_lock:
             if self._closed:
-                raise self._error or TransportError("channel closed", code="channel-closed")
+                raise self._closed_error()
             try:
                 await self._send_raw(data)
             except TransportError as exc:
                 raise self._fail(exc) from None
             self.bytes_sent += len(data)
-
-    async def recv(self) -> bytes:
-        """The next message; after the peer closes, buffered messages first, then channel-closed."""
-        data = await self._recv_raw()
-        self.bytes_received += len(data)
-        return data
 
     async def close(self) -> None:
         """Close: TLS close_notify after everything sent, then the relay stream (idempotent)."""

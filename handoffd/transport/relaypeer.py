@@ -9,7 +9,9 @@ from handoffd.errors import HandoffError
 from handoffd.transport.base import LocalIdentity, PeerAuthError
 
 
-def verify_peer(der: bytes | None, local: LocalIdentity, expected: str) -> identity.PeerIdentity:
+def verify_peer(
+    der: bytes | None, local: LocalIdentity, expected: str | None
+) -> identity.PeerIdentity:
     """The verified peer behind certificate ``der``; PeerAuthError (with a stable code) if not."""
     if der is None:
         raise PeerAuthError("peer sent no certificate", code="cert-missing")

@@ -68,7 +68,12 @@ def root() -> Iterator[Path]:
 def test_listener_only_while_paired_and_lan_discovery_on(root: Path) -> None:
     server = ServerProcess(root / "srv").start()
     port = free_port()
-    d = DaemonProcess(root / "d", env={"HANDOFF_SIGNALING_PORT": str(port)})
+    lane = free_port()
+    while lane == port:
+        lane = free_port()
+    # The LAN lane's listener follows the signaling listener (docs/transport.md §5).
+    env = {"HANDOFF_SIGNALING_PORT": str(port), "HANDOFF_LANE_PORT": str(lane)}
+    d = DaemonProcess(root / "d", env=env)
     try:
         create_account(server.data, "ana")
         d.home.mkdir(mode=0o700)
@@ -84,17 +89,19 @@ def test_listener_only_while_paired_and_lan_discovery_on(root: Path) -> None:
         url, _ = cli_invite(server.data, "ana")
         status, body = d.curl("POST", "/v1/pair", {"invite": url, "name": "laptop"})
         assert status == 200, body
-        until(lambda: listening_ports(pid) == {port}, "the listener after pairing")
+        until(lambda: listening_ports(pid) == {port, lane}, "the listener after pairing")
         assert connects(port)
+        assert connects(lane)
 
         status, body = d.curl("PATCH", "/v1/settings", {"lan_discovery": False})
         assert status == 200, body
         until(lambda: listening_ports(pid) == set(), "the listener to stop")
         assert not connects(port)
+        assert not connects(lane)
 
         status, body = d.curl("PATCH", "/v1/settings", {"lan_discovery": True})
         assert status == 200, body
-        until(lambda: listening_ports(pid) == {port}, "the listener again")
+        until(lambda: listening_ports(pid) == {port, lane}, "the listener again")
         assert connects(port)
 
         # Restarted paired with LAN discovery off: never listens.

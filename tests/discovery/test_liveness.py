@@ -103,4 +103,4 @@ def test_policy_is_validated() -> None:
         LivenessPolicy(stale_after=0)
     with pytest.raises(ValueError, match="misses_for_gone"):
         LivenessPolicy(misses_for_gone=0)
-    assert LivenessPolicy().gone_within() == 16.0
+    assert LivenessPolicy().gone_within() == 4.0

@@ -34,8 +34,11 @@ MESSAGES = 61  # + 2 documents = 63 items (the control API takes at most 1,024)
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[Pair]:
-    """Server + laptop (a) + desk (b), paired and nearby; shared by this module's tests."""
-    with paired_daemons() as p:
+    """Server + laptop (a) + desk (b), paired and nearby; shared by this module's tests.
+
+    The desk offers no LAN lane: these tests follow transfers on the data channel (one is
+    cancelled mid-way; the lane would deliver it first). The lane: test_lab_lane.py."""
+    with paired_daemons(env_b={"HANDOFF_LANE_MIN_BYTES": "-1"}) as p:
         yield p
 
 

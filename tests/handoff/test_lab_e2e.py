@@ -35,7 +35,7 @@ import pytest
 
 from handoffd.control.client import HandoffClient, Item
 from handoffd.errors import ApiError
-from handoffd.proto.messages import DEFAULT_WINDOW
+from handoffd.handoff.link import WINDOW
 from tests.handoff.helpers import (
     checkpoints,
     register_notes_app,
@@ -65,6 +65,9 @@ pytestmark = pytest.mark.lab
 
 DOCS = {"one-k.bin": 1024, "one-m.bin": MiB, "fifty-m.bin": 50 * MiB}
 SMALL_WIRE = 1 * MiB
+# These tests follow transfers on the data channel and the relay (their wire counters, their
+# faults): the receivers offer no LAN lane (tests/handoff/test_lab_lane.py has its own).
+NO_LANE = {"HANDOFF_LANE_MIN_BYTES": "-1"}
 """Far below any document that must not cross: all the traffic of a handoff that sends no
 document (signaling, DTLS, SCTP, messages, mDNS chatter of the moment) fits in it."""
 
@@ -95,7 +98,7 @@ class World:
 
     def daemon(self, name: str, host: Host, **env: str) -> LabDaemon:
         """A new (not started) daemon with its own home, in ``host``."""
-        d = LabDaemon(self.root / name, env=dict(env), host=host)
+        d = LabDaemon(self.root / name, env={**NO_LANE, **env}, host=host)
         d.home.mkdir(mode=0o700)
         return d
 
@@ -120,8 +123,10 @@ def world() -> Iterator[World]:
         h0, h1, _ = lab.hosts
         server = LabServer(root / "srv", host=h0).start()
         account_id = create_account(server.data, "lab")
-        a = LabDaemon(root / "a", host=h0)
-        b = LabDaemon(root / "b", env={"HANDOFF_SIGNALING_PORT": str(SIGNALING_PORT)}, host=h1)
+        a = LabDaemon(root / "a", env=dict(NO_LANE), host=h0)
+        b = LabDaemon(
+            root / "b", env={**NO_LANE, "HANDOFF_SIGNALING_PORT": str(SIGNALING_PORT)}, host=h1
+        )
         for d in (a, b):
             d.home.mkdir(mode=0o700)
             d.start()
@@ -513,7 +518,7 @@ def _resend_bound(clean_tx: int, size: int) -> int:
     the clean cost, plus one window of unacknowledged data (and 1 MiB for background traffic
     and SCTP retransmissions), at the measured bytes-on-the-wire per payload byte."""
     per_byte = clean_tx / size
-    return clean_tx + int((DEFAULT_WINDOW + MiB) * per_byte)
+    return clean_tx + int((WINDOW + MiB) * per_byte)
 
 
 @pytest.mark.slow
@@ -554,7 +559,7 @@ async def test_link_cut_for_3s_mid_transfer_completes_without_resending_acknowle
             assert wire["bytes_already_held"] >= held_at_cut
         # Over all attempts, the laptop's interface sent at most one window more than a clean
         # run; re-sending the acknowledged half would have cost >= 16 MiB more.
-        assert held_at_cut > DEFAULT_WINDOW + MiB
+        assert held_at_cut > WINDOW + MiB
         print(f"link cut: attempts {done['attempts']}, held at cut {held_at_cut} B, "
               f"laptop tx {a_tx} B, clean run {clean_tx} B, bound {_resend_bound(clean_tx, size)} B")  # fmt: skip
         assert a_tx <= _resend_bound(clean_tx, size), (a_tx, clean_tx, done)

@@ -50,8 +50,8 @@ import pytest_asyncio
 
 from handoffd.control.client import HandoffClient, Item
 from handoffd.errors import ApiError
+from handoffd.handoff.link import WINDOW
 from handoffd.handoff.policy import DISK_MARGIN
-from handoffd.proto.messages import DEFAULT_WINDOW
 from tests.handoff.helpers import checkpoints, sha256_file, wait_nearby, wait_state, write_random
 from tests.handoff.labkit import (
     LabDaemon,
@@ -76,6 +76,9 @@ pytestmark = [pytest.mark.lab, pytest.mark.timeout(600)]
 APP = "org.example.faults"
 """No app is registered for it anywhere: a handoff ends at ``delivered`` until the test
 confirms the resume on the target, as the app would."""
+# These tests follow transfers on the data channel and the relay (their wire counters, their
+# faults): the receivers offer no LAN lane (tests/handoff/test_lab_lane.py has its own).
+NO_LANE = {"HANDOFF_LANE_MIN_BYTES": "-1"}
 RATE = "40mbit"
 """The target's link while a fault must land mid-transfer: 32 MiB take about 7 s."""
 DEVICES = ("laptop", "desk", "tablet")
@@ -136,7 +139,7 @@ def world() -> Iterator[World]:
         server = LabServer(root / "srv", host=lab.hosts[0], env=tap).start()
         account_id = create_account(server.data, "lab")
         daemons = {
-            name: LabDaemon(root / name, host=host)
+            name: LabDaemon(root / name, env=dict(NO_LANE), host=host)
             for name, host in zip(DEVICES, lab.hosts[1:4], strict=True)
         }
         for d in daemons.values():
@@ -163,7 +166,7 @@ def _extra(
 
     Its home is ``world.root / name``; it may exist already (a mount point, made by the case)."""
     home = world.root / name
-    d = LabDaemon(home, host=host)
+    d = LabDaemon(home, env=dict(NO_LANE), host=host)
     world.extras[name] = d
     device_id = ""
     try:
@@ -397,7 +400,7 @@ def _resend_bound(clean_tx: int, size: int) -> int:
     """The most the laptop may send for ``size`` bytes if no acknowledged byte goes twice:
     the clean cost, plus one window of unacknowledged data and 1 MiB (background traffic,
     SCTP retransmissions), at the measured bytes-on-the-wire per payload byte."""
-    return clean_tx + int((DEFAULT_WINDOW + MiB) * clean_tx / size)
+    return clean_tx + int((WINDOW + MiB) * clean_tx / size)
 
 
 # ---------------------------------------------------------------- 1. loss
@@ -435,7 +438,7 @@ async def test_link_down_10s_mid_transfer_completes_without_resending_acknowledg
     a_tx = meter.read()[1]
     # The source only ever counted as done what the target had made durable.
     assert acked_at_cut <= held_at_cut < size
-    assert held_at_cut > DEFAULT_WINDOW + MiB
+    assert held_at_cut > WINDOW + MiB
     if done["attempts"] > 1:  # a new connection resumed from what the target held
         assert done["wire"]["bytes_already_held"] >= held_at_cut, done
     bound = _resend_bound(clean_tx, size)

@@ -67,8 +67,10 @@ def world() -> Iterator[World]:
         h0, h1 = lab.hosts
         server = LabServer(root / "srv", host=h0, port=0).start()
         create_account(server.data, "lab")
-        a = LabDaemon(root / "a", host=h0)
-        b = LabDaemon(root / "b", host=h1)
+        # The data channel end to end (the LAN lane: test_lab_lane.py).
+        lane_off = {"HANDOFF_LANE_MIN_BYTES": "-1"}
+        a = LabDaemon(root / "a", env=dict(lane_off), host=h0)
+        b = LabDaemon(root / "b", env=dict(lane_off), host=h1)
         for d in (a, b):
             d.home.mkdir(mode=0o700)
             d.start()

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from handoffd.control.client import HandoffClient, Item
-from handoffd.proto.messages import DEFAULT_WINDOW
+from handoffd.handoff.link import WINDOW
 from tests.handoff.helpers import sha256_file, wait_nearby, wait_state, write_random
 from tests.handoff.labkit import (
     LabDaemon,
@@ -37,7 +37,12 @@ from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.lab
 
-UPGRADE_ENV = {"HANDOFF_UPGRADE_FIRST": "2", "HANDOFF_UPGRADE_EVERY": "2", "HANDOFF_WARM_IDLE": "0"}
+UPGRADE_ENV = {
+    "HANDOFF_UPGRADE_FIRST": "2",
+    "HANDOFF_UPGRADE_EVERY": "2",
+    "HANDOFF_WARM_IDLE": "0",
+    "HANDOFF_LANE_MIN_BYTES": "-1",  # relay -> direct here; the lane: test_lab_lane.py
+}
 """Try the direct path every 2 s while relayed (default 5 s, then every 15 s and more); no warm
 links, so each handoff chooses its path afresh."""
 
@@ -156,7 +161,7 @@ async def test_relay_when_udp_is_blocked_then_direct_mid_transfer(world: World) 
         await _check_inbox(b, h.id, digest)
         # The direct exchange sent what the relay had not delivered, plus at most the window
         # that was in flight unacknowledged: never the whole document again.
-        resent_bound = size - first["bytes_done"] + 2 * DEFAULT_WINDOW
+        resent_bound = size - first["bytes_done"] + 2 * WINDOW
         assert 0 < done["wire"]["data_bytes_sent"] <= resent_bound, (done, first)
     log = world.a.log.read_text()
     assert 'event="transfer moves to a better path" path=direct' in log

@@ -141,9 +141,12 @@ def _build(*, behind_nginx: bool) -> Iterator[World]:
                     stdout=log, stderr=log,
                 )  # fmt: skip
         _server_cli(h0, "account", "create", "lab", "--no-password", "--data", str(root / "cli"))
+        # Relayed transfers stay on the relay (UDP is blocked but TCP is not: the desk's LAN
+        # lane would take them over; the lane is tested in tests/handoff/test_lab_lane.py).
+        no_lane = {"HANDOFF_LANE_MIN_BYTES": "-1"}
         daemons = (
-            LabDaemon(root / "a", host=h1),
-            LabDaemon(root / "b", host=h2),
+            LabDaemon(root / "a", env=dict(no_lane), host=h1),
+            LabDaemon(root / "b", env=dict(no_lane), host=h2),
         )
         ids = []
         for d, server, name in zip(daemons, instances, ("laptop", "desk"), strict=True):

@@ -18,6 +18,13 @@ class PeerHello:
 
 
 @dataclass(frozen=True, slots=True)
+class LaneOffered:
+    """Sender, while streaming: the receiver offers its LAN lane (the adapter may dial it)."""
+
+    lane: m.Lane
+
+
+@dataclass(frozen=True, slots=True)
 class OfferReceived:
     """Receiver: an offer arrived; verify it, then call accept, decline or already_delivered."""
 
@@ -127,6 +134,7 @@ Event = (
     | Declined
     | Cancelled
     | Failed
+    | LaneOffered
 )
 
 

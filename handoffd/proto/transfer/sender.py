@@ -13,6 +13,7 @@ from handoffd.proto.transfer.events import (
     Accepted,
     Declined,
     Delivered,
+    LaneOffered,
     NeedData,
     Progress,
     Resumed,
@@ -161,6 +162,11 @@ class SenderCore(Core):
         self.state = State.RESUMED
         self._events.append(Resumed())
 
+    def _on_lane(self, msg: m.Lane) -> None:
+        self._check_id(msg.handoff_id)
+        if self.state == State.STREAMING:  # later, nothing is left to move
+            self._events.append(LaneOffered(lane=msg))
+
     TABLE: ClassVar[Mapping[tuple[State, str], Handler]] = {
         (State.AWAIT_ANSWER, "hello"): Core._on_hello,
         (State.AWAIT_ANSWER, "accept"): _on_accept,
@@ -168,6 +174,9 @@ class SenderCore(Core):
         (State.AWAIT_ANSWER, "delivered"): _on_delivered,
         (State.STREAMING, "ack"): _on_ack,
         (State.STREAMING, "delivered"): _on_delivered,
+        (State.STREAMING, "lane"): _on_lane,
+        (State.AWAIT_DELIVERED, "lane"): _on_lane,
+        (State.DELIVERED, "lane"): _on_lane,
         (State.AWAIT_DELIVERED, "ack"): _on_ack,
         (State.AWAIT_DELIVERED, "delivered"): _on_delivered,
         (State.DELIVERED, "ack"): _on_ack,

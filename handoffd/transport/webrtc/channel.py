@@ -4,7 +4,6 @@ and the confirmation exchange that authenticates it."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from typing import Any
 
@@ -13,7 +12,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from handoffd import identity
 from handoffd.errors import TransportError
-from handoffd.transport.base import PATH_DIRECT, Channel, PeerAuthError, check_message
+from handoffd.transport.base import PATH_DIRECT, PeerAuthError, check_message
+from handoffd.transport.chanqueue import QueuedChannel
 from handoffd.transport.webrtc.binding import (
     EXPORTER_LABEL,
     EXPORTER_LEN,
@@ -33,7 +33,7 @@ LOW_WATER = 256 * 1024
 MAX_RECV_BUFFER = 32 * 1024 * 1024
 
 
-class WebRtcChannel(Channel):
+class WebRtcChannel(QueuedChannel):
     """A Channel over one negotiated, ordered, reliable aiortc data channel."""
 
     path = PATH_DIRECT
@@ -42,19 +42,13 @@ class WebRtcChannel(Channel):
         self._pc = pc
         self._dc = dc
         self._options = options
-        self._queue: collections.deque[bytes] = collections.deque()
-        self._queued = 0
-        self._readable = asyncio.Event()
+        self._init_queue()
         self._writable = asyncio.Event()
         self._opened = asyncio.Event()
         self._dc_closed = asyncio.Event()
         self._send_lock = asyncio.Lock()
-        self._closed = False
         self._released = False
-        self._error: TransportError | None = None
         self._authenticated = False
-        self.bytes_sent = 0
-        self.bytes_received = 0
         dc.bufferedAmountLowThreshold = LOW_WATER
         dc.on("message", self._on_message)
         dc.on("open", self._opened.set)
@@ -117,16 +111,6 @@ class WebRtcChannel(Channel):
         await self._opened.wait()
         if self._dc.readyState != "open":
             raise self._error or self._failure()
-
-    async def _recv_raw(self) -> bytes:
-        while not self._queue:
-            if self._closed:
-                raise self._error or TransportError("channel closed", code="channel-closed")
-            self._readable.clear()
-            await self._readable.wait()
-        data = self._queue.popleft()
-        self._queued -= len(data)
-        return data
 
     def _dtls_session(self) -> Any:
         sctp = self._pc.sctp
@@ -196,15 +180,9 @@ class WebRtcChannel(Channel):
                         "peer stopped acknowledging data", code="send-stalled"
                     ) from None
             if self._closed or self._dc.readyState != "open":
-                raise self._error or TransportError("channel closed", code="channel-closed")
+                raise self._closed_error()
             self._dc.send(data)
             self.bytes_sent += len(data)
-
-    async def recv(self) -> bytes:
-        """The next message; after the peer closes, buffered messages first, then channel-closed."""
-        data = await self._recv_raw()
-        self.bytes_received += len(data)
-        return data
 
     async def close(self) -> None:
         """Close gracefully: data already sent is delivered before the peer sees the close."""
