@@ -135,31 +135,7 @@ class DeviceState:
     @classmethod
     def load(cls, paths: Paths) -> DeviceState:
         """Load the device's files, making the key if there is none. Blocking."""
-        if not paths.device_key.exists():
-            paths.identity_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            identity.save_private_key(paths.device_key, identity.generate_device_key())
-            logger.info("device key created path=%s", paths.device_key)
-        key = identity.load_private_key(paths.device_key)
-        if not paths.device_cert.exists():
-            return cls(paths, key)
-        try:
-            cert = identity.load_cert(paths.device_cert.read_bytes())
-            ca = identity.load_cert(paths.account_ca.read_bytes())
-            crl = identity.load_crl(paths.crl.read_bytes()) if paths.crl.exists() else None
-            raw = paths.server_json.read_bytes()[:MAX_SERVER_JSON]
-            server = ServerPin.from_json(json.loads(raw))
-            trust = identity.TrustAnchor.from_ca(ca, crl)
-        except (OSError, ValueError, HandoffError) as exc:
-            raise ConfigError(
-                f"the pairing files in {paths.identity_dir} are incomplete or damaged "
-                f"({exc}); move device.crt away to pair again",
-                code="identity-damaged",
-            ) from exc
-        if identity.cert_device_id(cert) != identity.device_id_for(key.public_key()):
-            raise ConfigError(
-                f"{paths.device_cert} is not for this device's key", code="identity-damaged"
-            )
-        return cls(paths, key, cert, trust, server)
+        return cls(paths, *_load_files(paths))
 
     def _save_pairing(
         self,
@@ -415,3 +391,37 @@ class DeviceState:
                 except ServerError as exc:
                     logger.info("server maintenance failed code=%s", exc.code)
             await asyncio.sleep(min(crl_interval, check_interval))
+
+
+def _load_files(
+    paths: Paths,
+) -> tuple[
+    Ed25519PrivateKey, x509.Certificate | None, identity.TrustAnchor | None, ServerPin | None
+]:
+    """The device key (made if there is none) and, when paired, its certificate, trust and
+    server pin; ConfigError(identity-damaged) if the pairing files do not hold together."""
+    if not paths.device_key.exists():
+        paths.identity_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        identity.save_private_key(paths.device_key, identity.generate_device_key())
+        logger.info("device key created path=%s", paths.device_key)
+    key = identity.load_private_key(paths.device_key)
+    if not paths.device_cert.exists():
+        return key, None, None, None
+    try:
+        cert = identity.load_cert(paths.device_cert.read_bytes())
+        ca = identity.load_cert(paths.account_ca.read_bytes())
+        crl = identity.load_crl(paths.crl.read_bytes()) if paths.crl.exists() else None
+        raw = paths.server_json.read_bytes()[:MAX_SERVER_JSON]
+        server = ServerPin.from_json(json.loads(raw))
+        trust = identity.TrustAnchor.from_ca(ca, crl)
+    except (OSError, ValueError, HandoffError) as exc:
+        raise ConfigError(
+            f"the pairing files in {paths.identity_dir} are incomplete or damaged "
+            f"({exc}); move device.crt away to pair again",
+            code="identity-damaged",
+        ) from exc
+    if identity.cert_device_id(cert) != identity.device_id_for(key.public_key()):
+        raise ConfigError(
+            f"{paths.device_cert} is not for this device's key", code="identity-damaged"
+        )
+    return key, cert, trust, server

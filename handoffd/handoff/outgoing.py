@@ -50,7 +50,7 @@ from handoffd.handoff.waiting import DeviceWait
 from handoffd.items import Item
 from handoffd.proto import codec
 from handoffd.proto import messages as m
-from handoffd.store import HandoffRecord, Store
+from handoffd.store import HandoffRecord, SessionRecord, Store
 from handoffd.tasks import TaskSet
 from handoffd.transport.base import PATH_RELAY
 from handoffd.transport.connector import Upgrader
@@ -93,18 +93,7 @@ class Outgoing:
         self, session_id: str, target: str, types: Sequence[str] | None
     ) -> HandoffRecord:
         """Validate, record (``pending``) and start a handoff of ``session_id`` to ``target``."""
-        self.local.identity()  # not paired: a conflict
-        if self.local.device.revoked:
-            raise ConflictError(
-                "this device was revoked: it can no longer hand off; run `handoff unpair`, "
-                "then pair it again",
-                code="device-self-revoked",
-            )
-        session = await self.store.run(self.store.get_session, session_id)
-        if session is None:
-            raise NotFoundError("no such session", code="session-not-found")
-        if session.state != "active":
-            raise ConflictError(f"the session is {session.state}", code=f"session-{session.state}")
+        session = await _sendable_session(self.store, self.local, session_id)
         peer_id, peer_name = await resolve_target(
             self.store,
             target,
@@ -351,23 +340,35 @@ class Outgoing:
             extra={"handoff": handoff_id},
         )
         t = self.timings
-        if retry.refusal_is_final(error) or attempts >= t.max_attempts:
-            await self.records.set(
-                handoff_id,
-                {"next_retry_at": None},
-                state="failed",
-                error=error_text(error.code, error.message, reason),
-            )
-            return False
-        delay = retry.backoff(attempts, base=t.backoff_base, cap=t.backoff_max)
+        final = retry.refusal_is_final(error) or attempts >= t.max_attempts
+        delay = 0.0 if final else retry.backoff(attempts, base=t.backoff_base, cap=t.backoff_max)
         await self.records.set(
             handoff_id,
-            {"next_retry_at": self.clock.wall() + delay},
-            state="retrying",
+            {"next_retry_at": None if final else self.clock.wall() + delay},
+            state="failed" if final else "retrying",
             error=error_text(error.code, error.message, reason),
         )
+        if final:
+            return False
         await asyncio.sleep(delay)
         return True
+
+
+async def _sendable_session(store: Store, local: LocalDevice, session_id: str) -> SessionRecord:
+    """The active session ``session_id`` of a paired, unrevoked device; else the API error."""
+    local.identity()  # not paired: a conflict
+    if local.device.revoked:
+        raise ConflictError(
+            "this device was revoked: it can no longer hand off; run `handoff unpair`, "
+            "then pair it again",
+            code="device-self-revoked",
+        )
+    session = await store.run(store.get_session, session_id)
+    if session is None:
+        raise NotFoundError("no such session", code="session-not-found")
+    if session.state != "active":
+        raise ConflictError(f"the session is {session.state}", code=f"session-{session.state}")
+    return session
 
 
 def check_types(types: Sequence[str], items: Sequence[Item]) -> list[str]:
