@@ -262,10 +262,12 @@ def cmd_invite(args: argparse.Namespace) -> int:
         store.close()
     view = pairing.present(server_url, fingerprint, invite.secrets, invite.expires_at)
     if not args.no_qr:
-        pairing.qr_terminal(view.url, sys.stdout)
+        pairing.qr_terminal(view.qr_url, sys.stdout)
     expires = dt.datetime.fromtimestamp(view.expires_at).astimezone()
     print(f"code:    {view.code}")
     print(f"url:     {view.url}")
+    if view.page_url:
+        print(f"page:    {view.page_url}")
     print(f"expires: {expires.isoformat(timespec='seconds')}")
     return 0
 

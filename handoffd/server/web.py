@@ -446,7 +446,7 @@ def setup_web(app: web.Application, store: Store, config: object) -> None:
         minutes = max(1, round((view.expires_at - clock()) / 60))
         body = (
             "<p>Scan this code with the new device's camera, or type the short code there.</p>"
-            f'<div class="qr">{_qr_svg(view.url)}</div>'
+            f'<div class="qr">{_qr_svg(view.qr_url)}</div>'
             f'<p>Code: <span class="code">{_e(view.code)}</span></p>'
             f"<p>Single use; expires at {_e(_utc(view.expires_at, '%H:%M'))} "
             f"(in {minutes} minute{'s' if minutes != 1 else ''}).</p>"
