@@ -1,8 +1,9 @@
 // The browser device's page: pairs this browser (from /pair#token=…), then is the device.
 import * as device from "./device.js";
+import { Receiver } from "./receive.js";
 
 const $ = (id) => document.getElementById(id);
-const state = { dev: null, socket: null, online: new Set(), devices: [] };
+const state = { dev: null, socket: null, online: new Set(), devices: [], names: new Map(), receiver: null };
 
 function status(text, cls = "muted") {
   const el = $("status");
@@ -46,6 +47,7 @@ async function refreshDevices() {
   try {
     const listing = await device.request(state.dev, "GET", "/v1/devices");
     state.devices = listing.devices;
+    for (const d of listing.devices) state.names.set(d.device_id, d.name);
     const me = listing.devices.find((d) => d.device_id === state.dev.deviceId);
     if (me && me.name !== state.dev.name) {
       state.dev.name = me.name;
@@ -76,6 +78,7 @@ function startDevice(dev) {
   state.socket = new device.ServerSocket(dev, {
     welcome(msg) {
       state.online = new Set(msg.online);
+      state.receiver.refreshTrust().catch((err) => status(`Could not load the account's CRL: ${err.message}`, "err"));
       document.body.dataset.state = "online";
       status("Online", "ok");
       refreshDevices();
@@ -85,7 +88,7 @@ function startDevice(dev) {
       refreshDevices();
     },
     signal(from, data) {
-      document.dispatchEvent(new CustomEvent("handoff-signal", { detail: { from, data } }));
+      state.receiver.onSignal(from, data);
     },
     closed(code, final) {
       if (code === "device-revoked") return revoked();
@@ -93,6 +96,7 @@ function startDevice(dev) {
       status(final ? `Disconnected (${code})` : "Offline: reconnecting…", "muted");
     },
   });
+  state.receiver = new Receiver(dev, state.socket, state.names);
   state.socket.start();
 }
 
