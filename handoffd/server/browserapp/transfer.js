@@ -70,7 +70,7 @@ export async function itemBlob(hid, entry) {
 }
 
 // Check a signed offer from `peer` to `me`: its manifest as a plain object (throws ProtocolError).
-async function openOffer(bytes, trust, me, peer) {
+export async function openOffer(bytes, trust, me, peer) {
   let offer, manifest;
   try {
     offer = msgpack.decodeCanonical(bytes, { maxStr: 4096, maxBin: MAX_OFFER, maxArray: 1024, maxMap: 16 });

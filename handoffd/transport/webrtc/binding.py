@@ -150,7 +150,7 @@ class Description:
         if not isinstance(body, dict) or set(body) - {"bind"} != keys or body["v"] != _VERSION:
             raise PeerAuthError(f"{what} has the wrong fields", code=f"{what}-malformed")
         bind = body.get("bind")
-        if bind is not None and bind != BIND_FINGERPRINT:
+        if "bind" in body and bind != BIND_FINGERPRINT:
             raise PeerAuthError(f"{what} asks for an unknown binding", code=f"{what}-malformed")
         cid, sdp, fps = body["cid"], body["sdp"], body["fp"]
         nonce = body.get("offer_nonce")
