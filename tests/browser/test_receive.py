@@ -95,3 +95,46 @@ def test_daemon_hands_a_session_to_the_browser_which_resumes_it(
         assert final["path"] == "direct"
         assert tab.errors == [], tab.errors  # type: ignore[attr-defined]
         context.close()
+
+
+def test_page_reloaded_mid_transfer_resumes_without_resending_what_it_acknowledged(
+    server: ServerProcess, daemons: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
+    create_account(server.data, "eve")
+    laptop = daemons("a").start()
+    url, _ = cli_invite(server.data, "eve")
+    assert handoff(laptop.home, "pair", url, "--name", "laptop").returncode == 0
+    size = 40 * MIB
+    doc = tmp_path / "big.bin"
+    data = hashlib.sha256(b"big").digest() * (size // 32)
+    doc.write_bytes(data)
+
+    with chromium() as browser:
+        context, tab = new_page(browser)
+        phone = pair_browser(tab, _page_invite(server, "eve"), "phone")
+        until(lambda: devices(laptop.home).get(phone, {}).get("online"), "the browser online")
+        hid = _send(laptop, "phone", doc, "Big one")
+        tab.click(f"article[data-handoff='{hid}'] button.accept")
+        acked = until(
+            lambda: (n := _state(laptop, hid)["bytes_done"]) >= 4 * MIB and n, "4 MiB acknowledged"
+        )
+        assert acked < size
+        tab.reload()  # the page (and its data channel) is gone mid-transfer
+        tab.wait_for_selector("body[data-state=online]")
+        # Not asked again: the checkpoints in IndexedDB say it was accepted.
+        tab.wait_for_selector(
+            f"article[data-handoff='{hid}'][data-state=delivered]", timeout=240_000
+        )
+        done = until(lambda: (s := _state(laptop, hid))["state"] == "delivered" and s, "delivered")
+        assert done["attempts"] >= 2
+        wire = done["wire"]
+        assert wire["bytes_already_held"] >= acked
+        # The last attempt sent only what the page did not hold durably: nothing acknowledged twice.
+        assert wire["data_bytes_sent"] == done["bytes_total"] - wire["bytes_already_held"]
+        assert done["bytes_total"] > size
+        with tab.expect_download() as got:
+            tab.click(f"article[data-handoff='{hid}'] a.download")
+        saved = tmp_path / "downloaded.bin"
+        got.value.save_as(saved)
+        assert hashlib.sha256(saved.read_bytes()).digest() == hashlib.sha256(data).digest()
+        context.close()
