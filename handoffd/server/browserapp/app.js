@@ -1,9 +1,10 @@
 // The browser device's page: pairs this browser (from /pair#token=…), then is the device.
 import * as device from "./device.js";
 import { Receiver } from "./receive.js";
+import { Sender } from "./send.js";
 
 const $ = (id) => document.getElementById(id);
-const state = { dev: null, socket: null, online: new Set(), devices: [], names: new Map(), receiver: null };
+const state = { dev: null, socket: null, online: new Set(), devices: [], names: new Map(), receiver: null, sender: null };
 
 function status(text, cls = "muted") {
   const el = $("status");
@@ -55,6 +56,7 @@ async function refreshDevices() {
     }
     $("device-name").textContent = state.dev.name;
     renderDevices();
+    state.sender?.targets(state.devices, state.online, state.dev.deviceId);
   } catch (err) {
     if (err.code === "device-revoked") revoked();
     else status(`Could not list the devices: ${err.message}`, "err");
@@ -97,6 +99,7 @@ function startDevice(dev) {
     },
   });
   state.receiver = new Receiver(dev, state.socket, state.names);
+  state.sender = new Sender(state.receiver);
   state.socket.start();
 }
 

@@ -26,6 +26,7 @@ export class Receiver {
     this.replay = new ReplayCache();
     this.trustAnchor = null;
     this.cards = new Map();
+    this.requests = new rtc.Requests(socket);
   }
 
   async refreshTrust() {
@@ -52,7 +53,10 @@ export class Receiver {
   async onSignal(from, data) {
     let frame;
     try { frame = rtc.decodeSignal(data); } catch { return; }
-    if (frame.kind !== rtc.KIND_OFFER) return;
+    if (frame.kind !== rtc.KIND_OFFER) {
+      this.requests.answered(from, frame);
+      return;
+    }
     try {
       if (!this.trustAnchor) await this.refreshTrust();
       const { answer, ready } = await rtc.answer(this.dev, this.trustAnchor, this.replay, frame.body, await this.iceServers());

@@ -78,14 +78,24 @@ export function sdpFingerprints(sdp) {
 }
 
 const fpKey = (f) => f[0] + " " + f[1];
+
+function checkSdp(sdp, signed) {
+  const inSdp = sdpFingerprints(sdp);
+  const a = new Set(inSdp.map(fpKey)), b = new Set(signed.map(fpKey));
+  if (!inSdp.length || a.size !== b.size || ![...a].every((k) => b.has(k))) {
+    throw new PeerAuthError("sdp-fingerprint-mismatch", "SDP fingerprints differ from the signed ones");
+  }
+}
 const sha256Of = (fps) => fps.find((f) => f[0] === "sha-256")[1];
 
-function unpackDescription(data) {
+function unpackDescription(data, isAnswer = false) {
   let d;
   try { d = msgpack.decode(data, { maxStr: MAX_SDP, maxBin: 64, maxArray: 8, maxMap: 8 }); }
   catch { throw new PeerAuthError("offer-malformed", "offer is not valid msgpack"); }
-  const keys = d && typeof d === "object" ? Object.keys(d).sort().join() : "";
-  if (keys !== "cid,fp,sdp,v" && keys !== "bind,cid,fp,sdp,v") throw new PeerAuthError("offer-malformed", "offer has the wrong fields");
+  const keys = d && typeof d === "object" ? Object.keys(d).filter((k) => k !== "bind" && k !== "offer_nonce").sort().join() : "";
+  if (keys !== "cid,fp,sdp,v" || ("offer_nonce" in d) !== isAnswer) throw new PeerAuthError("offer-malformed", "offer has the wrong fields");
+  if (isAnswer && !(d.offer_nonce instanceof Uint8Array && d.offer_nonce.length === 16)) throw new PeerAuthError("answer-malformed", "bad offer nonce");
+  if ("bind" in d && d.bind !== BIND_FINGERPRINT) throw new PeerAuthError("offer-malformed", "unknown binding");
   if (d.v !== 1 || !(d.cid instanceof Uint8Array) || d.cid.length !== 16 || typeof d.sdp !== "string"
       || !Array.isArray(d.fp) || d.fp.length === 0) throw new PeerAuthError("offer-malformed", "offer has a field of the wrong type");
   const fps = d.fp.map((f) => {
@@ -93,7 +103,7 @@ function unpackDescription(data) {
     return checkFingerprint(f[0], f[1]);
   });
   if (!fps.some((f) => f[0] === "sha-256")) throw new PeerAuthError("offer-malformed", "offer lacks a sha-256 fingerprint");
-  return { cid: d.cid, sdp: d.sdp, fps, bind: d.bind ?? null };
+  return { cid: d.cid, sdp: d.sdp, fps, bind: d.bind ?? null, offerNonce: d.offer_nonce ?? null };
 }
 
 function gathered(pc, ms) {
@@ -161,11 +171,7 @@ export async function answer(dev, trust, replay, offerEnvelope, iceServers) {
   const opened = await envelope.open(offerEnvelope, { purpose: "webrtc-offer", me: dev.deviceId, trust, replay });
   if (opened.sender.deviceId === dev.deviceId) throw new PeerAuthError("cert-is-self", "envelope is from ourselves");
   const offer = unpackDescription(opened.payload);
-  const inSdp = sdpFingerprints(offer.sdp);
-  if (!inSdp.length || new Set(inSdp.map(fpKey)).size !== new Set(offer.fps.map(fpKey)).size
-      || !inSdp.every((f) => offer.fps.some((g) => fpKey(g) === fpKey(f)))) {
-    throw new PeerAuthError("sdp-fingerprint-mismatch", "SDP fingerprints differ from the signed ones");
-  }
+  checkSdp(offer.sdp, offer.fps);
   const pc = new RTCPeerConnection({ iceServers });
   const dc = pc.createDataChannel("handoff", { negotiated: true, id: 0 });
   const channel = new Channel(pc, dc);
@@ -183,7 +189,7 @@ export async function answer(dev, trust, replay, offerEnvelope, iceServers) {
       offerer: opened.sender.deviceId, answerer: dev.deviceId,
       offererFp: sha256Of(offer.fps), answererFp: sha256Of(ours),
     };
-    const ready = confirm(dev, channel, binding, opened.sender);
+    const ready = confirmAs("answerer", dev, channel, binding, opened.sender);
     return { answer: sealed, peer: opened.sender, ready };
   } catch (e) {
     channel.close();
@@ -200,11 +206,12 @@ async function opened(dc, ms) {
   });
 }
 
-async function confirm(dev, channel, binding, peer) {
+async function confirmAs(role, dev, channel, binding, peer) {
+  const peerRole = role === "offerer" ? "answerer" : "offerer";
   try {
     await opened(channel.dc, 30000);
-    const sig = await device.sign(dev.privateKey, "webrtc-confirm", bindingBytes("answerer", binding));
-    channel.dc.send(msgpack.encode({ role: "answerer", fp: [binding.offererFp, binding.answererFp], sig }));
+    const sig = await device.sign(dev.privateKey, "webrtc-confirm", bindingBytes(role, binding));
+    channel.dc.send(msgpack.encode({ role, fp: [binding.offererFp, binding.answererFp], sig }));
     const data = await channel.recv();
     if (data === null) throw new PeerAuthError("peer-closed-handshake", "peer closed the channel before confirming");
     let c;
@@ -213,11 +220,11 @@ async function confirm(dev, channel, binding, peer) {
     if (!c || Object.keys(c).sort().join() !== "fp,role,sig" || !(c.sig instanceof Uint8Array) || !Array.isArray(c.fp)) {
       throw new PeerAuthError("confirm-malformed", "confirmation has the wrong fields");
     }
-    if (c.role !== "offerer") throw new PeerAuthError("confirm-wrong-role", "confirmation is from the wrong role");
+    if (c.role !== peerRole) throw new PeerAuthError("confirm-wrong-role", "confirmation is from the wrong role");
     if (c.fp.length !== 2 || c.fp[0] !== binding.offererFp || c.fp[1] !== binding.answererFp) {
       throw new PeerAuthError("dtls-fingerprint-mismatch", "peer sees other DTLS fingerprints (man in the middle?)");
     }
-    if (!(await verifyWith(peer.key, "webrtc-confirm", bindingBytes("offerer", binding), c.sig))) {
+    if (!(await verifyWith(peer.key, "webrtc-confirm", bindingBytes(peerRole, binding), c.sig))) {
       throw new PeerAuthError("confirm-bad-signature", "confirmation signature does not verify");
     }
     channel.peer = peer;
@@ -229,3 +236,76 @@ async function confirm(dev, channel, binding, peer) {
 }
 
 export { KIND_OFFER, KIND_ANSWER, equalBytes };
+
+// Requests through the server (our signed offer out, the peer's answer back, matched by ref
+// and by the device the server says sent it: only the addressed device can answer).
+export class Requests {
+  constructor(socket) { this.socket = socket; this.pending = new Map(); }
+  request(to, body, ms = 20000) {
+    const ref = crypto.getRandomValues(new Uint8Array(REF_LEN));
+    const key = b64url(ref);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => { this.pending.delete(key); reject(new PeerAuthError("signaling-timeout", "no answer through the server in time")); }, ms);
+      this.pending.set(key, { to, resolve: (f) => { clearTimeout(timer); resolve(f); } });
+      if (!this.socket.send({ type: "signal", to, data: encodeSignal(ref, KIND_OFFER, body) })) {
+        clearTimeout(timer);
+        this.pending.delete(key);
+        reject(new PeerAuthError("server-offline", "not connected to the server"));
+      }
+    });
+  }
+  answered(from, frame) {  // true if it was the answer to one of ours
+    const key = b64url(frame.ref);
+    const p = this.pending.get(key);
+    if (!p || p.to !== from) return false;
+    this.pending.delete(key);
+    p.resolve(frame);
+    return true;
+  }
+}
+
+function decodeErrorBody(body) {
+  try {
+    const e = msgpack.decode(body, { maxStr: 1024, maxBin: 0, maxArray: 0, maxMap: 2 });
+    return [String(e.code), String(e.message)];
+  } catch { return ["error", "malformed error"]; }
+}
+
+// Call a device: our signed offer through the server, its signed answer, the confirmation.
+export async function call(dev, trust, replay, requests, peerId, iceServers) {
+  const pc = new RTCPeerConnection({ iceServers });
+  const dc = pc.createDataChannel("handoff", { negotiated: true, id: 0 });
+  const channel = new Channel(pc, dc);
+  try {
+    await pc.setLocalDescription(await pc.createOffer());
+    await gathered(pc, 5000);
+    const sdp = pc.localDescription.sdp;
+    const ours = sdpFingerprints(sdp);
+    const cid = crypto.getRandomValues(new Uint8Array(16));
+    const offerNonce = crypto.getRandomValues(new Uint8Array(16));
+    const payload = msgpack.encode({ v: 1, cid, sdp, fp: ours, bind: BIND_FINGERPRINT });
+    const sealed = await envelope.seal(dev, { purpose: "webrtc-offer", recipient: peerId, payload, nonce: offerNonce });
+    const frame = await requests.request(peerId, sealed);
+    if (frame.kind === KIND_ERROR) {
+      const [code, message] = decodeErrorBody(frame.body);
+      throw new PeerAuthError(code, `the device refused: ${message}`);
+    }
+    const opened = await envelope.open(frame.body, { purpose: "webrtc-answer", me: dev.deviceId, trust, replay });
+    if (opened.sender.deviceId !== peerId) throw new PeerAuthError("cert-wrong-device", "answer is from another device");
+    const answer = unpackDescription(opened.payload, true);
+    if (!equalBytes(answer.cid, cid) || !answer.offerNonce || !equalBytes(answer.offerNonce, offerNonce)) {
+      throw new PeerAuthError("answer-mismatch", "answer is for another offer");
+    }
+    if (answer.bind !== BIND_FINGERPRINT) throw new PeerAuthError("answer-malformed", "the device did not take the fingerprint binding");
+    checkSdp(answer.sdp, answer.fps);
+    await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+    const binding = {
+      cid, offerNonce, answerNonce: opened.nonce, offerer: dev.deviceId, answerer: peerId,
+      offererFp: sha256Of(ours), answererFp: sha256Of(answer.fps),
+    };
+    return await confirmAs("offerer", dev, channel, binding, opened.sender);
+  } catch (e) {
+    channel.close();
+    throw e;
+  }
+}

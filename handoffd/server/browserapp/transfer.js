@@ -114,6 +114,30 @@ export async function openOffer(bytes, trust, me, peer) {
 // ui: {offered(record) -> Promise<true|false>, progress(record, done, total), delivered(record),
 //      failed(record|null, code, message), resumeRequests: a hook set here to send `resumed`}.
 export async function serveLink(channel, ctx, ui) {
+  const io = linkIO(channel);
+  const next = io.next;
+  const send = io.send;
+  try {
+    for (;;) {
+      const hello = await next();
+      if (hello === null) return;
+      if (hello.t !== "hello") throw fail("hello-first", "an exchange starts with hello");
+      await exchange(hello, io, ctx, ui);
+    }
+  } catch (e) {
+    if (!channel.closed && e instanceof ProtocolError) {
+      await send("error", { code: e.code, message: String(e.message).slice(0, 1000) }).catch(() => {});
+    }
+    ui.failed(null, e.code || "failed", e.message);
+  } finally {
+    io.stop();
+    channel.close();
+  }
+}
+
+// Reading and writing one link: pings answered (and sent after 5 s idle), 30 s peer timeout,
+// one read in flight at a time (a read raced against the person's decision is kept for later).
+export function linkIO(channel) {
   let lastSent = Date.now();
   const send = async (t, fields) => { lastSent = Date.now(); await channel.send(encodeMessage(t, fields)); };
   const pinger = setInterval(() => {
@@ -133,10 +157,8 @@ export async function serveLink(channel, ctx, ui) {
     if (msg.t === "pong") return rawNext();
     return msg;
   };
-  // One read in flight at a time: a read raced against the person's decision is kept for later.
-  const io = { send, channel, pending: null };
-  const next = () => { const p = io.pending ?? rawNext(); io.pending = null; return p; };
-  io.next = next;
+  const io = { send, channel, pending: null, stop: () => clearInterval(pinger) };
+  io.next = () => { const p = io.pending ?? rawNext(); io.pending = null; return p; };
   io.during = async (promise) => {
     io.pending = io.pending ?? rawNext();
     const r = await Promise.race([io.pending.then((m) => ({ m })), promise.then((v) => ({ v }))]);
@@ -144,22 +166,7 @@ export async function serveLink(channel, ctx, ui) {
     io.pending = null;
     return { message: r.m };
   };
-  try {
-    for (;;) {
-      const hello = await next();
-      if (hello === null) return;
-      if (hello.t !== "hello") throw fail("hello-first", "an exchange starts with hello");
-      await exchange(hello, io, ctx, ui);
-    }
-  } catch (e) {
-    if (!channel.closed && e instanceof ProtocolError) {
-      await send("error", { code: e.code, message: String(e.message).slice(0, 1000) }).catch(() => {});
-    }
-    ui.failed(null, e.code || "failed", e.message);
-  } finally {
-    clearInterval(pinger);
-    channel.close();
-  }
+  return io;
 }
 
 async function exchange(hello, io, ctx, ui) {
