@@ -70,7 +70,7 @@ def _response(name: str, data: bytes) -> web.Response:
 
 
 def setup_browser(app: web.Application, directory: Path = APP_DIR) -> None:
-    """Add ``/pair``, ``/app/`` and ``/app/{file}`` to ``app``."""
+    """Add ``/pair``, ``/app/``, ``/app/share`` and ``/app/{file}`` to ``app``."""
     files = _load(directory)
 
     async def page(request: web.Request) -> web.StreamResponse:
@@ -89,4 +89,5 @@ def setup_browser(app: web.Application, directory: Path = APP_DIR) -> None:
     app.router.add_get("/pair", page)
     app.router.add_get("/app", app_root)
     app.router.add_get("/app/", page)
+    app.router.add_get("/app/share", page)  # the PWA share target (text and links)
     app.router.add_get("/app/{name}", asset)

@@ -20,6 +20,13 @@ from tests.support.processes import DaemonProcess, ServerProcess
 from tests.support.waiting import until
 
 MIB = 1024 * 1024
+# Records what the page shows with the Notification API (the permission is granted).
+NOTIFICATIONS = """
+window.notified = [];
+window.Notification = class extends window.Notification {
+  constructor(title, options) { super(title, options); window.notified.push(options.body); }
+};
+"""
 
 
 def _page_invite(server: ServerProcess, account: str) -> str:
@@ -67,6 +74,8 @@ def test_daemon_hands_a_session_to_the_browser_which_resumes_it(
 
     with chromium() as browser:
         context, tab = new_page(browser)
+        context.grant_permissions(["notifications"])
+        tab.add_init_script(NOTIFICATIONS)
         phone = pair_browser(tab, _page_invite(server, "dee"), "phone")
         until(lambda: devices(laptop.home).get(phone, {}).get("online"), "the browser online")
 
@@ -75,6 +84,7 @@ def test_daemon_hands_a_session_to_the_browser_which_resumes_it(
         assert card is not None
         assert "Trip plan" in card.inner_text()
         assert "from laptop" in card.inner_text()
+        assert tab.evaluate("window.notified") == ["Trip plan — from laptop"]
         tab.click(f"article[data-handoff='{hid}'] button.accept")
         tab.wait_for_selector(f"article[data-handoff='{hid}'][data-state=delivered]")
         assert until(lambda: _state(laptop, hid)["state"] == "delivered" or None, "delivered")

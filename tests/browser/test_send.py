@@ -76,4 +76,15 @@ def test_browser_sends_files_text_and_a_link_to_a_daemon(
         assert status == 200, body
         tab.wait_for_selector("#send[data-state=resumed]")
         assert tab.errors == [], tab.errors  # type: ignore[attr-defined]
+
+        # "Share → Handoff" from another app (the manifest's share target) fills the form in.
+        manifest = tab.request.get(f"{server.url}/app/manifest.webmanifest").json()
+        assert manifest["share_target"]["action"] == "/app/share"
+        tab.goto(
+            f"{server.url}/app/share?title=Recipe&text=Try%20this&url=https%3A%2F%2Fx.example%2Fr"
+        )
+        tab.wait_for_selector("#send[data-state=shared]")
+        assert tab.input_value("#send-text") == "Recipe\nTry this"
+        assert tab.input_value("#send-url") == "https://x.example/r"
+        assert tab.url.endswith("/app/")
         context.close()

@@ -101,6 +101,29 @@ function startDevice(dev) {
   state.receiver = new Receiver(dev, state.socket, state.names);
   state.sender = new Sender(state.receiver);
   state.socket.start();
+  notifications();
+  shared();
+}
+
+// Installed as an app, "Share → Handoff" opens /app/share?title=…&text=…&url=… (the manifest's
+// share_target): the send form is filled in, ready to pick a device.
+function shared() {
+  if (location.pathname !== "/app/share") return;
+  const q = new URLSearchParams(location.search);
+  const text = [q.get("title"), q.get("text")].filter(Boolean).join("\n");
+  state.sender.share([], text.slice(0, 10000), (q.get("url") || "").slice(0, 2000));
+  history.replaceState(null, "", "/app/");
+  document.getElementById("send").scrollIntoView();
+}
+
+function notifications() {
+  const button = $("notify-button");
+  if (!("Notification" in window) || Notification.permission !== "default") return;
+  button.hidden = false;
+  button.onclick = async () => {
+    await Notification.requestPermission();
+    button.hidden = true;
+  };
 }
 
 async function onPair(ev) {

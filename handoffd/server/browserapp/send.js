@@ -34,7 +34,8 @@ export class Sender {
     this.shared = files;
     if (text) $("send-text").value = text;
     if (url) $("send-url").value = url;
-    $("send-state").textContent = files.length ? `${files.length} shared file(s) ready to send` : "";
+    $("send-state").textContent = files.length ? `${files.length} shared file(s) ready to send` : "Shared: choose a device and send.";
+    $("send").dataset.state = "shared";
   }
 
   items() {
