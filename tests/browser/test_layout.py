@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from playwright.sync_api import Page
 
 from tests.browser.helpers import chromium, devices, handoff, pair_browser
@@ -16,6 +17,8 @@ from tests.browser.test_receive import _page_invite, _state
 from tests.server.helpers import cli_invite, create_account
 from tests.support.processes import DaemonProcess, ServerProcess
 from tests.support.waiting import until
+
+pytestmark = pytest.mark.timeout(600)  # a real browser, daemons and a server on a shared machine
 
 WIDTH = 390
 OVERFLOW = """() => {

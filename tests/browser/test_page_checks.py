@@ -26,6 +26,8 @@ from tests.browser.helpers import chromium, new_page
 from tests.support.processes import ServerProcess
 from tests.transport.helpers import Account, Device
 
+pytestmark = pytest.mark.timeout(600)  # a real browser, daemons and a server on a shared machine
+
 OPEN = """async ([caPem, crl, data, purpose, me, now]) => {
   const b = await import("/app/bytes.js");
   const pki = await import("/app/pki.js");

@@ -11,12 +11,16 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 
+import pytest
+
 from handoffd import identity
 from handoffd.wire.invite import page_url, parse_invite
 from tests.browser.helpers import chromium, devices, handoff, new_page, pair_browser
 from tests.server.helpers import cli, create_account
 from tests.support.processes import DaemonProcess, ServerProcess
 from tests.support.waiting import until
+
+pytestmark = pytest.mark.timeout(600)  # a real browser, daemons and a server on a shared machine
 
 
 def _invite(server: ServerProcess, account: str) -> tuple[str, str]:

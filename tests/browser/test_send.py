@@ -13,11 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.browser.helpers import chromium, devices, handoff, new_page, pair_browser
 from tests.browser.test_receive import _page_invite
 from tests.server.helpers import cli_invite, create_account
 from tests.support.processes import DaemonProcess, ServerProcess
 from tests.support.waiting import until
+
+pytestmark = pytest.mark.timeout(600)  # a real browser, daemons and a server on a shared machine
 
 MIB = 1024 * 1024
 

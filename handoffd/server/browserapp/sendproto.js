@@ -1,7 +1,7 @@
 // The transfer protocol's sending side, in the page (handoffd/proto/transfer/sender.py): the
 // manifest built and signed here (canonical msgpack, SHA-256 per item by WebCrypto), hello and
 // the offer in parts, then data within the window the receiver states, acks, delivered, resumed.
-import { fromPem, hex, sha256, utf8 } from "./bytes.js";
+import { fromPem, hex, utf8 } from "./bytes.js";
 import * as device from "./device.js";
 import * as msgpack from "./msgpack.js";
 import { ProtocolError, WINDOW, linkIO } from "./transfer.js";
@@ -12,12 +12,21 @@ export const APP_ID = "org.handoff.browser";
 
 const fail = (code, message) => new ProtocolError(code, message);
 
+// SHA-256 of a file read 1 MiB at a time (fast-sha256, vendored): never whole in memory.
+async function digestOf(blob) {
+  const hash = new globalThis.sha256.Hash();
+  for (let at = 0; at < blob.size; at += READ) {
+    hash.update(new Uint8Array(await blob.slice(at, at + READ).arrayBuffer()));
+  }
+  return hash.digest();
+}
+
 // items: [{type, name, mime, blob}]. Returns {id, manifest, offer (bytes), blobs}.
 export async function buildOffer(dev, recipient, { title, context = {}, items }) {
   const handoffId = hex(crypto.getRandomValues(new Uint8Array(16)));
   const entries = [];
   for (const [index, item] of items.entries()) {
-    const digest = await sha256(new Uint8Array(await item.blob.arrayBuffer()));
+    const digest = await digestOf(item.blob);
     entries.push({ index, type: item.type, name: item.name, mime: item.mime || "application/octet-stream", size: item.blob.size, sha256: digest });
   }
   const manifest = {

@@ -2,7 +2,7 @@
 // handoffd/proto/transfer/receiver.py): hello, the offer in parts, the signed manifest checked,
 // accept (from the checkpoints kept in IndexedDB) or decline, data written to IndexedDB before
 // it is acknowledged, SHA-256 per item, delivered, resumed. One exchange at a time per link.
-import { equalBytes, fromUtf8, sha256 } from "./bytes.js";
+import { equalBytes, fromUtf8 } from "./bytes.js";
 import * as msgpack from "./msgpack.js";
 import * as store from "./keystore.js";
 import { CertError, verifyDeviceCert, verifyWith } from "./pki.js";
@@ -58,15 +58,36 @@ export const encodeMessage = (t, fields) => msgpack.encode({ t, ...fields });
 
 const chunkKey = (hid, index, offset) => `${hid}/${String(index).padStart(4, "0")}/${String(offset).padStart(16, "0")}`;
 
-export async function itemBlob(hid, entry) {
+// Visit an item's stored chunks in order, one record (<= 1 MiB) at a time: memory does not grow
+// with the item's size.
+async function eachChunk(hid, entry, fn) {
   const lo = chunkKey(hid, entry.index, 0), hi = chunkKey(hid, entry.index, "9999999999999999");
   const d = await store.db();
-  const parts = await new Promise((resolve, reject) => {
-    const req = d.transaction("chunks").objectStore("chunks").getAll(IDBKeyRange.bound(lo, hi));
-    req.onsuccess = () => resolve(req.result);
+  await new Promise((resolve, reject) => {
+    const req = d.transaction("chunks").objectStore("chunks").openCursor(IDBKeyRange.bound(lo, hi));
+    req.onsuccess = () => {
+      const cursor = req.result;
+      if (!cursor) return resolve();
+      fn(cursor.value);
+      cursor.continue();
+    };
     req.onerror = () => reject(req.error);
   });
+}
+
+export async function itemBlob(hid, entry) {
+  const parts = [];
+  await eachChunk(hid, entry, (chunk) => parts.push(new Blob([chunk])));
   return new Blob(parts, { type: entry.mime || "application/octet-stream" });
+}
+
+// SHA-256 of what is stored for an item, incrementally (fast-sha256, vendored: see
+// fast-sha256.LICENSE): the item is never held in memory whole.
+export async function itemDigest(hid, entry) {
+  const hash = new globalThis.sha256.Hash();
+  let size = 0;
+  await eachChunk(hid, entry, (chunk) => { hash.update(chunk); size += chunk.length; });
+  return { size, digest: hash.digest() };
 }
 
 // Check a signed offer from `peer` to `me`: its manifest as a plain object (throws ProtocolError).
@@ -270,9 +291,8 @@ async function receive(record, window, io, ui) {
   };
   const complete = async (entry) => {
     await flush(entry.index);
-    const blob = await itemBlob(hid, entry);
-    const digest = await sha256(new Uint8Array(await blob.arrayBuffer()));
-    if (blob.size !== entry.size || !equalBytes(digest, entry.sha256)) throw fail("hash-mismatch", `item ${entry.index} does not match its SHA-256`);
+    const { size, digest } = await itemDigest(hid, entry);
+    if (size !== entry.size || !equalBytes(digest, entry.sha256)) throw fail("hash-mismatch", `item ${entry.index} does not match its SHA-256`);
     verified.add(entry.index);
   };
   for (const entry of record.items) if (received[entry.index] === entry.size) await complete(entry);
