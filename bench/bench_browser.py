@@ -7,7 +7,8 @@ as "phone" (Playwright, headless). Measures:
   ``POST /v1/handoffs`` to ``delivered`` on the source, alternating, ``--runs``
   times; the medians and their ratio (the browser's Accept is clicked as soon
   as its card appears);
-- the page's memory while it receives a bigger document (default 200 MiB):
+- the page's memory while it receives a bigger document (default 200 MiB, and
+  a quarter of it first, to see whether the growth follows the size):
   the renderer processes' VmRSS (every Chromium ``--type=renderer`` process
   under this benchmark) and the page's JS heap (CDP ``Performance.getMetrics``),
   sampled every 0.25 s, against the same samples before the handoff.
@@ -179,9 +180,12 @@ def main() -> None:
                 ).returncode
                 == 0
             )
-        doc, big = root / "doc.bin", root / "big.bin"
+        doc = root / "doc.bin"
         write_file(doc, args.mib * MiB)
-        write_file(big, args.mem_mib * MiB)
+        sizes = (args.mem_mib // 4, args.mem_mib)
+        bigs = [root / f"big-{n}.bin" for n in sizes]
+        for n, path in zip(sizes, bigs, strict=True):
+            write_file(path, n * MiB)
         with chromium() as browser:
             _, page = new_page(browser)
             invite = parse_invite(cli_invite(server.data, "bench")[0])
@@ -208,11 +212,13 @@ def main() -> None:
                 f"{args.mib} MiB laptop → desk (daemon):    median {dd:.2f} s = {args.mib / dd:.1f} MiB/s  runs {[round(x, 2) for x in daemon_s]}"
             )
             print(f"browser / daemon time: {b / dd:.2f}")
-            mem = memory(laptop, page, big)
-            print(
-                f"{args.mem_mib} MiB receive: renderer RSS {mem['rss_before']:.0f} → peak {mem['rss_peak']:.0f} MiB; "
-                f"JS heap {mem['heap_before']:.0f} → peak {mem['heap_peak']:.0f} MiB"
-            )
+            for n, path in zip(sizes, bigs, strict=True):  # growth should not follow the size
+                mem = memory(laptop, page, path)
+                print(
+                    f"{n} MiB receive: renderer RSS {mem['rss_before']:.0f} → peak {mem['rss_peak']:.0f} MiB "
+                    f"(+{mem['rss_peak'] - mem['rss_before']:.0f}); "
+                    f"JS heap {mem['heap_before']:.0f} → peak {mem['heap_peak']:.0f} MiB"
+                )
     finally:
         for d in (laptop, desk):
             d.kill()
