@@ -92,6 +92,9 @@ function startDevice(dev) {
     signal(from, data) {
       state.receiver.onSignal(from, data);
     },
+    error(error, ref) {
+      if (typeof ref === "string") state.receiver.requests.refused(ref, error);
+    },
     closed(code, final) {
       if (code === "device-revoked") return revoked();
       document.body.dataset.state = "offline";

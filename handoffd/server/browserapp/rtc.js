@@ -246,13 +246,23 @@ export class Requests {
     const key = b64url(ref);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => { this.pending.delete(key); reject(new PeerAuthError("signaling-timeout", "no answer through the server in time")); }, ms);
-      this.pending.set(key, { to, resolve: (f) => { clearTimeout(timer); resolve(f); } });
-      if (!this.socket.send({ type: "signal", to, data: encodeSignal(ref, KIND_OFFER, body) })) {
+      this.pending.set(key, {
+        to,
+        resolve: (f) => { clearTimeout(timer); resolve(f); },
+        reject: (e) => { clearTimeout(timer); reject(e); },
+      });
+      if (!this.socket.send({ type: "signal", to, id: key, data: encodeSignal(ref, KIND_OFFER, body) })) {
         clearTimeout(timer);
         this.pending.delete(key);
         reject(new PeerAuthError("server-offline", "not connected to the server"));
       }
     });
+  }
+  refused(ref, error) {  // the server's error for one of our signals (e.g. target-unavailable)
+    const p = this.pending.get(ref);
+    if (!p) return;
+    this.pending.delete(ref);
+    p.reject(new PeerAuthError(error.code, error.message));
   }
   answered(from, frame) {  // true if it was the answer to one of ours
     const key = b64url(frame.ref);
