@@ -122,7 +122,7 @@ async def cmd_invite(client: HandoffClient, args: argparse.Namespace) -> int:
         return 0
     import segno
 
-    segno.make(inv.url, error="m").terminal(compact=True)
+    segno.make(inv.page_url or inv.url, error="m").terminal(compact=True)  # page: a phone opens it
     expires = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(inv.expires_at))
     minutes = max(0, round((inv.expires_at - time.time()) / 60))
     print(f"code:    {clean(inv.code)}")

@@ -102,7 +102,13 @@ class HandoffClient(ControlTransport):
     async def create_invite(self) -> Invite:
         """A new single-use invite to this device's account (URL, code, expiry, QR as SVG)."""
         d = await self.request("POST", "/v1/invites", {})
-        return Invite(url=d["url"], code=d["code"], expires_at=d["expires_at"], qr_svg=d["qr_svg"])
+        return Invite(
+            url=d["url"],
+            code=d["code"],
+            expires_at=d["expires_at"],
+            qr_svg=d["qr_svg"],
+            page_url=d.get("page_url"),
+        )
 
     async def revoke(self, device_id: str) -> Device:
         """Revoke a device of the account through the server; the device as now known."""

@@ -51,6 +51,8 @@ class Invite:
     code: str
     expires_at: float
     qr_svg: str
+    page_url: str | None = None
+    """The browser pairing page for this invite, if the server gives one: what the QR holds."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,7 +98,15 @@ SCHEMAS: dict[str, Any] = {
             "revoked": _BOOL,
         }
     ),
-    "Invite": _obj({"url": _STR, "code": _STR, "expires_at": _NUM, "qr_svg": _STR}),
+    "Invite": _obj(
+        {
+            "url": _STR,
+            "page_url": {"type": ["string", "null"]},
+            "code": _STR,
+            "expires_at": _NUM,
+            "qr_svg": _STR,
+        }
+    ),
     "ItemIn": _obj(
         {
             "type": _ITEM_TYPE,

@@ -43,6 +43,11 @@ def test_browser_pairs_is_listed_renamed_and_revoked(
     laptop = daemons("a").start()
     assert handoff(laptop.home, "pair", url, "--name", "laptop").returncode == 0
     _, page = _invite(server, "bea")
+    # The daemon's invite (`handoff invite`): its QR holds the page URL a phone's camera opens.
+    status, body = laptop.curl("POST", "/v1/invites", {})
+    assert status == 200, body
+    assert body["page_url"].startswith(f"{server.url}/pair#token=")
+    assert parse_invite(body["page_url"]) == parse_invite(body["url"])
 
     with chromium() as browser:
         context, tab = new_page(browser)
