@@ -119,6 +119,12 @@ class Invite(Answer, frozen=True):
     code: str
     expires_at: float
     qr_svg: str
+    page_url: (
+        Annotated[
+            str, Meta(description="the browser pairing page for this invite: what the QR holds")
+        ]
+        | None
+    ) = None
 
 
 class SessionItem(Answer, frozen=True):

@@ -83,9 +83,16 @@ async def post_invite(request: web.Request) -> web.Response:
         parse_invite(invite.url)
     except HandoffError as exc:
         raise ServerError("the server sent a malformed invite", code="server-bad-response") from exc
-    svg = await asyncio.to_thread(qr_svg, invite.url)
+    # A phone's camera opens the browser pairing page when the server gives one (docs/browser.md).
+    svg = await asyncio.to_thread(qr_svg, invite.page_url or invite.url)
     return json_response(
-        {"url": invite.url, "code": invite.code, "expires_at": invite.expires_at, "qr_svg": svg}
+        {
+            "url": invite.url,
+            "page_url": invite.page_url,
+            "code": invite.code,
+            "expires_at": invite.expires_at,
+            "qr_svg": svg,
+        }
     )
 
 
