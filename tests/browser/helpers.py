@@ -68,4 +68,4 @@ def devices(home: Path) -> dict[str, dict[str, Any]]:
     """`handoff devices --json`, by device id."""
     done = handoff(home, "devices", "--json")
     assert done.returncode == 0, done.stderr
-    return {d["device_id"]: d for d in json.loads(done.stdout)}
+    return {d["device_id"]: d for d in json.loads(done.stdout)["devices"]}

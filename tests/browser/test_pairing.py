@@ -96,7 +96,7 @@ def test_browser_pairs_is_listed_renamed_and_revoked(
         until(lambda: devices(laptop.home)[browser_id]["name"] == "tablet", "renamed in the page")
 
         # Revoked from the laptop: the server cuts the page's WebSocket; it says so and stays off.
-        revoked = handoff(laptop.home, "revoke", browser_id)
+        revoked = handoff(laptop.home, "revoke", browser_id, "--yes")
         assert revoked.returncode == 0, revoked.stderr
         tab.wait_for_selector("body[data-state=revoked]")
         assert "revoked" in tab.inner_text("#device-state")
