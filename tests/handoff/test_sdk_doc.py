@@ -82,7 +82,7 @@ async def test_waits_and_a_connected_app(pair: Pair) -> None:
         assert event["app_id"] == APP
         await listening.aclose()
         log = await asyncio.to_thread(pair.b.log.read_text)
-        assert f'event="app connected; not launching" app="{APP}"' in log  # the one log format
+        assert f'event="app connected; not launching" app="{APP}"' in log
         await b.confirm_resumed(entry.id)
         async with asyncio.timeout(120):
             resumed = await a.wait_handoff(sent.id, states=["resumed"])
