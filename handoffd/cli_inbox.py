@@ -47,19 +47,20 @@ def _entry_json(e: InboxEntry) -> dict[str, Any]:
 
 async def _list(client: HandoffClient, args: argparse.Namespace) -> int:
     entries = await client.inbox()
-    asking: list[dict[str, Any]] = (await client.request("GET", "/v1/asking"))["asking"]
+    asking = await client.asking()
     if args.json:
-        print(json.dumps([*asking, *map(_entry_json, entries)], indent=2, sort_keys=True))
+        shown = [*(a.raw for a in asking), *map(_entry_json, entries)]
+        print(json.dumps(shown, indent=2, sort_keys=True))
         return 0
     rows = [
         (
-            a["id"],
-            a["app_id"],
-            a["title"],
-            (a.get("from") or {}).get("name") or "-",
-            f"asking ({max(0, int(a['deadline'] - time.time()))}s left)",
-            f"{a['items']} ({human_size(a['size'])})",
-            _ago(a.get("asked_at")),
+            a.id,
+            a.app_id,
+            a.title,
+            a.sender.name or "-",
+            f"asking ({max(0, int(a.deadline - time.time()))}s left)",
+            f"{a.items} ({human_size(a.size)})",
+            _ago(a.asked_at),
         )
         for a in asking
     ]
@@ -95,7 +96,7 @@ async def cmd_inbox(client: HandoffClient, args: argparse.Namespace) -> int:
     if args.id is None:
         raise HandoffError(f"handoff inbox {args.action} needs an entry ID", code="usage")
     if args.action == "discard":
-        await client.request("DELETE", f"/v1/inbox/{args.id}")
+        await client.discard(args.id)
         print(f"discarded {clean(args.id)}")
         return 0
     if args.action == "resume":
@@ -103,7 +104,7 @@ async def cmd_inbox(client: HandoffClient, args: argparse.Namespace) -> int:
         print(f"resumed {clean(entry.title)}; {clean(entry.sender.name or 'the sender')} is told")
         return 0
     try:
-        await client.request("POST", f"/v1/inbox/{args.id}/open", {})
+        await client.open_entry(args.id)
     except ApiError as exc:
         if exc.code != "no-receiver":
             raise
@@ -120,15 +121,15 @@ async def cmd_inbox(client: HandoffClient, args: argparse.Namespace) -> int:
 
 async def cmd_accept(client: HandoffClient, args: argparse.Namespace) -> int:
     """Accept an offer waiting for an answer."""
-    a = await client.request("POST", f"/v1/asking/{args.id}/accept", {})
-    print(f"accepted {clean(a['title'])} from {clean((a.get('from') or {}).get('name') or '-')}")
+    a = await client.accept(args.id)
+    print(f"accepted {clean(a.title)} from {clean(a.sender.name or '-')}")
     return 0
 
 
 async def cmd_decline(client: HandoffClient, args: argparse.Namespace) -> int:
     """Decline an offer waiting for an answer (the sender is told)."""
-    a = await client.request("POST", f"/v1/asking/{args.id}/decline", {})
-    print(f"declined {clean(a['title'])} from {clean((a.get('from') or {}).get('name') or '-')}")
+    a = await client.decline(args.id)
+    print(f"declined {clean(a.title)} from {clean(a.sender.name or '-')}")
     return 0
 
 

@@ -74,8 +74,8 @@ async def cmd_unpair(client: HandoffClient, args: argparse.Namespace) -> int:
         "can no longer hand off with the account's devices until it pairs again.",
         args,
     )
-    done = await client.request("POST", "/v1/unpair", {})
-    if done.get("revoked_at_server"):
+    done = await client.unpair()
+    if done.revoked_at_server:
         print("unpaired: revoked at the server; pair again with `handoff pair CODE`")
     else:
         print(

@@ -83,6 +83,9 @@ async def test_decline_on_the_notification_declines_on_the_source_before_any_byt
         asking = (await b.request("GET", "/v1/asking"))["asking"]
         assert [x["id"] for x in asking] == [h.id]
         assert asking[0]["from"]["name"] == "laptop"
+        typed = await b.asking()  # the SDK decodes the same answer into the Asking model
+        assert [(x.id, x.sender.name, x.state) for x in typed] == [(h.id, "laptop", "asking")]
+        assert typed[0].raw == asking[0]
         world.bus.press(shown, "Decline")
         done = await wait_state(a, h.id, FINAL, within=120)
         assert done["state"] == "declined", done
