@@ -17,12 +17,11 @@ import importlib
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from handoffd import __version__
-from handoffd.console import clean, grouped_id, human_size, state_text, table
+from handoffd.console import ago, clean, grouped_id, human_size, state_text, table
 from handoffd.errors import HandoffError
 from handoffd.subcommands import Command, LocalCommand
 
@@ -46,16 +45,6 @@ COMMAND_MODULES: tuple[str, ...] = ()
 
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True))
-
-
-def _ago(ts: float | None) -> str:
-    if not ts:
-        return "-"
-    seconds = max(0, int(time.time() - ts))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{seconds}s ago"
 
 
 # ---------------------------------------------------------------- commands
@@ -113,7 +102,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
             d.platform,
             _device_state(d, cached),
             ", ".join(d.addresses) or "-",
-            _ago(d.last_seen),
+            ago(d.last_seen),
         )
         for d in answer.devices
     ]
@@ -161,7 +150,7 @@ async def cmd_sessions(client: HandoffClient, args: argparse.Namespace) -> int:
             ]
         )
         return 0
-    rows = [(s.id, s.app_id, s.title, s.state, len(s.items), _ago(s.updated_at)) for s in sessions]
+    rows = [(s.id, s.app_id, s.title, s.state, len(s.items), ago(s.updated_at)) for s in sessions]
     print(table(rows, ("ID", "APP", "TITLE", "STATE", "ITEMS", "UPDATED")))
     return 0
 
@@ -180,7 +169,7 @@ async def cmd_handoffs(client: HandoffClient, args: argparse.Namespace) -> int:
             state_text(h.state, h.attempts, h.next_retry_at, h.error),
             h.path or "-",
             f"{human_size(h.bytes_done)}/{human_size(h.bytes_total)}",
-            _ago(h.updated_at),
+            ago(h.updated_at),
         )
         for h in handoffs
     ]

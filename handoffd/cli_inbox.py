@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from handoffd.console import clean, human_size, table
+from handoffd.console import ago, clean, human_size, table
 from handoffd.errors import ApiError, HandoffError
 from handoffd.subcommands import AddCommand
 
@@ -18,16 +18,6 @@ if TYPE_CHECKING:  # loaded when the command runs (every command imports this mo
     from handoffd.control.client import HandoffClient, InboxEntry
 
 TEXT_APPS = ("handoff.text", "handoff.clipboard")
-
-
-def _ago(ts: float | None) -> str:
-    if not ts:
-        return "-"
-    seconds = max(0, int(time.time() - ts))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{seconds}s ago"
 
 
 def _entry_json(e: InboxEntry) -> dict[str, Any]:
@@ -60,7 +50,7 @@ async def _list(client: HandoffClient, args: argparse.Namespace) -> int:
             a.sender.name or "-",
             f"asking ({max(0, int(a.deadline - time.time()))}s left)",
             f"{a.items} ({human_size(a.size)})",
-            _ago(a.asked_at),
+            ago(a.asked_at),
         )
         for a in asking
     ]
@@ -72,7 +62,7 @@ async def _list(client: HandoffClient, args: argparse.Namespace) -> int:
             e.sender.name or "-",
             e.state,
             str(len(e.items)),
-            _ago(e.received_at),
+            ago(e.received_at),
         )
         for e in entries
     ]
