@@ -317,46 +317,49 @@ class Target:
         self.daemon.stop()
 
 
+def _fuzz_operation(target: Target, op: Operation, cases: int, seed: int) -> None:
+    """``cases`` calls of ``op``; each draws its parameters, its body and a mutation mode."""
+    params_s = st.fixed_dictionaries({k: strategy_for(v) for k, v in op.params.items()})
+    body_s = strategy_for(op.body) if op.body is not None else st.none()
+
+    @settings(
+        max_examples=cases,
+        deadline=None,
+        database=None,
+        derandomize=False,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @hypothesis_seed(seed)
+    @given(st.data())
+    def one(data: st.DataObject) -> None:
+        mode = data.draw(st.sampled_from((0, 0, 0, 1, 2, 3, 4, 5, 6, 6)))
+        target.case(
+            op,
+            data.draw(params_s),
+            data.draw(body_s),
+            mode,
+            data.draw(st.integers(0, 2**32)),
+        )
+        target.report.cases += 1
+
+    one()
+
+
 def run(cases: int, seed: int) -> Report:
-    """``cases`` calls; each draws an operation, its parameters and body, and a mutation mode."""
+    """``cases`` calls, shared out among the operations; each draws the operation's parameters
+    and body, and a mutation mode."""
     report = Report("fuzz_control")
     with tempfile.TemporaryDirectory(prefix="hfuzz-") as tmp:
         target = Target(Path(tmp) / "home", report)
         started = time.monotonic()
         try:
             ops = target.ops
-            strategies = {
-                repr(op): (
-                    st.fixed_dictionaries({k: strategy_for(v) for k, v in op.params.items()}),
-                    strategy_for(op.body) if op.body is not None else st.none(),
-                )
-                for op in ops
-            }
-
-            @settings(
-                max_examples=cases,
-                deadline=None,
-                database=None,
-                derandomize=False,
-                phases=[Phase.generate],
-                suppress_health_check=list(HealthCheck),
-            )
-            @hypothesis_seed(seed)
-            @given(st.data())
-            def one(data: st.DataObject) -> None:
-                op = data.draw(st.sampled_from(ops))
-                params_s, body_s = strategies[repr(op)]
-                mode = data.draw(st.sampled_from((0, 0, 0, 1, 2, 3, 4, 5, 6, 6)))
-                target.case(
-                    op,
-                    data.draw(params_s),
-                    data.draw(body_s),
-                    mode,
-                    data.draw(st.integers(0, 2**32)),
-                )
-                report.cases += 1
-
-            one()
+            # Every operation its share of the cases (a draw among them can leave one out).
+            for i, op in enumerate(ops):
+                share = cases // len(ops) + (1 if i < cases % len(ops) else 0)
+                if share:
+                    _fuzz_operation(target, op, share, seed)
             status, _ = target.request("GET", "/v1/status", None)
             if status != 200 or target.daemon.proc is None or target.daemon.proc.poll() is not None:
                 report.finding("daemon-stopped-answering", f"status {status}")

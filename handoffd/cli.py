@@ -17,16 +17,16 @@ import importlib
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from handoffd import __version__
-from handoffd.console import clean, grouped_id, human_size, state_text, table
+from handoffd.console import ago, clean, grouped_id, human_size, state_text, table
 from handoffd.errors import HandoffError
 from handoffd.subcommands import Command, LocalCommand
 
 if TYPE_CHECKING:  # imported when a command talks to the daemon (it loads aiohttp)
+    from handoffd.control.answers import Device
     from handoffd.control.client import HandoffClient
 
 # Modules that add subcommands: each defines ``register(add: AddCommand) -> None``.
@@ -47,46 +47,37 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True))
 
 
-def _ago(ts: float | None) -> str:
-    if not ts:
-        return "-"
-    seconds = max(0, int(time.time() - ts))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{seconds}s ago"
-
-
 # ---------------------------------------------------------------- commands
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Device, account, pairing and server state (a quick read: no aiohttp)."""
     from handoffd.commands import quick
+    from handoffd.control.answers import Status
 
-    st = quick.get("/v1/status", home=args.home)
+    st = quick.get_as(Status, "/v1/status", home=args.home)
     if args.json:
-        _print_json(st)
+        _print_json(st.raw)
         return 0
-    account = st.get("account_id")
-    if account and st.get("account_name"):
-        account = f"{st['account_name']} ({account})"
-    reachable = st.get("server_reachable")
+    account = st.account_id
+    if account and st.account_name:
+        account = f"{st.account_name} ({account})"
+    reachable = st.server_reachable
     rows = [
-        ("device", f"{clean(st.get('device_name'))} ({grouped_id(str(st.get('device_id')))})"),
+        ("device", f"{clean(st.device_name)} ({grouped_id(st.device_id)})"),
         (
             "paired",
             "yes"
-            if st.get("paired")
+            if st.paired
             else "no (run `handoff pair CODE@SERVER` as `handoff invite` on a paired device "
             "or `handoff-server invite` prints it)",
         ),
         ("account", account or "-"),
-        ("server", st.get("server_url") or "-"),
+        ("server", st.server_url or "-"),
         ("server reachable", "-" if reachable is None else ("yes" if reachable else "no")),
-        ("handoff enabled", "yes" if st.get("handoff_enabled") else "no"),
-        ("revoked", "YES (run `handoff unpair`, then pair again)" if st.get("revoked") else "no"),
-        ("version", st.get("version")),
+        ("handoff enabled", "yes" if st.handoff_enabled else "no"),
+        ("revoked", "YES (run `handoff unpair`, then pair again)" if st.revoked else "no"),
+        ("version", st.version),
     ]
     print(table(rows, ("", "")).split("\n", 1)[1])
     return 0
@@ -95,43 +86,42 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_devices(args: argparse.Namespace) -> int:
     """The account's devices (a quick read); cached data is marked when the server is down."""
     from handoffd.commands import quick
+    from handoffd.control.answers import DeviceList
 
-    answer = quick.get("/v1/devices", home=args.home)
-    devices: list[dict[str, Any]] = answer.get("devices") or []
-    cached = answer.get("source") == "cache"
+    answer = quick.get_as(DeviceList, "/v1/devices", home=args.home)
+    cached = answer.source == "cache"
     if args.json:
-        body = {"devices": [_device_json(d) for d in devices], "source": answer.get("source")}
-        if "server_error" in answer:
-            body["server_error"] = answer["server_error"]
+        body = answer.raw
+        body["devices"] = [_device_json(d) for d in body["devices"]]
         _print_json(body)
         return 0
     rows = [
         (
-            str(d.get("name")) + (" (this device)" if d.get("self") else ""),
-            grouped_id(str(d.get("device_id"))),
-            d.get("platform"),
+            d.name + (" (this device)" if d.self else ""),
+            grouped_id(d.device_id),
+            d.platform,
             _device_state(d, cached),
-            ", ".join(d.get("addresses") or ()) or "-",
-            _ago(d.get("last_seen")),
+            ", ".join(d.addresses) or "-",
+            ago(d.last_seen),
         )
-        for d in devices
+        for d in answer.devices
     ]
     print(table(rows, ("NAME", "ID", "PLATFORM", "STATE", "ADDRESSES", "LAST SEEN")))
     if cached:
         print(
-            f"handoff: the server could not be reached ({clean(answer.get('server_error'))}): "
+            f"handoff: the server could not be reached ({clean(answer.server_error or '')}): "
             "this list is cached; online states are as last known",
             file=sys.stderr,
         )
     return 0
 
 
-def _device_state(d: dict[str, Any], cached: bool) -> str:
-    if d.get("revoked"):
+def _device_state(d: Device, cached: bool) -> str:
+    if d.revoked:
         return "revoked"
-    if d.get("nearby"):
+    if d.nearby:
         return "nearby"
-    if d.get("online"):
+    if d.online:
         return "online (cached)" if cached else "online"
     return "-"
 
@@ -160,7 +150,7 @@ async def cmd_sessions(client: HandoffClient, args: argparse.Namespace) -> int:
             ]
         )
         return 0
-    rows = [(s.id, s.app_id, s.title, s.state, len(s.items), _ago(s.updated_at)) for s in sessions]
+    rows = [(s.id, s.app_id, s.title, s.state, len(s.items), ago(s.updated_at)) for s in sessions]
     print(table(rows, ("ID", "APP", "TITLE", "STATE", "ITEMS", "UPDATED")))
     return 0
 
@@ -179,7 +169,7 @@ async def cmd_handoffs(client: HandoffClient, args: argparse.Namespace) -> int:
             state_text(h.state, h.attempts, h.next_retry_at, h.error),
             h.path or "-",
             f"{human_size(h.bytes_done)}/{human_size(h.bytes_total)}",
-            _ago(h.updated_at),
+            ago(h.updated_at),
         )
         for h in handoffs
     ]

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from handoffd.console import clean, human_size, table
+from handoffd.console import ago, clean, human_size, table
 from handoffd.errors import ApiError, HandoffError
 from handoffd.subcommands import AddCommand
 
@@ -18,16 +18,6 @@ if TYPE_CHECKING:  # loaded when the command runs (every command imports this mo
     from handoffd.control.client import HandoffClient, InboxEntry
 
 TEXT_APPS = ("handoff.text", "handoff.clipboard")
-
-
-def _ago(ts: float | None) -> str:
-    if not ts:
-        return "-"
-    seconds = max(0, int(time.time() - ts))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{seconds}s ago"
 
 
 def _entry_json(e: InboxEntry) -> dict[str, Any]:
@@ -47,19 +37,20 @@ def _entry_json(e: InboxEntry) -> dict[str, Any]:
 
 async def _list(client: HandoffClient, args: argparse.Namespace) -> int:
     entries = await client.inbox()
-    asking: list[dict[str, Any]] = (await client.request("GET", "/v1/asking"))["asking"]
+    asking = await client.asking()
     if args.json:
-        print(json.dumps([*asking, *map(_entry_json, entries)], indent=2, sort_keys=True))
+        shown = [*(a.raw for a in asking), *map(_entry_json, entries)]
+        print(json.dumps(shown, indent=2, sort_keys=True))
         return 0
     rows = [
         (
-            a["id"],
-            a["app_id"],
-            a["title"],
-            (a.get("from") or {}).get("name") or "-",
-            f"asking ({max(0, int(a['deadline'] - time.time()))}s left)",
-            f"{a['items']} ({human_size(a['size'])})",
-            _ago(a.get("asked_at")),
+            a.id,
+            a.app_id,
+            a.title,
+            a.sender.name or "-",
+            f"asking ({max(0, int(a.deadline - time.time()))}s left)",
+            f"{a.items} ({human_size(a.size)})",
+            ago(a.asked_at),
         )
         for a in asking
     ]
@@ -71,7 +62,7 @@ async def _list(client: HandoffClient, args: argparse.Namespace) -> int:
             e.sender.name or "-",
             e.state,
             str(len(e.items)),
-            _ago(e.received_at),
+            ago(e.received_at),
         )
         for e in entries
     ]
@@ -95,7 +86,7 @@ async def cmd_inbox(client: HandoffClient, args: argparse.Namespace) -> int:
     if args.id is None:
         raise HandoffError(f"handoff inbox {args.action} needs an entry ID", code="usage")
     if args.action == "discard":
-        await client.request("DELETE", f"/v1/inbox/{args.id}")
+        await client.discard(args.id)
         print(f"discarded {clean(args.id)}")
         return 0
     if args.action == "resume":
@@ -103,7 +94,7 @@ async def cmd_inbox(client: HandoffClient, args: argparse.Namespace) -> int:
         print(f"resumed {clean(entry.title)}; {clean(entry.sender.name or 'the sender')} is told")
         return 0
     try:
-        await client.request("POST", f"/v1/inbox/{args.id}/open", {})
+        await client.open_entry(args.id)
     except ApiError as exc:
         if exc.code != "no-receiver":
             raise
@@ -120,15 +111,15 @@ async def cmd_inbox(client: HandoffClient, args: argparse.Namespace) -> int:
 
 async def cmd_accept(client: HandoffClient, args: argparse.Namespace) -> int:
     """Accept an offer waiting for an answer."""
-    a = await client.request("POST", f"/v1/asking/{args.id}/accept", {})
-    print(f"accepted {clean(a['title'])} from {clean((a.get('from') or {}).get('name') or '-')}")
+    a = await client.accept(args.id)
+    print(f"accepted {clean(a.title)} from {clean(a.sender.name or '-')}")
     return 0
 
 
 async def cmd_decline(client: HandoffClient, args: argparse.Namespace) -> int:
     """Decline an offer waiting for an answer (the sender is told)."""
-    a = await client.request("POST", f"/v1/asking/{args.id}/decline", {})
-    print(f"declined {clean(a['title'])} from {clean((a.get('from') or {}).get('name') or '-')}")
+    a = await client.decline(args.id)
+    print(f"declined {clean(a.title)} from {clean(a.sender.name or '-')}")
     return 0
 
 

@@ -61,6 +61,17 @@ def _bar(done: int, total: int, width: int) -> str:
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
+def ago(ts: float | None) -> str:
+    """``5m ago``, ``2h ago``, ``3d ago`` (Unix time ``ts``); ``-`` for none."""
+    if not ts:
+        return "-"
+    seconds = max(0, int(time.time() - ts))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
 def human_size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":

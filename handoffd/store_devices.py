@@ -14,9 +14,11 @@ from handoffd.store_records import (
 class DeviceTables(StoreBase):
     """The server's device list as last seen."""
 
-    def replace_devices(self, devices: Sequence[DeviceRecord]) -> None:
-        """Make the cache exactly ``devices`` (the server's current list)."""
+    def replace_devices(self, devices: Sequence[DeviceRecord]) -> frozenset[str]:
+        """Make the cache exactly ``devices`` (the server's current list); the ids it did not
+        hold before (none when it was empty: the first list after pairing is not news)."""
         with self.transaction() as db:
+            before = {row[0] for row in db.execute("SELECT device_id FROM devices")}
             db.execute("DELETE FROM devices")
             db.executemany(
                 "INSERT INTO devices (device_id, name, platform, revoked, online, last_seen,"
@@ -35,6 +37,9 @@ class DeviceTables(StoreBase):
                     for d in devices
                 ],
             )
+        if not before:
+            return frozenset()
+        return frozenset(d.device_id for d in devices) - before
 
     def mark_device_revoked(self, device_id: str) -> None:
         """Record that ``device_id`` is revoked."""

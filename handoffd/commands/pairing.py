@@ -74,8 +74,8 @@ async def cmd_unpair(client: HandoffClient, args: argparse.Namespace) -> int:
         "can no longer hand off with the account's devices until it pairs again.",
         args,
     )
-    done = await client.request("POST", "/v1/unpair", {})
-    if done.get("revoked_at_server"):
+    done = await client.unpair()
+    if done.revoked_at_server:
         print("unpaired: revoked at the server; pair again with `handoff pair CODE`")
     else:
         print(
@@ -89,6 +89,7 @@ async def cmd_invite(client: HandoffClient, args: argparse.Namespace) -> int:
     """Make an invite for a new device of this account; print the whole command to type there."""
     inv = await client.request("POST", "/v1/invites", {})
     url, code, expires_at = str(inv["url"]), str(inv["code"]), float(inv["expires_at"])
+    page = inv.get("page_url")  # a phone camera opens the browser pairing page
     parsed = wire_invite.parse_invite(url)
     command = wire_invite.pair_command(parsed.server_url, code, parsed.fingerprint)
     if args.json:
@@ -102,10 +103,12 @@ async def cmd_invite(client: HandoffClient, args: argparse.Namespace) -> int:
         return 0
     import segno
 
-    segno.make(url, error="m").terminal(compact=True)
+    segno.make(page if isinstance(page, str) else url, error="m").terminal(compact=True)
     print(f"pair:    {clean(command)}")
     print(f"code:    {clean(code)}")
     print(f"url:     {clean(url)}")
+    if isinstance(page, str):
+        print(f"page:    {clean(page)}")
     print(f"expires: {wire_invite.expiry_text(expires_at, time.time())}")
     print("on the new device, run the `pair` line above, or scan the QR code")
     return 0

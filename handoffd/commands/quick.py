@@ -4,25 +4,28 @@ The SDK's ``HandoffClient`` loads aiohttp (about half a second of imports);
 a one-shot ``GET`` needs only ``http.client`` over the Unix socket. The same
 checks as the SDK's connector run before a byte is sent: the socket's
 directory must be private (``home-unsafe``) and the daemon must run as our
-uid (``daemon-wrong-user``). Answers are bounded and decoded as the SDK does.
+uid (``daemon-wrong-user``). Answers are bounded and decoded into the answer models
+(``client_decode.decode_as``), as the SDK does; msgspec and the models import fast.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
+from handoffd.control.client_decode import decode_as, not_running
 from handoffd.errors import ApiError, HandoffError
 from handoffd.ownership import check_private_dir
 from handoffd.paths import Paths
 from handoffd.peercred import check_socket_server
 
-__all__ = ["MAX_ANSWER", "get"]
+__all__ = ["MAX_ANSWER", "get_as"]
+
+T = TypeVar("T")
 
 MAX_ANSWER = 16 * 1024 * 1024
 TIMEOUT = 30.0
@@ -47,29 +50,16 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def _not_running(path: Path, exc: OSError) -> HandoffError:
-    if isinstance(exc, PermissionError):
-        return HandoffError(
-            f"no permission to use the control socket {path}: it belongs to another user",
-            code="daemon-permission-denied",
-        )
-    return HandoffError(
-        f"handoffd is not running (nothing listens on {path}); "
-        "start it with `handoffd` (add --home DIR if you use one) "
-        "or install the service with `handoff service install`",
-        code="daemon-not-running",
-    )
-
-
-def get(path: str, *, home: str | None = None, timeout: float = TIMEOUT) -> Any:
-    """``GET path`` on the daemon of ``home``; its JSON; HandoffError/ApiError with its code."""
+def get_as(model: type[T], path: str, *, home: str | None = None, timeout: float = TIMEOUT) -> T:
+    """``GET path`` on the daemon of ``home``, decoded as ``model`` (``client_decode.decode_as``,
+    as the SDK does); HandoffError/ApiError with its code."""
     sock_path = Paths.resolve(home).control_socket
     conn = _UnixConnection(sock_path, timeout)
     try:
         try:
             conn.request("GET", path, headers={"Accept": "application/json"})
         except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
-            raise _not_running(sock_path, exc) from None
+            raise not_running(sock_path, exc) from None
         try:
             resp = conn.getresponse()
             payload = resp.read(MAX_ANSWER + 1)
@@ -81,19 +71,4 @@ def get(path: str, *, home: str | None = None, timeout: float = TIMEOUT) -> Any:
         conn.close()
     if len(payload) > MAX_ANSWER:
         raise ApiError("response too large", code="bad-response", status=resp.status)
-    return _decode(resp.status, payload)
-
-
-def _decode(status: int, payload: bytes) -> Any:
-    try:
-        result = json.loads(payload) if payload else None
-    except ValueError:
-        result = None
-    if status >= 400:
-        error = result.get("error") if isinstance(result, dict) else None
-        if isinstance(error, dict) and isinstance(error.get("code"), str):
-            raise ApiError(str(error.get("message", "")), code=error["code"], status=status)
-        raise ApiError(f"the daemon answered HTTP {status}", code="bad-response", status=status)
-    if result is None:
-        raise ApiError("the daemon sent malformed JSON", code="bad-response", status=status)
-    return result
+    return decode_as(model, resp.status, payload)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from handoffd.control.client import (
         App,
+        Asking,
         DaemonNotRunning,
         Device,
         Handoff,
@@ -24,10 +25,12 @@ if TYPE_CHECKING:
         Session,
         SessionItem,
         Status,
+        Unpaired,
     )
 
 __all__ = [
     "App",
+    "Asking",
     "DaemonNotRunning",
     "Device",
     "Handoff",
@@ -40,6 +43,7 @@ __all__ = [
     "Session",
     "SessionItem",
     "Status",
+    "Unpaired",
 ]
 
 

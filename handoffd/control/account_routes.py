@@ -10,6 +10,7 @@ from aiohttp import web
 
 from handoffd.control import schema
 from handoffd.control.context import ControlContext, context_of
+from handoffd.control.openapi import op
 from handoffd.control.responses import json_response, read_json
 from handoffd.control.views import status_json
 from handoffd.errors import HandoffError
@@ -20,20 +21,14 @@ RENAME_TIMEOUT = 5.0
 
 OPENAPI_PATHS = {
     "/v1/unpair": {
-        "post": {
-            "summary": "Forget the account (revoked at the server first when it can be reached)",
-            "requestBody": {
-                "content": {"application/json": {"schema": {"type": "object", "maxProperties": 0}}}
-            },
-            "responses": {
-                "200": {
-                    "description": "the status, and whether the server revoked this device",
-                    "content": {"application/json": {"schema": {"type": "object"}}},
-                }
-            },
-        }
+        "post": op(
+            "Forget the account (revoked at the server first when it can be reached)",
+            "Unpaired",
+            "Empty",
+        )
     }
 }
+"""The route's operation; its schemas are models (``everyday_models.Unpaired``)."""
 
 
 async def rename_at_server(ctx: ControlContext, name: str) -> None:
@@ -57,6 +52,6 @@ async def post_unpair(request: web.Request) -> web.Response:
 
 
 def setup_account_routes(app: web.Application, ctx: ControlContext) -> None:
-    """Add ``POST /v1/unpair`` and its OpenAPI path."""
+    """Add ``POST /v1/unpair`` and its operation."""
     app.router.add_post("/v1/unpair", post_unpair)
     ctx.openapi_paths.update(OPENAPI_PATHS)

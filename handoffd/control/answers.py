@@ -11,6 +11,7 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from handoffd.control.body import Check
+from handoffd.control.everyday_settings import EverydaySettings
 from handoffd.control.fieldchecks import check_launch
 from handoffd.control.limits import MAX_ARGV
 from handoffd.control.models import HANDOFF_STATES, SESSION_STATES, AppId
@@ -119,6 +120,12 @@ class Invite(Answer, frozen=True):
     code: str
     expires_at: float
     qr_svg: str
+    page_url: (
+        Annotated[
+            str, Meta(description="the browser pairing page for this invite: what the QR holds")
+        ]
+        | None
+    ) = None
 
 
 class SessionItem(Answer, frozen=True):
@@ -155,7 +162,7 @@ class SessionList(Answer, frozen=True):
     sessions: tuple[Session, ...]
 
 
-class SettingsFields(Answer, frozen=True):
+class SettingsFields(Answer, EverydaySettings, frozen=True):
     """The settings (``GET``/``PATCH /v1/settings``; a PATCH body gives any of them).
 
     Checked by ``handoffd.config`` (codes ``setting-unknown``, ``setting-invalid``)."""

@@ -30,6 +30,7 @@ from handoffd.control.answers import (
     RevokedDevice,
     SessionList,
 )
+from handoffd.control.client_everyday import Asking, EverydayCalls, Unpaired
 from handoffd.control.client_results import (
     App,
     Device,
@@ -43,7 +44,7 @@ from handoffd.control.client_results import (
     Status,
     items_json,
 )
-from handoffd.control.client_transport import ControlTransport, DaemonNotRunning
+from handoffd.control.client_transport import DaemonNotRunning
 from handoffd.errors import ApiError, HandoffError
 from handoffd.items import Item
 
@@ -59,6 +60,7 @@ __all__ = [
     "END_STATES",
     "FINAL_STATES",
     "App",
+    "Asking",
     "DaemonNotRunning",
     "Device",
     "Handoff",
@@ -72,10 +74,11 @@ __all__ = [
     "SessionItem",
     "Settings",
     "Status",
+    "Unpaired",
 ]
 
 
-class HandoffClient(ControlTransport):
+class HandoffClient(EverydayCalls):
     """Async client of one daemon's control API (``socket`` path, or the socket of ``home``)."""
 
     # ------------------------------------------------------------ device
@@ -227,26 +230,6 @@ class HandoffClient(ControlTransport):
         if types is not None:
             body["types"] = list(types)
         return await self.request_as(Handoff, "POST", "/v1/handoffs", body)
-
-    async def send_content(
-        self,
-        target: str,
-        *,
-        paths: Sequence[str] | None = None,
-        text: str | None = None,
-        url: str | None = None,
-        clipboard: str | None = None,
-    ) -> Handoff:
-        """Hand files and folders (absolute ``paths``), a ``text``, a ``url`` or ``clipboard``
-        text to ``target`` in one call: the daemon builds the session (``POST /v1/send``)."""
-        given = {"text": text, "url": url, "clipboard": clipboard}
-        body: dict[str, Any] = {
-            "target": target,
-            **{k: v for k, v in given.items() if v is not None},
-        }
-        if paths is not None:
-            body["paths"] = list(paths)
-        return await self.request_as(Handoff, "POST", "/v1/send", body)
 
     async def handoffs(self) -> list[Handoff]:
         """Handoffs in both directions, most recently updated first."""

@@ -38,9 +38,8 @@ class ControlContext:
     refusals: collections.deque[dict[str, Any]] = field(
         default_factory=lambda: collections.deque(maxlen=REFUSALS_KEPT)
     )
-    # OpenAPI paths and schemas added by route setups.
+    # OpenAPI operations added by route setups (``openapi.op``); their schemas are models.
     openapi_paths: dict[str, Any] = field(default_factory=dict)
-    openapi_schemas: dict[str, Any] = field(default_factory=dict)
 
 
 RouteSetup = Callable[[web.Application, ControlContext], None]

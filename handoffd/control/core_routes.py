@@ -70,7 +70,7 @@ def _line(event: dict[str, Any]) -> bytes:
 async def get_openapi(request: web.Request) -> web.Response:
     """``GET /v1/openapi.json``."""
     ctx = context_of(request)
-    return json_response(openapi_document(ctx.version, ctx.openapi_paths, ctx.openapi_schemas))
+    return json_response(openapi_document(ctx.version, ctx.openapi_paths))
 
 
 def setup_core_routes(app: web.Application, ctx: ControlContext) -> None:

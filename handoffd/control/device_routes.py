@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from aiohttp import web
@@ -13,7 +14,7 @@ from handoffd.control import schema
 from handoffd.control.context import ControlContext, context_of
 from handoffd.control.responses import json_response, read_json
 from handoffd.control.views import device_json, self_device, status_json
-from handoffd.devicecache import cache_records
+from handoffd.devicecache import store_device_list
 from handoffd.errors import (
     ApiError,
     HandoffError,
@@ -47,8 +48,13 @@ async def get_devices(request: web.Request) -> web.Response:
             logger.info("device list from cache code=%s", code)
             source = "cache"
         else:
-            cached = cache_records(records, asyncio.get_running_loop().time())
-            await ctx.store.run(ctx.store.replace_devices, cached)
+            await store_device_list(
+                ctx.store,
+                records,
+                me=ctx.device.device_id,
+                now=time.time(),
+                publish=ctx.events.publish,
+            )
             source = "server"
     devices = await ctx.store.run(ctx.store.list_devices)
     if not any(d.device_id == ctx.device.device_id for d in devices):
@@ -83,9 +89,16 @@ async def post_invite(request: web.Request) -> web.Response:
         parse_invite(invite.url)
     except HandoffError as exc:
         raise ServerError("the server sent a malformed invite", code="server-bad-response") from exc
-    svg = await asyncio.to_thread(qr_svg, invite.url)
+    # A phone's camera opens the browser pairing page when the server gives one (docs/browser.md).
+    svg = await asyncio.to_thread(qr_svg, invite.page_url or invite.url)
     return json_response(
-        {"url": invite.url, "code": invite.code, "expires_at": invite.expires_at, "qr_svg": svg}
+        {
+            "url": invite.url,
+            "page_url": invite.page_url,
+            "code": invite.code,
+            "expires_at": invite.expires_at,
+            "qr_svg": svg,
+        }
     )
 
 

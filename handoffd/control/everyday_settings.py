@@ -1,34 +1,62 @@
-"""The OpenAPI form of the settings of everyday handoff (``handoff send``, built-in receivers,
-consent, notifications); ``openapi`` adds them to its ``Settings`` schema."""
+"""The settings of everyday handoff (``handoff send``, built-in receivers, consent,
+notifications) as a model: ``answers.SettingsFields`` inherits them, so they are in the
+document's ``Settings`` schema. Checked by ``handoffd.config``."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Literal
 
-_ARGV = {"type": "array", "items": {"type": "string"}, "maxItems": 32}
-_RULES = {
-    "type": "array",
-    "items": {"type": "string", "pattern": "^.+=(ask|accept|decline)$"},
-    "maxItems": 256,
-}
-_POLICY = {"enum": ["ask", "accept", "decline"]}
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
 
-SETTINGS_PROPERTIES: dict[str, Any] = {
-    "send_max_files": {"type": "integer", "minimum": 1, "maximum": 1024},
-    "send_max_bytes": {"type": "integer", "minimum": 1, "maximum": 64 * 1024**3},
-    "receive_files": {"type": "boolean"},
-    "receive_dir": {"type": "string", "description": "absolute; empty: <downloads>/Handoff"},
-    "open_urls": {"type": "boolean"},
-    "open_command": {**_ARGV, "description": "argv before the URL; empty: xdg-open / open"},
-    "text_to_clipboard": {"type": "boolean"},
-    "clipboard_command": {
-        **_ARGV,
-        "description": "argv reading the text on stdin; empty: wl-copy / xclip / pbcopy",
-    },
-    "consent_builtin": {**_POLICY, "description": "for sessions sent with handoff send"},
-    "consent_apps": {**_RULES, "description": "APP_ID=POLICY (first match wins)"},
-    "consent_devices": {**_RULES, "description": "DEVICE=POLICY, device id or name"},
-    "consent_timeout": {"type": "integer", "minimum": 1, "maximum": 3600},
-    "notifications": {"type": "boolean"},
-    "offline_wait": {"type": "integer", "minimum": 0, "maximum": 30 * 86400},
-}
+Policy = Literal["ask", "accept", "decline"]
+Argv = tuple[str, ...]
+Rule = Annotated[str, Meta(pattern="^.+=(ask|accept|decline)$")]
+
+
+class EverydaySettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The everyday settings (any of them in a PATCH body)."""
+
+    send_max_files: Annotated[int, Meta(ge=1, le=1024)] | UnsetType = UNSET
+    send_max_bytes: Annotated[int, Meta(ge=1, le=64 * 1024**3)] | UnsetType = UNSET
+    receive_files: bool | UnsetType = UNSET
+    receive_dir: (
+        Annotated[str, Meta(description="absolute; empty: <downloads>/Handoff")] | UnsetType
+    ) = UNSET
+    open_urls: bool | UnsetType = UNSET
+    open_command: (
+        Annotated[
+            Argv, Meta(max_length=32, description="argv before the URL; empty: xdg-open / open")
+        ]
+        | UnsetType
+    ) = UNSET
+    text_to_clipboard: bool | UnsetType = UNSET
+    clipboard_command: (
+        Annotated[
+            Argv,
+            Meta(
+                max_length=32,
+                description="argv reading the text on stdin; empty: wl-copy / xclip / pbcopy",
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    consent_builtin: (
+        Annotated[Policy, Meta(description="for sessions sent with handoff send")] | UnsetType
+    ) = UNSET
+    consent_apps: (
+        Annotated[
+            tuple[Rule, ...], Meta(max_length=256, description="APP_ID=POLICY (first match wins)")
+        ]
+        | UnsetType
+    ) = UNSET
+    consent_devices: (
+        Annotated[
+            tuple[Rule, ...],
+            Meta(max_length=256, description="DEVICE=POLICY, device id or name"),
+        ]
+        | UnsetType
+    ) = UNSET
+    consent_timeout: Annotated[int, Meta(ge=1, le=3600)] | UnsetType = UNSET
+    notifications: bool | UnsetType = UNSET
+    offline_wait: Annotated[int, Meta(ge=0, le=30 * 86400)] | UnsetType = UNSET

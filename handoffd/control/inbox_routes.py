@@ -9,6 +9,7 @@ from aiohttp import web
 
 from handoffd.control import schema
 from handoffd.control.context import ControlContext
+from handoffd.control.openapi import ID_PARAM, op
 from handoffd.control.responses import json_response, read_json
 from handoffd.errors import ApiError
 
@@ -24,7 +25,7 @@ def _id(request: web.Request) -> str:
 
 
 def setup_inbox_routes(app: web.Application, ctx: ControlContext, service: Engine) -> None:
-    """Add the routes and their OpenAPI paths."""
+    """Add the routes and their operations."""
     ops = service.inbox_ops
 
     async def list_asking(request: web.Request) -> web.Response:
@@ -53,79 +54,25 @@ def setup_inbox_routes(app: web.Application, ctx: ControlContext, service: Engin
     r.add_delete("/v1/inbox/{id}", discard_entry)
     for path, operations in OPENAPI_PATHS.items():  # /v1/inbox/{id} has its GET already
         ctx.openapi_paths.setdefault(path, {}).update(operations)
-    ctx.openapi_schemas.update(OPENAPI_SCHEMAS)
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _op(summary: str, response: dict[str, Any]) -> dict[str, Any]:
-    def body(s: dict[str, Any], what: str) -> dict[str, Any]:
-        return {"description": what, "content": {"application/json": {"schema": s}}}
-
-    return {
-        "summary": summary,
-        "responses": {
-            "200": body(response, "OK"),
-            "4XX": body(_ref("Error"), "error"),
-            "5XX": body(_ref("Error"), "error"),
-        },
-    }
-
-
-_ID = {
-    "name": "id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-}
-_STR = {"type": "string"}
-OPENAPI_SCHEMAS: dict[str, Any] = {
-    "Asking": {
-        "type": "object",
-        "properties": {
-            "id": _STR,
-            "app_id": _STR,
-            "title": _STR,
-            "from": {
-                "type": "object",
-                "properties": {"device_id": _STR, "name": _STR},
-                "required": ["device_id", "name"],
-            },
-            "items": {"type": "integer"},
-            "size": {"type": "integer"},
-            "state": {"enum": ["asking"]},
-            "asked_at": {"type": "number"},
-            "deadline": {"type": "number", "description": "declined if not answered by then"},
-        },
-        "required": ["id", "app_id", "title", "from", "items", "size", "state", "deadline"],
-    }
-}
 OPENAPI_PATHS: dict[str, Any] = {
-    "/v1/asking": {
-        "get": _op(
-            "Offers waiting for Accept / Decline",
-            {
-                "type": "object",
-                "properties": {"asking": {"type": "array", "items": _ref("Asking")}},
-            },
-        )
-    },
+    "/v1/asking": {"get": op("Offers waiting for Accept / Decline", "AskingList")},
     "/v1/asking/{id}/accept": {
-        "parameters": [_ID],
-        "post": _op("Accept an offer: the transfer starts", _ref("Asking")),
+        "parameters": [ID_PARAM],
+        "post": op("Accept an offer: the transfer starts", "Asking", "Empty"),
     },
     "/v1/asking/{id}/decline": {
-        "parameters": [_ID],
-        "post": _op("Decline an offer: the sender is told", _ref("Asking")),
+        "parameters": [ID_PARAM],
+        "post": op("Decline an offer: the sender is told", "Asking", "Empty"),
     },
     "/v1/inbox/{id}/open": {
-        "parameters": [_ID],
-        "post": _op("Open an entry with its receiver (built-in, or its app)", _ref("InboxEntry")),
+        "parameters": [ID_PARAM],
+        "post": op("Open an entry with its receiver (built-in, or its app)", "InboxEntry", "Empty"),
     },
     "/v1/inbox/{id}": {
-        "parameters": [_ID],
-        "delete": _op("Discard an entry and its files", _ref("InboxEntry")),
+        "parameters": [ID_PARAM],
+        "delete": op("Discard an entry and its files", "InboxEntry"),
     },
 }
+"""The routes' operations; their schemas are models (``everyday_models.Asking``...)."""

@@ -14,8 +14,7 @@ from typing import Any
 
 import msgspec
 
-from handoffd.control import answers, models
-from handoffd.control.everyday_settings import SETTINGS_PROPERTIES
+from handoffd.control import answers, everyday_models, models
 from handoffd.control.models import ID_PATTERN
 from handoffd.names import APP_ID_RE
 
@@ -28,11 +27,6 @@ EXTRA = {
         "oneOf": [{"required": ["text"]}, {"required": ["data_base64"]}, {"required": ["path"]}]
     }
 }
-
-
-# Properties a component gets besides its model's fields, by component name: for the settings,
-# whose checks live with the settings (handoffd.config), not in a request model.
-EXTRA_PROPERTIES: dict[str, dict[str, Any]] = {"Settings": SETTINGS_PROPERTIES}
 
 
 def ref(name: str) -> dict[str, str]:
@@ -104,6 +98,10 @@ MODELS: tuple[type[Any], ...] = (  # msgspec structs (InboxItem: a dataclass)
     answers.InboxItem,
     answers.InboxEntry,
     answers.InboxList,
+    everyday_models.SendIn,
+    everyday_models.Asking,
+    everyday_models.AskingList,
+    everyday_models.Unpaired,
 )
 """Every model, in the document's ``components.schemas`` (route setups' models too)."""
 
@@ -116,8 +114,6 @@ def _schemas() -> dict[str, Any]:
     for name, schema in components.items():
         name = RENAMED.get(name, name)
         schemas[name] = _rename(schema) | {"title": name} | EXTRA.get(name, {})
-        if name in EXTRA_PROPERTIES:
-            schemas[name]["properties"] = schemas[name]["properties"] | EXTRA_PROPERTIES[name]
     return schemas
 
 
@@ -186,12 +182,8 @@ PATHS: dict[str, Any] = {
 }
 
 
-def openapi_document(
-    version: str,
-    extra_paths: Mapping[str, Any] | None = None,
-    extra_schemas: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the control API (plus routes other modules add)."""
+def openapi_document(version: str, extra_paths: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the control API (plus the operations route setups add)."""
     return {
         "openapi": "3.1.0",
         "info": {
@@ -202,5 +194,5 @@ def openapi_document(
         },
         "servers": [{"url": "http://handoff"}],
         "paths": {**PATHS, **(extra_paths or {})},
-        "components": {"schemas": {**schemas(), **(extra_schemas or {})}},
+        "components": {"schemas": schemas()},
     }

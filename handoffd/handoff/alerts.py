@@ -1,5 +1,7 @@
 """Notifications where a person expects one: a session received, a handoff resumed on the
-target, a handoff that failed or was declined (with the reason). Driven by the engine's own
+target, a handoff that failed or was declined (with the reason), a new device paired into
+the account (pairing goes through the server's invites: the account's other devices hear of
+it; a person who did not pair it revokes it). Driven by the engine's own
 events; shown through ``Desktop`` (best effort, the setting ``notifications``)."""
 
 from __future__ import annotations
@@ -52,6 +54,15 @@ class Alerts:
             app = str(event.get("app_id", ""))
             what = APP_LABELS.get(app, app)
             return (f"Received from {who}", f"“{event.get('title', '')}” ({what})")
+        if kind == "device.joined":
+            name = str(event.get("name", ""))
+            return (
+                "New device in your account",
+                (
+                    f"{name} ({event.get('platform', '')}) was paired. Not you? "
+                    f"Revoke it: handoff revoke '{name}'"
+                ),
+            )
         if kind == "handoff.resumed" and event.get("direction") == "out":
             return ("Handoff resumed", f"resumed on {await self._peer(hid)}")
         if kind == "handoff.state" and event.get("state") in ("failed", "declined"):

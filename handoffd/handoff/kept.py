@@ -15,7 +15,7 @@ import asyncio
 import logging
 
 from handoffd import envelope
-from handoffd.errors import HandoffError, ProtocolError, TransportError
+from handoffd.errors import HandoffError, ProtocolError
 from handoffd.events import EventBus
 from handoffd.handoff.local import LocalDevice
 from handoffd.handoff.notices import Notices
@@ -62,7 +62,7 @@ class Kept:
         """Tell the source of ``entry`` that it waits for a person here (best effort)."""
         for attempt in range(TRIES):
             try:
-                await self._send(entry.id, entry.from_device)
+                await self.notices.send(entry.id, entry.from_device, PURPOSE_KEPT, PURPOSE_KEPT_ACK)
             except HandoffError as exc:
                 logger.info(
                     "kept notice not delivered code=%s attempt=%d",
@@ -74,40 +74,6 @@ class Kept:
                 continue
             logger.info("source told the session waits in the inbox", extra={"handoff": entry.id})
             return
-
-    async def _send(self, handoff_id: str, device_id: str) -> None:
-        local = self.local.identity()
-        payload = codec.encode(m.Resumed(handoff_id=handoff_id))
-        routes = self.notices.routes(local, device_id)
-        if not routes:
-            raise TransportError("the source is not nearby or online", code="peer-not-found")
-        last: HandoffError | None = None
-        for route in routes:
-            sealed = envelope.seal(
-                local.key,
-                local.cert_der,
-                purpose=PURPOSE_KEPT,
-                recipient=device_id,
-                payload=payload,
-                now=self.clock.wall(),
-            )
-            try:
-                answer = await route(sealed)
-                opened = envelope.open_envelope(
-                    answer,
-                    purpose=PURPOSE_KEPT_ACK,
-                    recipient=local.device_id,
-                    trust=local.current_trust(),
-                    now=self.clock.wall(),
-                    replay=self.local.replay,
-                )
-            except HandoffError as exc:
-                last = exc
-                continue
-            if opened.sender.device_id == device_id and opened.payload == payload:
-                return
-            last = TransportError("wrong acknowledgement", code="notice-bad-ack")
-        raise last or TransportError("no route", code="peer-not-found")
 
     # ------------------------------------------------------------ the source
 

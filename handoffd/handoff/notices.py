@@ -156,7 +156,7 @@ class Notices:
                 await self.store.run(self.db.notice_done, handoff_id)
                 continue
             try:
-                await self._send(handoff_id, device_id)
+                await self.send(handoff_id, device_id, PURPOSE_RESUMED, PURPOSE_RESUMED_ACK)
             except HandoffError as exc:
                 if getattr(exc, "peer_code", None) == "handoff-not-found":
                     await self.store.run(self.db.notice_done, handoff_id)
@@ -198,8 +198,9 @@ class Notices:
             routes.append(via_server)
         return routes
 
-    async def _send(self, handoff_id: str, device_id: str) -> None:
-        """One signed ``handoff-resumed`` envelope to the source (LAN, else through the server)."""
+    async def send(self, handoff_id: str, device_id: str, purpose: str, ack_purpose: str) -> None:
+        """One signed notice (``purpose``, about ``handoff_id``) to the source, LAN first, else
+        through the server, until one route answers with its signed ``ack_purpose``."""
         local = self.local.identity()
         payload = codec.encode(m.Resumed(handoff_id=handoff_id))
         routes = self.routes(local, device_id)
@@ -210,7 +211,7 @@ class Notices:
             sealed = envelope.seal(
                 local.key,
                 local.cert_der,
-                purpose=PURPOSE_RESUMED,
+                purpose=purpose,
                 recipient=device_id,
                 payload=payload,
                 now=self.clock.wall(),
@@ -219,7 +220,7 @@ class Notices:
                 answer = await route(sealed)
                 opened = envelope.open_envelope(
                     answer,
-                    purpose=PURPOSE_RESUMED_ACK,
+                    purpose=ack_purpose,
                     recipient=local.device_id,
                     trust=local.current_trust(),
                     now=self.clock.wall(),

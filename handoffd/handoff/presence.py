@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from handoffd import identity
 from handoffd.config import SettingsFile, parse_host_port
-from handoffd.devicecache import cache_records
+from handoffd.devicecache import store_device_list
 from handoffd.devicestate import DeviceState
 from handoffd.discovery.browse import DiscoveryEvent
 from handoffd.errors import HandoffError, StoreError
@@ -213,8 +213,13 @@ class Presence:
             return
         records = await self._push_name(records)
         try:
-            rows = cache_records(records, self.clock.wall())
-            await self.store.run(self.store.replace_devices, rows)
+            await store_device_list(
+                self.store,
+                records,
+                me=self.device.device_id,
+                now=self.clock.wall(),
+                publish=self.events.publish,
+            )
         except StoreError as exc:  # a full disk: the cache stays as it was, discovery goes on
             logger.warning("device list not stored error=%s", exc.code)
 

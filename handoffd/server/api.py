@@ -234,7 +234,13 @@ async def create_invite(request: web.Request) -> web.Response:
     )
     logger.info("invite created account=%s by=%s", device.account_id, device.device_id)
     return json_response(
-        {"url": view.url, "code": view.code, "expires_at": view.expires_at, "qr_svg": view.qr_svg},
+        {
+            "url": view.url,
+            "page_url": view.page_url,
+            "code": view.code,
+            "expires_at": view.expires_at,
+            "qr_svg": view.qr_svg,
+        },
         status=201,
     )
 

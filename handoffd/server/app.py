@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from handoffd.errors import HandoffError, ServerError, StoreError
-from handoffd.server import api
+from handoffd.server import api, browserweb
 from handoffd.server.hub import Hub
 from handoffd.server.keys import (
     CONFIG,
@@ -168,4 +168,5 @@ def make_app(
     setup: Any = _default_web_setup() if web_setup is True else web_setup
     if callable(setup):
         setup(app, store, config)
+    browserweb.setup_browser(app)  # the browser device's page: /pair, /app/ (docs/browser.md)
     return app

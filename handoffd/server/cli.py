@@ -204,10 +204,12 @@ def cmd_invite(args: argparse.Namespace) -> int:
         store.close()
     view = pairing.present(server_url, fingerprint, invite.secrets, invite.expires_at)
     if not args.no_qr:
-        pairing.qr_terminal(view.url, sys.stdout)
+        pairing.qr_terminal(view.qr_url, sys.stdout)
     print(f"pair:    {view.command}")
     print(f"code:    {view.code}")
     print(f"url:     {view.url}")
+    if view.page_url:
+        print(f"page:    {view.page_url}")
     print(f"expires: {pairing.expiry_text(view.expires_at, time.time())}")
     print("on the new device, run the `pair` line above, or scan the QR code")
     return 0

@@ -28,7 +28,9 @@ from handoffd.wire.invite import (
     invite_url,
     is_token,
     normalize_code,
+    page_url,
     pair_command,
+    pairs_in_browser,
     parse_invite,
 )
 from handoffd.wire.qr import qr_svg, qr_terminal
@@ -52,7 +54,9 @@ __all__ = [
     "is_token",
     "new_secrets",
     "normalize_code",
+    "page_url",
     "pair_command",
+    "pairs_in_browser",
     "parse_invite",
     "present",
     "qr_svg",
@@ -80,14 +84,26 @@ class InviteSecrets:
 
 @dataclass(frozen=True)
 class InviteView:
-    """What a user is shown for an invite: URL (for the QR), short code, expiry, QR as SVG,
-    and the whole command to type on the new device (``handoff pair CODE-TAG@server``)."""
+    """What a user is shown for an invite: URLs, short code, expiry, QR as SVG, and the whole
+    command to type on the new device (``handoff pair CODE-TAG@server``).
+
+    ``url`` is the ``handoff://pair`` URL; ``page_url`` the browser pairing
+    page (``<server>/pair#token=…``) when a browser can pair there (https, or
+    http on loopback), else None. The QR holds ``qr_url``: the page URL when
+    there is one (a phone camera opens it; ``handoff pair`` parses it too).
+    """
 
     url: str
     code: str
     expires_at: float
     qr_svg: str
     command: str
+    page_url: str | None = None
+
+    @property
+    def qr_url(self) -> str:
+        """What the QR code holds."""
+        return self.page_url or self.url
 
 
 def new_secrets() -> InviteSecrets:
@@ -109,10 +125,16 @@ def present(
 ) -> InviteView:
     """Everything to show for a new invite."""
     url = invite_url(server_url, invite_secrets.token, fingerprint)
+    page = (
+        page_url(server_url, invite_secrets.token, fingerprint)
+        if pairs_in_browser(server_url)
+        else None
+    )
     return InviteView(
         url=url,
         code=format_code(invite_secrets.code),
         expires_at=expires_at,
-        qr_svg=qr_svg(url),
+        qr_svg=qr_svg(page or url),
         command=pair_command(server_url, invite_secrets.code, fingerprint),
+        page_url=page,
     )

@@ -379,7 +379,7 @@ def setup_web(app: web.Application, store: Store, config: object) -> None:
         view = pairing.present(server, fingerprint, invite.secrets, invite.expires_at)
         return render(
             request, "add_device.html", title="Add a device", session=session, view=view,
-            qr=_qr_svg(view.url), server=server, code=view.code, fingerprint=fingerprint,
+            qr=_qr_svg(view.qr_url), server=server, code=view.code, fingerprint=fingerprint,
             minutes=max(1, round((view.expires_at - clock()) / 60)),
         )  # fmt: skip
 

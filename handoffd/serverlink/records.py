@@ -18,6 +18,7 @@ from handoffd import identity
 from handoffd.errors import HandoffError, ServerError
 from handoffd.serverlink.http import field, pem_field
 from handoffd.wire.ice import check_ice_response
+from handoffd.wire.invite import parse_invite
 from handoffd.wire.messages import bad_response
 
 __all__ = [
@@ -54,6 +55,9 @@ class CreatedInvite:
     code: str
     expires_at: float
     qr_svg: str
+    page_url: str | None = None
+    """The browser pairing page (``<server>/pair#token=…``) for the same invite, if the server
+    gives one (docs/browser.md): what the QR code holds then."""
 
 
 @dataclass(frozen=True)
@@ -128,12 +132,26 @@ def check_renewal(
 def created_invite(result: Any) -> CreatedInvite:
     """The answer of ``POST /v1/invites``."""
     expires = field(result, "expires_at", (int, float))
+    url = field(result, "url", str)
     return CreatedInvite(
-        url=field(result, "url", str),
+        url=url,
         code=field(result, "code", str),
         expires_at=float(expires),
         qr_svg=field(result, "qr_svg", str),
+        page_url=_page_url(result, url),
     )
+
+
+def _page_url(result: Any, url: str) -> str | None:
+    """The invite's browser page URL: only one for the same server and token as ``url``."""
+    page = result.get("page_url") if isinstance(result, dict) else None
+    if not isinstance(page, str):
+        return None
+    try:
+        same = parse_invite(page) == parse_invite(url)
+    except HandoffError:
+        return None
+    return page if same else None
 
 
 def device_record(item: Any) -> DeviceRecord:

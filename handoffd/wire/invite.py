@@ -3,7 +3,10 @@
 Pure. An invite has two secrets, either of which lets one device join once:
 
 - a **token** of 256 bits (base64url), carried in the QR code's URL
-  ``handoff://pair?server=<url>&token=<token>&fp=sha256:<hex>``;
+  ``handoff://pair?server=<url>&token=<token>&fp=sha256:<hex>``, or in the
+  browser pairing page's URL ``<server>/pair#token=<token>&fp=sha256:<hex>``
+  (the token in the fragment: a browser never sends it to the server, so it
+  stays out of access logs and Referer headers; docs/browser.md);
 - a **short code** of 12 characters from Crockford's base32 alphabet, shown
   ``LLLL-SSSS-SSSS``: the first group (20 bits) locates the invite, the other
   two (40 bits) are the secret.
@@ -46,8 +49,10 @@ __all__ = [
     "invite_url",
     "is_token",
     "normalize_code",
+    "page_url",
     "pair_command",
     "pairing_code",
+    "pairs_in_browser",
     "parse_invite",
     "pin_tag",
     "short_server",
@@ -188,6 +193,22 @@ def invite_url(server_url: str, token: str, fingerprint: str | None) -> str:
     return "handoff://pair?" + urllib.parse.urlencode(query, safe=":/")
 
 
+def page_url(server_url: str, token: str, fingerprint: str | None) -> str:
+    """The browser pairing page's URL, ``<server>/pair#token=…[&fp=…]`` (also parsed by ``parse_invite``)."""
+    fragment = [("token", token)]
+    if fingerprint:
+        fragment.append(("fp", fingerprint))
+    return f"{server_url.rstrip('/')}/pair#" + urllib.parse.urlencode(fragment, safe=":")
+
+
+def pairs_in_browser(server_url: str) -> bool:
+    """True if a browser can pair at ``server_url``: WebCrypto needs https, or http on loopback."""
+    parts = urllib.parse.urlsplit(server_url)
+    if parts.scheme == "https":
+        return True
+    return parts.scheme == "http" and parts.hostname in ("localhost", "127.0.0.1", "::1")
+
+
 def parse_invite(
     text: str, server_url: str | None = None, fingerprint: str | None = None
 ) -> Invite:
@@ -203,6 +224,9 @@ def parse_invite(
     if lowered.startswith("handoff:"):
         return _parse_url(text)
     if lowered.startswith(("https:", "http:")):
+        base, sep, _fragment = text.partition("#")
+        if sep and base.endswith("/pair"):
+            return _parse_page_url(text)  # the browser pairing page's URL (the QR holds it)
         raise _malformed(
             "that is a web address, not an invite: use the code the server shows "
             "(like K7QF-2M9X-HT4P-9Q2C@example.org:8443) or its handoff://pair link; "
@@ -227,6 +251,37 @@ def parse_invite(
     )
 
 
+def _parse_page_url(text: str) -> Invite:
+    """``<server>/pair#token=…[&fp=…]``: the browser pairing page's URL (``page_url``)."""
+    base, sep, fragment = text.partition("#")
+    if not sep or not base.endswith("/pair"):
+        raise _malformed("invite URL must be <server>/pair#token=...")
+    fields = _fields(fragment, "invite URL fragment")
+    if set(fields) - {"token", "fp"} or "token" not in fields:
+        raise _malformed("invite URL fragment needs token (and optionally fp) only")
+    if not is_token(fields["token"]):
+        raise _malformed("invite token is malformed")
+    return Invite(
+        server_url=check_server_url(base.removesuffix("/pair")),
+        token=fields["token"],
+        code=None,
+        fingerprint=check_fingerprint(fields["fp"]) if "fp" in fields else None,
+    )
+
+
+def _fields(query: str, what: str) -> dict[str, str]:
+    try:
+        pairs = urllib.parse.parse_qsl(
+            query, keep_blank_values=True, strict_parsing=True, max_num_fields=8
+        )
+    except ValueError as exc:
+        raise _malformed(f"{what} does not parse") from exc
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise _malformed(f"{what} has repeated fields")
+    return dict(pairs)
+
+
 def _parse_url(text: str) -> Invite:
     try:
         parts = urllib.parse.urlsplit(text)
@@ -236,16 +291,9 @@ def _parse_url(text: str) -> Invite:
         raise _malformed("invite URL must be handoff://pair?...")
     if parts.fragment:
         raise _malformed("invite URL must not have a fragment")
-    try:
-        pairs = urllib.parse.parse_qsl(
-            parts.query, keep_blank_values=True, strict_parsing=True, max_num_fields=8
-        )
-    except ValueError as exc:
-        raise _malformed("invite URL query does not parse") from exc
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys) or not set(keys) <= {"server", "token", "fp"}:
+    fields = _fields(parts.query, "invite URL query")
+    if not set(fields) <= {"server", "token", "fp"}:
         raise _malformed("invite URL has unknown or repeated fields")
-    fields = dict(pairs)
     if "server" not in fields or "token" not in fields:
         raise _malformed("invite URL needs server and token")
     if not is_token(fields["token"]):

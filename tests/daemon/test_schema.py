@@ -165,3 +165,39 @@ async def test_sdk_returns_the_models(daemon: DaemonProcess) -> None:
         assert session.items[0].data == b"\x00"
         devices = await client.devices()
         assert [d.self for d in devices] == [True]
+
+
+@pytest.mark.asyncio
+async def test_everyday_routes_are_described_by_models(daemon: DaemonProcess) -> None:
+    _, doc = daemon.curl("GET", "/v1/openapi.json")
+    schemas = doc["components"]["schemas"]
+    assert schemas["SendIn"]["additionalProperties"] is False
+    assert schemas["Asking"]["properties"]["from"] == {"$ref": "#/components/schemas/Peer"}
+    assert "revoked_at_server" in schemas["Unpaired"]["required"]
+    assert schemas["Settings"]["properties"]["consent_builtin"]["enum"] == [
+        "accept",
+        "ask",
+        "decline",
+    ]
+    send = doc["paths"]["/v1/send"]["post"]
+    assert send["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/SendIn"
+    }
+    status, asking = daemon.curl("GET", "/v1/asking")
+    assert status == 200
+    _check(doc, "/v1/asking", "get", "200", asking)
+    status, error = daemon.curl("POST", "/v1/send", {"target": "desk", "text": "x", "url": "y"})
+    assert (status, error["error"]["code"]) == (400, "send-what")
+    _check(doc, "/v1/send", "post", "4XX", error)
+    status, error = daemon.curl("POST", "/v1/send", {"target": "desk", "paths": []})
+    assert (status, error["error"]["code"]) == (400, "wrong-type")
+    status, error = daemon.curl("POST", "/v1/asking/" + "a" * 32 + "/accept", {"x": 1})
+    assert (status, error["error"]["code"]) == (400, "unknown-field")
+    async with HandoffClient(daemon.socket) as client:
+        assert await client.asking() == []
+        with pytest.raises(ApiError) as info:
+            await client.accept("a" * 32)
+        assert (info.value.code, info.value.status) == ("asking-not-found", 404)
+        with pytest.raises(ApiError) as info:
+            await client.unpair()
+        assert info.value.code == "not-paired"

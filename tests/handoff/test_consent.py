@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.handoff.helpers import Pair, paired_daemons, sha256_file, wait_state, write_random
+from tests.server.helpers import cli_invite
 from tests.support.notifyserver import SessionBus, Shown
+from tests.support.processes import DaemonProcess
 from tests.support.waiting import wait_for
 
 FINAL = {"resumed", "declined", "failed", "cancelled"}
@@ -83,6 +85,9 @@ async def test_decline_on_the_notification_declines_on_the_source_before_any_byt
         asking = (await b.request("GET", "/v1/asking"))["asking"]
         assert [x["id"] for x in asking] == [h.id]
         assert asking[0]["from"]["name"] == "laptop"
+        typed = await b.asking()  # the SDK decodes the same answer into the Asking model
+        assert [(x.id, x.sender.name, x.state) for x in typed] == [(h.id, "laptop", "asking")]
+        assert typed[0].raw == asking[0]
         world.bus.press(shown, "Decline")
         done = await wait_state(a, h.id, FINAL, within=120)
         assert done["state"] == "declined", done
@@ -222,3 +227,32 @@ async def test_notifications_off_shows_none(world: World) -> None:
         finally:
             await b.update_settings(notifications=True, consent_builtin="ask", open_urls=True)
         assert not any(url in s.body or "quiet" in s.body for s in world.bus.shown())
+
+
+@pytest.mark.asyncio
+async def test_a_device_paired_into_the_account_is_announced(world: World) -> None:
+    """The account's devices tell their person when a new device joins (pairing happens at the
+    server; a person who did not pair it revokes it)."""
+    p = world.pair
+    phone = DaemonProcess(p.root / "c")
+    phone.home.mkdir(mode=0o700)
+    phone.start()
+    try:
+        url, _ = cli_invite(p.server.data, "ana")
+        status, body = phone.curl("POST", "/v1/pair", {"invite": url, "name": "phone"})
+        assert status == 200, body
+
+        def announced() -> Shown | None:
+            return next(
+                (
+                    s
+                    for s in world.bus.shown()
+                    if s.summary == "New device in your account" and s.body.startswith("phone ")
+                ),
+                None,
+            )
+
+        shown = await wait_for(announced, within=60, what="the new device's notification")
+        assert shown.body == "phone (linux) was paired. Not you? Revoke it: handoff revoke 'phone'"
+    finally:
+        phone.kill()

@@ -80,6 +80,7 @@ def test_login_add_device_scan_join_revoke(web_server: ServerProcess, tmp_path: 
             shot = tmp_path / "add-device.png"
             page.screenshot(path=str(shot), full_page=True)
             url = _decode_qr(shot)
+            assert url.startswith(f"{base}/pair#token=")  # a phone's camera opens the pairing page
             invite = parse_invite(url)
             assert invite.server_url == base
             assert invite.fingerprint == web_server.fingerprint

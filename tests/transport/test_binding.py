@@ -211,3 +211,23 @@ def test_local_identity_and_message_limit() -> None:
     with pytest.raises(TransportError) as e:
         check_message(b"x" * (MAX_MESSAGE + 1))
     assert e.value.code == "message-too-large"
+
+
+def test_fingerprint_only_binding_is_asked_for_in_the_signed_description() -> None:
+    """A browser's answer says ``bind: dtls-fingerprint`` (it cannot read the DTLS exporter)."""
+    cid, nonce = secrets.token_bytes(16), secrets.token_bytes(16)
+    plain = wb.Description(cid=cid, sdp=SDP, fingerprints=SIGNED, offer_nonce=nonce)
+    assert plain.uses_exporter
+    assert "bind" not in msgpack.unpackb(plain.pack())
+    browser = dataclasses.replace(plain, bind=wb.BIND_FINGERPRINT)
+    back = wb.Description.unpack(browser.pack(), answer=True)
+    assert back == browser
+    assert not back.uses_exporter
+    for bad in ("exporter", "", 1, None):
+        body = msgpack.unpackb(plain.pack())
+        body["bind"] = bad
+        with pytest.raises(PeerAuthError) as e:
+            wb.Description.unpack(msgpack.packb(body), answer=True)
+        assert e.value.code == "answer-malformed"
+    offer = dataclasses.replace(browser, offer_nonce=None)
+    assert wb.Description.unpack(offer.pack(), answer=False).bind == wb.BIND_FINGERPRINT

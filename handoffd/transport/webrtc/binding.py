@@ -27,6 +27,9 @@ MAX_CONFIRM = 1024
 MAX_FINGERPRINTS = 8
 ROLE_OFFERER = "offerer"
 ROLE_ANSWERER = "answerer"
+BIND_FINGERPRINT = "dtls-fingerprint"
+"""A description's ``bind``: the confirmations sign an empty exporter (a browser cannot read the
+DTLS exporter; the signed, checked fingerprints bind the session; docs/protocol.md)."""
 _VERSION = 1
 # Digest sizes of the algorithms aiortc offers and checks.
 _FP_ALGORITHMS = {"sha-256": 32, "sha-384": 48, "sha-512": 64}
@@ -117,9 +120,15 @@ class Description:
     sdp: str
     fingerprints: list[Fingerprint]
     offer_nonce: bytes | None = None
+    bind: str | None = None
+
+    @property
+    def uses_exporter(self) -> bool:
+        """False when this side asks for the fingerprint-only binding (``BIND_FINGERPRINT``)."""
+        return self.bind is None
 
     def pack(self) -> bytes:
-        """msgpack of the payload (offer_nonce only in answers)."""
+        """msgpack of the payload (offer_nonce only in answers; bind only when set)."""
         body: dict[str, Any] = {
             "v": _VERSION,
             "cid": self.cid,
@@ -128,6 +137,8 @@ class Description:
         }
         if self.offer_nonce is not None:
             body["offer_nonce"] = self.offer_nonce
+        if self.bind is not None:
+            body["bind"] = self.bind
         return msgpack.packb(body, use_bin_type=True)
 
     @classmethod
@@ -136,8 +147,11 @@ class Description:
         what = "answer" if answer else "offer"
         body = _unpack(data, max_str=MAX_SDP, what=what)
         keys = {"v", "cid", "sdp", "fp"} | ({"offer_nonce"} if answer else set())
-        if not isinstance(body, dict) or set(body) != keys or body["v"] != _VERSION:
+        if not isinstance(body, dict) or set(body) - {"bind"} != keys or body["v"] != _VERSION:
             raise PeerAuthError(f"{what} has the wrong fields", code=f"{what}-malformed")
+        bind = body.get("bind")
+        if "bind" in body and bind != BIND_FINGERPRINT:
+            raise PeerAuthError(f"{what} asks for an unknown binding", code=f"{what}-malformed")
         cid, sdp, fps = body["cid"], body["sdp"], body["fp"]
         nonce = body.get("offer_nonce")
         if not (
@@ -156,7 +170,7 @@ class Description:
             checked.append(_check_fingerprint(f[0], f[1]))
         if len(set(checked)) != len(checked) or "sha-256" not in {a for a, _ in checked}:
             raise PeerAuthError(f"{what} fingerprints are invalid", code=f"{what}-malformed")
-        return cls(cid=cid, sdp=sdp, fingerprints=checked, offer_nonce=nonce)
+        return cls(cid=cid, sdp=sdp, fingerprints=checked, offer_nonce=nonce, bind=bind)
 
 
 @dataclass(frozen=True)

@@ -120,9 +120,19 @@ class WebRtcChannel(QueuedChannel):
         return ssl
 
     async def confirm(
-        self, binding: Binding, role: str, key: Ed25519PrivateKey, peer: identity.PeerIdentity
+        self,
+        binding: Binding,
+        role: str,
+        key: Ed25519PrivateKey,
+        peer: identity.PeerIdentity,
+        *,
+        use_exporter: bool = True,
     ) -> None:
-        """Check the negotiated DTLS certificates, exchange confirmations; then hand out."""
+        """Check the negotiated DTLS certificates, exchange confirmations; then hand out.
+
+        ``use_exporter=False``: the fingerprint-only binding a browser peer asks for in its
+        signed description (``BIND_FINGERPRINT``): both confirmations sign an empty exporter.
+        """
         ssl = self._dtls_session()
         mine, theirs = (
             (binding.offerer_fp, binding.answerer_fp)
@@ -138,7 +148,9 @@ class WebRtcChannel(QueuedChannel):
             )
         if own_cert is None or cert_fp(own_cert) != mine:  # pragma: no cover - aiortc invariant
             raise PeerAuthError("our DTLS certificate is not the signed one", code="internal")
-        exporter = bytes(ssl.export_keying_material(EXPORTER_LABEL, EXPORTER_LEN))
+        exporter = (
+            bytes(ssl.export_keying_material(EXPORTER_LABEL, EXPORTER_LEN)) if use_exporter else b""
+        )
         self._dc.send(make_confirm(binding, role, key, exporter))
         try:
             data = await self._recv_raw()

@@ -127,7 +127,13 @@ async def connect(
                 offerer_fp=sha256_of(ours),
                 answerer_fp=sha256_of(answer.fingerprints),
             )
-            await channel.confirm(binding, ROLE_OFFERER, local.key, opened.sender)
+            await channel.confirm(
+                binding,
+                ROLE_OFFERER,
+                local.key,
+                opened.sender,
+                use_exporter=answer.uses_exporter,
+            )
     except TimeoutError:
         await _abandon(pc, channel)
         raise TransportError(
@@ -158,8 +164,10 @@ class Accepted:
         binding: Binding,
         key: Ed25519PrivateKey,
         deadline: float,
+        use_exporter: bool = True,
     ) -> None:
         self.answer = answer
+        self._use_exporter = use_exporter
         self.peer = peer
         self._channel = channel
         self._binding = binding
@@ -175,7 +183,13 @@ class Accepted:
         try:
             async with asyncio.timeout_at(self._deadline):
                 await ch.wait_open()
-                await ch.confirm(self._binding, ROLE_ANSWERER, self._key, self.peer)
+                await ch.confirm(
+                    self._binding,
+                    ROLE_ANSWERER,
+                    self._key,
+                    self.peer,
+                    use_exporter=self._use_exporter,
+                )
         except TimeoutError:
             await ch.close()
             raise TransportError(
@@ -233,6 +247,7 @@ async def accept(
                     sdp=local_sdp(pc),
                     fingerprints=ours,
                     offer_nonce=opened.nonce,
+                    bind=offer.bind,  # a browser caller's binding is answered in kind
                 ).pack(),
                 now=time.time(),
                 nonce=answer_nonce,
@@ -261,6 +276,7 @@ async def accept(
         binding=binding,
         key=local.key,
         deadline=deadline,
+        use_exporter=offer.uses_exporter,
     )
 
 
