@@ -209,7 +209,7 @@ async def run_sender(
             if not await _step(ex, c, loop.time):
                 if delivered_at is not None:
                     return report
-                raise TransferError("connection lost", code="connection-lost")
+                raise TransferError(_lost(link), code="connection-lost")
     except asyncio.CancelledError:
         if cancelled() and not c.finished:
             c.cancel("cancelled", loop.time())
@@ -219,6 +219,14 @@ async def run_sender(
         raise
     finally:
         link.end(ex)
+
+
+def _lost(link: Link) -> str:
+    """ "connection lost", with the channel's reason when it failed (``peer-silent``...)."""
+    err = link.error
+    if err is None or err.code == "channel-closed":
+        return "connection lost"
+    return f"connection lost ({err.code}: {err.message})"
 
 
 async def _read_for(

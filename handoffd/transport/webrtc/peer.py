@@ -45,6 +45,9 @@ class WebRtcOptions:
     loopback: bool | None = None
     host_addresses: tuple[str, ...] | None = None
     send_stall_timeout: float = 60.0
+    ack_silence: float = 4.0
+    """Data outstanding on the association without acknowledgement progress this long:
+    the peer is gone (the channel fails with ``peer-silent``; 0: no watch)."""
 
 
 def configuration(options: WebRtcOptions) -> RTCConfiguration:
