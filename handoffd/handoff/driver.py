@@ -209,7 +209,7 @@ async def run_sender(
             if not await _step(ex, c, loop.time):
                 if delivered_at is not None:
                     return report
-                raise TransferError("connection lost", code="connection-lost")
+                raise TransferError(_lost(link), code="connection-lost")
     except asyncio.CancelledError:
         if cancelled() and not c.finished:
             c.cancel("cancelled", loop.time())
@@ -221,16 +221,31 @@ async def run_sender(
         link.end(ex)
 
 
+def _lost(link: Link) -> str:
+    """ "connection lost", with the channel's reason when it failed (``peer-silent``...)."""
+    err = link.error
+    if err is None or err.code == "channel-closed":
+        return "connection lost"
+    return f"connection lost ({err.code}: {err.message})"
+
+
 async def _read_for(
     c: core.SenderCore, needs: Sequence[core.NeedData], sources: Mapping[int, SourceItem]
 ) -> None:
-    """Read what NeedData events ask for (per item, in one thread hop) and hand it to the core."""
+    """Read what NeedData events ask for (every item in one thread hop) and hand it to the core."""
     by_item: dict[int, list[core.NeedData]] = {}
     for need in needs:
         by_item.setdefault(need.index, []).append(need)
-    for index, group in by_item.items():
-        chunks = await asyncio.to_thread(read_chunks, sources[index], group)
-        now = asyncio.get_running_loop().time()
+    groups = list(by_item.items())
+
+    def read_all() -> list[list[bytes]]:
+        return [read_chunks(sources[index], group) for index, group in groups]
+
+    # Items held in memory (messages, context) are sliced here; files are read in a thread.
+    in_memory = all(sources[index].data is not None for index, _ in groups)
+    read = read_all() if in_memory else await asyncio.to_thread(read_all)
+    now = asyncio.get_running_loop().time()
+    for (_, group), chunks in zip(groups, read, strict=True):
         for need, data in zip(group, chunks, strict=True):
             c.data_ready(need.index, need.offset, data, now)
 
@@ -359,12 +374,19 @@ class _Receiving:
         for event in events:
             if isinstance(event, core.WriteData):
                 writes.setdefault(event.index, []).append(event)
+        # One thread hop per batch, not per item: a small session's items arrive together.
+        jobs = [(self.writers[i], g[0].offset, [w.data for w in g]) for i, g in writes.items()]
+        if jobs:
+            await asyncio.to_thread(Staging.write_many, jobs)
         for index, group in writes.items():
-            writer = self.writers[index]
-            await asyncio.to_thread(Staging.write, writer, group[0].offset, [w.data for w in group])
             self.unsynced[index] = self.unsynced.get(index, 0) + sum(len(w.data) for w in group)
             if self.unsynced[index] >= CHECKPOINT_EVERY:
                 await self.checkpoint(index)
+        completed = [e.index for e in events if isinstance(e, core.ItemComplete)]
+        synced: set[int] = set()
+        if len(completed) > 1:  # written above: made durable together
+            await asyncio.to_thread(Staging.sync_many, [self.writers[i] for i in completed])
+            synced.update(completed)
         for event in events:
             if isinstance(event, core.PeerHello):
                 await self.consumer.handle(PeerHello(event.hello))
@@ -373,12 +395,11 @@ class _Receiving:
             elif isinstance(event, core.Progress):
                 await self.consumer.handle(Progress(self.ex.handoff_id, event.done, event.total))
             elif isinstance(event, core.ItemComplete):
-                await self.complete(event.index)
+                await self.complete(event.index, synced=event.index in synced)
             elif isinstance(event, core.CheckpointNeeded) and event.index in self.writers:
                 await self.checkpoint(event.index)
             elif isinstance(event, core.Commit) and self.manifest is not None:
-                for writer in self.writers.values():
-                    await asyncio.to_thread(Staging.close_item, writer)
+                await asyncio.to_thread(Staging.close_many, list(self.writers.values()))
                 await self.consumer.handle(Commit(self.manifest, self.names))
                 self.c.committed(self.now())
             elif isinstance(event, core.Failed):
@@ -397,10 +418,9 @@ class _Receiving:
             self.c.already_delivered(self.now())
             return
         self.names = dict(verdict.names or {})
-        for index, offset in verdict.resume.items():
-            self.writers[index] = await asyncio.to_thread(
-                self.staging.open_item, manifest.handoff_id, index, offset
-            )
+        self.writers.update(
+            await asyncio.to_thread(self.staging.open_items, manifest.handoff_id, verdict.resume)
+        )
         resume = {i: w.offset for i, w in self.writers.items()}
         for index, offset in resume.items():
             if offset != verdict.resume[index]:
@@ -408,17 +428,19 @@ class _Receiving:
         self.c.accept(resume, self.now())
         self.lane = verdict.lane
 
-    async def checkpoint(self, index: int) -> None:
-        """fsync, record the checkpoint, and only then let the core acknowledge."""
+    async def checkpoint(self, index: int, *, synced: bool = False) -> None:
+        """fsync (unless ``synced`` already), record the checkpoint, and only then let the
+        core acknowledge."""
         writer = self.writers[index]
-        await asyncio.to_thread(Staging.sync, writer)
+        if not synced:
+            await asyncio.to_thread(Staging.sync, writer)
         await self.consumer.handle(Checkpoint(self.ex.handoff_id, index, writer.offset))
         self.unsynced[index] = 0
         self.c.checkpoint_done(index, writer.offset, self.now())
 
-    async def complete(self, index: int) -> None:
+    async def complete(self, index: int, *, synced: bool = False) -> None:
         """All bytes of ``index`` are here: make them durable, check the hash."""
-        await self.checkpoint(index)
+        await self.checkpoint(index, synced=synced)
         manifest = self.manifest
         entry = (
             None

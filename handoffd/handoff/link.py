@@ -146,6 +146,8 @@ class Link:
         self.used = False
         """True once an exchange began on it (ours, or the peer's hello): until then it is new."""
         self._heard = asyncio.Event()
+        self.error: TransportError | None = None
+        """Why the channel ended under the reader (None: closed, or not yet)."""
 
     @property
     def closed(self) -> bool:
@@ -255,8 +257,8 @@ class Link:
                         break
                     continue
                 self._idle_message(data)
-        except TransportError:
-            pass
+        except TransportError as exc:
+            self.error = exc
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -97,6 +97,36 @@ class Staging:
                 view = view[n:]
             writer.hasher.update(data)
 
+    def open_items(self, handoff_id: str, resume: Mapping[int, int]) -> dict[int, ItemWriter]:
+        """``open_item`` for each ``index: checkpoint`` (one thread hop for a session's many
+        small items); on failure the ones already opened are closed."""
+        opened: dict[int, ItemWriter] = {}
+        try:
+            for index, checkpoint in resume.items():
+                opened[index] = self.open_item(handoff_id, index, checkpoint)
+        except BaseException:
+            Staging.close_many(list(opened.values()))
+            raise
+        return opened
+
+    @staticmethod
+    def write_many(jobs: Sequence[tuple[ItemWriter, int, Sequence[bytes]]]) -> None:
+        """``write`` for each ``(writer, offset, chunks)``, in order."""
+        for writer, offset, chunks in jobs:
+            Staging.write(writer, offset, chunks)
+
+    @staticmethod
+    def sync_many(writers: Sequence[ItemWriter]) -> None:
+        """``sync`` each."""
+        for writer in writers:
+            os.fsync(writer.fd)
+
+    @staticmethod
+    def close_many(writers: Sequence[ItemWriter]) -> None:
+        """``close_item`` each (idempotent)."""
+        for writer in writers:
+            Staging.close_item(writer)
+
     @staticmethod
     def sync(writer: ItemWriter) -> None:
         """Make what was written durable."""

@@ -17,6 +17,7 @@ holds the result for the transfer layer to ``take()`` at a chunk boundary.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import weakref
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from typing import Protocol, runtime_checkable
 
 from handoffd.errors import HandoffError, TransportError
 from handoffd.transport.base import Channel, Dialer, PeerAuthError
+from handoffd.transport.dialdoubt import doubting_calls
 
 logger = logging.getLogger("handoffd.transport.connector")
 
@@ -132,6 +134,17 @@ class Connector:
         winner: _Attempt | None = None
         next_index = 0
         next_start = loop.time()
+        wake = asyncio.Event()
+
+        def doubted(name: str) -> None:
+            # The running dialer doubts its path: the next one starts now, not after the
+            # head start (docs/transport.md, "early doubt").
+            nonlocal next_start
+            if next_index < len(dialers) and next_start > loop.time():
+                logger.info("dialer doubts its path dialer=%s", name)
+                next_start = loop.time()
+                wake.set()
+
         try:
             while winner is None:
                 now = loop.time()
@@ -149,21 +162,27 @@ class Connector:
                             (dialer.name, TransportError("no plausible path", code="no-route"))
                         )
                         continue
-                    task = asyncio.create_task(
-                        dialer.dial(peer, deadline=deadline), name=f"dial-{dialer.name}"
-                    )
+                    with doubting_calls(functools.partial(doubted, dialer.name)):
+                        task = asyncio.create_task(
+                            dialer.dial(peer, deadline=deadline), name=f"dial-{dialer.name}"
+                        )
                     attempts.append(_Attempt(index, dialer, task))
                     running.append(attempts[-1])
                     next_start = loop.time() + head_start
                     break
                 if not running:
                     break
-                wake = deadline if next_index >= len(dialers) else min(deadline, next_start)
-                done, _ = await asyncio.wait(
-                    [a.task for a in running],
-                    timeout=max(0.0, wake - loop.time()),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
+                until = deadline if next_index >= len(dialers) else min(deadline, next_start)
+                wake.clear()
+                woken = asyncio.create_task(wake.wait(), name="dial-doubt")
+                try:
+                    done, _ = await asyncio.wait(
+                        [*(a.task for a in running), woken],
+                        timeout=max(0.0, until - loop.time()),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    woken.cancel()
                 for attempt in running:
                     if attempt.task not in done:
                         continue

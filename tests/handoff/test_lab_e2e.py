@@ -612,6 +612,50 @@ async def test_target_killed_mid_transfer_and_restarted_completes_intact(world: 
         await _ensure_b_running(world)
 
 
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_target_killed_on_the_data_channel_source_retries_on_missing_acks_then_completes(
+    world: World,
+) -> None:
+    """The target vanishes mid-transfer on the data channel (no lane): the source's channel
+    sees its SCTP data go unacknowledged and fails with ``peer-silent`` (not the transfer
+    protocol's idle timeout, nor ICE consent); the handoff is ``retrying`` while the target
+    is still down, and completes once it is back."""
+    size = 32 * MiB
+    try:
+        async with world.client(world.a) as a:
+            doc = world.root / "silent.bin"
+            digest = await asyncio.to_thread(write_random, doc, size)
+            session = await a.publish("org.example.kill", "silent", items=[Item.of_path("document", "silent.bin", doc)])  # fmt: skip
+            h = await a.send(session.id, "desk")
+
+            async def moving() -> bool | None:
+                x = await _get(a, h.id)
+                assert x["state"] in ("pending", "connecting", "transferring"), x
+                return True if x["path"] == "direct" and x["bytes_done"] >= 4 * MiB else None
+
+            await wait_for(moving, within=120, what="4 MiB acknowledged directly", every=0.02)
+            kill_hard(world.b)  # the target stays down until the source retries
+
+            async def retrying() -> dict[str, Any] | None:
+                x = await _get(a, h.id)
+                return x if x["state"] == "retrying" else None
+
+            cur = await wait_for(retrying, within=120, what="the source retrying", every=0.05)
+            # The channel's own failure (a send under way), or the link ending with it.
+            why = f"{cur['error']['code']} {cur['error']['message']}"
+            assert "peer-silent" in why, cur["error"]
+            world.b.start()
+            done = await wait_state(a, h.id, {"delivered", "resumed", "failed", "declined"}, 240)
+            assert done["state"] == "delivered", done
+            assert done["attempts"] >= 2, done
+        async with world.client(world.b) as b:
+            entry = await b.inbox_entry(h.id)
+            assert entry.items[0].sha256 == digest
+    finally:
+        await _ensure_b_running(world)
+
+
 @pytest.mark.asyncio
 async def test_server_stopped_lan_handoff_between_paired_devices_still_works(
     world: World,

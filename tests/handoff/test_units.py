@@ -267,6 +267,29 @@ def test_staging_resume_truncates_past_checkpoint_and_rehashes(tmp_path: Path) -
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+def test_staging_batches_open_write_sync_close_and_closes_what_it_opened_on_failure(
+    tmp_path: Path,
+) -> None:
+    staging = Staging(tmp_path / "partial", tmp_path / "inbox")
+    hid = new_handoff_id()
+    writers = staging.open_items(hid, {0: 0, 1: 0, 2: 0})
+    assert sorted(writers) == [0, 1, 2]
+    Staging.write_many([(writers[i], 0, [f"item {i}".encode()]) for i in (0, 1, 2)])
+    Staging.sync_many(list(writers.values()))
+    Staging.close_many(list(writers.values()))
+    Staging.close_many(list(writers.values()))  # idempotent
+    assert all(w.fd == -1 for w in writers.values())
+    for i in (0, 1, 2):
+        assert (staging.partial_dir(hid) / str(i)).read_bytes() == f"item {i}".encode()
+    # Item 1's path is a directory: opening fails, and item 0, opened first, is closed again.
+    (staging.partial_dir(hid) / "1").unlink()
+    (staging.partial_dir(hid) / "1").mkdir()
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(IsADirectoryError):
+        staging.open_items(hid, {0: 0, 1: 0})
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_staging_commit_is_one_rename(tmp_path: Path) -> None:
     staging = Staging(tmp_path / "partial", tmp_path / "inbox")
     hid = new_handoff_id()

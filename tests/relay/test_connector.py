@@ -13,6 +13,7 @@ from handoffd.errors import TransportError
 from handoffd.transport import webrtc
 from handoffd.transport.base import Channel, Dialer, PeerAuthError
 from handoffd.transport.connector import Connector, NoPathError, Upgrader
+from handoffd.transport.dialdoubt import doubt
 from handoffd.transport.signaling import send_offer
 from tests.relay.helpers import Node, Paired, pair_devices, start_server, wait_stats
 from tests.support.processes import ServerProcess
@@ -62,7 +63,9 @@ class StandIn(Dialer):
 
     async def dial(self, peer_device_id: str, *, deadline: float) -> Channel:
         self.dials += 1
-        if self.behaviour == "hang":
+        if self.behaviour == "doubt":
+            doubt()  # then hangs like "hang"
+        if self.behaviour in ("hang", "doubt"):
             try:
                 await asyncio.Event().wait()
             finally:
@@ -158,6 +161,29 @@ async def test_direct_fails_fast_relay_starts_at_once_and_wins(world: World) -> 
             await exchange(channel, nb)
         finally:
             await channel.close()
+
+
+@pytest.mark.asyncio
+async def test_direct_doubting_its_path_starts_the_relay_at_once_and_keeps_trying(
+    world: World,
+) -> None:
+    async with Node(world.server, world.a) as na, Node(world.server, world.b) as nb:
+        await na.wait_online(nb.id)
+        direct = StandIn("doubt")
+        # Without the doubt the relay would wait out a head start far beyond the deadline.
+        connector = Connector([direct, na.dialer()], head_start=600.0)
+        channel = await connector.connect(nb.id, deadline=deadline())
+        try:
+            assert channel.path == "relay"
+            assert direct.dials == 1
+            assert direct.cancelled.is_set()  # it was still trying when the relay won
+            await exchange(channel, nb)
+        finally:
+            await channel.close()
+
+
+def test_doubt_outside_a_race_does_nothing() -> None:
+    doubt()
 
 
 @pytest.mark.asyncio

@@ -14,6 +14,7 @@ from handoffd import identity
 from handoffd.errors import TransportError
 from handoffd.transport.base import PATH_DIRECT, PeerAuthError, check_message
 from handoffd.transport.chanqueue import QueuedChannel
+from handoffd.transport.webrtc.ackwatch import watch_acks
 from handoffd.transport.webrtc.binding import (
     EXPORTER_LABEL,
     EXPORTER_LEN,
@@ -49,6 +50,7 @@ class WebRtcChannel(QueuedChannel):
         self._send_lock = asyncio.Lock()
         self._released = False
         self._authenticated = False
+        self._watch: asyncio.Task[None] | None = None
         dc.bufferedAmountLowThreshold = LOW_WATER
         dc.on("message", self._on_message)
         dc.on("open", self._opened.set)
@@ -98,8 +100,14 @@ class WebRtcChannel(QueuedChannel):
         if self._dc.readyState == "open":
             self._dc.close()
 
+    def _on_silent(self) -> None:
+        self._fail(TransportError("the peer stopped acknowledging data", code="peer-silent"))
+
     def _mark_closed(self) -> None:
         self._closed = True
+        watch = self._watch
+        if watch is not None and watch is not asyncio.current_task():
+            watch.cancel()  # close() waits for it
         self._readable.set()
         self._writable.set()
         self._opened.set()
@@ -167,6 +175,11 @@ class WebRtcChannel(QueuedChannel):
         check_confirm(data, binding, peer_role, peer_key, exporter)
         self.peer = peer
         self._authenticated = True
+        if self._options.ack_silence > 0 and self._pc.sctp is not None:
+            self._watch = asyncio.create_task(
+                watch_acks(self._pc.sctp, self._options.ack_silence, self._on_silent),
+                name="webrtc-ackwatch",
+            )
         log.info("channel authenticated", extra={"peer": peer.device_id, "role": role})
 
     # -- Channel
@@ -215,3 +228,5 @@ class WebRtcChannel(QueuedChannel):
             self._queue.clear()
             self._queued = 0
             await close_pc(self._pc)
+            if self._watch is not None:
+                await asyncio.wait([self._watch])

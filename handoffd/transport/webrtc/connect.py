@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from handoffd import envelope, identity
 from handoffd.errors import TransportError, VerificationError
 from handoffd.transport.base import Channel, Dialer, LocalIdentity, PeerAuthError
+from handoffd.transport.dialdoubt import doubt
 from handoffd.transport.webrtc.binding import (
     PURPOSE_ANSWER,
     PURPOSE_OFFER,
@@ -41,6 +43,8 @@ Signal = Callable[[bytes], Awaitable[bytes]]
 
 # What aiortc raises for an SDP it cannot use (its parser is not strict about types).
 _SDP_ERRORS = (ValueError, LookupError, TypeError, InvalidAccessError, InvalidStateError)
+
+log = logging.getLogger("handoffd.transport")
 
 
 def _open(data: bytes, purpose: str, local: LocalIdentity) -> envelope.Opened:
@@ -117,7 +121,7 @@ async def connect(
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type="answer"))
             except _SDP_ERRORS as exc:
                 raise PeerAuthError("answer SDP is unusable", code="sdp-invalid") from exc
-            await channel.wait_open()
+            await _open_or_doubt(pc, channel, options.ice_doubt)
             binding = Binding(
                 cid=cid,
                 offer_nonce=offer_nonce,
@@ -143,6 +147,23 @@ async def connect(
         await _abandon(pc, channel)
         raise
     return channel
+
+
+async def _open_or_doubt(pc: RTCPeerConnection, channel: WebRtcChannel, after: float) -> None:
+    """Wait for the data channel to open; if no ICE pair succeeded ``after`` seconds after
+    the answer was applied, ``doubt()`` (a racing connector starts the relay now) and go on
+    waiting: on a LAN the checks succeed within milliseconds, with UDP blocked they never do."""
+    opening = asyncio.ensure_future(channel.wait_open())
+    try:
+        done, _ = await asyncio.wait([opening], timeout=after)
+        if not done and pc.iceConnectionState not in ("connected", "completed"):
+            log.info("no ICE pair succeeded %.2f s after the answer: doubting", after)
+            doubt()
+        await opening
+    finally:
+        if not opening.done():
+            opening.cancel()
+            await asyncio.wait([opening])
 
 
 async def _abandon(pc: RTCPeerConnection, channel: WebRtcChannel | None) -> None:

@@ -45,6 +45,12 @@ class WebRtcOptions:
     loopback: bool | None = None
     host_addresses: tuple[str, ...] | None = None
     send_stall_timeout: float = 60.0
+    ice_doubt: float = 0.15
+    """No ICE pair succeeded this long after the answer was applied: the dialer doubts its
+    path (a racing connector starts the relay at once; the direct attempt goes on)."""
+    ack_silence: float = 4.0
+    """Data outstanding on the association without acknowledgement progress this long:
+    the peer is gone (the channel fails with ``peer-silent``; 0: no watch)."""
 
 
 def configuration(options: WebRtcOptions) -> RTCConfiguration:
