@@ -48,6 +48,8 @@ READ_CHUNK = 256 * 1024
 RECV_HIGH = 4 * 1024 * 1024
 """Decoded messages held unread before we stop reading the relay (back-pressure)."""
 CLOSE_TIMEOUT = 2.0
+REFUSE_LINGER = 1.0
+"""After a refusal, how long we read (and drop) what the peer still sends before closing."""
 # X509_V_FLAG_NO_CHECK_TIME: validity is checked by verify_device_cert, with clock skew.
 _NO_CHECK_TIME = 0x200000
 
@@ -287,6 +289,7 @@ class RelayChannel(QueuedChannel):
     async def _refuse(self, exc: PeerAuthError) -> None:
         with contextlib.suppress(HandoffError, ssl.SSLError):
             await self._send_raw(relayhello.encode_hello(exc.code))
+        await _linger(self._reader, self._stream)
 
     # -- plumbing
 
@@ -436,3 +439,16 @@ __all__ = [
     "RelayOptions",
     "tls_context",
 ]
+
+
+async def _linger(reader: asyncio.Task[None] | None, stream: ByteStream) -> None:
+    """Read and drop what the peer still sends until it closes (or REFUSE_LINGER): a close
+    with unread data resets the connection, and the reset can overtake our refusal, so the
+    peer would learn only that the connection broke."""
+    if reader is not None:  # it reads (and ends at the peer's close)
+        await asyncio.wait({reader}, timeout=REFUSE_LINGER)
+        return
+    with contextlib.suppress(TimeoutError, HandoffError, OSError):
+        async with asyncio.timeout(REFUSE_LINGER):
+            while await stream.recv() is not None:
+                pass
