@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import socket
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
@@ -123,3 +125,25 @@ def test_files_shared_to_the_app_are_sent_to_a_daemon(
         assert tab.inner_text("#send-shared") == ""  # sent: no longer chosen
         assert tab.errors == [], tab.errors  # type: ignore[attr-defined]
         context.close()
+
+
+def test_a_share_posted_to_the_server_is_refused_unread(server: ServerProcess) -> None:
+    """A share that no worker took: the server answers before the body, then closes."""
+    host, port = server.url.removeprefix("https://").split(":")
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # only this check: the page is not what is tested
+    raw = socket.create_connection((host, int(port)), timeout=60)
+    with context.wrap_socket(raw, server_hostname=host) as tls:
+        tls.sendall(
+            b"POST /app/share HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 1073741824\r\n\r\n--b\r\n"
+        )  # announces 1 GiB, sends a few bytes: an answer means the body was not awaited
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    head, _, page = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 409"), head
+    assert b"Connection: close" in head
+    assert b"server never receives them" in page.replace(b"\n", b" ")
