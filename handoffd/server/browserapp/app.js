@@ -119,11 +119,13 @@ async function shared() {
   let share = { title: q.get("title"), text: q.get("text"), url: q.get("url"), files: [] };
   if (q.has("shared")) {
     try {
-      share = (await sharebox.take(q.get("shared"))) || { files: [] };
+      share = await sharebox.take(q.get("shared"));
+      if (!share) status("The share did not reach this page: share again.", "err");
     } catch (err) {
       status(`Could not read the shared files: ${err.message}`, "err");
     }
   }
+  share ||= { files: [] };
   const text = [share.title, share.text].filter(Boolean).join("\n");
   const files = (share.files || []).filter((f) => f instanceof File);
   state.sender.share(files, text.slice(0, 10000), (share.url || "").slice(0, 2000));

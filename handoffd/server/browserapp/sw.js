@@ -17,7 +17,8 @@ self.addEventListener("activate", (ev) => ev.waitUntil(self.clients.claim()));
 self.addEventListener("fetch", (ev) => {
   const url = new URL(ev.request.url);
   if (ev.request.method !== "POST" || url.origin !== location.origin || url.pathname !== "/app/share") return;
-  ev.respondWith(keep(ev.request));
+  // Not kept (unreadable form, IndexedDB refused): the page says the share was lost.
+  ev.respondWith(keep(ev.request).catch(() => Response.redirect("/app/share?shared=lost", 303)));
 });
 
 function openDb() {
@@ -39,7 +40,7 @@ async function keep(request) {
   try {
     form = await request.formData();
   } catch {
-    return Response.redirect("/app/share?shared=invalid", 303);
+    return Response.redirect("/app/share?shared=lost", 303);
   }
   const files = form.getAll("files").filter((f) => f instanceof File).slice(0, MAX_FILES);
   const share = {
