@@ -43,6 +43,17 @@ _TYPES = {
 }
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,40}\.(?:js|css|webmanifest|svg)")
 MAX_FILE = 512 * 1024
+# Answered to a share POSTed to /app/share that no service worker took (the app not opened
+# since it was installed, or a browser without service workers). The body is never read.
+NO_WORKER_PAGE = b"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Handoff: share not received</title>
+<link rel="stylesheet" href="/app/app.css"></head>
+<body><main><h1>The share did not reach Handoff</h1>
+<p>Shared files go from this browser straight to your device, end-to-end encrypted: the
+server never receives them, and it has not kept anything you shared.</p>
+<p>Open <a href="/app/">Handoff</a> once (so this browser can take shares itself), then share
+again.</p></main></body></html>
+"""
 
 
 def _load(directory: Path) -> dict[str, bytes]:
@@ -70,7 +81,7 @@ def _response(name: str, data: bytes) -> web.Response:
 
 
 def setup_browser(app: web.Application, directory: Path = APP_DIR) -> None:
-    """Add ``/pair``, ``/app/``, ``/app/share`` and ``/app/{file}`` to ``app``."""
+    """Add ``/pair``, ``/app/``, ``/app/share`` (GET and POST) and ``/app/{file}`` to ``app``."""
     files = _load(directory)
 
     async def page(request: web.Request) -> web.StreamResponse:
@@ -86,8 +97,21 @@ def setup_browser(app: web.Application, directory: Path = APP_DIR) -> None:
     async def app_root(request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound("/app/")
 
+    async def share_without_worker(request: web.Request) -> web.StreamResponse:
+        # The service worker (sw.js) takes the share target's POST in the browser; this
+        # answers only when it did not. The body (the shared files) is never read, and the
+        # connection is closed so that it is not drained either.
+        response = web.Response(
+            status=409, body=NO_WORKER_PAGE, content_type="text/html", charset="utf-8"
+        )
+        response.headers.update(HEADERS)
+        response.headers["Cache-Control"] = "no-store"
+        response.force_close()
+        return response
+
     app.router.add_get("/pair", page)
     app.router.add_get("/app", app_root)
     app.router.add_get("/app/", page)
-    app.router.add_get("/app/share", page)  # the PWA share target (text and links)
+    app.router.add_get("/app/share", page)  # the PWA share target, after sw.js kept the share
+    app.router.add_post("/app/share", share_without_worker)
     app.router.add_get("/app/{name}", asset)

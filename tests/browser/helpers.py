@@ -17,6 +17,9 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+    # The tests' server is self-signed: the page registers its service worker (sw.js) only
+    # if the script loads without a TLS error, which ignore_https_errors does not give.
+    "--ignore-certificate-errors",
 ]  # fmt: skip
 TIMEOUT_MS = 60_000
 

@@ -2,6 +2,7 @@
 import * as device from "./device.js";
 import { Receiver } from "./receive.js";
 import { Sender } from "./send.js";
+import * as sharebox from "./sharebox.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { dev: null, socket: null, online: new Set(), devices: [], names: new Map(), receiver: null, sender: null };
@@ -105,16 +106,29 @@ function startDevice(dev) {
   state.sender = new Sender(state.receiver);
   state.socket.start();
   notifications();
-  shared();
+  shared().catch((err) => status(`Could not open the share: ${err.message}`, "err"));
 }
 
-// Installed as an app, "Share → Handoff" opens /app/share?title=…&text=…&url=… (the manifest's
-// share_target): the send form is filled in, ready to pick a device.
-function shared() {
+// Installed as an app, "Share → Handoff" posts the share to /app/share (the manifest's
+// share_target); the service worker (sw.js) keeps it and opens /app/share?shared=<id>.
+// /app/share?title=…&text=…&url=… (a link to the share page) works too. The send form is
+// filled in, ready to pick a device.
+async function shared() {
   if (location.pathname !== "/app/share") return;
   const q = new URLSearchParams(location.search);
-  const text = [q.get("title"), q.get("text")].filter(Boolean).join("\n");
-  state.sender.share([], text.slice(0, 10000), (q.get("url") || "").slice(0, 2000));
+  let share = { title: q.get("title"), text: q.get("text"), url: q.get("url"), files: [] };
+  if (q.has("shared")) {
+    try {
+      share = await sharebox.take(q.get("shared"));
+      if (!share) status("The share did not reach this page: share again.", "err");
+    } catch (err) {
+      status(`Could not read the shared files: ${err.message}`, "err");
+    }
+  }
+  share ||= { files: [] };
+  const text = [share.title, share.text].filter(Boolean).join("\n");
+  const files = (share.files || []).filter((f) => f instanceof File);
+  state.sender.share(files, text.slice(0, 10000), (share.url || "").slice(0, 2000));
   history.replaceState(null, "", "/app/");
   document.getElementById("send").scrollIntoView();
 }
@@ -160,6 +174,7 @@ async function onRename(ev) {
 async function main() {
   $("pair-form").addEventListener("submit", onPair);
   $("rename-form").addEventListener("submit", onRename);
+  sharebox.register().catch((err) => status(`Sharing to this app is unavailable: ${err.message}`, "muted"));
   if (!window.isSecureContext || !crypto.subtle) {
     status("This page needs HTTPS (WebCrypto is only available in a secure context).", "err");
     return;

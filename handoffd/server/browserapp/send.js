@@ -32,6 +32,12 @@ export class Sender {
 
   share(files, text, url) {  // from the share target
     this.shared = files;
+    const list = $("send-shared");
+    list.replaceChildren(...files.map((f) => {
+      const li = document.createElement("li");
+      li.textContent = `${f.name} · ${f.size} bytes`;
+      return li;
+    }));
     if (text) $("send-text").value = text;
     if (url) $("send-url").value = url;
     $("send-state").textContent = files.length ? `${files.length} shared file(s) ready to send` : "Shared: choose a device and send.";
@@ -75,6 +81,7 @@ export class Sender {
         state,
       });
       this.shared = [];
+      $("send-shared").replaceChildren();
       $("send-files").value = "";
     } catch (err) {
       state(`Could not send: ${err.message}` + (err.code ? ` (${err.code})` : ""), "failed");
