@@ -21,6 +21,7 @@ SIZE = 50 * 1024 * 1024
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # 50 MiB over the data channel twice over on a busy machine
 @pytest.mark.asyncio
 async def test_target_killed_mid_transfer_resumes_without_resending() -> None:
     # On the data channel only: the record's ``wire`` describes the last exchange, and a move

@@ -13,7 +13,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -41,6 +41,16 @@ async def _tls_connect(port: int, host: str = "127.0.0.1") -> asyncio.StreamWrit
             host, port, ssl=_tls_client(), server_hostname="localhost"
         )
     return writer
+
+
+async def _close_all(writers: Iterable[asyncio.StreamWriter]) -> None:
+    """Close and wait: a transport left closing when the test's loop ends warns later."""
+    for w in writers:
+        w.close()
+    for w in writers:
+        with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
+            async with asyncio.timeout(10):
+                await w.wait_closed()
 
 
 def _port(server: ServerProcess) -> int:
@@ -119,8 +129,7 @@ async def test_silent_dripping_and_handshakeless_connections_are_closed(
         dripper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await dripper
-        for w in (idle_w, drip_w, raw_w):
-            w.close()
+        await _close_all((idle_w, drip_w, raw_w))
     kept = [
         name
         for name, r in zip(("idle", "drip", "no-tls"), results, strict=True)
@@ -148,8 +157,7 @@ async def test_one_address_gets_its_share_and_no_more(plain_server: ServerProces
         # Another address is served meanwhile.
         assert await _get_info(plain_server.url, source="127.0.0.2") == 200
     finally:
-        for writer in held:
-            writer.close()
+        await _close_all(held)
     # Closing them gives the slots back.
     deadline = time.monotonic() + 30
     while True:
