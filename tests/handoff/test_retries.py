@@ -68,6 +68,7 @@ async def _get(c: HandoffClient, handoff_id: str) -> dict[str, Any]:
     return h
 
 
+@pytest.mark.timeout(300)  # three attempts with backoff, then a second handoff: its waits add up
 @pytest.mark.asyncio
 async def test_retries_are_visible_bounded_and_cancellable(world: World) -> None:
     world.b.kill()  # gone without a goodbye: its LAN address is still remembered for a while
