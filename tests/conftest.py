@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.runners
+import gc
 import inspect
 import os
 import threading
@@ -147,13 +148,18 @@ asyncio.runners._cancel_all_tasks = _note_pending_then_cancel  # type: ignore[at
 
 @pytest.fixture(autouse=True)
 def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fail a non-lab test that leaves tasks pending at loop close, or new threads alive."""
+    """Fail a non-lab test that leaves tasks pending at loop close, or new threads alive.
+
+    Every test ends with a garbage collection, so that a transport or socket it left open
+    warns (and fails, ``filterwarnings = error``) in that test, not in a later one."""
     if request.node.get_closest_marker("lab"):
         yield
+        gc.collect()
         return
     threads_before = set(threading.enumerate())
     _pending_at_close.clear()
     yield
+    gc.collect()
     tasks = [repr(t) for t in _pending_at_close]
     _pending_at_close.clear()
     deadline = time.monotonic() + THREAD_GRACE
