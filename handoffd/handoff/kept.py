@@ -14,17 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from handoffd import envelope
-from handoffd.errors import HandoffError, ProtocolError
+from handoffd.errors import HandoffError
 from handoffd.events import EventBus
 from handoffd.handoff.local import LocalDevice
 from handoffd.handoff.notices import Notices
-from handoffd.handoff.offer import check_handoff_id
 from handoffd.handoff.records import Records
 from handoffd.handoff.tables import InboxEntry
 from handoffd.handoff.timings import Clock
-from handoffd.proto import codec
-from handoffd.proto import messages as m
 from handoffd.transport.base import LocalIdentity
 
 logger = logging.getLogger("handoffd.handoff.kept")
@@ -80,30 +76,14 @@ class Kept:
     async def on_notice(self, local: LocalIdentity, data: bytes) -> bytes:
         """A kept notice from a target: remember it, answer with a signed ack.
         EnvelopeError(envelope-wrong-context) if ``data`` is not one."""
-        opened = envelope.open_envelope(
-            data,
-            purpose=PURPOSE_KEPT,
-            recipient=local.device_id,
-            trust=local.current_trust(),
-            now=self.clock.wall(),
-            replay=self.local.replay,
-        )
-        msg = codec.decode(opened.payload)
-        if not isinstance(msg, m.Resumed):
-            raise ProtocolError("notice carries no handoff id", code="notice-malformed")
-        hid = check_handoff_id(msg.handoff_id)
+        return await self.notices.receive(local, data, PURPOSE_KEPT, PURPOSE_KEPT_ACK, self._kept)
+
+    async def _kept(self, hid: str, sender: str) -> bool:
         record = await self.records.get(hid)
-        if record is None or record.direction != "out" or record.peer != opened.sender.device_id:
-            raise HandoffError("no such handoff to this device", code="handoff-not-found")
+        if record is None or record.direction != "out" or record.peer != sender:
+            return False
         if len(self.kept) >= MAX_REMEMBERED:
             self.kept.clear()
         self.kept.add(hid)
         self.events.publish({"type": "handoff.kept", "handoff_id": hid})
-        return envelope.seal(
-            local.key,
-            local.cert_der,
-            purpose=PURPOSE_KEPT_ACK,
-            recipient=opened.sender.device_id,
-            payload=opened.payload,
-            now=self.clock.wall(),
-        )
+        return True

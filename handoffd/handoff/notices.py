@@ -240,9 +240,24 @@ class Notices:
     async def on_notice(self, local: LocalIdentity, data: bytes) -> bytes:
         """A resume notice from a target: mark our handoff resumed, answer with a signed ack.
         EnvelopeError(envelope-wrong-context) if ``data`` is not a notice."""
+        return await self.receive(
+            local, data, PURPOSE_RESUMED, PURPOSE_RESUMED_ACK, self.on_resumed
+        )
+
+    async def receive(
+        self,
+        local: LocalIdentity,
+        data: bytes,
+        purpose: str,
+        ack_purpose: str,
+        handle: Callable[[str, str], Awaitable[bool]],
+    ) -> bytes:
+        """Open a signed notice (``purpose``) about one of our outgoing handoffs, let
+        ``handle(handoff_id, sender)`` take it (False: not a handoff to that device), answer
+        with the signed ``ack_purpose``."""
         opened = envelope.open_envelope(
             data,
-            purpose=PURPOSE_RESUMED,
+            purpose=purpose,
             recipient=local.device_id,
             trust=local.current_trust(),
             now=self.clock.wall(),
@@ -250,14 +265,14 @@ class Notices:
         )
         msg = codec.decode(opened.payload)
         if not isinstance(msg, m.Resumed):
-            raise ProtocolError("notice carries no resumed message", code="notice-malformed")
+            raise ProtocolError("notice carries no handoff id", code="notice-malformed")
         check_handoff_id(msg.handoff_id)
-        if not await self.on_resumed(msg.handoff_id, opened.sender.device_id):
+        if not await handle(msg.handoff_id, opened.sender.device_id):
             raise HandoffError("no such handoff to this device", code="handoff-not-found")
         return envelope.seal(
             local.key,
             local.cert_der,
-            purpose=PURPOSE_RESUMED_ACK,
+            purpose=ack_purpose,
             recipient=opened.sender.device_id,
             payload=opened.payload,
             now=self.clock.wall(),
