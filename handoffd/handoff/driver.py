@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
@@ -25,6 +26,7 @@ from handoffd.errors import (
 )
 from handoffd.handoff.deadlines import StallWatch
 from handoffd.handoff.driver_events import (
+    Announce,
     Checkpoint,
     Commit,
     Delivered,
@@ -55,6 +57,12 @@ CHECKPOINT_EVERY = 4 * 1024 * 1024
 """Bytes of an item written between two fsync + checkpoint + ack (the core also asks for one
 at half the window)."""
 OFFER_TIMEOUT = 30.0
+SMALL_ITEM = 256 * 1024
+SMALL_HELD = 1024 * 1024
+"""Items up to SMALL_ITEM (SMALL_HELD in all per exchange) taken from the start are held in
+memory, written once by the commit and acknowledged then (an ack always means durable): a
+small session's answer would otherwise wait on a partial file per item, its fsync and its
+recorded checkpoint. If the receiver stops before the commit, they come again."""
 
 
 # ---------------------------------------------------------------- driving a core
@@ -185,8 +193,9 @@ async def run_sender(
                 elif isinstance(event, core.Failed):
                     raise TransferError(event.message, code=event.code)
             if c.state == core.State.STREAMING:
-                # A chunk boundary after each message: a better path ready stops the flush
-                # (what was not sent is not acknowledged; the next offer resumes from there).
+                # Data first, bookkeeping after. A chunk boundary after each message: a better
+                # path ready stops the flush (what was not sent is not acknowledged; the next
+                # offer resumes from there).
                 for msg in c.outgoing():
                     if switch():
                         raise PathSwitchError("a better path is ready", code="path-switch")
@@ -276,7 +285,7 @@ async def run_receiver(
     loop = asyncio.get_running_loop()
     c = core.ReceiverCore(hello, now=loop.time(), window=WINDOW)
     ex.core = c
-    rx = _Receiving(c, ex, staging, consumer, loop.time)
+    rx = _Receiving(c, ex, staging, consumer, loop.time, functools.partial(_flush, link, c))
     watch = StallWatch(loop.time())
     try:
         c.start(loop.time())
@@ -351,8 +360,10 @@ class _Receiving:
         staging: Staging,
         consumer: ReceiverConsumer,
         now: Callable[[], float],
+        flush: Callable[[], Awaitable[None]],
     ) -> None:
         self.c = c
+        self.flush = flush
         self.ex = ex
         self.staging = staging
         self.consumer = consumer
@@ -376,17 +387,20 @@ class _Receiving:
                 writes.setdefault(event.index, []).append(event)
         # One thread hop per batch, not per item: a small session's items arrive together.
         jobs = [(self.writers[i], g[0].offset, [w.data for w in g]) for i, g in writes.items()]
-        if jobs:
-            await asyncio.to_thread(Staging.write_many, jobs)
+        on_disk = [job for job in jobs if job[0].memory is None]
+        Staging.write_many([job for job in jobs if job[0].memory is not None])
+        if on_disk:
+            await asyncio.to_thread(Staging.write_many, on_disk)
         for index, group in writes.items():
             self.unsynced[index] = self.unsynced.get(index, 0) + sum(len(w.data) for w in group)
             if self.unsynced[index] >= CHECKPOINT_EVERY:
                 await self.checkpoint(index)
         completed = [e.index for e in events if isinstance(e, core.ItemComplete)]
+        files = [i for i in completed if self.writers[i].memory is None]
         synced: set[int] = set()
-        if len(completed) > 1:  # written above: made durable together
-            await asyncio.to_thread(Staging.sync_many, [self.writers[i] for i in completed])
-            synced.update(completed)
+        if len(files) > 1:  # written above: made durable together
+            await asyncio.to_thread(Staging.sync_many, [self.writers[i] for i in files])
+            synced.update(files)
         for event in events:
             if isinstance(event, core.PeerHello):
                 await self.consumer.handle(PeerHello(event.hello))
@@ -399,9 +413,19 @@ class _Receiving:
             elif isinstance(event, core.CheckpointNeeded) and event.index in self.writers:
                 await self.checkpoint(event.index)
             elif isinstance(event, core.Commit) and self.manifest is not None:
-                await asyncio.to_thread(Staging.close_many, list(self.writers.values()))
-                await self.consumer.handle(Commit(self.manifest, self.names))
+                opened = [w for w in self.writers.values() if w.memory is None]
+                if opened:
+                    await asyncio.to_thread(Staging.close_many, opened)
+                held = {i: w.memory for i, w in self.writers.items() if w.memory is not None}
+                await self.consumer.handle(Commit(self.manifest, self.names, held))
+                for index, w in self.writers.items():
+                    if w.memory is not None:
+                        self.c.checkpoint_done(index, w.offset, self.now())
                 self.c.committed(self.now())
+                try:
+                    await self.flush()  # the sender hears it before the bookkeeping below
+                finally:
+                    await self.consumer.handle(Announce(self.ex.handoff_id))
             elif isinstance(event, core.Failed):
                 await self.consumer.handle(Failed(self.ex.handoff_id, event.code, event.message))
             elif isinstance(event, core.Cancelled):
@@ -418,9 +442,19 @@ class _Receiving:
             self.c.already_delivered(self.now())
             return
         self.names = dict(verdict.names or {})
-        self.writers.update(
-            await asyncio.to_thread(self.staging.open_items, manifest.handoff_id, verdict.resume)
-        )
+        room = SMALL_HELD
+        files: dict[int, int] = {}
+        for index, offset in verdict.resume.items():
+            size = next((i.size for i in manifest.items if i.index == index), SMALL_ITEM + 1)
+            if offset == 0 and size <= min(SMALL_ITEM, room):
+                self.writers[index] = ItemWriter.in_memory()
+                room -= size
+            else:
+                files[index] = offset
+        if files:
+            self.writers.update(
+                await asyncio.to_thread(self.staging.open_items, manifest.handoff_id, files)
+            )
         resume = {i: w.offset for i, w in self.writers.items()}
         for index, offset in resume.items():
             if offset != verdict.resume[index]:
@@ -432,6 +466,8 @@ class _Receiving:
         """fsync (unless ``synced`` already), record the checkpoint, and only then let the
         core acknowledge."""
         writer = self.writers[index]
+        if writer.memory is not None:  # acknowledged once the commit wrote it
+            return
         if not synced:
             await asyncio.to_thread(Staging.sync, writer)
         await self.consumer.handle(Checkpoint(self.ex.handoff_id, index, writer.offset))

@@ -105,6 +105,8 @@ class Commit:
 
     manifest: m.Manifest
     names: Mapping[int, str]
+    held: Mapping[int, bytearray] = dataclasses.field(default_factory=dict)
+    """Items held in memory (small ones), written by the commit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,4 +118,11 @@ class Failed:
     message: str
 
 
-ReceiverEvent = PeerHello | Progress | Checkpoint | Commit | Failed
+@dataclass(frozen=True, slots=True)
+class Announce:
+    """The sender was told ``delivered`` (or could not be): announce what was committed."""
+
+    handoff_id: str
+
+
+ReceiverEvent = PeerHello | Progress | Checkpoint | Commit | Announce | Failed

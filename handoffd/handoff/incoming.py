@@ -7,17 +7,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from handoffd.config import SettingsFile
 from handoffd.devicestate import DeviceState
 from handoffd.errors import ProtocolError, StoreError
-from handoffd.handoff import inboxcap
+from handoffd.handoff.committing import Committer, Received
 from handoffd.handoff.consent import Consent
 from handoffd.handoff.driver import run_receiver
 from handoffd.handoff.driver_events import (
+    Announce,
     Checkpoint,
     Commit,
     Failed,
@@ -31,7 +31,8 @@ from handoffd.handoff.lanes import LaneService
 from handoffd.handoff.link import Exchange, Link
 from handoffd.handoff.links import LinkPool
 from handoffd.handoff.local import LocalDevice
-from handoffd.handoff.offer import manifest_context, open_offer, unique_names
+from handoffd.handoff.offer import open_offer, unique_names
+from handoffd.handoff.offerfacts import disk_facts, stored_facts
 from handoffd.handoff.policy import decide
 from handoffd.handoff.records import Records, error_text
 from handoffd.handoff.reservations import Reservations, capped
@@ -81,6 +82,9 @@ class Incoming:
         self.receiving: dict[str, asyncio.Task[None]] = {}
         self.lanes: LaneService | None = None
         """The LAN lane's listener and offers (set by the engine)."""
+        self.committer = Committer(
+            store=store, records=records, staging=staging, clock=clock, on_received=on_received
+        )
 
     def receive(self, link: Link, ex: Exchange, first: bytes) -> None:
         """Run a receiver driver for the exchange the peer began on ``link``."""
@@ -143,25 +147,32 @@ class Incoming:
             return Verdict(decline=(exc.code, exc.message))
         hid = manifest.handoff_id
         await self.end_older_exchange(link, hid)
-        if await self.store.run(self.db.inbox, hid):
-            return Verdict(delivered=True)
-        if await self.store.run(self.db.is_expired, hid):
-            return Verdict(decline=("expired", "this handoff expired on the receiving device"))
-        peer_name = await self.device_name(link.peer_id)
-        committed = await asyncio.to_thread(self.staging.committed_manifest, hid)
-        if committed is not None:
-            await self.record_inbox(manifest, committed, link.peer_id, peer_name)
-            return Verdict(delivered=True)
-        free = self.reservations.available(
-            capped(await asyncio.to_thread(self.staging.free_bytes), self.timings.disk_free_cap),
+        facts = await self.store.run(
+            stored_facts,
+            self.store,
+            self.db,
             hid,
+            link.peer_id,
+            inbox_max=self.timings.inbox_max,
         )
-        held = await asyncio.to_thread(self.staging.held_bytes, hid)
-        full = await self.store.run(inboxcap.inbox_full, self.store, self.timings.inbox_max)
+        if facts.in_inbox:
+            return Verdict(delivered=True)
+        if facts.expired:
+            return Verdict(decline=("expired", "this handoff expired on the receiving device"))
+        peer_name = facts.peer_name
+        disk = await asyncio.to_thread(disk_facts, self.staging, hid)
+        if disk.committed is not None:
+            await self.record_inbox(manifest, disk.committed, link.peer_id, peer_name)
+            return Verdict(delivered=True)
+        free = self.reservations.available(capped(disk.free, self.timings.disk_free_cap), hid)
         decision = decide(
-            manifest, self.settings.current, free_bytes=free, held=held, inbox_full=full
+            manifest,
+            self.settings.current,
+            free_bytes=free,
+            held=disk.held,
+            inbox_full=facts.inbox_full,
         )
-        record = await self.records.get(hid)
+        record = facts.record
         if record is not None and (record.direction != "in" or record.peer != link.peer_id):
             return Verdict(decline=("handoff-id-conflict", "handoff id already used"))
         if decision.reason is not None:
@@ -176,9 +187,11 @@ class Incoming:
             except StoreError as exc:
                 logger.warning("decline not recorded error=%s", exc.code, extra={"handoff": hid})
             return Verdict(decline=(decision.reason, decision.message))
+        stored, checkpoints = facts.meta, facts.checkpoints
         if self.consent is not None and (
             record is None or record.state in ("declined", "cancelled", "failed")
         ):
+            asks = self.consent.policy(manifest.app_id, link.peer_id, peer_name) == "ask"
             refused = await self.consent.check(
                 manifest, link.peer_id, peer_name, lambda: link.closed
             )
@@ -186,19 +199,23 @@ class Incoming:
                 if refused[0] != "connection-lost":
                     await self._record_decline(link, manifest, offer, record, peer_name, *refused)
                 return Verdict(decline=refused)
-            record = await self.records.get(hid)
+            if asks:
+                # A person was asked (seconds may have passed): read again what may have moved.
+                facts = await self.store.run(
+                    stored_facts, self.store, self.db, hid, link.peer_id, inbox_max=0
+                )
+                record, stored, checkpoints = facts.record, facts.meta, facts.checkpoints
         if record is None:
             record = await self._new_incoming(link, manifest)
-        stored = await self.store.run(self.db.meta, hid)
         if stored.offer is not None and stored.offer != offer.manifest:
             # A different manifest under the same id: start over, trust nothing held.
             await asyncio.to_thread(self.staging.discard_partial, hid)
             await self.store.run(self.db.clear_checkpoints, hid)
+            checkpoints = {}
         await self.records.set_meta(hid, peer_name=peer_name, offer=offer.manifest)
         if not decision.indexes:
-            await self.commit(link, manifest, {})
+            await self.committer.announce(await self.commit(link, manifest, {}))
             return Verdict(delivered=True)
-        checkpoints = await self.store.run(self.db.checkpoints, hid)
         resume = {i: checkpoints.get(i, 0) for i in decision.indexes}
         accepted_total = sum(i.size for i in manifest.items if i.index in resume)
         owner = asyncio.current_task()
@@ -270,76 +287,22 @@ class Incoming:
             return
         await self.records.set(handoff_id, {}, state="retrying", error=error_text(code, message))
 
-    async def commit(self, link: Link, manifest: m.Manifest, names: Mapping[int, str]) -> None:
-        """Move the verified items into the inbox, record the entry, tell apps."""
-        hid = manifest.handoff_id
-        inbox_dir = self.staging.inbox_dir(hid)
-        items = [
-            {
-                "type": e.type,
-                "name": names[e.index],
-                "mime": e.mime,
-                "size": e.size,
-                "sha256": e.sha256.hex(),
-                "path": os.fspath(inbox_dir / names[e.index]),
-            }
-            for e in manifest.items
-            if e.index in names
-        ]
+    async def commit(
+        self,
+        link: Link,
+        manifest: m.Manifest,
+        names: Mapping[int, str],
+        held: Mapping[int, bytearray] | None = None,
+    ) -> Received:
+        """Move the verified items into the inbox and record the entry (not yet announced)."""
         peer_name = await self.device_name(link.peer_id)
-        doc = {
-            "id": hid,
-            "session_id": manifest.session_id,
-            "app_id": manifest.app_id,
-            "title": manifest.title,
-            "context": manifest_context(manifest),
-            "from": {"device_id": link.peer_id, "name": peer_name},
-            "items": items,
-            "sent_at": manifest.created_ms / 1000,
-        }
-        await asyncio.to_thread(
-            self.staging.commit, hid, [(i, names[i]) for i in sorted(names)], doc
-        )
-        await self.record_inbox(manifest, doc, link.peer_id, peer_name)
+        return await self.committer.commit(manifest, names, link.peer_id, peer_name, held)
 
     async def record_inbox(
         self, manifest: m.Manifest, doc: Mapping[str, Any], peer: str, peer_name: str
     ) -> None:
         """The inbox entry of a committed handoff, the record ``delivered``, apps told."""
-        hid = manifest.handoff_id
-        items = doc.get("items")
-        context = doc.get("context")
-        entry = InboxEntry(
-            id=hid,
-            session_id=manifest.session_id,
-            app_id=manifest.app_id,
-            title=manifest.title,
-            context=context if isinstance(context, dict) else {},
-            from_device=peer,
-            from_name=peer_name,
-            items=tuple(items) if isinstance(items, list) else (),
-            state="received",
-            received_at=self.clock.wall(),
-            resumed_at=None,
-        )
-        await self.store.run(self.db.add_inbox, entry)
-        await self.store.run(self.db.clear_checkpoints, hid)
-        record = await self.records.get(hid)
-        if record is not None:
-            await self.records.set(
-                hid, {}, state="delivered", bytes_done=record.bytes_total, error=None
-            )
-        self.records.events.publish(
-            {
-                "type": "handoff.received",
-                "handoff_id": hid,
-                "app_id": entry.app_id,
-                "title": entry.title,
-                "from": {"device_id": peer, "name": peer_name},
-            }
-        )
-        logger.info("session received", extra={"handoff": hid, "app": entry.app_id})
-        await self.on_received(entry)
+        await self.committer.announce(await self.committer.add(manifest, doc, peer, peer_name))
 
 
 class ReceiverRecorder:
@@ -349,6 +312,8 @@ class ReceiverRecorder:
         self.incoming = incoming
         self.link = link
         self.features: tuple[str, ...] = ()
+        self.received: Received | None = None
+        """Committed, announced once the sender was told (``Announce``)."""
 
     def _with_lane(self, verdict: Verdict, manifest: m.Manifest) -> Verdict:
         """The verdict with a lane offer when this exchange should move onto the lane."""
@@ -391,7 +356,10 @@ class ReceiverRecorder:
         elif isinstance(event, Checkpoint):
             await rx.store.run(rx.db.set_checkpoint, event.handoff_id, event.index, event.offset)
         elif isinstance(event, Commit):
-            await rx.commit(self.link, event.manifest, event.names)
+            self.received = await rx.commit(self.link, event.manifest, event.names, event.held)
+        elif isinstance(event, Announce) and self.received is not None:
+            received, self.received = self.received, None
+            await rx.committer.announce(received)
         elif isinstance(event, Failed):
             # Never raises on a state database that cannot be written (a full disk): the
             # exchange still ends cleanly.

@@ -9,6 +9,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from handoffd.config import SettingsFile
 from handoffd.errors import (
@@ -104,7 +105,7 @@ class Outgoing:
         chosen = None if types is None else set(check_types(types, session.items))
         items = [i for i in session.items if chosen is None or i.type in chosen]
         handoff_id = new_handoff_id()
-        manifest, _sources = await asyncio.to_thread(
+        manifest, sources = await asyncio.to_thread(
             build_manifest,
             handoff_id=handoff_id,
             session_id=session.id,
@@ -130,12 +131,13 @@ class Outgoing:
         )
         await self.records.set_meta(handoff_id, peer_name=peer_name, offer=codec.encode(offer))
         self.records.publish_state(record)
-        self.drive(handoff_id)
+        self.drive(handoff_id, Prepared(record, offer, manifest, sources))
         return record
 
-    def drive(self, handoff_id: str) -> None:
-        """Start the task that carries ``handoff_id`` through."""
-        task = self.tasks.spawn(self._drive(handoff_id), f"handoff-{handoff_id[:8]}")
+    def drive(self, handoff_id: str, prepared: Prepared | None = None) -> None:
+        """Start the task that carries ``handoff_id`` through (``prepared``: what ``start``
+        just built, so the first attempt does not read it back)."""
+        task = self.tasks.spawn(self._drive(handoff_id, prepared), f"handoff-{handoff_id[:8]}")
         self.running[handoff_id] = task
         task.add_done_callback(lambda _t: self.running.pop(handoff_id, None))
 
@@ -205,10 +207,10 @@ class Outgoing:
             raise TransferError("the session is gone", code="session-not-found", retry=False)
         return sources_for(session.items, manifest)
 
-    async def _drive(self, handoff_id: str) -> None:
+    async def _drive(self, handoff_id: str, prepared: Prepared | None) -> None:
         """Connect, send, retry with backoff until delivered, declined, failed or cancelled."""
         try:
-            await self._attempts(handoff_id)
+            await self._attempts(handoff_id, prepared or await self._prepared(handoff_id))
         except asyncio.CancelledError:
             if handoff_id in self._cancelled:
                 try:
@@ -224,7 +226,8 @@ class Outgoing:
                     handoff_id, {}, state="failed", error=error_text("internal", "internal error")
                 )
 
-    async def _attempts(self, handoff_id: str) -> None:
+    async def _prepared(self, handoff_id: str) -> Prepared:
+        """What ``start`` built, read back (a restart, a device that came back)."""
         record = await self.records.require(handoff_id)
         meta = await self.store.run(self.records.db.meta, handoff_id)
         if meta.offer is None:
@@ -235,6 +238,11 @@ class Outgoing:
         manifest = codec.decode(offer.manifest)
         if not isinstance(manifest, m.Manifest):  # pragma: no cover - we wrote it
             raise TransferError("bad offer recorded", code="internal", retry=False)
+        return Prepared(record, offer, manifest, None)
+
+    async def _attempts(self, handoff_id: str, prepared: Prepared) -> None:
+        record, offer, manifest = prepared.record, prepared.offer, prepared.manifest
+        ready = prepared.sources
         if self.waiting.should_wait(record):
             if not await self.waiting.wait(record):
                 return
@@ -253,7 +261,8 @@ class Outgoing:
             upgrading: asyncio.Task[None] | None = None
             lane = LaneSwitch(local=self.local, timings=t, tasks=self.tasks)
             try:
-                sources = await self._sources(record, manifest)
+                sources = ready or await self._sources(record, manifest)
+                ready = None  # a retry reads the session again
                 if link is None:
                     link = await self.links.link_to(record.peer)
                 await self.records.set(handoff_id, {}, path=link.channel.path)
@@ -352,6 +361,16 @@ class Outgoing:
             return False
         await asyncio.sleep(delay)
         return True
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """An outgoing handoff's record, signed offer, manifest and (just built) sources."""
+
+    record: HandoffRecord
+    offer: m.Offer
+    manifest: m.Manifest
+    sources: dict[int, SourceItem] | None
 
 
 async def _sendable_session(store: Store, local: LocalDevice, session_id: str) -> SessionRecord:

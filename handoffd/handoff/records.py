@@ -190,11 +190,16 @@ class Records:
         self, handoff_id: str, meta: MetaUpdate, **fields: Unpack[HandoffUpdate]
     ) -> HandoffRecord:
         """Update a record (and its extra columns); a state change is checked and announced."""
-        before = await self.get(handoff_id)
         state = fields.get("state")
-        if before is not None and isinstance(state, str):
-            check_transition(before.direction, before.state, state)
-        record = await self.store.run(self.db.update, handoff_id, meta, **fields)
+
+        def change() -> tuple[HandoffRecord | None, HandoffRecord]:
+            # Read, check and write in one hop to the database thread (no change in between).
+            before = self.store.get_handoff(handoff_id)
+            if before is not None and isinstance(state, str):
+                check_transition(before.direction, before.state, state)
+            return before, self.db.update(handoff_id, meta, **fields)
+
+        before, record = await self.store.run(change)
         if before is None or before.state != record.state:
             self.publish_state(record)
         elif record.path and before.path != record.path:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from handoffd import identity
 from handoffd.handoff.offer import HANDOFF_ID_LEN, READ_BLOCK, check_handoff_id, check_name
 
 
@@ -35,11 +34,30 @@ def _mkdir_private(path: Path) -> None:
 
 @dataclass
 class ItemWriter:
-    """An open partial file of one item: where it continues, its running hash."""
+    """An open partial file of one item (or, for a small item, its bytes in ``memory``):
+    where it continues, its running hash."""
 
     fd: int
     offset: int
     hasher: hashlib._Hash
+    memory: bytearray | None = None
+
+    @classmethod
+    def in_memory(cls) -> ItemWriter:
+        """A small item held in memory until the commit writes it (no partial file)."""
+        return cls(fd=-1, offset=0, hasher=hashlib.sha256(), memory=bytearray())
+
+
+def _write_new(path: Path, data: bytes | bytearray) -> None:
+    """Create ``path`` (0600, never an existing file or a link) with ``data``, fsynced."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Staging:
@@ -89,6 +107,12 @@ class Staging:
         """Write consecutive chunks at ``offset`` and hash them."""
         if offset != writer.offset:
             raise OSError(f"write at {offset}, expected {writer.offset}")
+        if writer.memory is not None:
+            for data in chunks:
+                writer.memory += data
+                writer.offset += len(data)
+                writer.hasher.update(data)
+            return
         for data in chunks:
             view = memoryview(data)
             while view:
@@ -119,7 +143,7 @@ class Staging:
     def sync_many(writers: Sequence[ItemWriter]) -> None:
         """``sync`` each."""
         for writer in writers:
-            os.fsync(writer.fd)
+            Staging.sync(writer)
 
     @staticmethod
     def close_many(writers: Sequence[ItemWriter]) -> None:
@@ -129,8 +153,9 @@ class Staging:
 
     @staticmethod
     def sync(writer: ItemWriter) -> None:
-        """Make what was written durable."""
-        os.fsync(writer.fd)
+        """Make what was written durable (an item in memory: at the commit)."""
+        if writer.fd >= 0:
+            os.fsync(writer.fd)
 
     @staticmethod
     def close_item(writer: ItemWriter) -> None:
@@ -140,13 +165,19 @@ class Staging:
             writer.fd = -1
 
     def commit(
-        self, handoff_id: str, files: Sequence[tuple[int, str]], manifest_json: Mapping[str, Any]
+        self,
+        handoff_id: str,
+        files: Sequence[tuple[int, str]],
+        manifest_json: Mapping[str, Any],
+        held: Mapping[int, bytes | bytearray] | None = None,
     ) -> Path:
-        """Move the verified partial files into ``inbox/<id>/`` under their names, atomically.
+        """Move the verified partial files (and the items ``held`` in memory) into
+        ``inbox/<id>/`` under their names, atomically.
 
-        The files are renamed into ``inbox/.tmp-<id>/`` with ``manifest.json``,
+        The files are renamed (or written) into ``inbox/.tmp-<id>/`` with ``manifest.json``,
         everything is fsynced, then one ``os.replace`` makes the directory appear.
         """
+        held = held or {}
         src = self.partial_dir(handoff_id)
         final = self.inbox_dir(handoff_id)
         tmp = self.inbox / f".tmp-{handoff_id}"
@@ -156,11 +187,14 @@ class Staging:
         tmp.mkdir(mode=0o700)
         for index, name in files:
             target = tmp / check_name(name)
+            if index in held:
+                _write_new(target, held[index])
+                continue
             source = src / str(int(index))
             if not source.exists():  # an empty item never written
                 source.touch(mode=0o600)
             os.replace(source, target)
-        identity.write_private_file(
+        _write_new(
             tmp / "manifest.json",
             json.dumps(manifest_json, ensure_ascii=False, indent=1).encode("utf-8"),
         )

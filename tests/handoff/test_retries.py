@@ -102,9 +102,10 @@ async def test_retries_are_visible_bounded_and_cancellable(world: World) -> None
         }, failed
         assert (await a.session(session.id)).state == "active"
 
-        # Cancel while it waits for its next try.
+        # Cancel while it waits for its next try. By now the target may be known to be gone
+        # (liveness): then the handoff waits for the device instead of retrying.
         h2 = await a.send(session.id, world.b_id)
-        await wait_for(lambda: _retrying(a, h2.id), within=60, what="second retrying")
+        await wait_for(lambda: _waiting(a, h2.id), within=60, what="second retrying or waiting")
         cancelled = await a.cancel(h2.id)
         assert cancelled.state == "cancelled"
         assert (await _get(a, h2.id))["next_retry_at"] is None
@@ -120,6 +121,6 @@ async def test_retries_are_visible_bounded_and_cancellable(world: World) -> None
         assert (await _get(a, h.id))["state"] == "failed"
 
 
-async def _retrying(a: HandoffClient, handoff_id: str) -> dict[str, Any] | None:
+async def _waiting(a: HandoffClient, handoff_id: str) -> dict[str, Any] | None:
     x = await _get(a, handoff_id)
-    return x if x["state"] == "retrying" else None
+    return x if x["state"] in ("retrying", "waiting-for-device") else None
