@@ -210,7 +210,9 @@ class Outgoing:
     async def _drive(self, handoff_id: str, prepared: Prepared | None) -> None:
         """Connect, send, retry with backoff until delivered, declined, failed or cancelled."""
         try:
-            await self._attempts(handoff_id, prepared or await self._prepared(handoff_id))
+            await self._attempts(
+                handoff_id, prepared or await _read_prepared(self.records, handoff_id)
+            )
         except asyncio.CancelledError:
             if handoff_id in self._cancelled:
                 try:
@@ -225,20 +227,6 @@ class Outgoing:
                 await self.records.set(
                     handoff_id, {}, state="failed", error=error_text("internal", "internal error")
                 )
-
-    async def _prepared(self, handoff_id: str) -> Prepared:
-        """What ``start`` built, read back (a restart, a device that came back)."""
-        record = await self.records.require(handoff_id)
-        meta = await self.store.run(self.records.db.meta, handoff_id)
-        if meta.offer is None:
-            raise TransferError("no offer recorded", code="internal", retry=False)
-        offer = codec.decode(meta.offer)
-        if not isinstance(offer, m.Offer):  # pragma: no cover - we wrote it
-            raise TransferError("bad offer recorded", code="internal", retry=False)
-        manifest = codec.decode(offer.manifest)
-        if not isinstance(manifest, m.Manifest):  # pragma: no cover - we wrote it
-            raise TransferError("bad offer recorded", code="internal", retry=False)
-        return Prepared(record, offer, manifest, None)
 
     async def _attempts(self, handoff_id: str, prepared: Prepared) -> None:
         record, offer, manifest = prepared.record, prepared.offer, prepared.manifest
@@ -371,6 +359,21 @@ class Prepared:
     offer: m.Offer
     manifest: m.Manifest
     sources: dict[int, SourceItem] | None
+
+
+async def _read_prepared(records: Records, handoff_id: str) -> Prepared:
+    """What ``Outgoing.start`` built, read back (a restart, a device that came back)."""
+    record = await records.require(handoff_id)
+    meta = await records.store.run(records.db.meta, handoff_id)
+    if meta.offer is None:
+        raise TransferError("no offer recorded", code="internal", retry=False)
+    offer = codec.decode(meta.offer)
+    if not isinstance(offer, m.Offer):  # pragma: no cover - we wrote it
+        raise TransferError("bad offer recorded", code="internal", retry=False)
+    manifest = codec.decode(offer.manifest)
+    if not isinstance(manifest, m.Manifest):  # pragma: no cover - we wrote it
+        raise TransferError("bad offer recorded", code="internal", retry=False)
+    return Prepared(record, offer, manifest, None)
 
 
 async def _sendable_session(store: Store, local: LocalDevice, session_id: str) -> SessionRecord:
