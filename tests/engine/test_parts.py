@@ -17,6 +17,7 @@ from handoffd import identity
 from handoffd.errors import ConfigError, HandoffError, TransportError
 from handoffd.handoff.driver import run_receiver, run_sender
 from handoffd.handoff.driver_events import (
+    Announce,
     Checkpoint,
     Commit,
     Delivered,
@@ -190,6 +191,7 @@ class _Receiver:
         self.staging = staging
         self.seen: list[ReceiverEvent] = []
         self.committed = asyncio.Event()
+        self.partial_files: list[str] = []
 
     async def decide(self, event: OfferReceived) -> Verdict:
         items = event.manifest.items
@@ -198,11 +200,10 @@ class _Receiver:
     async def handle(self, event: ReceiverEvent) -> None:
         self.seen.append(event)
         if isinstance(event, Commit):
+            hid = event.manifest.handoff_id
+            self.partial_files = sorted(p.name for p in self.staging.partial_dir(hid).iterdir())
             await asyncio.to_thread(
-                self.staging.commit,
-                event.manifest.handoff_id,
-                sorted(event.names.items()),
-                {"id": event.manifest.handoff_id},
+                self.staging.commit, hid, sorted(event.names.items()), {"id": hid}, event.held
             )
             self.committed.set()
 
@@ -293,7 +294,16 @@ async def test_a_sender_and_a_receiver_driver_over_a_memory_pair(tmp_path: Path)
     assert kinds[-1] is Resumed
     checkpoints = [e for e in receiver.seen if isinstance(e, Checkpoint)]
     assert checkpoints  # durable before acknowledged
-    assert (staging.inbox_dir(manifest.handoff_id) / "d.bin").read_bytes() == payload
+    # The small item was held in memory: no partial file, no checkpoint, written by the commit.
+    assert {e.index for e in checkpoints} == {0}
+    assert receiver.partial_files == ["0"]
+    inbox = staging.inbox_dir(manifest.handoff_id)
+    assert (inbox / "d.bin").read_bytes() == payload
+    assert (inbox / "m").read_bytes() == b"hi"
+    assert (inbox / "m").stat().st_mode & 0o777 == 0o600
+    # Committed, then announced once the sender was told delivered.
+    order = [type(e) for e in receiver.seen if isinstance(e, (Commit, Announce))]
+    assert order == [Commit, Announce]
     await link_a.close()
     await link_b.close()
 
