@@ -133,6 +133,7 @@ async def run_sender(
     stall: float,
     answer_wait: float = OFFER_TIMEOUT,
     lane_offered: Callable[[m.Lane], None] | None = None,
+    before_bulk: Callable[[], Awaitable[None]] | None = None,
 ) -> SendReport:
     """One sending exchange: offer, stream, until delivered (then linger for ``resumed``).
 
@@ -192,10 +193,12 @@ async def run_sender(
                     )
                 elif isinstance(event, core.Failed):
                     raise TransferError(event.message, code=event.code)
+            if c.state == core.State.STREAMING and before_bulk is not None:
+                hold, before_bulk = before_bulk, None
+                await hold()  # once: e.g. the lane offered with the answer is dialled first
             if c.state == core.State.STREAMING:
-                # Data first, bookkeeping after. A chunk boundary after each message: a better
-                # path ready stops the flush (what was not sent is not acknowledged; the next
-                # offer resumes from there).
+                # A chunk boundary after each message: a better path ready stops the flush
+                # (what was not sent is not acknowledged; the next offer resumes from there).
                 for msg in c.outgoing():
                     if switch():
                         raise PathSwitchError("a better path is ready", code="path-switch")
@@ -293,6 +296,9 @@ async def run_receiver(
         while True:
             events = c.events()
             await rx.handle(events)
+            if rx.lane is not None and rx.lane_early:  # just before the accept
+                lane, rx.lane = rx.lane, None
+                await link.send(lane)
             await _flush(link, c)
             if rx.lane is not None:  # after the accept: the lane for the rest of the data
                 lane, rx.lane = rx.lane, None
@@ -373,6 +379,8 @@ class _Receiving:
         self.manifest: m.Manifest | None = None
         self.names: Mapping[int, str] = {}
         self.lane: m.Lane | None = None
+        self.lane_early = False
+        """The sender's hello lists ``lane-early``: its lane goes just before the accept."""
 
     def close(self) -> None:
         for writer in self.writers.values():
@@ -403,6 +411,7 @@ class _Receiving:
             synced.update(files)
         for event in events:
             if isinstance(event, core.PeerHello):
+                self.lane_early = m.FEATURE_LANE_EARLY in event.hello.features
                 await self.consumer.handle(PeerHello(event.hello))
             elif isinstance(event, core.OfferReceived):
                 await self.offer(event.offer, event.manifest)

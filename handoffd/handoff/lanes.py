@@ -155,6 +155,12 @@ class LaneSwitch:
         )
         self._ready = channel
 
+    async def settle(self) -> None:
+        """Wait up to ``Timings.lane_hold`` for a dial in progress (no-op without one)."""
+        task = self._task
+        if task is not None and not task.done():
+            await asyncio.wait([task], timeout=self._timings.lane_hold)
+
     @property
     def ready(self) -> bool:
         """True when the lane is up and waits to be taken."""

@@ -326,7 +326,7 @@ def make_hello(device_id: str, trust: identity.TrustAnchor | None) -> m.Hello:
         device_id=device_id,
         crl_number=0 if trust is None else trust.crl_number,
         crl=crl,
-        features=(m.FEATURE_LANE,),
+        features=(m.FEATURE_LANE, m.FEATURE_LANE_EARLY),
     )
 
 

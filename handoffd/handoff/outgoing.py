@@ -272,6 +272,7 @@ class Outgoing:
                     cancelled=lambda: handoff_id in self._cancelled,
                     switch=_switch_check(up, lane),
                     lane_offered=functools.partial(lane.offered, link.peer_id),
+                    before_bulk=lane.settle,
                     stall=t.stall_timeout,
                     answer_wait=t.offer_answer,
                 )

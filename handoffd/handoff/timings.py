@@ -75,6 +75,10 @@ class Timings:
     """TCP connect to one offered lane address."""
     lane_dial_timeout: float = 5.0
     """The whole lane dial (every address, TLS, token)."""
+    lane_hold: float = 0.3
+    """A sender offered the lane waits this long for its dial before streaming on the data
+    channel (seconds): the lane is usually up within milliseconds, and bulk pushed into the
+    data channel meanwhile slows the dial and is sent again."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Timings:

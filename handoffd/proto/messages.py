@@ -46,6 +46,9 @@ Host = Annotated[str, Min(2), Max(45)]
 """An IP address literal (checked by the lane dialer)."""
 FEATURE_LANE = "lane"
 """Hello feature: this device takes (sender) or offers (receiver) the LAN lane."""
+FEATURE_LANE_EARLY = "lane-early"
+"""Hello feature (sender): the receiver may send its ``lane`` just before its ``accept``, so
+the lane is dialled before any bulk goes on the first channel."""
 
 
 @message("hello")

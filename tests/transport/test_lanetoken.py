@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import msgpack
 import pytest
 
@@ -11,7 +13,16 @@ from handoffd.proto import messages as m
 from handoffd.proto import transfer as t
 from handoffd.transport.base import PeerAuthError
 from handoffd.transport.lanetoken import LaneTicket, LaneTokens, encode_first, parse_first
-from tests.test_transfer_core import HID, _receiver_in, _sender_in, failed
+from tests.test_transfer_core import (
+    HID,
+    RECEIVER,
+    SENDER,
+    _receiver_in,
+    _sender_in,
+    failed,
+    hello,
+    make_offer,
+)
 from tests.transport.helpers import Account, Device, utcnow
 
 
@@ -112,8 +123,28 @@ def test_sender_core_reports_a_lane_offer_only_while_streaming() -> None:
     assert failed(sender.events()) == [("wrong-handoff", Blame.PEER)]
 
 
+def test_a_lane_just_before_the_accept_is_taken_by_a_sender_that_says_lane_early() -> None:
+    early = dataclasses.replace(hello(SENDER), features=(m.FEATURE_LANE, m.FEATURE_LANE_EARLY))
+    sender = t.SenderCore(early, *make_offer([b"x" * 1000]), now=0)
+    sender.start(0)
+    sender.receive(hello(RECEIVER), 0)
+    sender.events()
+    sender.receive(LANE, 0)
+    assert sender.state == t.State.AWAIT_ANSWER
+    assert [e for e in sender.events() if isinstance(e, t.LaneOffered)] == [t.LaneOffered(LANE)]
+    accept = m.Accept(handoff_id=HID, items=(m.Resume(index=0, offset=0),), window=m.MIN_WINDOW)
+    sender.receive(accept, 0)
+    assert _state(sender) == t.State.STREAMING
+    assert not failed(sender.events())
+
+
+def _state(core: t.SenderCore) -> t.State:
+    return core.state
+
+
 def test_a_lane_before_the_accept_or_to_a_receiver_is_a_protocol_error() -> None:
-    sender = _sender_in(t.State.AWAIT_ANSWER)
+    sender = _sender_in(t.State.AWAIT_ANSWER)  # its hello does not say lane-early
+    sender.receive(hello(RECEIVER), 0)
     sender.events()
     sender.receive(LANE, 0)
     assert failed(sender.events()) == [("unexpected-message", Blame.PEER)]

@@ -163,8 +163,10 @@ class SenderCore(Core):
         self._events.append(Resumed())
 
     def _on_lane(self, msg: m.Lane) -> None:
+        if self.state == State.AWAIT_ANSWER and m.FEATURE_LANE_EARLY not in self._hello.features:
+            raise peer_error("unexpected-message", f"lane is not valid in state {self.state}")
         self._check_id(msg.handoff_id)
-        if self.state == State.STREAMING:  # later, nothing is left to move
+        if self.state in (State.AWAIT_ANSWER, State.STREAMING):  # later, nothing is left to move
             self._events.append(LaneOffered(lane=msg))
 
     TABLE: ClassVar[Mapping[tuple[State, str], Handler]] = {
@@ -172,6 +174,7 @@ class SenderCore(Core):
         (State.AWAIT_ANSWER, "accept"): _on_accept,
         (State.AWAIT_ANSWER, "decline"): _on_decline,
         (State.AWAIT_ANSWER, "delivered"): _on_delivered,
+        (State.AWAIT_ANSWER, "lane"): _on_lane,
         (State.STREAMING, "ack"): _on_ack,
         (State.STREAMING, "delivered"): _on_delivered,
         (State.STREAMING, "lane"): _on_lane,
