@@ -30,7 +30,7 @@ class Verdict:
     decline: tuple[str, str] | None = None
     delivered: bool = False
     lane: m.Lane | None = None
-    """Sent to the sender after the accept: the LAN lane for this handoff."""
+    """Sent to the sender with the accept: the LAN lane for this handoff."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,12 +4,14 @@ Target (``LaneService``): while the LAN signaling listener is up, a lane listene
 (``handoffd.transport.lane.LaneServer``) is too. When it accepts an offer whose bytes still
 to come reach ``Timings.lane_min_bytes``, over a link that is not the lane already, from a
 sender whose hello lists the ``lane`` feature, it issues a token bound to the handoff and
-both devices and sends a ``lane`` message (its addresses, port, token) after the ``accept``.
+both devices and sends a ``lane`` message (its addresses, port, token) with the ``accept``:
+just before it to a sender whose hello lists ``lane-early``, else right after it.
 A lane connection that passes the checks becomes a link like any other; every refusal is
 recorded (path ``lane``).
 
-Sender (``LaneSwitch``, one per attempt): on that message it dials the lane in the
-background while the data channel keeps streaming; once the lane is up the sender stops at
+Sender (``LaneSwitch``, one per attempt): on that message it dials the lane, holding its
+first window back for up to ``Timings.lane_hold`` (``settle``), then lets the data channel
+stream while the dial goes on; once the lane is up the sender stops at
 the next chunk boundary (``PathSwitchError``), and offers again over the lane, where the
 receiver answers with its checkpoints: no acknowledged byte is sent twice. If the lane
 never comes up the transfer simply stays where it is; if it dies later, the attempt fails
