@@ -31,6 +31,8 @@ class Verdict:
     delivered: bool = False
     lane: m.Lane | None = None
     """Sent to the sender with the accept: the LAN lane for this handoff."""
+    peer_name: str = ""
+    """The sender's name as this device knows it (read while deciding; the commit uses it)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -147,20 +148,23 @@ class Incoming:
             return Verdict(decline=(exc.code, exc.message))
         hid = manifest.handoff_id
         await self.end_older_exchange(link, hid)
-        facts = await self.store.run(
-            stored_facts,
-            self.store,
-            self.db,
-            hid,
-            link.peer_id,
-            inbox_max=self.timings.inbox_max,
+        # The database's and the disk's view, read at once (two threads).
+        facts, disk = await asyncio.gather(
+            self.store.run(
+                stored_facts,
+                self.store,
+                self.db,
+                hid,
+                link.peer_id,
+                inbox_max=self.timings.inbox_max,
+            ),
+            asyncio.to_thread(disk_facts, self.staging, hid),
         )
         if facts.in_inbox:
             return Verdict(delivered=True)
         if facts.expired:
             return Verdict(decline=("expired", "this handoff expired on the receiving device"))
         peer_name = facts.peer_name
-        disk = await asyncio.to_thread(disk_facts, self.staging, hid)
         if disk.committed is not None:
             await self.record_inbox(manifest, disk.committed, link.peer_id, peer_name)
             return Verdict(delivered=True)
@@ -205,15 +209,15 @@ class Incoming:
                     stored_facts, self.store, self.db, hid, link.peer_id, inbox_max=0
                 )
                 record, stored, checkpoints = facts.record, facts.meta, facts.checkpoints
-        if record is None:
-            record = await self._new_incoming(link, manifest)
         if stored.offer is not None and stored.offer != offer.manifest:
             # A different manifest under the same id: start over, trust nothing held.
             await asyncio.to_thread(self.staging.discard_partial, hid)
             await self.store.run(self.db.clear_checkpoints, hid)
             checkpoints = {}
-        await self.records.set_meta(hid, peer_name=peer_name, offer=offer.manifest)
         if not decision.indexes:
+            if record is None:
+                await self._new_incoming(link, manifest)
+            await self.records.set_meta(hid, peer_name=peer_name, offer=offer.manifest)
             await self.committer.announce(await self.commit(link, manifest, {}))
             return Verdict(delivered=True)
         resume = {i: checkpoints.get(i, 0) for i in decision.indexes}
@@ -222,10 +226,12 @@ class Incoming:
         self.reservations.reserve(hid, accepted_total - sum(resume.values()), owner)
         await self.records.set(
             hid,
-            {},
+            {"peer_name": peer_name, "offer": offer.manifest},
+            # One hop: a small session's answer waits on it.
+            first=None if record is not None else functools.partial(self._row, link, manifest),
             state="transferring",
             path=link.channel.path,
-            attempts=record.attempts + 1,
+            attempts=(0 if record is None else record.attempts) + 1,
             bytes_total=accepted_total,
             bytes_done=sum(resume.values()),
             types=sorted({i.type for i in manifest.items if i.index in resume}),
@@ -233,12 +239,15 @@ class Incoming:
         )
         if any(resume.values()):
             logger.info("resuming a transfer held=%d", sum(resume.values()), extra={"handoff": hid})
-        return Verdict(resume=resume, names={i: names[i] for i in resume})
+        return Verdict(resume=resume, names={i: names[i] for i in resume}, peer_name=peer_name)
 
     async def _new_incoming(self, link: Link, manifest: m.Manifest) -> HandoffRecord:
         """Record an incoming handoff seen for the first time (``pending``)."""
-        return await self.store.run(
-            self.store.create_handoff,
+        return await self.store.run(self._row, link, manifest)
+
+    def _row(self, link: Link, manifest: m.Manifest) -> HandoffRecord:
+        """``_new_incoming`` on the database thread."""
+        return self.store.create_handoff(
             manifest.handoff_id,
             direction="in",
             peer=link.peer_id,
@@ -293,9 +302,11 @@ class Incoming:
         manifest: m.Manifest,
         names: Mapping[int, str],
         held: Mapping[int, bytearray] | None = None,
+        peer_name: str | None = None,
     ) -> Received:
         """Move the verified items into the inbox and record the entry (not yet announced)."""
-        peer_name = await self.device_name(link.peer_id)
+        if peer_name is None:
+            peer_name = await self.device_name(link.peer_id)
         return await self.committer.commit(manifest, names, link.peer_id, peer_name, held)
 
     async def record_inbox(
@@ -313,6 +324,8 @@ class ReceiverRecorder:
         self.link = link
         self.features: tuple[str, ...] = ()
         self.received: Received | None = None
+        self.peer_name: str | None = None
+        """The sender's name, as read while deciding the offer."""
         """Committed, announced once the sender was told (``Announce``)."""
 
     def _with_lane(self, verdict: Verdict, manifest: m.Manifest) -> Verdict:
@@ -335,6 +348,8 @@ class ReceiverRecorder:
         """The verdict; a state database that cannot grow declines (``no-disk-space``)."""
         try:
             verdict = await self.incoming.decide(self.link, event.offer, event.manifest)
+            if verdict.resume is not None:
+                self.peer_name = verdict.peer_name
             return self._with_lane(verdict, event.manifest)
         except StoreError as exc:
             if exc.code != "store-full":
@@ -356,7 +371,9 @@ class ReceiverRecorder:
         elif isinstance(event, Checkpoint):
             await rx.store.run(rx.db.set_checkpoint, event.handoff_id, event.index, event.offset)
         elif isinstance(event, Commit):
-            self.received = await rx.commit(self.link, event.manifest, event.names, event.held)
+            self.received = await rx.commit(
+                self.link, event.manifest, event.names, event.held, self.peer_name
+            )
         elif isinstance(event, Announce) and self.received is not None:
             received, self.received = self.received, None
             await rx.committer.announce(received)

@@ -92,6 +92,18 @@ class LinkPool:
             self._connector_for = server
         return self._connector
 
+    def lingering(self, peer_id: str) -> Link | None:
+        """A link to ``peer_id`` whose last exchange only waits for ``resumed`` (alive a moment
+        ago: no probe needed), reserved for the caller; None if there is none."""
+        if self.timings.warm_idle <= 0:
+            return None
+        for link in self.links.get(peer_id, []):
+            if not link.closed and link.lingering:
+                link.reserve()
+                logger.info("reusing a warm link", extra={"peer": peer_id})
+                return link
+        return None
+
     async def link_to(self, peer_id: str) -> Link:
         """A warm idle link to ``peer_id``, or a new one: direct (LAN or via the server) or relay."""
         t = self.timings

@@ -15,8 +15,6 @@ from handoffd.config import SettingsFile
 from handoffd.errors import (
     ConflictError,
     HandoffError,
-    InvalidRequestError,
-    NotFoundError,
     PathSwitchError,
     StoreError,
     TransferError,
@@ -45,13 +43,13 @@ from handoffd.handoff.offer import (
 )
 from handoffd.handoff.presence import Presence
 from handoffd.handoff.records import OUT_ACTIVE, Records, error_text
+from handoffd.handoff.sendcheck import check_types, sendable_session
 from handoffd.handoff.targets import resolve_target
 from handoffd.handoff.timings import Clock, Timings
 from handoffd.handoff.waiting import DeviceWait
-from handoffd.items import Item
 from handoffd.proto import codec
 from handoffd.proto import messages as m
-from handoffd.store import HandoffRecord, SessionRecord, Store
+from handoffd.store import HandoffRecord, Store
 from handoffd.tasks import TaskSet
 from handoffd.transport.base import PATH_RELAY
 from handoffd.transport.connector import Upgrader
@@ -94,7 +92,7 @@ class Outgoing:
         self, session_id: str, target: str, types: Sequence[str] | None
     ) -> HandoffRecord:
         """Validate, record (``pending``) and start a handoff of ``session_id`` to ``target``."""
-        session = await _sendable_session(self.store, self.local, session_id)
+        session = await sendable_session(self.store, self.local, session_id)
         peer_id, peer_name = await resolve_target(
             self.store,
             target,
@@ -239,12 +237,12 @@ class Outgoing:
         moved: Link | None = None  # a better link taken at a chunk boundary
         t = self.timings
         while True:
-            if moved is None:
-                attempts += 1
-                record = await self.records.set(
-                    handoff_id, {"next_retry_at": None}, state="connecting", attempts=attempts
-                )
             link, moved = moved, None
+            on_path = False  # the record shows this link's path
+            if link is None:
+                attempts += 1
+                record, link = await _connecting(self.records, self.links, record, attempts)
+                on_path = link is not None
             upgrader: Upgrader | None = None
             upgrading: asyncio.Task[None] | None = None
             lane = LaneSwitch(local=self.local, timings=t, tasks=self.tasks)
@@ -253,7 +251,8 @@ class Outgoing:
                 ready = None  # a retry reads the session again
                 if link is None:
                     link = await self.links.link_to(record.peer)
-                await self.records.set(handoff_id, {}, path=link.channel.path)
+                if not on_path:
+                    await self.records.set(handoff_id, {}, path=link.channel.path)
                 upgrader = self.links.upgrader(link)
                 if upgrader is not None:
                     upgrading = self.tasks.spawn(upgrader.run(), "path-upgrade")
@@ -362,6 +361,32 @@ class Prepared:
     sources: dict[int, SourceItem] | None
 
 
+async def _connecting(
+    records: Records, links: LinkPool, record: HandoffRecord, attempts: int
+) -> tuple[HandoffRecord, Link | None]:
+    """Record attempt ``attempts`` as ``connecting``, with the path of a warm link at hand
+    (then reserved and returned: one write, not two)."""
+    link = links.lingering(record.peer)
+    try:
+        if link is None:
+            record = await records.set(
+                record.id, {"next_retry_at": None}, state="connecting", attempts=attempts
+            )
+        else:
+            record = await records.set(
+                record.id,
+                {"next_retry_at": None},
+                state="connecting",
+                attempts=attempts,
+                path=link.channel.path,
+            )
+    except BaseException:
+        if link is not None:
+            link.release()
+        raise
+    return record, link
+
+
 async def _read_prepared(records: Records, handoff_id: str) -> Prepared:
     """What ``Outgoing.start`` built, read back (a restart, a device that came back)."""
     record = await records.require(handoff_id)
@@ -375,37 +400,6 @@ async def _read_prepared(records: Records, handoff_id: str) -> Prepared:
     if not isinstance(manifest, m.Manifest):  # pragma: no cover - we wrote it
         raise TransferError("bad offer recorded", code="internal", retry=False)
     return Prepared(record, offer, manifest, None)
-
-
-async def _sendable_session(store: Store, local: LocalDevice, session_id: str) -> SessionRecord:
-    """The active session ``session_id`` of a paired, unrevoked device; else the API error."""
-    local.identity()  # not paired: a conflict
-    if local.device.revoked:
-        raise ConflictError(
-            "this device was revoked: it can no longer hand off; run `handoff unpair`, "
-            "then pair it again",
-            code="device-self-revoked",
-        )
-    session = await store.run(store.get_session, session_id)
-    if session is None:
-        raise NotFoundError("no such session", code="session-not-found")
-    if session.state != "active":
-        raise ConflictError(f"the session is {session.state}", code=f"session-{session.state}")
-    return session
-
-
-def check_types(types: Sequence[str], items: Sequence[Item]) -> list[str]:
-    """``types`` if the session has items of each; InvalidRequestError(type-not-in-session)
-    naming the session's types otherwise (nothing is sent, the session stays as it is)."""
-    have = sorted({i.type for i in items})
-    missing = [t for t in types if t not in have]
-    if not types or missing:
-        what = ", ".join(missing) if missing else "no type"
-        raise InvalidRequestError(
-            f"the session has no items of type {what} (its types: {', '.join(have) or 'none'})",
-            code="type-not-in-session",
-        )
-    return list(types)
 
 
 def _switch_check(upgrader: Upgrader | None, lane: LaneSwitch) -> Callable[[], bool]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypedDict, Unpack
 
 from handoffd.errors import HandoffError, NotFoundError, ProtocolError, StoreError
@@ -187,13 +187,21 @@ class Records:
         await self.store.run(self.db.set_meta, handoff_id, **fields)
 
     async def set(
-        self, handoff_id: str, meta: MetaUpdate, **fields: Unpack[HandoffUpdate]
+        self,
+        handoff_id: str,
+        meta: MetaUpdate,
+        *,
+        first: Callable[[], object] | None = None,
+        **fields: Unpack[HandoffUpdate],
     ) -> HandoffRecord:
-        """Update a record (and its extra columns); a state change is checked and announced."""
+        """Update a record (and its extra columns); a state change is checked and announced.
+        ``first`` (blocking: it runs on the database thread) goes just before, in the same hop."""
         state = fields.get("state")
 
         def change() -> tuple[HandoffRecord | None, HandoffRecord]:
             # Read, check and write in one hop to the database thread (no change in between).
+            if first is not None:
+                first()
             before = self.store.get_handoff(handoff_id)
             if before is not None and isinstance(state, str):
                 check_transition(before.direction, before.state, state)
