@@ -110,7 +110,7 @@ async def dead_peer(
             cur = await ca.request("GET", f"/v1/handoffs/{h.id}")
             if cur["state"] not in ("pending", "connecting", "transferring"):
                 raise RuntimeError(f"the handoff ended before the kill: {cur['state']}")
-            if cur["path"] == "lane" and cur["bytes_done"] > mib * MiB // 10:
+            if cur["path"] == "lane" and cur["bytes_done"] > 0:  # moving on the lane
                 break
             await asyncio.sleep(0.02)
     t0 = time.perf_counter()
