@@ -26,7 +26,7 @@ from handoffd.errors import ProtocolError
 from handoffd.proto import codec, framing
 from handoffd.proto import messages as m
 from handoffd.proto import transfer as t
-from tests.test_transfer_core import connect
+from tests.transferkit import connect
 
 FILES = [b"a" * 300, b"", bytes(range(256)) * 3]
 WINDOW = m.MIN_WINDOW

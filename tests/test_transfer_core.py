@@ -1,189 +1,29 @@
-"""The transfer state machines pushed against each other, with no sockets."""
+"""The transfer state machines pushed against each other, with no sockets: whole exchanges."""
 
 from __future__ import annotations
-
-import dataclasses
-import hashlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from handoffd.errors import Blame, ProtocolError
+from handoffd.errors import Blame
 from handoffd.proto import codec
 from handoffd.proto import messages as m
 from handoffd.proto import transfer as t
 from tests.test_codec import strategy
-
-SENDER, RECEIVER = "S" * 32, "R" * 32
-HID = "H1"
-
-
-def hello(device: str, version: int = m.PROTOCOL_VERSION) -> m.Hello:
-    return m.Hello(version=version, device_id=device, crl_number=0, crl=None, features=())
-
-
-def make_offer(
-    files: list[bytes], handoff_id: str = HID, context: bytes = b"{}"
-) -> tuple[m.Offer, m.Manifest]:
-    items = tuple(
-        m.ItemEntry(
-            index=i, type="document", name=f"f{i}", mime="application/octet-stream",
-            size=len(data), sha256=hashlib.sha256(data).digest(),
-        )
-        for i, data in enumerate(files)
-    )  # fmt: skip
-    manifest = m.Manifest(
-        handoff_id=handoff_id, session_id="s", app_id="a", title="t", context=context,
-        items=items, sender=SENDER, recipient=RECEIVER, created_ms=0,
-    )  # fmt: skip
-    return m.Offer(manifest=codec.encode(manifest), signature=b"s" * 64, cert=b"c"), manifest
-
-
-@dataclass
-class Disk:
-    """The receiver's storage: written bytes may be lost on a crash, checkpointed ones survive."""
-
-    data: dict[int, bytearray] = field(default_factory=dict)
-    checkpoint: dict[int, int] = field(default_factory=dict)
-    inbox: bool = False
-
-    def crash(self) -> None:
-        for index, buf in self.data.items():
-            del buf[self.checkpoint.get(index, 0) :]
-
-    def contents(self, n: int) -> list[bytes]:
-        return [bytes(self.data.get(i, b"")) for i in range(n)]
-
-
-@dataclass
-class Pair:
-    """A sender and a receiver core joined by an in-memory channel, with simple adapters."""
-
-    sender: t.SenderCore
-    receiver: t.ReceiverCore
-    files: list[bytes]
-    disk: Disk
-    checkpoint_every: int = 1
-    accept_items: set[int] | None = None
-    decline: str | None = None
-    duplicate: Callable[[m.Message], bool] = lambda msg: False
-    sent: list[tuple[int, int, int]] = field(default_factory=list)
-    acks: list[tuple[int, int]] = field(default_factory=list)
-    s_events: list[t.Event] = field(default_factory=list)
-    r_events: list[t.Event] = field(default_factory=list)
-    unsynced: dict[int, int] = field(default_factory=dict)
-    max_in_flight: int = 0
-    now: float = 0.0
-    wire: list[tuple[t.SenderCore | t.ReceiverCore, m.Message]] = field(default_factory=list)
-
-    def run(self, budget: int | None = None) -> bool:
-        """Move messages and events until quiet (True) or ``budget`` messages moved (False)."""
-        moved = 0
-        while True:
-            busy = False
-            for ev in self.sender.events():
-                self.s_events.append(ev)
-                if isinstance(ev, t.NeedData):
-                    chunk = self.files[ev.index][ev.offset : ev.offset + ev.length]
-                    self.sender.data_ready(ev.index, ev.offset, chunk, self.now)
-                busy = True
-            for ev in self.receiver.events():
-                self.r_events.append(ev)
-                self._receiver_does(ev)
-                busy = True
-            for src, dst in ((self.sender, self.receiver), (self.receiver, self.sender)):
-                self.wire += [(dst, msg) for msg in src.outgoing()]
-            while self.wire:
-                if budget is not None and moved >= budget:
-                    return False  # in flight: lost if the connection drops here
-                dst, msg = self.wire.pop(0)
-                self._observe(msg)
-                data = codec.encode(msg)
-                assert len(data) <= m.WIRE_MAX
-                for _ in range(2 if self.duplicate(msg) else 1):
-                    dst.receive_bytes(data, self.now)
-                moved += 1
-                busy = True
-            if not busy:
-                return True
-
-    def _observe(self, msg: m.Message) -> None:
-        if isinstance(msg, m.Data):
-            self.sent.append((msg.index, msg.offset, len(msg.data)))
-        elif isinstance(msg, m.Ack):
-            self.acks.append((msg.index, msg.offset))
-            # Durable before acknowledged: never ack what the disk could lose.
-            assert msg.offset <= self.disk.checkpoint.get(msg.index, 0)
-        s = self.sender
-        in_flight = sum(s._requested[i] - s.acked[i] for i in s.acked)
-        self.max_in_flight = max(self.max_in_flight, in_flight)
-
-    def _checkpoint(self, index: int) -> None:
-        self.disk.checkpoint[index] = len(self.disk.data[index])
-        self.unsynced[index] = 0
-        self.receiver.checkpoint_done(index, self.disk.checkpoint[index], self.now)
-
-    def _receiver_does(self, ev: t.Event) -> None:
-        r, disk = self.receiver, self.disk
-        if isinstance(ev, t.OfferReceived):
-            if self.decline:
-                r.decline(self.decline, "no", self.now)
-            elif disk.inbox:
-                r.already_delivered(self.now)
-            else:
-                wanted = self.accept_items or {i.index for i in ev.manifest.items}
-                for i in wanted:
-                    disk.data.setdefault(i, bytearray())
-                r.accept({i: disk.checkpoint.get(i, 0) for i in wanted}, self.now)
-        elif isinstance(ev, t.WriteData):
-            buf = disk.data[ev.index]
-            assert len(buf) == ev.offset  # the core asks for contiguous writes only
-            buf += ev.data
-            self.unsynced[ev.index] = self.unsynced.get(ev.index, 0) + 1
-            if self.unsynced[ev.index] >= self.checkpoint_every:
-                self._checkpoint(ev.index)
-        elif isinstance(ev, t.CheckpointNeeded):
-            self._checkpoint(ev.index)
-        elif isinstance(ev, t.ItemComplete):
-            self._checkpoint(ev.index)
-            assert r.manifest is not None
-            want = r.manifest.items[ev.index].sha256
-            r.item_verified(
-                ev.index, hashlib.sha256(disk.data[ev.index]).digest() == want, self.now
-            )
-        elif isinstance(ev, t.Commit):
-            disk.inbox = True
-            r.committed(self.now)
-
-
-def connect(
-    files: list[bytes],
-    disk: Disk | None = None,
-    *,
-    window: int = 256 * 1024,
-    receiver_window: int = t.DEFAULT_WINDOW,
-    offer: tuple[m.Offer, m.Manifest] | None = None,
-    **kw: Any,
-) -> Pair:
-    s = t.SenderCore(hello(SENDER), *(offer or make_offer(files)), now=0, window=window)
-    r = t.ReceiverCore(hello(RECEIVER), now=0, window=receiver_window)
-    r.start(0)
-    s.start(0)
-    return Pair(s, r, files, disk or Disk(), **kw)
-
-
-FILES = [b"a" * 1000, bytes(range(256)) * 1000, b"", b"z" * 200_000]
-
-
-def failed(events: list[t.Event]) -> list[tuple[str, Blame]]:
-    return [(e.code, e.blame) for e in events if isinstance(e, t.Failed)]
-
-
-# ---------------------------------------------------------------- whole exchanges
+from tests.transferkit import (
+    FILES,
+    HID,
+    RECEIVER,
+    SENDER,
+    Disk,
+    connect,
+    failed,
+    hello,
+    make_offer,
+    receiver_in,
+    sender_in,
+)
 
 
 def test_full_transfer_then_resumed() -> None:
@@ -319,231 +159,13 @@ def test_cancel_for_another_handoff_fails_without_raising() -> None:
 # ---------------------------------------------------------------- protocol errors
 
 
-def _sender_in(state: t.State) -> t.SenderCore:
-    p = connect([b"x" * 300_000], window=m.MIN_WINDOW)
-    if state == t.State.IDLE:
-        return t.SenderCore(hello(SENDER), *make_offer([b"x"]), now=0)
-    p.sender.outgoing()
-    if state != t.State.AWAIT_ANSWER:
-        p.sender.receive(hello(RECEIVER), 0)
-        p.sender.receive(
-            m.Accept(handoff_id=HID, items=(m.Resume(index=0, offset=0),), window=m.MIN_WINDOW), 0
-        )
-    assert p.sender.state == state
-    return p.sender
-
-
-def _receiver_in(state: t.State) -> t.ReceiverCore:
-    r = t.ReceiverCore(hello(RECEIVER), now=0)
-    if state == t.State.IDLE:
-        return r
-    r.start(0)
-    if state != t.State.AWAIT_OFFER:
-        offer, _ = make_offer([b"x" * 1000])
-        r.receive(hello(SENDER), 0)
-        r.receive(m.OfferPart(handoff_id=HID, seq=0, count=1, data=codec.encode(offer)), 0)
-    if state == t.State.RECEIVING:
-        r.accept({0: 0}, 0)
-    assert r.state == state
-    return r
-
-
-DATA = m.Data(handoff_id=HID, index=0, offset=0, data=b"x")
-ACK = m.Ack(handoff_id=HID, index=0, offset=1)
-PART = m.OfferPart(handoff_id=HID, seq=0, count=1, data=b"x")
-ACCEPT = m.Accept(handoff_id=HID, items=(m.Resume(index=0, offset=0),), window=m.MIN_WINDOW)
-
-
-@pytest.mark.parametrize(
-    ("make", "state", "msg"),
-    [
-        (_sender_in, t.State.IDLE, hello(RECEIVER)),
-        (_sender_in, t.State.AWAIT_ANSWER, DATA),
-        (_sender_in, t.State.AWAIT_ANSWER, PART),
-        (_sender_in, t.State.AWAIT_ANSWER, m.Resumed(handoff_id=HID)),
-        (_sender_in, t.State.STREAMING, ACCEPT),
-        (_sender_in, t.State.STREAMING, hello(RECEIVER)),
-        (_sender_in, t.State.STREAMING, m.Decline(handoff_id=HID, reason="r", message="")),
-        (_receiver_in, t.State.IDLE, hello(SENDER)),
-        (_receiver_in, t.State.AWAIT_OFFER, DATA),
-        (_receiver_in, t.State.AWAIT_OFFER, ACK),
-        (_receiver_in, t.State.AWAIT_OFFER, m.Delivered(handoff_id=HID)),
-        (_receiver_in, t.State.DECIDING, DATA),
-        (_receiver_in, t.State.DECIDING, PART),
-        (_receiver_in, t.State.RECEIVING, PART),
-        (_receiver_in, t.State.RECEIVING, ACCEPT),
-        (_receiver_in, t.State.RECEIVING, m.Resumed(handoff_id=HID)),
-    ],
-)
-def test_out_of_state_messages_are_protocol_errors(
-    make: Callable[[t.State], t.SenderCore | t.ReceiverCore], state: t.State, msg: m.Message
-) -> None:
-    core = make(state)
-    core.events()
-    core.outgoing()
-    core.receive(msg, 0)
-    assert core.state == t.State.FAILED
-    assert failed(core.events()) == [("unexpected-message", Blame.PEER)]
-    (error,) = core.outgoing()
-    assert isinstance(error, m.Error)
-    assert error.code == "unexpected-message"
-    core.receive(msg, 0)  # after failing, the rest is ignored
-    assert core.outgoing() == []
-    assert core.events() == []
-
-
-def _code_after(core: t.SenderCore | t.ReceiverCore, *msgs: m.Message) -> str | None:
-    core.events()
-    for msg in msgs:
-        core.receive(msg, 0)
-    codes = failed(core.events())
-    return codes[0][0] if codes else None
-
-
-def test_hello_rules() -> None:
-    r = _receiver_in(t.State.AWAIT_OFFER)
-    assert _code_after(r, PART) == "hello-first"
-    r = _receiver_in(t.State.AWAIT_OFFER)
-    assert _code_after(r, hello(SENDER), hello(SENDER)) == "duplicate-hello"
-    r = _receiver_in(t.State.AWAIT_OFFER)
-    assert _code_after(r, hello(SENDER, version=2)) == "version-mismatch"
-    s = _sender_in(t.State.AWAIT_ANSWER)
-    assert _code_after(s, ACCEPT) == "hello-first"
-
-
-def test_offer_part_rules() -> None:
-    offer = codec.encode(make_offer([b"x"])[0])
-
-    def parts(*ps: m.OfferPart) -> str | None:
-        return _code_after(_receiver_in(t.State.AWAIT_OFFER), hello(SENDER), *ps)
-
-    assert parts(m.OfferPart(handoff_id=HID, seq=1, count=2, data=offer)) == "offer-part-order"
-    assert parts(m.OfferPart(handoff_id=HID, seq=0, count=2, data=offer[:5]),
-                 m.OfferPart(handoff_id=HID, seq=0, count=2, data=offer[5:])) == "offer-part-order"  # fmt: skip
-    assert parts(m.OfferPart(handoff_id=HID, seq=0, count=2, data=offer[:5]),
-                 m.OfferPart(handoff_id="H2", seq=1, count=2, data=offer[5:])) == "offer-part-mismatch"  # fmt: skip
-    assert parts(m.OfferPart(handoff_id=HID, seq=0, count=2, data=offer[:5]),
-                 m.OfferPart(handoff_id=HID, seq=1, count=3, data=offer[5:])) == "offer-part-mismatch"  # fmt: skip
-    assert parts(m.OfferPart(handoff_id=HID, seq=0, count=1, data=offer[:-1])) == "offer-malformed"
-    assert parts(m.OfferPart(handoff_id="H2", seq=0, count=1, data=offer)) == "offer-wrong-handoff"
-    assert parts(m.OfferPart(handoff_id=HID, seq=0, count=1, data=codec.encode(m.Ping(nonce=1)))) == "offer-malformed"  # fmt: skip
-    dup = make_offer([b"x", b"y"])[1]
-    twice = dataclasses.replace(dup, items=(dup.items[0],) * 2)
-    raw = codec.encode(m.Offer(manifest=codec.encode(twice), signature=b"s" * 64, cert=b""))
-    assert parts(m.OfferPart(handoff_id=HID, seq=0, count=1, data=raw)) == "manifest-bad-index"
-    ok = _receiver_in(t.State.AWAIT_OFFER)
-    assert (
-        _code_after(ok, hello(SENDER), m.OfferPart(handoff_id=HID, seq=0, count=1, data=offer))
-        is None
-    )
-    assert ok.state == t.State.DECIDING
-
-
-@pytest.mark.parametrize(
-    ("msgs", "code"),
-    [
-        ([m.Data(handoff_id=HID, index=0, offset=50, data=b"y")], "data-gap"),
-        ([m.Data(handoff_id=HID, index=0, offset=0, data=b"y" * 1001)], "data-overflow"),
-        ([m.Data(handoff_id=HID, index=1, offset=0, data=b"y")], "data-bad-item"),
-        ([m.Data(handoff_id="H2", index=0, offset=0, data=b"y")], "wrong-handoff"),
-        ([m.Data(handoff_id=HID, index=0, offset=0, data=b"y" * 10),
-          m.Data(handoff_id=HID, index=0, offset=5, data=b"y" * 10)], "data-overlap"),
-        ([m.Error(code="boom", message="x")], "boom"),
-    ],
-)  # fmt: skip
-def test_receiver_refuses_bad_data(msgs: list[m.Message], code: str) -> None:
-    assert _code_after(_receiver_in(t.State.RECEIVING), *msgs) == code
-
-
-def test_receiver_enforces_its_window() -> None:
-    p = connect([b"x" * 200_000], receiver_window=m.MIN_WINDOW, checkpoint_every=10**9)
-    assert not p.run(budget=4)  # hello, offer, hello, accept
-    p.sender._window = 10**6  # a sender that ignores the advertised window
-    p.sender._pump()
-    assert p.run()
-    assert failed(p.r_events) == [("flow-control", Blame.PEER)]
-
-
-@pytest.mark.parametrize(
-    ("msgs", "code"),
-    [
-        ([m.Ack(handoff_id=HID, index=5, offset=1)], "ack-bad-item"),
-        ([m.Ack(handoff_id=HID, index=0, offset=m.MIN_WINDOW + 1)], "ack-beyond-sent"),
-        ([m.Ack(handoff_id="H2", index=0, offset=1)], "wrong-handoff"),
-        ([m.Delivered(handoff_id=HID)], "delivered-early"),
-    ],
-)
-def test_sender_refuses_bad_answers(msgs: list[m.Message], code: str) -> None:
-    s = _sender_in(t.State.STREAMING)
-    for ev in s.events():
-        if isinstance(ev, t.NeedData):
-            s.data_ready(ev.index, ev.offset, b"x" * ev.length, 0)
-    assert _code_after(s, *msgs) == code
-
-
-@pytest.mark.parametrize(
-    ("items", "code"),
-    [
-        ((m.Resume(index=3, offset=0),), "accept-bad-item"),
-        ((m.Resume(index=0, offset=0), m.Resume(index=0, offset=0)), "accept-bad-item"),
-        ((m.Resume(index=0, offset=300_001),), "accept-bad-offset"),
-    ],
-)
-def test_sender_refuses_bad_accepts(items: tuple[m.Resume, ...], code: str) -> None:
-    s = _sender_in(t.State.AWAIT_ANSWER)
-    accept = m.Accept(handoff_id=HID, items=items, window=m.MIN_WINDOW)
-    assert _code_after(s, hello(RECEIVER), accept) == code
-
-
-def test_garbage_bytes_fail_cleanly() -> None:
-    r = _receiver_in(t.State.AWAIT_OFFER)
-    r.receive_bytes(b"\xc1\xc1", 0)
-    assert r.state == t.State.FAILED
-    assert failed(r.events()) == [("decode-malformed", Blame.PEER)]
-    big = _receiver_in(t.State.AWAIT_OFFER)
-    big.receive_bytes(codec.encode(m.Error(code="x", message="y")) + b"\0" * m.WIRE_MAX, 0)
-    assert failed(big.events()) == [("decode-oversize", Blame.PEER)]
-
-
-def test_adapter_misuse_raises_locally() -> None:
-    s = _sender_in(t.State.STREAMING)
-    need = next(e for e in s.events() if isinstance(e, t.NeedData))
-    for args in [(need.index, need.offset + 1, b"x" * need.length),
-                 (need.index, need.offset, b"x" * (need.length - 1))]:  # fmt: skip
-        with pytest.raises(ProtocolError) as e:
-            s.data_ready(*args, 0)
-        assert (e.value.code, e.value.blame) == ("misuse", Blame.LOCAL)
-    r = _receiver_in(t.State.RECEIVING)
-    calls: list[Callable[[], None]] = [
-        lambda: r.checkpoint_done(0, 1, 0),  # nothing received yet
-        lambda: r.checkpoint_done(9, 0, 0),
-        lambda: r.item_verified(0, ok=True, now=0),  # not complete
-        lambda: r.accept({0: 0}, 0),
-        lambda: r.decline("x", "y", 0),
-        lambda: r.already_delivered(0),
-    ]
-    for call in calls:
-        with pytest.raises(ProtocolError) as e:
-            call()
-        assert (e.value.code, e.value.blame) == ("misuse", Blame.LOCAL)
-    d = _receiver_in(t.State.DECIDING)
-    for bad in [{}, {0: 1001}, {0: -1}, {7: 0}]:
-        with pytest.raises(ProtocolError):
-            d.accept(bad, 0)
-    offer, manifest = make_offer([b"x"])
-    with pytest.raises(ProtocolError):
-        t.SenderCore(hello(SENDER), offer, make_offer([b"y"])[1], now=0)
-    with pytest.raises(ValueError, match="window"):
-        t.SenderCore(hello(SENDER), offer, manifest, now=0, window=1)
-
-
 def test_pings_pongs_and_idle_timeout() -> None:
-    s = _sender_in(t.State.AWAIT_ANSWER)
+    s = sender_in(t.State.AWAIT_ANSWER)
     assert s.next_timer() == t.PING_INTERVAL
     s.timer(t.PING_INTERVAL)
     (ping,) = s.outgoing()
     assert isinstance(ping, m.Ping)
-    r = _receiver_in(t.State.AWAIT_OFFER)
+    r = receiver_in(t.State.AWAIT_OFFER)
     r.outgoing()
     r.receive(ping, 6.0)
     assert r.outgoing() == [m.Pong(nonce=ping.nonce)]
@@ -630,7 +252,7 @@ def test_resume_continues_from_the_checkpoints() -> None:
 
 
 def test_a_cancel_while_deciding_makes_the_decision_a_no_op() -> None:
-    r = _receiver_in(t.State.DECIDING)
+    r = receiver_in(t.State.DECIDING)
     r.receive(m.Cancel(handoff_id=HID, reason="user"), 0)
     r.outgoing()
     r.accept({0: 0}, 0)

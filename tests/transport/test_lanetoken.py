@@ -13,15 +13,15 @@ from handoffd.proto import messages as m
 from handoffd.proto import transfer as t
 from handoffd.transport.base import PeerAuthError
 from handoffd.transport.lanetoken import LaneTicket, LaneTokens, encode_first, parse_first
-from tests.test_transfer_core import (
+from tests.transferkit import (
     HID,
     RECEIVER,
     SENDER,
-    _receiver_in,
-    _sender_in,
     failed,
     hello,
     make_offer,
+    receiver_in,
+    sender_in,
 )
 from tests.transport.helpers import Account, Device, utcnow
 
@@ -113,7 +113,7 @@ LANE = m.Lane(handoff_id=HID, hosts=("198.18.0.3",), port=7722, token=b"\x05" * 
 
 
 def test_sender_core_reports_a_lane_offer_only_while_streaming() -> None:
-    sender = _sender_in(t.State.STREAMING)
+    sender = sender_in(t.State.STREAMING)
     sender.events()
     sender.receive(LANE, 0)
     assert sender.state == t.State.STREAMING
@@ -143,12 +143,12 @@ def _state(core: t.SenderCore) -> t.State:
 
 
 def test_a_lane_before_the_accept_or_to_a_receiver_is_a_protocol_error() -> None:
-    sender = _sender_in(t.State.AWAIT_ANSWER)  # its hello does not say lane-early
+    sender = sender_in(t.State.AWAIT_ANSWER)  # its hello does not say lane-early
     sender.receive(hello(RECEIVER), 0)
     sender.events()
     sender.receive(LANE, 0)
     assert failed(sender.events()) == [("unexpected-message", Blame.PEER)]
-    receiver = _receiver_in(t.State.RECEIVING)
+    receiver = receiver_in(t.State.RECEIVING)
     receiver.events()
     receiver.receive(LANE, 0)
     assert failed(receiver.events()) == [("unexpected-message", Blame.PEER)]
