@@ -34,7 +34,6 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestServer
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.fuzz_common import (
     INTERESTING_STRINGS,
@@ -46,6 +45,7 @@ from bench.fuzz_common import (
     random_bytes,
     random_json,
 )
+from bench.fuzz_serverkit import Dev, ErrorLog, enroll
 from handoffd import identity
 from handoffd.server.app import ServerConfig, make_app
 from handoffd.server.relay import RelayConfig
@@ -56,41 +56,6 @@ from handoffd.wire import auth
 CODE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 PASSWORD = "fuzz-password-1"  # noqa: S105 - a throwaway account in a temporary store
 TIMEOUT = aiohttp.ClientTimeout(total=30)
-
-
-class ErrorLog(logging.Handler):
-    """Collects records at ERROR and above (unhandled exceptions in handlers)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if record.exc_info and record.exc_info[1] is not None:
-            text += f" {record.exc_info[1]!r}"
-        self.records.append(f"{record.name}: {text}")
-
-
-class Dev:
-    """An enrolled device: its key and id."""
-
-    def __init__(self, key: Ed25519PrivateKey) -> None:
-        self.key = key
-        self.id = identity.device_id_for(key.public_key())
-
-
-def enroll(store: Store, account_id: str, name: str) -> Dev:
-    """A device joined straight through the store."""
-    invite = store.create_invite(account_id, created_by="cli")
-    key = identity.generate_device_key()
-    store.join(
-        token=invite.secrets.token,
-        csr_pem=identity.csr_to_pem(identity.make_csr(key)),
-        name=name,
-        platform="fuzz",
-    )
-    return Dev(key)
 
 
 class Target:
