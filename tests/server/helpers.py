@@ -47,3 +47,13 @@ async def pair(
     async with ServerClient(invite.server_url, fingerprint=invite.fingerprint) as joiner:
         result = await joiner.join(invite, key=key, name=name, platform="linux")
     return key, result, server.client(key, result)
+
+
+async def new_device(
+    server: ServerProcess, key: Ed25519PrivateKey, result: JoinResult, name: str
+) -> tuple[Ed25519PrivateKey, JoinResult, ServerClient]:
+    """Another device of the account of the device (``key``, ``result``): it makes an invite
+    over the API, a fresh key joins with it."""
+    async with server.client(key, result) as client:
+        url = (await client.create_invite()).url
+    return await pair(server, url, name=name)
