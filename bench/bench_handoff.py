@@ -34,9 +34,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -50,6 +51,7 @@ from tests.handoff.labkit import LabDaemon, LabServer, MiB, pair_daemon
 from tests.lab import Host, Lab
 from tests.server.helpers import create_account
 
+T = TypeVar("T")
 TLS_PORT = 7443
 TLS_PEER = r"""
 import socket, ssl, sys, time
@@ -190,8 +192,31 @@ async def watching(client: HandoffClient) -> AsyncIterator[Watcher]:
         yield w
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        await asyncio.wait([task])  # our own cancellation still goes through
+
+
+async def rss_while(
+    pids: tuple[int, int], work: Awaitable[T]
+) -> tuple[T, tuple[float, float], list[tuple[float, float]]]:
+    """Run ``work`` while sampling both processes' VmRSS every 0.5 s: its result, the RSS
+    before it, and the samples."""
+    before = (rss_mib(pids[0]), rss_mib(pids[1]))
+    samples: list[tuple[float, float]] = []
+    stop = asyncio.Event()
+
+    async def sample() -> None:
+        while not stop.is_set():
+            samples.append((rss_mib(pids[0]), rss_mib(pids[1])))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        result = await work
+    finally:
+        stop.set()
+        await sampler
+    return result, before, samples
 
 
 async def one_handoff(
@@ -315,22 +340,10 @@ async def main_async(runs: int, big_mib: int, huge_mib: int, restarts: int) -> N
 
             huge = root / "huge.bin"
             await asyncio.to_thread(write_random, huge, huge_mib * MiB)
-            before = (rss_mib(a.pid), rss_mib(b.pid))
-            samples: list[tuple[float, float]] = []
-            stop = asyncio.Event()
-
-            async def sample() -> None:
-                while not stop.is_set():
-                    samples.append((rss_mib(a.pid), rss_mib(b.pid)))
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 0.5)
-
-            sampler = asyncio.create_task(sample())
-            t_h, t_h_tr, t_h_done = await one_handoff(
-                ca, wa, b_id, [Item.of_path("document", "huge.bin", huge)]
+            (t_h, t_h_tr, t_h_done), before, samples = await rss_while(
+                (a.pid, b.pid),
+                one_handoff(ca, wa, b_id, [Item.of_path("document", "huge.bin", huge)]),
             )
-            stop.set()
-            await sampler
             after = (rss_mib(a.pid), rss_mib(b.pid))
 
         print(f"discovery, first pairing -> peer nearby: {first_nearby * 1000:.0f} ms")

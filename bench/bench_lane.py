@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import shutil
 import subprocess
@@ -35,7 +34,7 @@ from bench.bench_handoff import (
     Watcher,
     cpu_seconds,
     one_handoff,
-    rss_mib,
+    rss_while,
     self_signed,
     watching,
 )
@@ -219,28 +218,15 @@ async def main_async(
                         if "lane" in line or "connected" in line or "handoff" in line:
                             print(f"  {name}: {line[:200]}")
             path_watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await path_watch
+            await asyncio.wait([path_watch])
             big.unlink()
             if huge_mib:
                 huge = root / "huge.bin"
                 await asyncio.to_thread(write_random, huge, huge_mib * MiB)
-                before = (rss_mib(a.pid), rss_mib(b.pid))
-                samples: list[tuple[float, float]] = []
-                stop = asyncio.Event()
-
-                async def sample() -> None:
-                    while not stop.is_set():
-                        samples.append((rss_mib(a.pid), rss_mib(b.pid)))
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(stop.wait(), 0.5)
-
-                sampler = asyncio.create_task(sample())
-                t_h, _, t_h_done = await one_handoff(
-                    ca, wa, b_id, [Item.of_path("document", "huge.bin", huge)]
+                (t_h, _, t_h_done), before, samples = await rss_while(
+                    (a.pid, b.pid),
+                    one_handoff(ca, wa, b_id, [Item.of_path("document", "huge.bin", huge)]),
                 )
-                stop.set()
-                await sampler
                 grow_a = max(s[0] for s in samples) - before[0]
                 grow_b = max(s[1] for s in samples) - before[1]
                 print(

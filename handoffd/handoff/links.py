@@ -107,15 +107,16 @@ class LinkPool:
     async def link_to(self, peer_id: str) -> Link:
         """A warm idle link to ``peer_id``, or a new one: direct (LAN or via the server) or relay."""
         t = self.timings
+        lingering = self.lingering(peer_id)
+        if lingering is not None:
+            return lingering
         for link in list(self.links.get(peer_id, [])):
             idle = self.clock.mono() - link.last_used
-            lingering = link.lingering
-            reusable = lingering or (not link.busy and idle <= t.warm_idle)
-            if link.closed or t.warm_idle <= 0 or not reusable:
+            if link.closed or t.warm_idle <= 0 or link.busy or idle > t.warm_idle:
                 continue
             link.reserve()  # before any await: no other handoff may take it now
             try:
-                alive = lingering or await link.probe(t.warm_probe_timeout)
+                alive = await link.probe(t.warm_probe_timeout)
             except BaseException:
                 link.release()
                 raise

@@ -42,7 +42,7 @@ from handoffd.handoff.offer import (
     sources_for,
 )
 from handoffd.handoff.presence import Presence
-from handoffd.handoff.records import OUT_ACTIVE, Records, error_text
+from handoffd.handoff.records import OUT_ACTIVE, HandoffUpdate, Records, error_text
 from handoffd.handoff.sendcheck import check_types, sendable_session
 from handoffd.handoff.targets import resolve_target
 from handoffd.handoff.timings import Clock, Timings
@@ -367,19 +367,11 @@ async def _connecting(
     """Record attempt ``attempts`` as ``connecting``, with the path of a warm link at hand
     (then reserved and returned: one write, not two)."""
     link = links.lingering(record.peer)
+    fields: HandoffUpdate = {"state": "connecting", "attempts": attempts}
+    if link is not None:
+        fields["path"] = link.channel.path
     try:
-        if link is None:
-            record = await records.set(
-                record.id, {"next_retry_at": None}, state="connecting", attempts=attempts
-            )
-        else:
-            record = await records.set(
-                record.id,
-                {"next_retry_at": None},
-                state="connecting",
-                attempts=attempts,
-                path=link.channel.path,
-            )
+        record = await records.set(record.id, {"next_retry_at": None}, **fields)
     except BaseException:
         if link is not None:
             link.release()

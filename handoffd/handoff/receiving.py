@@ -69,6 +69,8 @@ class Receiving:
         self.writers: dict[int, ItemWriter] = {}
         self.unsynced: dict[int, int] = {}
         self.manifest: m.Manifest | None = None
+        self.entries: dict[int, m.ItemEntry] = {}
+        """The manifest's items by index (looked up once per offer, not per item)."""
         self.names: Mapping[int, str] = {}
         self.lane: m.Lane | None = None
         self.lane_early = False
@@ -134,6 +136,7 @@ class Receiving:
 
     async def offer(self, offer: m.Offer, manifest: m.Manifest) -> None:
         self.manifest = manifest
+        self.entries = {i.index: i for i in manifest.items}
         self.ex.handoff_id = manifest.handoff_id
         verdict = await self.consumer.decide(OfferReceived(offer, manifest))
         if verdict.decline is not None:
@@ -146,7 +149,7 @@ class Receiving:
         room = SMALL_HELD
         files: dict[int, int] = {}
         for index, offset in verdict.resume.items():
-            size = next((i.size for i in manifest.items if i.index == index), SMALL_ITEM + 1)
+            size = self.entries[index].size if index in self.entries else SMALL_ITEM + 1
             if offset == 0 and size <= min(SMALL_ITEM, room):
                 self.writers[index] = ItemWriter.in_memory()
                 room -= size
@@ -178,12 +181,7 @@ class Receiving:
     async def complete(self, index: int, *, synced: bool = False) -> None:
         """All bytes of ``index`` are here: make them durable, check the hash."""
         await self.checkpoint(index, synced=synced)
-        manifest = self.manifest
-        entry = (
-            None
-            if manifest is None
-            else next((i for i in manifest.items if i.index == index), None)
-        )
+        entry = self.entries.get(index)
         writer = self.writers[index]
         ok = entry is not None and writer.hasher.digest() == entry.sha256
         if not ok:

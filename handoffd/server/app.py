@@ -11,7 +11,6 @@ JSON by this module's middleware; other paths are left to the web pages.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import importlib.util
 import logging
@@ -156,8 +155,9 @@ def make_app(
         watcher = asyncio.create_task(hub.watch(config.revocation_poll), name="revocation-watch")
         yield
         watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        await asyncio.wait([watcher])  # our own cancellation still goes through
+        if not watcher.cancelled():
+            watcher.result()  # a crash of the watcher is not hidden
 
     async def on_shutdown(app: web.Application) -> None:
         await hub.close_all()

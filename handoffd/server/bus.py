@@ -114,9 +114,11 @@ class RedisBus:
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)  # our own cancellation still goes through
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if not task.cancelled():
+                task.result()  # a crash of a bus task is not hidden
         await self._redis.aclose()
 
     # ------------------------------------------------------------ presence

@@ -118,6 +118,8 @@ async def _pipe(down: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse
     finally:
         for task in tasks:
             task.cancel()
+        await asyncio.wait(tasks)  # our own cancellation still goes through
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError, TimeoutError):
-                await task
+            if not task.cancelled():
+                with contextlib.suppress(ConnectionError, TimeoutError):
+                    task.result()
